@@ -157,8 +157,8 @@ def make_synthetic_faces(out_dir: str, num_train: int = 32, num_test: int = 8, s
             table = pa.table(
                 {
                     "file_name": [f"{split}_{i}.png" for i in range(n)],
-                    "image": [{"bytes": png(im), "path": f"{split}_{i}.png"} for im, _ in faces],
-                    "mask": [{"bytes": png(m), "path": f"{split}_{i}_mask.png"} for _, m in faces],
+                    "image": [{"bytes": png(im), "path": f"{split}_{i}.png"} for i, (im, _) in enumerate(faces)],
+                    "mask": [{"bytes": png(m), "path": f"{split}_{i}_mask.png"} for i, (_, m) in enumerate(faces)],
                     "has_mask": [bool(np.asarray(m).any()) for _, m in faces],
                 }
             )
