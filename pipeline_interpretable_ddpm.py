@@ -147,6 +147,14 @@ class AttributionOutput(BaseOutput):
     def mean_leakage(self) -> float:
         return float(self.leakage.mean())
 
+    @property
+    def region_leakage(self) -> torch.Tensor:
+        """Off-diagonal share of each output region's row of `abs_phi`, `(T, B, K)` in [0, 1]: how much of output
+        region k's attribution comes from other input regions (0 = region k is caused only by itself)."""
+        own = torch.diagonal(self.abs_phi, dim1=-2, dim2=-1)
+        total = self.abs_phi.sum(-1)
+        return (total - own) / total.clamp_min(1e-20)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Concepts and masks
