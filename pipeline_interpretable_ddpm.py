@@ -424,6 +424,88 @@ def _singleton_value_per_k(eps_singletons: torch.Tensor, regions: torch.Tensor, 
     return all_vals[:, idx, idx]
 
 
+@dataclass
+class CoalitionPlan:
+    """The coalitions one estimator of the dummy-player loss evaluates for a batch.
+
+    Args:
+        coalitions (`torch.Tensor` of shape `(B, M, K)`, bool): the M coalitions to feed the model per example.
+        estimator (`str`): `"exact"`, `"sampled"` or `"pair"`.
+        out_k (`torch.Tensor` of shape `(B,)`, *optional*): the output region of each example (`"pair"` only).
+    """
+
+    coalitions: torch.Tensor
+    estimator: str
+    out_k: Optional[torch.Tensor] = None
+
+
+def plan_coalitions(
+    regions: torch.Tensor, estimator: str = "pair", num_coalitions: int = 4, generator: Optional[torch.Generator] = None
+) -> CoalitionPlan:
+    """Draws the coalitions of one estimator of L_IE (see `interpretability_loss`) for a batch of partitions
+    `regions` `(B, K, H, W)`. Random draws use `generator` on the CPU, so they are reproducible on any device."""
+    b, k = regions.shape[:2]
+    device = regions.device
+    if estimator == "pair":
+        coalition = torch.rand(b, k, generator=generator).lt(0.5).to(device)
+        out_k = torch.randint(0, k, (b,), generator=generator).to(device)
+        rows = torch.arange(b, device=device)
+        reference = torch.zeros_like(coalition)
+        reference[rows, out_k] = coalition[rows, out_k]  # {k} if k is in S, else the empty coalition
+        return CoalitionPlan(torch.stack([coalition, reference], 1), estimator, out_k)
+    if estimator == "exact":
+        # all 2^K coalitions; the empty one (row 0) and the singletons (rows 2^j) are among them
+        return CoalitionPlan(all_coalitions(k, device)[None].expand(b, -1, -1), estimator)
+    if estimator == "sampled":
+        if num_coalitions < 1:
+            raise ValueError(f"num_coalitions must be >= 1, got {num_coalitions}.")
+        refs = torch.cat([torch.zeros(1, k, dtype=torch.bool), torch.eye(k, dtype=torch.bool)]).to(device)
+        sampled = torch.rand(b, num_coalitions, k, generator=generator).lt(0.5).to(device)
+        return CoalitionPlan(torch.cat([refs[None].expand(b, -1, -1), sampled], 1), estimator)
+    raise ValueError(f"estimator must be 'exact', 'sampled' or 'pair', got '{estimator}'.")
+
+
+def loss_from_coalition_outputs(
+    eps: torch.Tensor,
+    plan: CoalitionPlan,
+    regions: torch.Tensor,
+    value: str = "pixel",
+    example_weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """L_IE of a batch from the model outputs on the coalition inputs of `plan`.
+
+    Args:
+        eps (`torch.Tensor` of shape `(B, M, C, H, W)`): predicted noise for `coalition_inputs(..., plan.coalitions)`.
+        regions (`(B, K, H, W)`): the partition. example_weights (`(B,)`, optional): e.g. 0 without a label map.
+
+    Returns:
+        scalar loss: weighted mean over the batch of the per-example estimate of sum_k E_S[terms].
+    """
+    b, k = regions.shape[:2]
+    if plan.estimator == "pair":
+        rows = torch.arange(b, device=regions.device)
+        region_k = regions[rows, plan.out_k][:, None, None]  # (B, 1, 1, H, W)
+        vals = region_values(eps, region_k, value)[:, :, 0]  # (B, 2, ...)
+        per_example = k * _squared_region_distance(vals[:, 0], vals[:, 1], value)
+    elif plan.estimator == "exact":
+        singles = 2 ** torch.arange(k, device=regions.device)
+        empty_vals = region_values(eps[:, 0], regions, value)
+        single_vals = _singleton_value_per_k(eps[:, singles], regions, value)
+        vals = region_values(eps, regions[:, None], value)
+        terms = dummy_player_terms(vals, plan.coalitions, single_vals, empty_vals, value)
+        per_example = terms.sum(-1).mean(1)
+    else:
+        empty_vals = region_values(eps[:, 0], regions, value)
+        single_vals = _singleton_value_per_k(eps[:, 1 : k + 1], regions, value)
+        vals = region_values(eps[:, k + 1 :], regions[:, None], value)
+        terms = dummy_player_terms(vals, plan.coalitions[:, k + 1 :], single_vals, empty_vals, value)
+        per_example = terms.sum(-1).mean(1)
+    if example_weights is not None:
+        w = example_weights.to(per_example.dtype)
+        return (per_example * w).sum() / w.sum().clamp_min(1.0)
+    return per_example.mean()
+
+
 def interpretability_loss(
     model_fn,
     x_t: torch.Tensor,
@@ -441,56 +523,29 @@ def interpretability_loss(
     The expectation is over coalitions S drawn uniformly from all 2^K subsets (each player present w.p. 1/2), so
     every estimator below is unbiased for `estimator="exact"`:
 
-    - `"exact"`: all 2^K coalitions, `2^K` forwards of the batch.
+    - `"exact"`: all 2^K coalitions (2^K model evaluations per example).
     - `"sampled"`: `num_coalitions` coalitions shared across k (the paper's Castro-style sampling) plus the empty
-      and the K singleton coalitions: `K + 1 + C` forwards.
+      and the K singleton coalitions: `K + 1 + C` evaluations per example.
     - `"pair"`: one random (S, k) per example; needs v_k(S) and one reference (v_k({k}) or v_k(empty)), i.e. two
-      forwards of the batch whatever K is. Scaled by K so it estimates the sum over k.
+      evaluations per example whatever K is. Scaled by K so it estimates the sum over k.
+
+    All evaluations go through `model_fn` in ONE batched call (`plan_coalitions` + `coalition_inputs` +
+    `loss_from_coalition_outputs` let a training loop merge that call with the DDPM forward, which DDP needs).
 
     Args:
         model_fn: callable `(x (N, C, H, W), t (N,)) -> eps (N, C, H, W)`.
         x_t (`(B, C, H, W)`), timesteps (`(B,)`), regions (`(B, K, H, W)`), baseline (`(B, C, H, W)`).
+        value (`str`): `"pixel"` (per-pixel restriction) or `"mean"` (region mean, as in the paper).
         example_weights (`(B,)`, optional): e.g. 0 for images without a part label map.
 
     Returns:
         scalar loss (mean over the batch).
     """
-    b, k = regions.shape[:2]
-    device = x_t.device
-
-    def run(xs: torch.Tensor) -> torch.Tensor:  # (B, M, C, H, W) -> eps of the same shape, one batched call
-        m = xs.shape[1]
-        eps = model_fn(xs.flatten(0, 1), timesteps.repeat_interleave(m))
-        return eps.reshape(xs.shape)
-
-    if estimator == "pair":
-        coalition = torch.rand(b, k, generator=generator, device="cpu").lt(0.5).to(device)
-        out_k = torch.randint(0, k, (b,), generator=generator, device="cpu").to(device)
-        k_in_s = coalition[torch.arange(b, device=device), out_k]
-        reference = torch.zeros_like(coalition)
-        reference[torch.arange(b, device=device), out_k] = k_in_s  # {k} if k in S, else the empty coalition
-        eps = run(coalition_inputs(x_t, baseline, regions, torch.stack([coalition, reference], 1)))
-        region_k = regions[torch.arange(b, device=device), out_k][:, None]  # (B, 1, H, W)
-        vals = region_values(eps, region_k[:, None], value)[:, :, 0]  # (B, 2, ...)
-        per_example = k * _squared_region_distance(vals[:, 0], vals[:, 1], value)
-    elif estimator in ("exact", "sampled"):
-        eye = torch.eye(k, dtype=torch.bool, device=device)
-        empty = torch.zeros(1, k, dtype=torch.bool, device=device)
-        if estimator == "exact":
-            coalitions = all_coalitions(k, device)[None].expand(b, -1, -1)
-        else:
-            coalitions = torch.rand(b, num_coalitions, k, generator=generator, device="cpu").lt(0.5).to(device)
-        refs = torch.cat([empty, eye])[None].expand(b, -1, -1)
-        eps = run(coalition_inputs(x_t, baseline, regions, torch.cat([refs, coalitions], 1)))
-        empty_vals = region_values(eps[:, 0], regions, value)
-        single_vals = _singleton_value_per_k(eps[:, 1 : k + 1], regions, value)
-        vals = region_values(eps[:, k + 1 :], regions[:, None], value)
-        per_example = dummy_player_terms(vals, coalitions, single_vals, empty_vals, value).sum(-1).mean(1)
-    else:
-        raise ValueError(f"estimator must be 'exact', 'sampled' or 'pair', got '{estimator}'.")
-    if example_weights is not None:
-        return (per_example * example_weights).sum() / example_weights.sum().clamp_min(1.0)
-    return per_example.mean()
+    plan = plan_coalitions(regions, estimator, num_coalitions, generator)
+    inputs = coalition_inputs(x_t, baseline, regions, plan.coalitions)  # (B, M, C, H, W)
+    m = inputs.shape[1]
+    eps = model_fn(inputs.flatten(0, 1), timesteps.repeat_interleave(m)).reshape(inputs.shape)
+    return loss_from_coalition_outputs(eps, plan, regions, value, example_weights)
 
 
 def shapley_weight_matrix(num_players: int, device=None) -> torch.Tensor:

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Trains the shipped default models (issue 7), resumably:
+#   1. a plain DDPM from scratch                      -> $RUNS/pretrain
+#   2. from that checkpoint, the dummy-player branch  -> $RUNS/interpretable  (lambda 1e3 -> 10, pair estimator)
+#   3. from the same checkpoint, identical steps and settings with lambda = 0 -> $RUNS/baseline
+# Each phase resumes from its latest checkpoint when rerun, and is skipped once its final pipeline exists.
+# Budgets are wall-clock minutes per phase; the fine-tune step count is derived from the measured pretrain speed so
+# that the lambda decay fits the fine-tune budget.
+#   CPU:  PRETRAIN_MIN=600 FINETUNE_MIN=240 PRECISION=bf16 BATCH=16 bash scripts/train_default_models.sh
+#   GPU:  PRETRAIN_MIN=3.5 FINETUNE_MIN=2.2 PRECISION=bf16 BATCH=128 bash scripts/train_default_models.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/utkface64}
+RUNS=${RUNS:-runs/default}
+PRETRAIN_MIN=${PRETRAIN_MIN:-60}
+FINETUNE_MIN=${FINETUNE_MIN:-30}
+BATCH=${BATCH:-16}
+PRECISION=${PRECISION:-bf16}
+PY=${PY:-python}
+LR_PRETRAIN=${LR_PRETRAIN:-3e-4}
+IE_COST=${IE_COST:-3.2}   # measured cost of one pair-estimator step in plain steps (benchmarks/bench_train.py)
+EXTRA=${EXTRA:-}
+
+common=(--train_data_dir "$DATA" --resolution 64 --train_batch_size "$BATCH" --mixed_precision "$PRECISION"
+        --checkpointing_steps "${CKPT_STEPS:-500}" --checkpoints_total_limit 2 --save_images_steps "${SAMPLE_STEPS:-1000}"
+        --log_every 20 --concepts "eyes=4,5 nose=6 mouth=7" --mask_dilation 2 --estimator pair --value pixel
+        --baseline other_image)
+
+resume_flag() {  # resume when a checkpoint exists
+  if ls -d "$1"/checkpoint-* >/dev/null 2>&1; then echo "--resume_from_checkpoint latest"; fi
+}
+
+steps_of() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['train_steps'])" "$1/train_summary.json"; }
+
+if [ ! -f "$RUNS/pretrain/model_index.json" ]; then
+  echo "== phase 1: plain DDPM from scratch ($PRETRAIN_MIN min)"
+  $PY train_interpretable.py "${common[@]}" --output_dir "$RUNS/pretrain" --lambda_start 0 \
+      --learning_rate "$LR_PRETRAIN" --lr_warmup_steps 200 --max_train_steps "${PRETRAIN_STEPS:-10000000}" \
+      --max_train_minutes "$PRETRAIN_MIN" $(resume_flag "$RUNS/pretrain") $EXTRA
+fi
+
+if [ -z "${FINETUNE_STEPS:-}" ]; then
+  FINETUNE_STEPS=$($PY - "$RUNS/pretrain/train_summary.json" "$FINETUNE_MIN" "$IE_COST" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+rate = s["train_steps"] / max(s["train_minutes"], 1e-3)  # plain steps per minute
+print(max(10, int(rate * float(sys.argv[2]) / float(sys.argv[3]))))
+PYEOF
+)
+fi
+echo "== fine-tune steps: $FINETUNE_STEPS"
+
+finetune=(--pretrained_model_name_or_path "$RUNS/pretrain" --learning_rate 2e-4 --lr_warmup_steps 0
+          --max_train_steps "$FINETUNE_STEPS" --lambda_decay_steps "$FINETUNE_STEPS" --save_fp16)
+
+if [ ! -f "$RUNS/interpretable/model_index.json" ]; then
+  echo "== phase 2: interpretable fine-tune"
+  $PY train_interpretable.py "${common[@]}" "${finetune[@]}" --output_dir "$RUNS/interpretable" \
+      --lambda_start 1e3 --lambda_end 10 --max_train_minutes "$($PY -c "print($FINETUNE_MIN * 1.3)")" \
+      $(resume_flag "$RUNS/interpretable") $EXTRA
+fi
+DONE_STEPS=$(steps_of "$RUNS/interpretable")
+
+if [ ! -f "$RUNS/baseline/model_index.json" ]; then
+  echo "== phase 3: baseline fine-tune, lambda = 0, $DONE_STEPS steps"
+  $PY train_interpretable.py "${common[@]}" "${finetune[@]}" --output_dir "$RUNS/baseline" \
+      --lambda_start 0 --max_train_steps "$DONE_STEPS" $(resume_flag "$RUNS/baseline") $EXTRA
+fi
+echo "== done: $RUNS/{pretrain,interpretable,baseline}"

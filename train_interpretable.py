@@ -1,0 +1,640 @@
+#!/usr/bin/env python
+"""Train (or fine-tune) a DDPM with the Shapley dummy-player loss of the interpretable DDPM.
+
+    accelerate launch train_interpretable.py --train_data_dir ../shared/data/utkface64 --output_dir runs/x
+    python train_interpretable.py ...                                   # single process
+    accelerate launch --num_processes 2 --cpu train_interpretable.py ... # multi-process (DDP over gloo)
+
+Modelled on diffusers' examples/unconditional_image_generation/train_unconditional.py: `parse_args()` then
+`main(args)`, an `Accelerator` with a `ProjectConfiguration`, `EMAModel`, and save/load state hooks. Multi-GPU and
+multi-node runs come from accelerate's own config (`accelerate config`), nothing home-made.
+
+Loss: L = L_DDPM (epsilon MSE, optional min-SNR-gamma weighting) + lambda(step) * L_IE, where L_IE is the
+dummy-player loss from `pipeline_interpretable_ddpm.py` (the one place for the method's math) and lambda decays
+exponentially from --lambda_start to --lambda_end. `--lambda_start 0` trains a plain DDPM with everything else
+identical: the baseline for every comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pipeline_interpretable_ddpm as pid  # noqa: E402
+from face_data import load_faces  # noqa: E402
+
+logger = logging.getLogger("train_interpretable")
+
+DEFAULT_BLOCKS = "32,64,64,128"
+DEFAULT_ATTENTION = "0,0,1,0"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--train_data_dir", required=True, help="Folder with train.parquet (utkface64 layout) or an image folder (images/ + masks/).")
+    g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training faces.")
+    g.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True, help="Horizontal flips (left/right labels swapped).")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--pretrained_model_name_or_path", default=None, help="Pipeline folder or Hub id to fine-tune (the paper's protocol).")
+    g.add_argument("--resolution", type=int, default=None, help="Image size (default 64, or the pretrained model's).")
+    g.add_argument("--block_out_channels", default=DEFAULT_BLOCKS, help="UNet channels per level (new model only).")
+    g.add_argument("--layers_per_block", type=int, default=2)
+    g.add_argument("--attention_levels", default=DEFAULT_ATTENTION, help="1 where a level has self-attention, e.g. 0,0,1,0.")
+    g.add_argument("--num_train_timesteps", type=int, default=1000)
+    g.add_argument("--beta_schedule", default="linear")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
+    g.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
+    g.add_argument("--max_train_minutes", type=float, default=None, help="Also stop (checkpoint and save) after this much wall time.")
+    g.add_argument("--num_epochs", type=int, default=10)
+    g.add_argument("--learning_rate", type=float, default=2e-4)
+    g.add_argument("--lr_scheduler", default="constant_with_warmup", help="Any diffusers get_scheduler name.")
+    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--adam_beta1", type=float, default=0.95)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=1e-6)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="bf16 autocast also works on CPUs with AVX-512 bf16.")
+    g.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 disables it.")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    g = p.add_argument_group("EMA")
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--ema_max_decay", type=float, default=0.9999)
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    g.add_argument("--ema_power", type=float, default=3 / 4)
+
+    g = p.add_argument_group("method")
+    g.add_argument("--concepts", default="eyes=4,5 nose=6 mouth=7", help="Concepts as name=label,ids; the rest region is implied.")
+    g.add_argument("--mask_dilation", type=int, default=1, help="Pixels each concept mask is dilated by.")
+    g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
+    g.add_argument("--lambda_end", type=float, default=1.0)
+    g.add_argument("--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps).")
+    g.add_argument("--estimator", choices=["exact", "sampled", "pair"], default="pair")
+    g.add_argument("--coalition_samples", type=int, default=4, help="C of the sampled estimator.")
+    g.add_argument("--value", choices=["pixel", "mean"], default="pixel")
+    g.add_argument("--baseline", choices=["other_image", "noise", "zero"], default="other_image")
+    g.add_argument("--ie_batch_size", type=int, default=None, help="Examples per batch that also get L_IE (default: all).")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--logging_dir", default="logs")
+    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, ... or 'none'.")
+    g.add_argument("--log_every", type=int, default=10)
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder or 'latest'.")
+    g.add_argument("--save_images_steps", type=int, default=1000, help="Sample grid every N steps (0: never).")
+    g.add_argument("--num_sample_images", type=int, default=16)
+    g.add_argument("--sample_inference_steps", type=int, default=50)
+    g.add_argument("--save_fp16", action="store_true", help="Save the final pipeline's UNet in fp16.")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--hub_model_id", default=None)
+    g.add_argument("--hub_token", default=None)
+    g.add_argument("--hub_private_repo", action="store_true")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def _int_list(text: str, name: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated integers, got '{text}'.") from None
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Fails before any training with a message that names the problem."""
+    pid.parse_concepts(args.concepts)  # raises on unknown label ids / bad syntax
+    if not os.path.isdir(args.train_data_dir):
+        raise ValueError(f"--train_data_dir '{args.train_data_dir}' does not exist.")
+    blocks = _int_list(args.block_out_channels, "block_out_channels")
+    attention = _int_list(args.attention_levels, "attention_levels")
+    if len(blocks) != len(attention):
+        raise ValueError(f"--attention_levels has {len(attention)} entries, --block_out_channels {len(blocks)}.")
+    if args.lambda_start < 0 or args.lambda_end < 0:
+        raise ValueError("--lambda_start and --lambda_end must be >= 0.")
+    if args.lambda_start > 0 and args.lambda_end == 0:
+        raise ValueError("--lambda_end must be > 0 for an exponential decay (use --lambda_start 0 for a plain DDPM).")
+    if args.train_batch_size < 2 and args.baseline == "other_image":
+        raise ValueError("--baseline other_image needs --train_batch_size >= 2 (the baseline is another image of the batch).")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id.")
+    if args.resolution is not None and args.resolution % 2 ** (len(blocks) - 1) != 0:
+        raise ValueError(f"--resolution {args.resolution} must be divisible by {2 ** (len(blocks) - 1)}.")
+    for name in ("checkpointing_steps", "log_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pieces of the training loop
+# ----------------------------------------------------------------------------------------------------------------------
+def lambda_at(step: int, args) -> float:
+    """Exponential decay from lambda_start to lambda_end over lambda_decay_steps, then constant."""
+    if args.lambda_start == 0:
+        return 0.0
+    frac = min(step / max(args.lambda_decay_steps, 1), 1.0)
+    return float(args.lambda_start * (args.lambda_end / args.lambda_start) ** frac)
+
+
+def build_unet(args, resolution: int):
+    from diffusers import UNet2DModel
+
+    blocks = _int_list(args.block_out_channels, "block_out_channels")
+    attention = _int_list(args.attention_levels, "attention_levels")
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=args.layers_per_block,
+        block_out_channels=tuple(blocks),
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=min(32, min(blocks)),
+        attention_head_dim=min(32, min(blocks)),
+    )
+
+
+def load_pretrained(args):
+    """UNet and noise schedule of a pipeline folder or Hub id (only its `unet` and `scheduler` are used)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = args.pretrained_model_name_or_path
+    try:
+        unet = UNet2DModel.from_pretrained(path, subfolder="unet")
+        sched_cfg = DDPMScheduler.load_config(path, subfolder="scheduler")
+    except (OSError, EnvironmentError, ValueError) as err:
+        raise ValueError(f"Cannot load a UNet2DModel pipeline from --pretrained_model_name_or_path '{path}': {err}") from None
+    return unet.float(), sched_cfg
+
+
+def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+    """Flips a random half of the batch horizontally; a flip exchanges the left and right part labels."""
+    flip = torch.rand(images.shape[0], generator=generator).lt(0.5).to(images.device)
+    perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=labels.device)
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    labels = torch.where(flip[:, None, None], perm[labels.long()].flip(-1), labels.long())
+    return images, labels
+
+
+def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def make_baseline(kind: str, x0: torch.Tensor, noisy: torch.Tensor, timesteps, noise_scheduler, generator):
+    """x_t that absent players get: the same-t x_t of another image of the batch, fresh noise, or zeros."""
+    if kind == "zero":
+        return torch.zeros_like(noisy)
+    other_noise = torch.randn(noisy.shape, generator=generator).to(noisy.device, noisy.dtype)
+    if kind == "noise":
+        return other_noise
+    return noise_scheduler.add_noise(x0.roll(1, 0), other_noise, timesteps)
+
+
+def free_output_dir_check(args) -> None:
+    """Work in --output_dir is never overwritten silently: a finished pipeline or checkpoints there need --resume."""
+    if not os.path.isdir(args.output_dir) or args.resume_from_checkpoint:
+        return
+    existing = [n for n in os.listdir(args.output_dir) if n.startswith("checkpoint-") or n == "model_index.json"]
+    if existing:
+        raise ValueError(
+            f"--output_dir '{args.output_dir}' already holds {', '.join(sorted(existing)[:3])}; resume with "
+            "--resume_from_checkpoint latest or choose a new --output_dir (nothing is overwritten silently)."
+        )
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    if not os.path.isdir(output_dir):
+        return []
+    ckpts = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[1].isdigit()]
+    return sorted(ckpts, key=lambda d: int(d.split("-")[1]))
+
+
+def save_sample_grid(pipeline, path: str, num_images: int, steps: int, seed: int) -> None:
+    from PIL import Image
+
+    out = pipeline(batch_size=num_images, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps, output_type="np")
+    images = (out.images * 255).round().astype(np.uint8)
+    cols = int(math.ceil(math.sqrt(num_images)))
+    rows = int(math.ceil(num_images / cols))
+    h, w = images.shape[1:3]
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, im in enumerate(images):
+        grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = im
+    Image.fromarray(grid).save(path)
+
+
+def push_folder_to_hub(folder: str, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
+    """create_repo + upload_folder; returns the repo id. Weights other than safetensors are not uploaded."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        token=token,
+        commit_message="Upload interpretable DDPM pipeline",
+        ignore_patterns=["checkpoint-*", "logs/*", "samples/*", "*.bin", "*.pt", "*.pth"],
+    )
+    return repo_id
+
+
+def write_model_card(args, output_dir: str, metrics: dict) -> None:
+    """README.md with Hugging Face model-card metadata filled from the run."""
+    is_plain = args.lambda_start == 0
+    base = args.pretrained_model_name_or_path
+    lines = [
+        "---",
+        "license: other",
+        "license_name: utkface-non-commercial",
+        "library_name: diffusers",
+        "pipeline_tag: unconditional-image-generation",
+        "tags:",
+        "- diffusers",
+        "- ddpm",
+        "- ddim",
+        "- interpretability",
+        "- shapley",
+        "- faces",
+        "datasets:",
+        "- UTKFace",
+    ]
+    if base:
+        lines += [f"base_model: {base}"]
+    lines += ["---", ""]
+    title = "Plain DDPM (baseline)" if is_plain else "Interpretable DDPM"
+    lines += [
+        f"# {title} — {os.path.basename(os.path.abspath(output_dir))}",
+        "",
+        ("Trained with lambda = 0: the same recipe as the interpretable model without the dummy-player loss."
+         if is_plain else
+         "A DDPM fine-tuned with the Shapley dummy-player loss (Liu et al. 2025) so that each region of x_T is the "
+         f"only cause of the same region of the image. Concepts: `{args.concepts}` (+ rest)."),
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        f'pipe = DiffusionPipeline.from_pretrained("{args.hub_model_id or output_dir}", trust_remote_code=True)',
+        "out = pipe(batch_size=2)",
+        'edit = pipe.swap_regions(out.latents[:1], out.latents[1:], "eyes")',
+        "```",
+        "",
+        "## Training",
+        "",
+        "Data: UTKFace aligned crops at 64x64 (Zhang et al., CVPR 2017), non-commercial research use only.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    for key in ("pretrained_model_name_or_path", "resolution", "block_out_channels", "train_batch_size", "learning_rate",
+                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "lambda_start", "lambda_end",
+                "lambda_decay_steps", "estimator", "value", "baseline"):
+        lines.append(f"| {key} | `{getattr(args, key)}` |")
+    for key, val in metrics.items():
+        lines.append(f"| {key} | `{val}` |")
+    lines += ["", "The full configuration is in `training_config.json`."]
+    with open(os.path.join(output_dir, "README.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+def main(args: argparse.Namespace) -> str:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    free_output_dir_check(args)
+    if torch.cuda.is_available():  # TF32 matmuls and tuned convolutions: free speed for fp32 parts on Ampere+
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    concepts = pid.parse_concepts(args.concepts)
+
+    # -- model first: a resolution mismatch with a pretrained model must fail before data loading
+    if args.pretrained_model_name_or_path:
+        unet, sched_cfg = load_pretrained(args)
+        resolution = unet.config.sample_size
+        if args.resolution is not None and args.resolution != resolution:
+            raise ValueError(
+                f"--resolution {args.resolution} does not match the pretrained model's resolution {resolution}."
+            )
+        noise_scheduler = DDPMScheduler.from_config(sched_cfg)
+    else:
+        resolution = args.resolution or 64
+        unet = build_unet(args, resolution)
+        noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    args.resolution = resolution
+
+    faces = load_faces(args.train_data_dir, "train", limit=args.max_train_samples, resolution=resolution)
+    if args.lambda_start > 0 and not faces.has_mask.any():
+        raise ValueError(f"No face in '{args.train_data_dir}' has a part label map; the dummy-player loss needs masks.")
+
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "training_config.json"), "w") as f:
+            json.dump(vars(args), f, indent=2, sort_keys=True)
+    set_seed(args.seed)
+
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(
+            unet.parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=UNet2DModel,
+            model_config=unet.config,
+        )
+
+    # save/load hooks so that accelerator.save_state writes the UNet and its EMA as safetensors diffusers folders
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            if ema_model is not None:
+                ema_model.save_pretrained(os.path.join(output_dir, "unet_ema"))
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, "unet"))
+                weights.pop()
+
+    def load_model_hook(models, input_dir):
+        if ema_model is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "unet_ema"), UNet2DModel)
+            ema_model.load_state_dict(loaded.state_dict())
+            ema_model.to(accelerator.device)
+            del loaded
+        for _ in range(len(models)):
+            model = models.pop()
+            loaded = UNet2DModel.from_pretrained(input_dir, subfolder="unet")
+            model.register_to_config(**loaded.config)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    dataset = torch.utils.data.TensorDataset(
+        torch.from_numpy(faces.images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(faces.labels),
+        torch.from_numpy(faces.has_mask),
+    )
+    if len(dataset) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(
+            f"{len(dataset)} training faces are fewer than one global batch "
+            f"({args.train_batch_size} x {accelerator.num_processes} processes)."
+        )
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True, num_workers=args.dataloader_num_workers
+    )
+    steps_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_epochs * steps_per_epoch
+    if args.lambda_decay_steps is None:
+        args.lambda_decay_steps = args.max_train_steps
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("train_interpretable", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            ckpts = list_checkpoints(args.output_dir)
+            if not ckpts:
+                raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in '{args.output_dir}'.")
+            path = os.path.join(args.output_dir, ckpts[-1])
+        else:
+            path = args.resume_from_checkpoint
+            if not os.path.isdir(path):
+                raise ValueError(f"--resume_from_checkpoint '{path}' does not exist.")
+        accelerator.print(f"Resuming from {path}")
+        accelerator.load_state(path)
+        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+    first_epoch = global_step // max(steps_per_epoch, 1)
+
+    # per-process RNG for coalitions, flips and baselines; offset by step so a resumed run does not repeat draws
+    rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index + 7919 * global_step)
+    device = accelerator.device
+    progress = tqdm(range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
+    done = global_step >= args.max_train_steps
+    step_start = train_start = time.time()
+    log_acc = {"loss": 0.0, "loss_ddpm": 0.0, "loss_ie": 0.0, "n": 0}
+    epoch = first_epoch
+    while not done:
+        if hasattr(dataloader, "set_epoch"):
+            dataloader.set_epoch(epoch)
+        batches = dataloader
+        if epoch == first_epoch and global_step > 0:
+            # resume mid-epoch where the checkpoint left off
+            batches = accelerator.skip_first_batches(dataloader, (global_step * args.gradient_accumulation_steps) % len(dataloader))
+        for images_u8, labels, has_mask in batches:
+            with accelerator.accumulate(unet):
+                x0 = images_u8.to(device).float() / 127.5 - 1
+                labels = labels.to(device)
+                if args.random_flip:
+                    x0, labels = flip_batch(x0, labels, rng)
+                b = x0.shape[0]
+                noise = torch.randn(x0.shape, generator=rng).to(device)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=rng).to(device)
+                noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+                lam = lambda_at(global_step, args)
+                ie_needed = lam > 0 or (global_step + 1) % args.log_every == 0
+                inputs, t_all = noisy, timesteps
+                if ie_needed:
+                    nb = min(args.ie_batch_size or b, b)
+                    regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
+                    baseline = make_baseline(args.baseline, x0, noisy, timesteps, noise_scheduler, rng)[:nb]
+                    plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, rng)
+                    coal = pid.coalition_inputs(noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
+                    m = coal.shape[1]
+                    if lam > 0:
+                        # one forward for the DDPM and all coalition inputs: DDP allows one forward per backward
+                        inputs = torch.cat([noisy, coal.flatten(0, 1)])
+                        t_all = torch.cat([timesteps, timesteps[:nb].repeat_interleave(m)])
+                eps_all = unet(inputs, t_all).sample
+                eps = eps_all[:b]
+                mse = F.mse_loss(eps.float(), noise.float(), reduction="none").mean((1, 2, 3))
+                if args.snr_gamma > 0:
+                    mse = mse * snr_weights(noise_scheduler, timesteps, args.snr_gamma)
+                loss_ddpm = mse.mean()
+                loss_ie = torch.zeros((), device=device)
+                if ie_needed:
+                    if lam > 0:
+                        coal_eps = eps_all[b:].reshape(coal.shape)
+                    else:  # logging only: L_IE of the plain model, no gradient
+                        with torch.no_grad():
+                            coal_eps = unet(coal.flatten(0, 1), timesteps[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
+                    loss_ie = pid.loss_from_coalition_outputs(
+                        coal_eps.float(), plan, regions, args.value, has_mask[:nb].to(device).float()
+                    )
+                loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            log_acc["loss"] += float(loss.detach())
+            log_acc["loss_ddpm"] += float(loss_ddpm.detach())
+            if ie_needed:
+                log_acc["loss_ie"] = float(loss_ie.detach())
+            log_acc["n"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            if ema_model is not None:
+                ema_model.step(unet.parameters())
+            global_step += 1
+            progress.update(1)
+
+            if global_step % args.log_every == 0:
+                n = max(log_acc["n"], 1)
+                logs = {
+                    "loss": log_acc["loss"] / n,
+                    "loss_ddpm": log_acc["loss_ddpm"] / n,
+                    "loss_ie": log_acc["loss_ie"],
+                    "lambda": lam,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "step_time": (time.time() - step_start) / args.log_every,
+                    "ema_decay": ema_model.cur_decay_value if ema_model is not None else 0.0,
+                    "epoch": epoch,
+                }
+                progress.set_postfix(loss=f"{logs['loss']:.4f}", ie=f"{logs['loss_ie']:.4g}", lam=f"{lam:.3g}")
+                accelerator.log(logs, step=global_step)
+                if accelerator.is_main_process:
+                    with open(os.path.join(args.output_dir, "train_log.jsonl"), "a") as f:
+                        f.write(json.dumps({"step": global_step, **logs}) + "\n")
+                log_acc = {"loss": 0.0, "loss_ddpm": 0.0, "loss_ie": 0.0, "n": 0}
+                step_start = time.time()
+
+            if global_step % args.checkpointing_steps == 0 or global_step >= args.max_train_steps:
+                save_checkpoint(accelerator, args, global_step)
+            if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
+                pipeline = build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16=False)
+                os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
+                save_sample_grid(
+                    pipeline,
+                    os.path.join(args.output_dir, "samples", f"step-{global_step:07d}.png"),
+                    args.num_sample_images,
+                    args.sample_inference_steps,
+                    args.seed,
+                )
+            out_of_time = args.max_train_minutes is not None and time.time() - train_start > 60 * args.max_train_minutes
+            if accelerator.num_processes > 1 and args.max_train_minutes is not None:
+                # every process must stop at the same step
+                flag = torch.tensor(float(out_of_time), device=device)
+                out_of_time = bool(accelerator.reduce(flag, reduction="max") > 0)
+            if out_of_time and global_step % args.checkpointing_steps != 0:
+                save_checkpoint(accelerator, args, global_step)
+            if global_step >= args.max_train_steps or out_of_time:
+                done = True
+                break
+        epoch += 1
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16=args.save_fp16)
+        pipeline.save_pretrained(args.output_dir)
+        summary = {"train_steps": global_step, "train_images": len(faces), "images_seen": global_step * args.train_batch_size
+                   * accelerator.num_processes * args.gradient_accumulation_steps, "train_minutes": round((time.time() - train_start) / 60, 2)}
+        with open(os.path.join(args.output_dir, "train_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        write_model_card(args, args.output_dir, summary)
+        if args.push_to_hub:
+            push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
+    accelerator.end_training()
+    return args.output_dir
+
+
+def save_checkpoint(accelerator, args, global_step: int) -> None:
+    """accelerator.save_state into checkpoint-STEP, pruning the oldest beyond --checkpoints_total_limit."""
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        ckpts = list_checkpoints(args.output_dir)
+        excess = len(ckpts) - args.checkpoints_total_limit + 1
+        for old in ckpts[: max(excess, 0)]:
+            shutil.rmtree(os.path.join(args.output_dir, old))
+    path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
+    accelerator.save_state(path)
+
+
+def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16: bool):
+    """An InterpretableDDPMPipeline with the EMA weights (if any), a DDIM scheduler and concept templates."""
+    import copy
+
+    from diffusers import DDIMScheduler
+
+    model = copy.deepcopy(accelerator.unwrap_model(unet)).float().cpu()
+    if ema_model is not None:
+        ema_model.copy_to(model.parameters())
+    model.eval()
+    if fp16:
+        model = model.half()
+    masked = faces.labels[faces.has_mask]
+    templates = pid.compute_concept_templates(torch.from_numpy(masked.astype(np.int64)), pid.parse_concepts(args.concepts)) if len(masked) else None
+    # same noise schedule as training; no clipping, so that DDIM inversion is exact
+    ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False, set_alpha_to_one=True, thresholding=False)
+    pipeline = pid.InterpretableDDPMPipeline(unet=model, scheduler=ddim, concepts=args.concepts, concept_templates=templates)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+if __name__ == "__main__":
+    main(parse_args())
