@@ -6,6 +6,10 @@ import sys
 import pytest
 import torch
 
+# Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP's spin-waiting makes a
+# 2-thread forward of the tiny UNet up to 50x slower than a 1-thread one. TEST_TORCH_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

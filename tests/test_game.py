@@ -1,0 +1,189 @@
+"""The coalition game and the dummy-player loss as plain functions, checked against independent brute force."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import pipeline_interpretable_ddpm as pid
+from conftest import tiny_unet
+from denoisers import PerPixelDenoiser
+
+SIZE = 16
+
+
+def random_partition(batch: int, k: int, seed: int) -> torch.Tensor:
+    labels = torch.randint(0, k, (batch, SIZE, SIZE), generator=torch.Generator().manual_seed(seed))
+    labels[:, 0, :k] = torch.arange(k)  # every region non-empty
+    return torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).float()
+
+
+def setup_game(batch=4, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(batch, 3, SIZE, SIZE, generator=g)
+    baseline = torch.randn(batch, 3, SIZE, SIZE, generator=g)
+    timesteps = torch.randint(0, 1000, (batch,), generator=g)
+    return x_t, baseline, timesteps, random_partition(batch, k, seed)
+
+
+def model_fn_of(model):
+    def model_fn(x, t):
+        return model(x, t).sample
+
+    return model_fn
+
+
+def brute_force_loss(model_fn, x_t, timesteps, regions, baseline, value):
+    """L_IE = mean over all 2^K coalitions S of sum_k of the Theorem 1 term, written out with Python sets."""
+    b, k = regions.shape[:2]
+    players = range(k)
+
+    def eps_of(coalition):
+        keep = sum((regions[:, j : j + 1] for j in coalition), torch.zeros(b, 1, SIZE, SIZE))
+        return model_fn(keep * x_t + (1 - keep) * baseline, timesteps).double()
+
+    def value_of(eps, out_k):  # per example: (B, C, H, W) masked to region k, or (B, C) region means
+        region = regions[:, out_k : out_k + 1].double()
+        if value == "pixel":
+            return eps * region
+        return (eps * region).sum((-2, -1)) / region.sum((-2, -1))
+
+    def distance(a, b_):
+        d = (a - b_) ** 2
+        return d.sum((1, 2, 3)) / (3 * SIZE * SIZE) if value == "pixel" else d.mean(1)
+
+    empty = eps_of(())
+    singles = {j: eps_of((j,)) for j in players}
+    total = torch.zeros(b, dtype=torch.float64)
+    subsets = [c for size in range(k + 1) for c in itertools.combinations(players, size)]
+    for coalition in subsets:
+        eps = eps_of(coalition)
+        for out_k in players:
+            reference = singles[out_k] if out_k in coalition else empty
+            total += distance(value_of(eps, out_k), value_of(reference, out_k))
+    return (total / len(subsets)).mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------------
+def test_all_coalitions_and_coalition_inputs():
+    coalitions = pid.all_coalitions(3)
+    assert coalitions.shape == (8, 3) and coalitions.dtype == torch.bool
+    assert {tuple(r.tolist()) for r in coalitions} == set(itertools.product([False, True], repeat=3))
+    assert not coalitions[0].any() and coalitions[-1].all()
+
+    x_t, baseline, _, regions = setup_game(batch=2, k=3)
+    inputs = pid.coalition_inputs(x_t, baseline, regions, coalitions)
+    assert inputs.shape == (2, 8, 3, SIZE, SIZE)
+    for s, coalition in enumerate(coalitions):
+        for j in range(3):
+            inside = regions[:, j : j + 1].expand(-1, 3, -1, -1) > 0.5
+            source = x_t if coalition[j] else baseline
+            assert torch.equal(inputs[:, s][inside], source[inside])
+    # Per-example coalitions (B, M, K).
+    per_example = torch.tensor([[[True, False, False]], [[False, False, True]]])
+    built = pid.coalition_inputs(x_t, baseline, regions, per_example)
+    assert torch.equal(built[0, 0], pid.coalition_inputs(x_t, baseline, regions, coalitions[1:2])[0, 0])
+    assert torch.equal(built[1, 0], pid.coalition_inputs(x_t, baseline, regions, coalitions[4:5])[1, 0])
+
+
+def test_region_values_shapes_and_means():
+    eps = torch.randn(2, 3, SIZE, SIZE)
+    regions = random_partition(2, 4, seed=1)
+    pixel = pid.region_values(eps, regions, "pixel")
+    assert pixel.shape == (2, 4, 3, SIZE, SIZE)
+    torch.testing.assert_close(pixel.sum(1), eps)  # a partition: the regions add back up to eps
+    mean = pid.region_values(eps, regions, "mean")
+    assert mean.shape == (2, 4, 3)
+    inside = regions[1, 2] > 0.5
+    torch.testing.assert_close(mean[1, 2], eps[1][:, inside].mean(-1))
+    with pytest.raises(ValueError, match="value must be 'pixel' or 'mean'"):
+        pid.region_values(eps, regions, "max")
+
+
+def test_shapley_weight_matrix_matches_the_factorial_formula():
+    k = 4
+    values = torch.randn(2**k, dtype=torch.float64)  # an arbitrary game v(S), S encoded as bits
+    coalitions = pid.all_coalitions(k)
+    index = {frozenset(torch.nonzero(c).flatten().tolist()): s for s, c in enumerate(coalitions)}
+    expected = torch.zeros(k, dtype=torch.float64)
+    for j in range(k):
+        others = [p for p in range(k) if p != j]
+        for size in range(k):
+            w = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
+            for c in itertools.combinations(others, size):
+                expected[j] += w * (values[index[frozenset(c) | {j}]] - values[index[frozenset(c)]])
+    torch.testing.assert_close(pid.shapley_weight_matrix(k) @ values, expected)
+    torch.testing.assert_close(pid.shapley_along(values[None, :, None], dim=1)[0, :, 0], expected)
+    assert torch.isclose(expected.sum(), values[-1] - values[0])  # efficiency
+    with pytest.raises(ValueError, match="all 2\\^K coalitions are needed"):
+        pid.shapley_along(torch.randn(6), dim=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loss
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["pixel", "mean"])
+def test_exact_loss_equals_brute_force(value):
+    model_fn = model_fn_of(tiny_unet())
+    x_t, baseline, timesteps, regions = setup_game(batch=3, k=3, seed=2)
+    with torch.no_grad():
+        exact = pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator="exact", value=value)
+        brute = brute_force_loss(model_fn, x_t, timesteps, regions, baseline, value)
+    assert brute > 1e-8
+    assert exact.item() == pytest.approx(brute, rel=1e-4)
+
+
+@pytest.mark.parametrize("value", ["pixel", "mean"])
+@pytest.mark.parametrize("estimator", ["exact", "sampled", "pair"])
+def test_per_pixel_model_has_zero_loss_and_mixing_model_does_not(estimator, value):
+    x_t, baseline, timesteps, regions = setup_game(batch=4, k=3, seed=3)
+    kwargs = dict(estimator=estimator, value=value, num_coalitions=4)
+    with torch.no_grad():
+        local = pid.interpretability_loss(model_fn_of(PerPixelDenoiser()), x_t, timesteps, regions, baseline,
+                                          generator=torch.Generator().manual_seed(0), **kwargs)
+        mixing = pid.interpretability_loss(model_fn_of(tiny_unet()), x_t, timesteps, regions, baseline,
+                                           generator=torch.Generator().manual_seed(0), **kwargs)
+    assert local.ndim == 0 and local.item() < 1e-12
+    assert mixing.item() > 1e-6
+
+
+def test_loss_is_differentiable_and_weighted():
+    unet = tiny_unet()
+    x_t, baseline, timesteps, regions = setup_game(batch=2, k=2, seed=4)
+    loss = pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="pair",
+                                     generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert unet.conv_in.weight.grad is not None and unet.conv_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        weights = torch.tensor([1.0, 0.0])
+        weighted = pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="exact",
+                                             example_weights=weights)
+        first_only = pid.interpretability_loss(model_fn_of(unet), x_t[:1], timesteps[:1], regions[:1], baseline[:1],
+                                               estimator="exact")
+    assert weighted.item() == pytest.approx(first_only.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="estimator must be 'exact', 'sampled' or 'pair'"):
+        pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="castro")
+
+
+@pytest.mark.parametrize("estimator, draws", [("pair", 400), ("sampled", 150)])
+def test_sampled_estimators_are_unbiased_for_the_exact_loss(estimator, draws):
+    """Mean of many independent draws lies within 4 standard errors of the exact loss; the standard error is small
+    enough that a factor-K bias (e.g. forgetting to scale the pair estimate by K) would be caught."""
+    model_fn = model_fn_of(tiny_unet())
+    k = 3
+    x_t, baseline, timesteps, regions = setup_game(batch=4, k=k, seed=5)
+    generator = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        exact = pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator="exact").item()
+        estimates = torch.tensor([
+            pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator=estimator,
+                                      num_coalitions=2, generator=generator).item()
+            for _ in range(draws)
+        ], dtype=torch.float64)
+    mean, standard_error = estimates.mean().item(), (estimates.std() / math.sqrt(draws)).item()
+    assert standard_error > 0  # the estimates do vary
+    assert abs(mean - exact) < 4 * standard_error, (mean, exact, standard_error)
+    assert 4 * standard_error < exact * (1 - 1 / k), "too few draws for the test to detect a bias"
