@@ -1253,6 +1253,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 phis.append(signed.float())
                 abs_phis.append(absval.float())
                 out_t.append(t)
+                if len(out_t) == len(set(wanted)):
+                    break  # no later timestep is wanted: skip the rest of the trajectory
             model_out = self.unet(torch.cat([x, xb]) if xb is not None else x, t).sample
             stepped = self.scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
             x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
