@@ -1,0 +1,139 @@
+# Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
+"""Latency of the Space: one swap and one resample (the app's handlers, locality and heatmaps included) at several
+step counts, and the time from launching `python app.py` to the first HTTP 200 of the page.
+
+    python benchmarks/bench_app.py                       # the default model (models/interpretable-ddpm-faces64)
+    python benchmarks/bench_app.py --model <dir>         # another pipeline folder
+    python benchmarks/bench_app.py --random-weights      # a random-weight pipeline of the shipped size
+
+Prints seconds and the ratio to the goal (<= 3 s per edit at the app's default steps on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import app  # noqa: E402
+
+GOAL_SECONDS = 3.0
+
+
+def make_random_pipeline(out_dir: str, data_dir: str = os.path.join(ROOT, "..", "shared", "data", "utkface64")) -> str:
+    """Saves a random-weight 64x64 pipeline of the shipped UNet size, with concept templates from real label maps
+    (or synthetic ones when the data is absent), and returns its folder."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    import pipeline_interpretable_ddpm as pid
+    from face_data import load_faces, make_synthetic_faces
+
+    if not os.path.isdir(data_dir):
+        data_dir = make_synthetic_faces(os.path.join(out_dir, "_faces"), num_train=16, num_test=16, size=64)
+    faces = load_faces(data_dir, "test", limit=256)
+    labels = torch.from_numpy(faces.labels[faces.has_mask]).long()
+    concepts = pid.parse_concepts(None)
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=64,
+        block_out_channels=(32, 64, 64, 128),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=unet,
+        scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+        concept_templates=pid.compute_concept_templates(labels, concepts),
+    )
+    path = os.path.join(out_dir, "random-interpretable-ddpm-faces64")
+    pipe.save_pretrained(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def time_edits(model_path: str, step_counts, repeats: int):
+    models = app.load_models(model_path, baseline="")
+    handlers = app.SpaceApp(models)
+    rows = []
+    for steps in step_counts:
+        faces = handlers.generate(0, 1, steps, False)[3]
+        timings = {"swap": [], "resample": []}
+        for r in range(repeats + 1):  # the first call warms up
+            t0 = time.perf_counter()
+            faces = handlers.swap("eyes", 1, None, steps, False, faces)[-1]
+            t1 = time.perf_counter()
+            faces = handlers.resample("mouth", 1, None, 100 + r, steps, False, faces)[-1]
+            t2 = time.perf_counter()
+            if r:
+                timings["swap"].append(t1 - t0)
+                timings["resample"].append(t2 - t1)
+        rows.append((steps, statistics.median(timings["swap"]), statistics.median(timings["resample"])))
+    return rows
+
+
+def time_to_first_page(model_path: str, timeout: float = 300.0) -> float:
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "app.py"), "--model", model_path, "--baseline", "", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        while time.perf_counter() - start < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    if resp.status == 200:
+                        return time.perf_counter() - start
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"No page after {timeout} s.")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="Pipeline folder (default: the app's default model).")
+    parser.add_argument("--random-weights", action="store_true", help="Benchmark a random-weight shipped-size pipeline.")
+    parser.add_argument("--steps", default="10,25,50", help="Comma-separated step counts.")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if args.random_weights:
+            model = make_random_pipeline(tmp)
+        model = model or app.find_default_model()
+        if model is None:
+            raise SystemExit("No default model yet; pass --model <dir> or --random-weights.")
+        print(f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}")
+        ttfp = time_to_first_page(model)
+        print(f"time to first page (python app.py -> HTTP 200): {ttfp:.1f} s")
+        print(f"{'steps':>5} | {'swap (s)':>8} | {'resample (s)':>12} | swap / goal | resample / goal")
+        for steps, swap_s, resample_s in time_edits(model, [int(s) for s in args.steps.split(",")], args.repeats):
+            default = "  <- app default" if steps == app.DEFAULT_STEPS else ""
+            print(f"{steps:>5} | {swap_s:8.2f} | {resample_s:12.2f} | {swap_s / GOAL_SECONDS:11.2f} | {resample_s / GOAL_SECONDS:15.2f}{default}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The Space (app.py) served in-process on tiny pipelines and driven through gradio_client, endpoint by endpoint.
+
+Each check compares what the API returns with what the pipeline computes directly, so a handler that composes
+the wrong thing (wrong seed, wrong mask, wrong locality) fails here.
+"""
+
+import math
+import os
+import socket
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, tiny_pipeline
+
+sys.path.insert(0, ROOT)
+
+import app  # noqa: E402
+import pipeline_interpretable_ddpm as pid  # noqa: E402
+from face_data import load_faces  # noqa: E402
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+STEPS = 4
+EXPECTED_ENDPOINTS = {
+    "/random_seeds", "/generate", "/show_mask", "/resample", "/swap", "/keep_edit", "/invert", "/attribute",
+    "/attribution_at_t",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_tiny_pipeline(path, faces, seed):
+    labels = torch.from_numpy(faces.labels[faces.has_mask]).long()
+    templates = pid.compute_concept_templates(labels, pid.parse_concepts(None))
+    pipe = tiny_pipeline(16, seed=seed, concept_templates=templates)
+    pipe.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_faces):
+    """(client, models, url): the app on a tiny interpretable pipeline and a tiny 'baseline', launched in-process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP oversubscription stalls
+    faces = load_faces(tiny_faces, "train")
+    root = tmp_path_factory.mktemp("space_models")
+    main = save_tiny_pipeline(root / "tiny-interpretable", faces, seed=0)
+    baseline = save_tiny_pipeline(root / "tiny-baseline", faces, seed=1)
+    models = app.load_models(main, baseline, default_steps=STEPS)
+    demo = app.build_demo(models)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH_KWARGS)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        yield client, models, demo.local_url
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)
+
+
+def read(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def pipe_image_display(images_bchw: torch.Tensor, i: int = 0) -> np.ndarray:
+    return app.to_display(images_bchw[i].permute(1, 2, 0).cpu().numpy())
+
+
+def generate(client, seed_a=3, seed_b=7, compare=True):
+    a, b, editor, info = client.predict(seed_a, seed_b, STEPS, compare, api_name="/generate")
+    return read(a), read(b), editor, info
+
+
+def test_every_event_has_an_api_name(served):
+    client, _, _ = served
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == EXPECTED_ENDPOINTS
+
+
+def test_random_seeds(served):
+    client, _, _ = served
+    a, b = client.predict(api_name="/random_seeds")
+    assert all(isinstance(s, (int, float)) and 0 <= s < 2**31 and s == int(s) for s in (a, b))
+
+
+def test_generate_is_the_pipeline_output_and_reproducible(served):
+    client, models, _ = served
+    a, b, editor, info = generate(client, 3, 7)
+    assert a.shape == b.shape == (256, 256, 3)  # 16x16 faces shown at 16x
+    assert "seed **3**" in info and "seed **7**" in info
+    ref = models.main(
+        batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (3, 7)],
+        num_inference_steps=STEPS, output_type="pt",
+    ).images
+    np.testing.assert_array_equal(a, pipe_image_display(ref, 0))
+    np.testing.assert_array_equal(b, pipe_image_display(ref, 1))
+    a2, b2, _, _ = generate(client, 3, 7)
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(b, b2)
+    a3, _, _, _ = generate(client, 4, 7)
+    assert np.abs(a3.astype(int) - a.astype(int)).max() > 0
+    # The painting canvas is face A.
+    np.testing.assert_array_equal(read(editor["background"]), a)
+
+
+def test_show_mask_overlays_the_concept_mask(served):
+    client, models, _ = served
+    a, _, _, _ = generate(client)
+    overlay, info = client.predict("eyes", 0, None, STEPS, api_name="/show_mask")
+    overlay = read(overlay)
+    template = models.main.template_mask("eyes").numpy()
+    assert f"{int(template.sum())} of 256 pixels" in info
+    changed = np.abs(overlay.astype(int) - a.astype(int)).sum(-1) > 0
+    np.testing.assert_array_equal(changed, app._upscale_mask(template))  # tinted exactly inside the mask
+
+
+def test_resample_matches_the_pipeline_and_reports_locality(served):
+    client, models, _ = served
+    a, _, _, _ = generate(client, 3, 7)
+    out = client.predict("nose", 0, None, 11, STEPS, True, api_name="/resample")
+    panel, details = out[:12], out[12]
+    edited_a, heat_a, loc_a = read(panel[0]), read(panel[1]), panel[2]
+    assert panel[3] is None and panel[5] is None  # no face B in a resample
+    # the same edit, directly on the pipeline
+    gens = [torch.Generator().manual_seed(s) for s in (3, 7)]
+    orig = models.main(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
+    mask = models.main.concept_mask(orig.images[:1] * 2 - 1, "nose", is_latents=False)
+    ref = models.main.resample_region(
+        orig.latents[:1], mask, generator=torch.Generator().manual_seed(11), num_inference_steps=STEPS, output_type="pt"
+    )
+    np.testing.assert_array_equal(edited_a, pipe_image_display(ref.images))
+    expected = float(pid.edit_locality(orig.images[:1], ref.images, ref.mask, color_space="lab")[0])
+    assert math.isfinite(loc_a) and loc_a == pytest.approx(expected, abs=1e-4)
+    assert heat_a.shape == (256, 256, 3) and heat_a.std() > 0
+    # the baseline ran the same edit side by side
+    base_a, base_heat, base_loc = read(panel[6]), read(panel[7]), panel[8]
+    assert base_a.shape == (256, 256, 3) and math.isfinite(base_loc)
+    assert np.abs(base_a.astype(int) - edited_a.astype(int)).max() > 0
+    assert "locality (Lab, paper)" in details and "seed 11" in details
+
+
+def test_swap_twice_restores_both_faces(served):
+    client, _, _ = served
+    a, b, _, _ = generate(client, 5, 9, compare=False)
+    out = client.predict("mouth", 1, None, STEPS, False, api_name="/swap")
+    new_a, new_b, loc_a, loc_b = read(out[0]), read(out[3]), out[2], out[5]
+    assert math.isfinite(loc_a) and math.isfinite(loc_b) and loc_a >= 0 and loc_b >= 0
+    assert np.abs(new_a.astype(int) - a.astype(int)).max() > 0
+    assert out[6] is None  # compare off: no baseline result
+    kept_a, kept_b, _, info = client.predict(STEPS, api_name="/keep_edit")
+    np.testing.assert_array_equal(read(kept_a), new_a)
+    np.testing.assert_array_equal(read(kept_b), new_b)
+    assert "after swapping mouth" in info
+    # Template masks do not depend on the face, so swapping again exchanges the same x_T back.
+    out = client.predict("mouth", 1, None, STEPS, False, api_name="/swap")
+    np.testing.assert_array_equal(read(out[0]), a)
+    np.testing.assert_array_equal(read(out[3]), b)
+
+
+def test_painted_region(served, tmp_path):
+    client, models, _ = served
+    _, _, editor, _ = generate(client, compare=False)
+    layer = np.zeros((256, 256, 4), np.uint8)
+    layer[64:128, 96:192] = (255, 48, 48, 255)  # rows 4..7, columns 6..11 of the 16x16 face
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    value = {
+        "background": handle_file(editor["background"]),
+        "layers": [handle_file(str(tmp_path / "layer.png"))],
+        "composite": handle_file(editor["background"]),
+    }
+    overlay, info = client.predict("painted", 0, value, STEPS, api_name="/show_mask")
+    assert "24 of 256 pixels" in info
+    out = client.predict("painted", 0, value, 2, STEPS, False, api_name="/resample")
+    assert math.isfinite(out[2])
+    empty = dict(value, layers=[])
+    with pytest.raises(AppError, match="painted mask is empty"):
+        client.predict("painted", 0, empty, 2, STEPS, False, api_name="/resample")
+
+
+def test_invert_an_upload_then_edit_it(served, tmp_path):
+    client, models, _ = served
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "face.png")
+    small, recon, face_a, editor, info = client.predict(handle_file(str(tmp_path / "face.png")), STEPS, True, api_name="/invert")
+    assert read(small).shape == read(recon).shape == (256, 256, 3)
+    np.testing.assert_array_equal(read(face_a), read(recon))
+    assert "40x30" in info and "resized" in info and "PSNR" in info
+    # the reconstruction is what the pipeline's inversion regenerates
+    expected_input = np.asarray(
+        Image.open(tmp_path / "face.png").convert("RGB").crop((5, 0, 35, 30)).resize((16, 16), Image.BICUBIC), np.float32
+    ) / 255
+    np.testing.assert_array_equal(read(small), app.to_display(expected_input))
+    x_t = models.main.invert(torch.from_numpy(expected_input).permute(2, 0, 1)[None], num_inference_steps=STEPS).latents
+    ref = models.main(latents=x_t, num_inference_steps=STEPS, output_type="pt").images
+    np.testing.assert_array_equal(read(recon), pipe_image_display(ref))
+    out = client.predict("eyes", 0, None, 3, STEPS, True, api_name="/resample")
+    assert math.isfinite(out[2]) and math.isfinite(out[8])
+
+
+def test_bad_uploads_are_refused_and_the_app_keeps_serving(served, tmp_path):
+    client, _, _ = served
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(handle_file(str(text)), STEPS, False, api_name="/invert")
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (5000, 4000), (128, 100, 90)).save(huge)  # small file, 20 megapixels
+    with pytest.raises(AppError, match="megapixels"):
+        client.predict(handle_file(str(huge)), STEPS, False, api_name="/invert")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8)).save(big)
+    assert os.path.getsize(big) > 10 * 1024 * 1024
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        client.predict(handle_file(str(big)), STEPS, False, api_name="/invert")
+    with pytest.raises(AppError, match="seed A|minimum value 0"):  # the component or the handler refuses it
+        client.predict(-5, 1, STEPS, False, api_name="/generate")
+    with pytest.raises(AppError, match="Steps|minimum value 1"):
+        client.predict(1, 2, 0, False, api_name="/generate")
+    a, _, _, _ = generate(client, 3, 7)  # still serving
+    assert a.shape == (256, 256, 3)
+
+
+def test_edits_before_any_face_give_a_clear_error(served):
+    _, _, url = served
+    fresh = Client(url, verbose=False)  # a new session has no faces
+    with pytest.raises(AppError, match="Generate faces A and B"):
+        fresh.predict("eyes", 0, None, STEPS, False, api_name="/swap")
+    with pytest.raises(AppError, match="no edit to keep"):
+        generate(fresh) and fresh.predict(STEPS, api_name="/keep_edit")
+
+
+def test_attribution_explorer(served):
+    client, models, _ = served
+    generate(client, 3, 7)
+    matrix, base_matrix, curve, t_index, info, summary = client.predict("A", STEPS, 3, 0, True, api_name="/attribute")
+    assert t_index["value"] == 0 and t_index["maximum"] == 2  # the slider spans the analysed timesteps
+    assert read(matrix).ndim == 3 and read(base_matrix).ndim == 3 and read(curve).ndim == 3
+    main = summary["main"]
+    assert main["region_names"] == ["eyes", "nose", "mouth", "rest"]
+    assert len(main["timesteps"]) == len(main["leakage"]) == 3
+    assert all(0 <= v <= 1 and math.isfinite(v) for v in main["leakage"])
+    assert main["timesteps"] == sorted(main["timesteps"], reverse=True)
+    # the same numbers straight from the pipeline
+    gens = [torch.Generator().manual_seed(s) for s in (3, 7)]
+    orig = models.main(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
+    regions = models.main.region_masks(orig.images[:1] * 2 - 1, is_latents=False)
+    ref = models.main.attribute(
+        orig.latents[:1], masks=regions, timesteps=main["timesteps"], num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+    )
+    np.testing.assert_allclose(main["leakage"], ref.leakage[:, 0].numpy(), rtol=1e-4, atol=1e-6)
+    assert "baseline" in summary and len(summary["baseline"]["leakage"]) == 3
+    m2, _, curve2, info2 = client.predict(2, api_name="/attribution_at_t")
+    assert f"t = **{main['timesteps'][2]}**" in info2
+    assert not np.array_equal(read(m2), read(matrix))
