@@ -679,6 +679,22 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         # Stored in the command-line form: a JSON object would lose the concepts' order (configs sort their keys)
         # and the order decides which concept keeps a pixel where dilated masks overlap.
         concepts = concepts_to_string(parse_concepts(concepts))
+        if parser_normalization not in ("minus_one_one", "imagenet"):
+            raise ValueError(f"parser_normalization must be 'minus_one_one' or 'imagenet', got '{parser_normalization}'.")
+        if parser_label_mapping:
+            try:  # JSON configs store the keys as strings; keep that form
+                parser_label_mapping = {str(int(k)): int(v) for k, v in dict(parser_label_mapping).items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"parser_label_mapping must map integer ids to integer ids, got {parser_label_mapping}.") from None
+            bad = sorted({v for v in parser_label_mapping.values() if v not in FACE_PART_LABELS})
+            if bad:
+                raise ValueError(f"parser_label_mapping maps to {bad}, which are not face part ids {list(FACE_PART_LABELS)}.")
+        num_parser_labels = getattr(getattr(parser, "config", None), "num_labels", None)
+        if parser is not None and not parser_label_mapping and num_parser_labels not in (None, len(FACE_PART_LABELS)):
+            raise ValueError(
+                f"The parser has {num_parser_labels} labels, not the {len(FACE_PART_LABELS)} face part labels; pass "
+                "parser_label_mapping={parser id: face part id} (e.g. for the 19 CelebAMask-HQ labels)."
+            )
         self.register_modules(unet=unet, scheduler=scheduler, parser=parser)
         self.register_to_config(
             concepts=concepts,
@@ -1095,41 +1111,85 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return mask[0, 0] > 0.5
 
     def _check_concept(self, concept: str) -> None:
-        if concept not in self.concepts:
-            raise ValueError(f"Unknown concept '{concept}'; this pipeline knows {', '.join(self.concepts)}.")
+        if not isinstance(concept, str) or concept not in self.concepts:
+            raise ValueError(f"Unknown concept {concept!r}; this pipeline knows {', '.join(self.concepts)}.")
+
+    @property
+    def parser_face_label_ids(self) -> List[int]:
+        """Face-part label ids the parser can output (after `parser_label_mapping`); empty without a parser."""
+        if self.parser is None:
+            return []
+        mapping = self.config.parser_label_mapping
+        if mapping:
+            return sorted({int(v) for v in mapping.values()})
+        num_labels = int(getattr(getattr(self.parser, "config", None), "num_labels", len(FACE_PART_LABELS)))
+        return [i for i in FACE_PART_LABELS if i < num_labels]
+
+    def _check_parser_covers(self, concept: str) -> None:
+        ids = self.concepts[concept]
+        producible = self.parser_face_label_ids
+        if not any(i in producible for i in ids):
+            raise ValueError(
+                f"The parser cannot produce concept '{concept}' (part label ids {ids}): with parser_label_mapping "
+                f"{self.config.parser_label_mapping} its labels give part ids {producible} only. Map the parser's "
+                f"labels of this part to {ids}, or use a pipeline without a parser (template masks)."
+            )
+
+    def _model_space_images(self, images: ImageInput) -> torch.Tensor:
+        """What `preprocess` takes -> model space; a tensor is taken as model-space `(B, 3, H, W)` in [-1, 1]."""
+        if not isinstance(images, torch.Tensor):
+            return self.preprocess(images)
+        x = images[None] if images.ndim == 3 else images
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.resolution:
+            raise ValueError(
+                f"Image tensors must be model-space RGB batches (B, 3, {self.resolution[0]}, {self.resolution[1]}) "
+                f"in [-1, 1]; got {tuple(images.shape)}. Pass PIL images or numpy arrays for other sizes (resize first)."
+            )
+        return x.to(self._execution_device)
 
     @torch.no_grad()
     def parse(self, images: ImageInput) -> torch.Tensor:
         """Face-part label maps `(B, H, W)` (long, ids of `FACE_PART_LABELS`) of images at model resolution.
 
-        Accepts what `preprocess` accepts, or model-space tensors in [-1, 1] via `preprocess`-d input."""
+        Args:
+            images: PIL image(s) / numpy arrays as [`~InterpretableDDPMPipeline.preprocess`] takes them, or a
+                model-space tensor `(B, 3, H, W)` in [-1, 1] at the model resolution (e.g. `denoise` output).
+        """
         if self.parser is None:
-            raise ValueError("This pipeline has no parser component; concept masks fall back to templates.")
-        x = self.preprocess(images) if not isinstance(images, torch.Tensor) else images
-        return self._parse_model_space(x)
+            raise ValueError(
+                "This pipeline has no parser component; pass parser=... (a SegformerForSemanticSegmentation) or use "
+                "concept_mask / template_mask, which fall back to the concept template masks."
+            )
+        return self._parse_model_space(self._model_space_images(images))
 
     def _parse_model_space(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.resolution
-        pixels = (x.float() + 1) / 2
+        param = next(self.parser.parameters())
+        if param.device.type == "cpu" and param.dtype == torch.float16:
+            # fp16 kernels are emulated on most CPUs (~10x slower than fp32); the parser is small, so it runs in fp32
+            # there. Its weights ship in fp16 only to keep the download small.
+            self.parser.to(torch.float32)
+            param = next(self.parser.parameters())
+        pixels = (x.to(param.device).float() + 1) / 2
         size = self.config.parser_resolution or h
         if size != h:
             pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
         if self.config.parser_normalization == "imagenet":
-            mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
+            mean = torch.tensor([0.485, 0.456, 0.406], device=pixels.device).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225], device=pixels.device).view(1, 3, 1, 1)
             pixels = (pixels - mean) / std
         else:
             pixels = pixels * 2 - 1
-        parser_dtype = next(self.parser.parameters()).dtype
-        logits = self.parser(pixel_values=pixels.to(parser_dtype)).logits.float()
+        logits = self.parser(pixel_values=pixels.to(param.dtype)).logits.float()
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         labels = logits.argmax(1)
         mapping = self.config.parser_label_mapping
         if mapping:
-            lut = torch.zeros(max(int(k) for k in mapping) + 1, dtype=torch.long, device=labels.device)
+            # parser label id -> face part id; parser labels the mapping leaves out become background (0)
+            lut = torch.zeros(max(logits.shape[1], max(int(k) for k in mapping) + 1), dtype=torch.long, device=labels.device)
             for k, v in mapping.items():
                 lut[int(k)] = int(v)
-            labels = lut[labels.clamp_max(len(lut) - 1)]
+            labels = lut[labels]
         return labels
 
     @torch.no_grad()
@@ -1143,38 +1203,61 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Mask of a concept for each image, `(B, 1, H, W)` float 0/1 at model resolution.
 
-        With a parser, the image is parsed (latents x_T are first turned into the image they generate); without
-        one, the concept's template mask is used for every image. `dilation` grows the mask by that many pixels.
+        With a parser, the image is parsed (latents x_T are first turned into the image they generate, with
+        `num_inference_steps` DDIM steps); without one, the concept's template mask is used for every image.
+
+        Args:
+            image_or_latents: PIL image(s) / numpy arrays (as `preprocess` takes them), a model-space image tensor
+                `(B, 3, H, W)` in [-1, 1], or latents x_T `(B, C, H, W)`.
+            concept (`str`): one of `self.concepts`.
+            dilation (`int`): grows the mask by this many pixels (square structuring element).
+            is_latents (`bool`, *optional*): whether a tensor holds latents x_T; when `None`, a tensor with values
+                beyond +-1.5 (Gaussian noise always has some; images never) is taken as latents.
         """
-        self._check_concept(concept)
+        return self._concept_masks(image_or_latents, [concept], dilation, num_inference_steps, is_latents)
+
+    @torch.no_grad()
+    def _concept_masks(
+        self, image_or_latents, concepts: Sequence[str], dilation: int = 0, num_inference_steps: int = 50,
+        is_latents: Optional[bool] = None,
+    ) -> torch.Tensor:
+        """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
+        denoised and the images parsed once for all of them."""
+        for concept in concepts:
+            self._check_concept(concept)
+            if self.parser is not None:
+                self._check_parser_covers(concept)
+        if not isinstance(dilation, int) or dilation < 0:
+            raise ValueError(f"dilation must be a non-negative integer (pixels), got {dilation!r}.")
         if is_latents is None:
-            is_latents = isinstance(image_or_latents, torch.Tensor) and image_or_latents.ndim == 4 and (
-                image_or_latents.min() < -1.0 or image_or_latents.max() > 1.0 or image_or_latents.abs().mean() > 0.6
-            )
+            is_latents = isinstance(image_or_latents, torch.Tensor) and bool(image_or_latents.abs().amax() > 1.5)
         if is_latents:
             latents = self._check_latents(image_or_latents)
             b = latents.shape[0]
         else:
-            x = self.preprocess(image_or_latents) if not isinstance(image_or_latents, torch.Tensor) else image_or_latents
+            x = self._model_space_images(image_or_latents)
             b = x.shape[0]
         if self.parser is None:
-            mask = self.template_mask(concept).float()[None, None].expand(b, 1, *self.resolution).clone()
+            masks = torch.stack([self.template_mask(c) for c in concepts]).float()[None]
+            masks = masks.expand(b, -1, -1, -1).clone()
         else:
             if is_latents:
                 x = self.denoise(latents, num_inference_steps, show_progress=False)
             labels = self._parse_model_space(x)
-            ids = torch.tensor(self.concepts[concept], device=labels.device)
-            mask = torch.isin(labels, ids).float()[:, None]
-        mask = dilate_masks(mask, dilation)
-        return mask.to(self._execution_device)
+            masks = torch.stack(
+                [torch.isin(labels, torch.tensor(self.concepts[c], device=labels.device)) for c in concepts], 1
+            ).float()
+        masks = dilate_masks(masks, dilation)
+        return masks.to(self._execution_device)
 
     def region_masks(self, image_or_latents, dilation: int = 0, **kw) -> torch.Tensor:
-        """The K-region partition `(B, K, H, W)` (concepts, then rest) of each image, from its concept masks."""
-        masks = [self.concept_mask(image_or_latents, c, dilation=dilation, **kw)[:, 0] > 0.5 for c in self.concepts]
-        taken = torch.zeros_like(masks[0])
+        """The K-region partition `(B, K, H, W)` (concepts, then rest) of each image, from its concept masks;
+        where dilated concepts overlap, the earlier concept keeps the pixel."""
+        masks = self._concept_masks(image_or_latents, list(self.concepts), dilation=dilation, **kw) > 0.5
+        taken = torch.zeros_like(masks[:, 0])
         regions = []
-        for m in masks:
-            m = m & ~taken
+        for i in range(masks.shape[1]):
+            m = masks[:, i] & ~taken
             taken |= m
             regions.append(m)
         regions.append(~taken)
@@ -1274,11 +1357,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             names = list(self.concepts) if masks is None else list(masks)
             for n in names:
                 self._check_concept(n)
-            concept_masks = [
-                self.concept_mask(latents, n, num_inference_steps=num_inference_steps, is_latents=True)[:, 0] > 0.5
-                for n in names
-            ]
-            regions = torch.stack(concept_masks, 1).float()
+            # one DDIM run and one parse for all concepts
+            regions = self._concept_masks(latents, names, num_inference_steps=num_inference_steps, is_latents=True)
+            regions = (regions > 0.5).float()
         elif isinstance(masks, (torch.Tensor, np.ndarray)):
             regions = torch.as_tensor(masks).float().to(latents.device)
             if regions.ndim == 3:
