@@ -1326,7 +1326,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 baseline_t = torch.zeros_like(x) if xb is None else xb
                 inputs = coalition_inputs(x, baseline_t, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
                 eps = torch.cat([self.unet(chunk, t).sample for chunk in inputs.split(max_batch_size)])
-                eps = eps.reshape(b, 2**k, *eps.shape[1:]).double()
+                eps = eps.reshape(b, 2**k, *eps.shape[1:])
+                # The full coalition's input is x_t and the empty one's the baseline x_t (bit-exact: one-hot regions),
+                # so their outputs also step both trajectories: no extra UNet call at an attributed timestep.
+                reused_out = torch.cat([eps[:, -1], eps[:, 0]]) if xb is not None else eps[:, -1]
+                eps = eps.double()
                 # per-element Shapley values of every input player: (B, K_in, C, H, W)
                 phi_elem = torch.einsum("js,bschw->bjchw", weights, eps)
                 reg = regions.double()
@@ -1338,7 +1342,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 out_t.append(t)
                 if len(out_t) == len(set(wanted)):
                     break  # no later timestep is wanted: skip the rest of the trajectory
-            model_out = self.unet(torch.cat([x, xb]) if xb is not None else x, t).sample
+            if t in wanted:
+                model_out = reused_out
+            else:
+                model_out = self.unet(torch.cat([x, xb]) if xb is not None else x, t).sample
             stepped = self.scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
             x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
         phi = torch.stack(phis)
