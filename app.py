@@ -175,7 +175,7 @@ def _figure_to_array(fig: Figure) -> np.ndarray:
 
 def attribution_figure(matrix: np.ndarray, names: List[str], title: str, vmax: float) -> np.ndarray:
     """K x K |Shapley| matrix (rows: output region k, columns: input region j) as an annotated image."""
-    fig = Figure(figsize=(3.6, 3.2), dpi=100)
+    fig = Figure(figsize=(4.0, 3.6), dpi=100)
     ax = fig.add_subplot(111)
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(vmax, 1e-12))
     k = len(names)
@@ -188,7 +188,7 @@ def attribution_figure(matrix: np.ndarray, names: List[str], title: str, vmax: f
             ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] < 0.6 * vmax else "black")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the title
     fig.tight_layout()
     return _figure_to_array(fig)
 
@@ -679,7 +679,7 @@ class SpaceApp:
         mats = {
             key: attribution_figure(
                 np.asarray(m["abs_phi"][index]), m["region_names"],
-                f"{m['label']}: |phi| at t = {t}, leakage {m['leakage'][index]:.3f}", vmax,
+                f"{m['label']}\n|phi| at t = {t}, leakage {m['leakage'][index]:.3f}", vmax,
             )
             for key, m in models.items()
         }
@@ -736,11 +736,11 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     seed_a = gr.Number(value=0, precision=0, minimum=0, label="Seed A")
                     seed_b = gr.Number(value=1, precision=0, minimum=0, label="Seed B")
                     dice = gr.Button("Random seeds", scale=0)
-                    generate_btn = gr.Button("Generate A and B", variant="primary")
-                gen_info = gr.Markdown()
+                    generate_btn = gr.Button("Generate A and B", variant="primary", elem_id="generate")
+                gen_info = gr.Markdown(elem_id="gen-info")
                 with gr.Row():
-                    face_a = gr.Image(label="Face A", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
-                    face_b = gr.Image(label="Face B", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    face_a = gr.Image(label="Face A", elem_id="face-a", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    face_b = gr.Image(label="Face B", elem_id="face-b", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
                     editor = gr.ImageEditor(
                         label="Paint a region on face A (used when region = painted)",
                         type="numpy", image_mode="RGBA", sources=(), layers=False, transforms=(), format="png",
@@ -748,7 +748,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                         eraser=gr.Eraser(default_size=14), canvas_size=(DISPLAY_SIZE, DISPLAY_SIZE),
                         elem_classes="face", height=360,
                     )
-                    overlay = gr.Image(label="Region on face A", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    overlay = gr.Image(label="Region on face A", elem_id="overlay", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
                 with gr.Row():
                     region = gr.Radio(regions, value=regions[0], label="Region")
                     dilation = gr.Slider(0, 8, value=1, step=1, label="Grow region by (pixels)")
@@ -756,17 +756,19 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 mask_info = gr.Markdown()
                 with gr.Row():
                     new_seed = gr.Number(value=123, precision=0, minimum=0, label="New noise seed (resample)")
-                    resample_btn = gr.Button("Resample region of A", variant="primary")
-                    swap_btn = gr.Button("Swap region between A and B", variant="primary")
+                    resample_btn = gr.Button("Resample region of A", variant="primary", elem_id="resample")
+                    swap_btn = gr.Button("Swap region between A and B", variant="primary", elem_id="swap")
                     keep_btn = gr.Button("Keep the edit as the new face(s)")
                 panel = []
                 for key, title, visible in (("main", models.main_name, True), ("baseline", models.baseline_name, has_baseline)):
                     with gr.Row(visible=visible):
                         for f in "AB":
-                            panel.append(gr.Image(label=f"{title}: edited {f}", type="numpy", format="png", interactive=False, elem_classes="face", height=220))
-                            panel.append(gr.Image(label=f"{title}: CIELAB change {f}", type="numpy", format="png", interactive=False, elem_classes="face", height=220))
-                            panel.append(gr.Number(label=f"{title}: locality {f} (Lab, lower = more local)", interactive=False))
-                edit_info = gr.Markdown()
+                            with gr.Column():
+                                with gr.Row():
+                                    panel.append(gr.Image(label=f"{title}: edited {f}", type="numpy", format="png", interactive=False, elem_classes="face", height=220, elem_id=f"{key}-edited-{f.lower()}"))
+                                    panel.append(gr.Image(label=f"{title}: CIELAB change {f}", type="numpy", format="png", interactive=False, elem_classes="face", height=220, elem_id=f"{key}-heatmap-{f.lower()}"))
+                                panel.append(gr.Number(label=f"{title}: locality {f} (MSE_out / MSE_in, Lab; lower = more local)", interactive=False, elem_id=f"{key}-locality-{f.lower()}"))
+                edit_info = gr.Markdown(elem_id="edit-info")
 
             with gr.Tab("Real face"):
                 gr.Markdown(
@@ -775,12 +777,12 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     "face A: edit it on the first tab."
                 )
                 with gr.Row():
-                    upload = gr.File(label="Face photo", file_types=["image"], type="filepath")
-                    invert_btn = gr.Button("Invert and use as face A", variant="primary")
+                    upload = gr.File(label="Face photo", elem_id="upload", file_types=["image"], type="filepath")
+                    invert_btn = gr.Button("Invert and use as face A", variant="primary", elem_id="invert")
                 with gr.Row():
                     upload_small = gr.Image(label=f"Your face at {w}x{h}", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
                     recon = gr.Image(label="Its inversion, regenerated", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
-                upload_info = gr.Markdown()
+                upload_info = gr.Markdown(elem_id="upload-info")
 
             with gr.Tab("Attribution explorer"):
                 gr.Markdown(
@@ -792,13 +794,13 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     attr_face = gr.Radio(["A", "B"], value="A", label="Face")
                     attr_count = gr.Slider(1, MAX_ATTRIBUTION_TIMESTEPS, value=8, step=1, label="Timesteps to analyse")
                     attr_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the baseline x_T (absent players)")
-                    attr_btn = gr.Button("Compute attribution", variant="primary")
+                    attr_btn = gr.Button("Compute attribution", variant="primary", elem_id="attribute")
                 t_index = gr.Slider(0, 1, value=0, step=1, label="Timestep (index over the analysed t, left = noisy)", interactive=False)
-                attr_info = gr.Markdown()
+                attr_info = gr.Markdown(elem_id="attr-info")
                 with gr.Row():
-                    matrix_main = gr.Image(label=f"{models.main_name}: |phi|", type="numpy", format="png", interactive=False)
-                    matrix_base = gr.Image(label=f"{models.baseline_name}: |phi|", type="numpy", format="png", interactive=False, visible=has_baseline)
-                    curve = gr.Image(label="Leakage over t", type="numpy", format="png", interactive=False)
+                    matrix_main = gr.Image(label=f"{models.main_name}: |phi|", type="numpy", format="png", interactive=False, height=380)
+                    matrix_base = gr.Image(label=f"{models.baseline_name}: |phi|", type="numpy", format="png", interactive=False, height=380, visible=has_baseline)
+                curve = gr.Image(label="Leakage over t", type="numpy", format="png", interactive=False, height=340)
                 attr_json = gr.JSON(label="Leakage per timestep")
 
         dice.click(app.random_seeds, None, [seed_a, seed_b], api_name="random_seeds", queue=False)

@@ -88,12 +88,13 @@ def time_edits(model_path: str, step_counts, repeats: int):
     return rows
 
 
-def time_to_first_page(model_path: str, timeout: float = 300.0) -> float:
+def time_to_first_page(model_path: str, num_threads=None, timeout: float = 300.0) -> float:
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "app.py"), "--model", model_path, "--baseline", "", "--port", str(port)],
+        [sys.executable, os.path.join(ROOT, "app.py"), "--model", model_path, "--baseline", "", "--port", str(port)]
+        + (["--num-threads", str(num_threads)] if num_threads else []),
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -118,7 +119,10 @@ def main():
     parser.add_argument("--random-weights", action="store_true", help="Benchmark a random-weight shipped-size pipeline.")
     parser.add_argument("--steps", default="10,25,50", help="Comma-separated step counts.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     args = parser.parse_args()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if args.random_weights:
@@ -126,8 +130,9 @@ def main():
         model = model or app.find_default_model()
         if model is None:
             raise SystemExit("No default model yet; pass --model <dir> or --random-weights.")
-        print(f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}")
-        ttfp = time_to_first_page(model)
+        print(f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}   "
+              f"load average: {os.getloadavg()[0]:.1f}")
+        ttfp = time_to_first_page(model, args.num_threads)
         print(f"time to first page (python app.py -> HTTP 200): {ttfp:.1f} s")
         print(f"{'steps':>5} | {'swap (s)':>8} | {'resample (s)':>12} | swap / goal | resample / goal")
         for steps, swap_s, resample_s in time_edits(model, [int(s) for s in args.steps.split(",")], args.repeats):

@@ -263,3 +263,52 @@ def test_attribution_explorer(served):
     m2, _, curve2, info2 = client.predict(2, api_name="/attribution_at_t")
     assert f"t = **{main['timesteps'][2]}**" in info2
     assert not np.array_equal(read(m2), read(matrix))
+
+
+def test_model_resolution_from_arguments_env_and_defaults(tmp_path, monkeypatch, tiny_faces):
+    monkeypatch.delenv(app.MODEL_ENV, raising=False)
+    monkeypatch.delenv(app.BASELINE_ENV, raising=False)
+    monkeypatch.setattr(app, "ROOT", str(tmp_path))  # a checkout without models/
+    with pytest.raises(SystemExit, match="No model to serve"):
+        app.load_models(None, None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        app.load_pipeline(str(tmp_path / "missing-model"))
+    # any interpretable pipeline committed under models/ is found when the default is absent
+    faces = load_faces(tiny_faces, "train")
+    path = save_tiny_pipeline(tmp_path / "models" / "other-interpretable", faces, seed=0)
+    assert app.find_default_model() == path
+    monkeypatch.setenv(app.MODEL_ENV, path)
+    models = app.load_models(None, "")
+    assert models.main_name == "other-interpretable" and models.baseline is None
+    assert next(models.main.unet.parameters()).dtype == torch.float32
+
+
+def test_python_app_py_serves_the_page(tmp_path, tiny_faces):
+    """The command-line entry point: env var model, --baseline '' and --port; the page answers HTTP 200."""
+    import subprocess
+    import time
+    import urllib.request
+
+    path = save_tiny_pipeline(tmp_path / "tiny", load_faces(tiny_faces, "train"), seed=0)
+    port = free_port()
+    env = dict(os.environ, **{app.MODEL_ENV: path, "GRADIO_ANALYTICS_ENABLED": "False"})
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "app.py"), "--baseline", "", "--port", str(port), "--num-threads", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    assert resp.status == 200 and b"gradio" in resp.read().lower()
+                    break
+            except OSError:
+                assert time.time() < deadline, "app.py did not serve its page within 120 s"
+                time.sleep(0.25)
+        a, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(1, 2, 2, False, api_name="/generate")
+        assert read(a).shape == (256, 256, 3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,116 @@
+"""The Space in a real headless Chromium (Playwright): load, generate, edit, screenshot; a bad upload shows its error
+and the next request still works. Screenshots go to runs/app_browser/ (or $APP_SCREENSHOT_DIR)."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+
+import app
+from face_data import load_faces
+from test_app import STEPS, free_port, save_tiny_pipeline
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage",
+]
+TIMEOUT_MS = 60_000
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, tiny_faces):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faces = load_faces(tiny_faces, "train")
+    root = tmp_path_factory.mktemp("browser_models")
+    models = app.load_models(
+        save_tiny_pipeline(root / "tiny-interpretable", faces, 0), save_tiny_pipeline(root / "tiny-baseline", faces, 1),
+        default_steps=STEPS,
+    )
+    demo = app.build_demo(models)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, css=app.CSS, **app.LAUNCH_KWARGS)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url, wait_until="domcontentloaded")
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot_dir() -> str:
+    path = os.environ.get("APP_SCREENSHOT_DIR", os.path.join(ROOT, "runs", "app_browser"))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def image_src(page, elem_id: str) -> str:
+    img = page.locator(f"#{elem_id} img").first
+    img.wait_for(state="visible")
+    return img.get_attribute("src")
+
+
+def test_generate_edit_and_screenshot(page):
+    page.locator("#generate").click()
+    sync_api.expect(page.locator("#gen-info")).to_contain_text("seed **0**".replace("**", ""))
+    first_a = image_src(page, "face-a")
+    image_src(page, "face-b")
+    image_src(page, "overlay")  # the region overlay follows generation
+    page.locator("#swap").click()
+    sync_api.expect(page.locator("#edit-info")).to_contain_text("Swapped")
+    for elem_id in ("main-edited-a", "main-edited-b", "baseline-edited-a"):
+        assert image_src(page, elem_id)
+    locality = page.locator("#main-locality-a input").input_value()
+    assert np.isfinite(float(locality))
+    page.locator("#resample").click()
+    sync_api.expect(page.locator("#edit-info")).to_contain_text("Resampled")
+    path = os.path.join(screenshot_dir(), "app_edit.png")
+    page.screenshot(path=path, full_page=True)
+    with Image.open(path) as shot:
+        assert shot.size[0] >= 1000 and np.asarray(shot.convert("L")).std() > 10  # not a blank page
+    assert first_a == image_src(page, "face-a")  # editing does not replace face A until "keep"
+    page.get_by_role("tab", name="Attribution explorer").click()
+    page.locator("#attribute").click()
+    sync_api.expect(page.locator("#attr-info")).to_contain_text("leakage")
+    page.screenshot(path=os.path.join(screenshot_dir(), "app_attribution.png"), full_page=True)
+    page.get_by_role("tab", name="Generate & edit").click()
+
+
+def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
+    page.get_by_role("tab", name="Real face").click()
+    bad = tmp_path / "not_a_face.png"
+    bad.write_text("plain text pretending to be a PNG")
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.locator("#invert").click()
+    sync_api.expect(page.get_by_text(re.compile("not an image"))).to_be_visible()
+    page.screenshot(path=os.path.join(screenshot_dir(), "app_bad_upload.png"), full_page=True)
+    # the next request works: a real (non-square) face photo is resized, inverted and becomes face A
+    page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
+    good = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(good)
+    page.locator("#upload input[type=file]").set_input_files(str(good))
+    page.locator("#invert").click()
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("resized to the model's 16x16")
+    page.screenshot(path=os.path.join(screenshot_dir(), "app_upload.png"), full_page=True)
