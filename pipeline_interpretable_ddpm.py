@@ -1273,7 +1273,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         baseline: Union[str, torch.Tensor] = "other_sample",
         generator: Optional[torch.Generator] = None,
-        max_batch_size: int = 64,
+        max_batch_size: Optional[int] = None,
         return_dict: bool = True,
     ) -> Union[AttributionOutput, Tuple]:
         r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise, per timestep.
@@ -1288,11 +1288,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             timesteps: DDIM timesteps (members of the schedule) at which to attribute; all steps when `None`.
             baseline: what absent regions get: `"other_sample"` (the same-t x_t of another random x_T's trajectory,
                 what a swap feeds the model), `"zero"`, or a tensor of baseline x_T `(B, C, H, W)`.
+            max_batch_size (`int`, *optional*): images per UNet call; 64 on an accelerator and 8 on CPU by default
+                (on CPU, cache-sized batches run ~20% faster than one big batch).
 
         Returns:
             [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`) or that tuple.
         """
         latents = self._check_latents(latents)
+        if max_batch_size is None:
+            max_batch_size = 8 if latents.device.type == "cpu" else 64
         b = latents.shape[0]
         regions, names = self._attribution_regions(latents, masks, num_inference_steps)
         k = regions.shape[1]
