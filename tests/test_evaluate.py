@@ -1,0 +1,170 @@
+"""evaluate.py: end to end as a real subprocess, and its measurements on models whose answer is known."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import PIPELINE_FILE, ROOT, tiny_pipeline
+from denoisers import PerPixelDenoiser
+from diffusers import DDIMScheduler
+
+import evaluate
+import pipeline_interpretable_ddpm as pid
+from face_data import load_faces
+
+EVALUATE = os.path.join(ROOT, "evaluate.py")
+
+
+def _templates(faces_dir):
+    train = load_faces(faces_dir, "train")
+    labels = torch.from_numpy(train.labels[train.has_mask]).long()
+    return pid.compute_concept_templates(labels, pid.parse_concepts(None))
+
+
+@pytest.fixture(scope="module")
+def templates(tiny_faces):
+    return _templates(tiny_faces)
+
+
+def per_pixel_pipeline(templates):
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=PerPixelDenoiser(16), scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+        concept_templates=templates,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path, tiny_faces, templates):
+    main_dir, base_dir, out = tmp_path / "interp", tmp_path / "baseline", tmp_path / "eval"
+    tiny_pipeline(concept_templates=templates).save_pretrained(str(main_dir))
+    tiny_pipeline(seed=1).save_pretrained(str(base_dir))  # no templates: borrows the main pipeline's
+    args = [
+        str(main_dir), "--baseline", str(base_dir), "--output_dir", str(out), "--data_dir", tiny_faces,
+        "--fid_cache_dir", str(tmp_path / "fid_cache"), "--num_pairs", "3", "--num_fid_samples", "3",
+        "--num_inference_steps", "2", "--num_attribution_samples", "2", "--attribution_steps", "2",
+        "--num_real_pairs", "1", "--batch_size", "4", "--num_threads", "1", "--device", "cpu",
+    ]
+    proc = subprocess.run([sys.executable, EVALUATE, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["pipelines"]) == {"interp", "baseline"}
+    assert results["config"]["baseline_name"] == "baseline"
+    for name, res in results["pipelines"].items():
+        for concept in ("eyes", "nose", "mouth"):
+            for edit in ("swap", "resample"):
+                for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
+                    stats = res["locality"][edit][concept][key]
+                    assert stats["n"] == 3 and stats["mean"] > 0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
+        assert res["fid"]["num_samples"] == 3 and res["fid"]["num_reference"] == 8 and res["fid"]["fid"] > 0
+        assert res["attribution"]["num_samples"] == 2 and 0 < res["attribution"]["leakage"]["mean"] < 1
+        assert len(res["attribution"]["leakage_curve"]) == 2
+        assert res["real"]["num_pairs"] == 1 and np.isfinite(res["real"]["reconstruction_psnr"]["mean"])
+    assert "299x299" in results["methods"]["fid_resize"]
+    assert "borrowed" in results["pipelines"]["baseline"]["mask_source"]
+
+    md = (out / "results.md").read_text()
+    assert "| swap | eyes | rgb | paper |" in md and "interp / baseline" in md and "0.0295" in md  # paper's Table 1
+    figures = sorted(os.listdir(out / "figures"))
+    for name in ("interp", "baseline"):
+        for kind in ("swap_grid", "resample_grid", "samples", "attribution_matrices", "real_swap_grid"):
+            assert f"{name}_{kind}.png" in figures
+    assert "leakage_over_t.png" in figures
+    for f in figures:
+        with PIL.Image.open(out / "figures" / f) as im:
+            assert min(im.size) >= 16
+
+    # A second run into the same folder is refused (in-process: it fails before loading anything) ...
+    before = (out / "results.json").stat().st_mtime_ns
+    assert evaluate.main(args) == 2
+    assert (out / "results.json").stat().st_mtime_ns == before
+    # ... and so is a pipeline path that does not exist.
+    missing = [str(tmp_path / "nope"), "--output_dir", str(tmp_path / "eval2")]
+    assert evaluate.main(missing) == 2
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_missing_pipeline_path_error_message(tmp_path, capsys):
+    assert evaluate.main([str(tmp_path / "missing_pipe"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert evaluate.main([str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "model_index.json" in capsys.readouterr().err
+
+
+def test_per_pixel_model_is_exactly_local_and_a_mixing_unet_is_not(templates):
+    concepts = ["eyes", "nose", "mouth"]
+    local = evaluate.evaluate_locality(per_pixel_pipeline(templates), concepts, num_pairs=3, seed=0,
+                                       num_inference_steps=3, batch_size=4)
+    mixing = evaluate.evaluate_locality(tiny_pipeline(concept_templates=templates), concepts, num_pairs=3, seed=0,
+                                        num_inference_steps=3, batch_size=4)
+    for edit in ("swap", "resample"):
+        for c in concepts:
+            for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
+                assert local[edit][c][key]["n"] == 3
+                assert local[edit][c][key]["mean"] < 1e-6, (edit, c, key, local[edit][c][key])
+            assert mixing[edit][c]["rgb/paper"]["mean"] > 0.05, (edit, c, mixing[edit][c]["rgb/paper"])
+            assert mixing[edit][c]["lab/paper"]["mean"] > 0.05
+
+    leak_local = evaluate.evaluate_attribution(per_pixel_pipeline(templates), 2, 2, seed=0, num_inference_steps=3)
+    leak_mixing = evaluate.evaluate_attribution(tiny_pipeline(concept_templates=templates), 2, 2, seed=0,
+                                                num_inference_steps=3)
+    assert leak_local["region_names"] == ["eyes", "nose", "mouth", "rest"]
+    assert leak_local["leakage"]["mean"] < 1e-9
+    assert max(max(curve) for curve in leak_local["region_leakage_curve"].values()) < 1e-9
+    assert leak_mixing["leakage"]["mean"] > 0.05
+    # the exact Shapley matrix of a per-pixel model is diagonal at every timestep
+    for share in leak_local["attribution_share"]:
+        assert np.allclose(np.asarray(share), np.eye(4), atol=1e-9)
+
+
+def test_seeded_draws_do_not_depend_on_batching():
+    shape = (3, 16, 16)
+    whole = evaluate.seeded_latents(shape, 7, "pair_a", range(5))
+    parts = torch.cat([evaluate.seeded_latents(shape, 7, "pair_a", [0, 1]), evaluate.seeded_latents(shape, 7, "pair_a", [2, 3, 4])])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, evaluate.seeded_latents(shape, 7, "pair_b", range(5)))
+    assert not torch.equal(whole, evaluate.seeded_latents(shape, 8, "pair_a", range(5)))
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_of_different_sets_is_not():
+    inception = evaluate.InceptionFeatures("cpu")  # bundled weights: works offline
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (6, 3, 16, 16), generator=gen).to(torch.uint8)
+    ramps = torch.linspace(0, 255, 16).view(1, 1, 1, 16).expand(6, 3, 16, 16).clone()
+    smooth = (ramps * torch.rand(6, 3, 1, 1, generator=gen)).round().to(torch.uint8)
+    f_noise, f_smooth = inception(noise), inception(smooth)
+    assert f_noise.shape == (6, 2048) and (f_noise >= 0).all()  # pool3 of ReLU features
+    assert np.array_equal(f_noise[:3], inception(noise[:3]))  # per image, whatever the batch
+    self_fid = evaluate.fid_from_features(f_noise, f_noise)
+    cross_fid = evaluate.fid_from_features(f_noise, f_smooth)
+    assert abs(self_fid) < 1e-3, self_fid
+    assert cross_fid > 50, cross_fid
+    assert abs(evaluate.fid_from_features(f_smooth, f_noise) - cross_fid) < 1e-6 * cross_fid
+
+
+def test_fid_formula():
+    # known Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)); S = diag(1, 4), diag(4, 1) -> 9 + 10 - 8
+    fid = evaluate.frechet_distance(np.zeros(2), np.diag([1.0, 4.0]), np.array([3.0, 0.0]), np.diag([4.0, 1.0]))
+    assert abs(fid - 11) < 1e-9
+    # with fewer samples than dimensions the exact reduction to the features' span equals the full formula
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 40)) ** 2, rng.normal(1.0, 2.0, size=(9, 40))
+    full = evaluate.frechet_distance(*evaluate.feature_statistics(a), *evaluate.feature_statistics(b))
+    assert abs(evaluate.fid_from_features(a, b) - full) < 1e-6 * full
+    c = rng.normal(size=(50, 40))  # N1 + N2 - 2 >= D: the plain formula
+    full = evaluate.frechet_distance(*evaluate.feature_statistics(a), *evaluate.feature_statistics(c))
+    assert abs(evaluate.fid_from_features(a, c) - full) < 1e-9 * full
+    assert abs(evaluate.fid_from_features(c, c)) < 1e-6
+
+
+def test_mean_ci():
+    stats = evaluate.mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert stats["mean"] == 2.5 and stats["n"] == 4 and 1.0 <= stats["ci95"][0] < 2.5 < stats["ci95"][1] <= 4.0
+    assert evaluate.mean_ci([])["n"] == 0 and evaluate.mean_ci([0.5])["ci95"] is None
