@@ -443,12 +443,14 @@ def plan_coalitions(
     regions: torch.Tensor, estimator: str = "pair", num_coalitions: int = 4, generator: Optional[torch.Generator] = None
 ) -> CoalitionPlan:
     """Draws the coalitions of one estimator of L_IE (see `interpretability_loss`) for a batch of partitions
-    `regions` `(B, K, H, W)`. Random draws use `generator` on the CPU, so they are reproducible on any device."""
+    `regions` `(B, K, H, W)`. Random draws happen on `generator`'s device (the CPU without one) and are then moved to
+    `regions`' device: a CPU generator is reproducible on any device, a CUDA one avoids host-device copies."""
     b, k = regions.shape[:2]
     device = regions.device
+    draw_device = generator.device if generator is not None else "cpu"
     if estimator == "pair":
-        coalition = torch.rand(b, k, generator=generator).lt(0.5).to(device)
-        out_k = torch.randint(0, k, (b,), generator=generator).to(device)
+        coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(0.5).to(device)
+        out_k = torch.randint(0, k, (b,), generator=generator, device=draw_device).to(device)
         rows = torch.arange(b, device=device)
         reference = torch.zeros_like(coalition)
         reference[rows, out_k] = coalition[rows, out_k]  # {k} if k is in S, else the empty coalition
@@ -459,8 +461,8 @@ def plan_coalitions(
     if estimator == "sampled":
         if num_coalitions < 1:
             raise ValueError(f"num_coalitions must be >= 1, got {num_coalitions}.")
-        refs = torch.cat([torch.zeros(1, k, dtype=torch.bool), torch.eye(k, dtype=torch.bool)]).to(device)
-        sampled = torch.rand(b, num_coalitions, k, generator=generator).lt(0.5).to(device)
+        refs = torch.cat([torch.zeros(1, k, dtype=torch.bool, device=device), torch.eye(k, dtype=torch.bool, device=device)])
+        sampled = torch.rand(b, num_coalitions, k, generator=generator, device=draw_device).lt(0.5).to(device)
         return CoalitionPlan(torch.cat([refs[None].expand(b, -1, -1), sampled], 1), estimator)
     raise ValueError(f"estimator must be 'exact', 'sampled' or 'pair', got '{estimator}'.")
 
