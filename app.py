@@ -199,12 +199,13 @@ def leakage_figure(curves: Dict[str, Tuple[List[int], List[float]]], marker_t: O
     ax = fig.add_subplot(111)
     for label, (ts, leak) in curves.items():
         ax.plot(ts, leak, marker="o", markersize=3, label=label)
+    top = max([max(leak) for _, leak in curves.values() if leak] + [0.0])
     if marker_t is not None:
         ax.axvline(marker_t, color="gray", linestyle="--", linewidth=1)
     ax.invert_xaxis()
     ax.set_xlabel("timestep t (generation runs left to right)", fontsize=8)
     ax.set_ylabel("leakage (off-diagonal share of |phi|)", fontsize=8)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, min(1.0, 1.15 * top + 0.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.tick_params(labelsize=8)
@@ -649,10 +650,12 @@ class SpaceApp:
                 schedule = pipe.scheduler.timesteps.tolist()
                 picks = sorted({schedule[j] for j in np.linspace(0, len(schedule) - 1, min(n, len(schedule))).round().astype(int)}, reverse=True)
                 regions = pipe.region_masks(image * 2 - 1, is_latents=False)
-                out = pipe.attribute(
-                    latents, masks=regions, timesteps=picks, num_inference_steps=steps,
-                    generator=torch.Generator("cpu").manual_seed(seed),
-                )
+                # Absent players get the same-t point of another x_T's trajectory; drawn here (as the pipeline's
+                # "other_sample" would) to refuse a seed that redraws the face's own x_T (every phi would be 0).
+                other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
+                if torch.equal(other, latents):
+                    raise gr.Error(f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed.")
+                out = pipe.attribute(latents, masks=regions, timesteps=picks, num_inference_steps=steps, baseline=other)
                 result["models"][key] = {
                     "label": self.models.label(key),
                     "region_names": list(pipe.region_names),
@@ -793,14 +796,14 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 with gr.Row():
                     attr_face = gr.Radio(["A", "B"], value="A", label="Face")
                     attr_count = gr.Slider(1, MAX_ATTRIBUTION_TIMESTEPS, value=8, step=1, label="Timesteps to analyse")
-                    attr_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the baseline x_T (absent players)")
+                    attr_seed = gr.Number(value=999, precision=0, minimum=0, label="Seed of the other x_T (absent players' values)")
                     attr_btn = gr.Button("Compute attribution", variant="primary", elem_id="attribute")
                 t_index = gr.Slider(0, 1, value=0, step=1, label="Timestep (index over the analysed t, left = noisy)", interactive=False)
                 attr_info = gr.Markdown(elem_id="attr-info")
                 with gr.Row():
-                    matrix_main = gr.Image(label=f"{models.main_name}: |phi|", type="numpy", format="png", interactive=False, height=380)
+                    matrix_main = gr.Image(label=f"{models.main_name}: |phi|", elem_id="matrix-main", type="numpy", format="png", interactive=False, height=380)
                     matrix_base = gr.Image(label=f"{models.baseline_name}: |phi|", type="numpy", format="png", interactive=False, height=380, visible=has_baseline)
-                curve = gr.Image(label="Leakage over t", type="numpy", format="png", interactive=False, height=340)
+                curve = gr.Image(label="Leakage over t", elem_id="leakage-curve", type="numpy", format="png", interactive=False, height=340)
                 attr_json = gr.JSON(label="Leakage per timestep")
 
         dice.click(app.random_seeds, None, [seed_a, seed_b], api_name="random_seeds", queue=False)

@@ -260,6 +260,10 @@ def test_attribution_explorer(served):
     )
     np.testing.assert_allclose(main["leakage"], ref.leakage[:, 0].numpy(), rtol=1e-4, atol=1e-6)
     assert "baseline" in summary and len(summary["baseline"]["leakage"]) == 3
+    assert float(ref.abs_phi.max()) > 1e-4  # a real game: the regions of x_t matter (the other x_T is not x_T)
+    # a seed that redraws the face's own x_T would make every region irrelevant: refused
+    with pytest.raises(AppError, match="own x_T"):
+        client.predict("A", STEPS, 3, 3, False, api_name="/attribute")
     m2, _, curve2, info2 = client.predict(2, api_name="/attribution_at_t")
     assert f"t = **{main['timesteps'][2]}**" in info2
     assert not np.array_equal(read(m2), read(matrix))

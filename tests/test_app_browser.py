@@ -86,6 +86,9 @@ def test_generate_edit_and_screenshot(page):
     assert np.isfinite(float(locality))
     page.locator("#resample").click()
     sync_api.expect(page.locator("#edit-info")).to_contain_text("Resampled")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#main-edited-a img, #main-heatmap-a img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     path = os.path.join(screenshot_dir(), "app_edit.png")
     page.screenshot(path=path, full_page=True)
     with Image.open(path) as shot:
@@ -94,6 +97,11 @@ def test_generate_edit_and_screenshot(page):
     page.get_by_role("tab", name="Attribution explorer").click()
     page.locator("#attribute").click()
     sync_api.expect(page.locator("#attr-info")).to_contain_text("leakage")
+    image_src(page, "matrix-main")
+    image_src(page, "leakage-curve")
+    page.wait_for_function(  # the figures have arrived, not just their <img> tags
+        "() => [...document.querySelectorAll('#matrix-main img, #leakage-curve img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     page.screenshot(path=os.path.join(screenshot_dir(), "app_attribution.png"), full_page=True)
     page.get_by_role("tab", name="Generate & edit").click()
 
