@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -37,6 +38,10 @@ import pipeline_interpretable_ddpm as pid  # noqa: E402
 from face_data import load_faces  # noqa: E402
 
 logger = logging.getLogger("train_interpretable")
+
+
+class SetupError(ValueError):
+    """A bad argument or input found before training starts; the command line prints it without a traceback."""
 
 DEFAULT_BLOCKS = "32,64,64,128"
 DEFAULT_ATTENTION = "0,0,1,0"
@@ -118,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    validate_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate_args(args)
+    except ValueError as err:
+        parser.error(str(err))  # "usage: ... error: <problem>", exit status 2
     return args
 
 
@@ -198,10 +207,14 @@ def load_pretrained(args):
     return unet.float(), sched_cfg
 
 
-def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-    """Flips a random half of the batch horizontally; a flip exchanges the left and right part labels."""
-    flip = torch.rand(images.shape[0], generator=generator).lt(0.5).to(images.device)
-    perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=labels.device)
+def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, perm: Optional[torch.Tensor] = None):
+    """Flips a random half of the batch horizontally; a flip exchanges the left and right part labels.
+
+    Draws on `generator`'s device; `perm` is `pid.FLIP_LABEL_PERMUTATION` as a tensor on the labels' device (pass it
+    to avoid a host-to-device copy per step)."""
+    flip = torch.rand(images.shape[0], generator=generator, device=generator.device).lt(0.5).to(images.device)
+    if perm is None:
+        perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=labels.device)
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     labels = torch.where(flip[:, None, None], perm[labels.long()].flip(-1), labels.long())
     return images, labels
@@ -209,7 +222,9 @@ def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Gene
 
 def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    if noise_scheduler.alphas_cumprod.device != timesteps.device:  # moved once, not copied every step
+        noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)
+    alphas = noise_scheduler.alphas_cumprod[timesteps].float()
     snr = alphas / (1 - alphas)
     return torch.clamp(snr, max=gamma) / snr
 
@@ -218,10 +233,112 @@ def make_baseline(kind: str, x0: torch.Tensor, noisy: torch.Tensor, timesteps, n
     """x_t that absent players get: the same-t x_t of another image of the batch, fresh noise, or zeros."""
     if kind == "zero":
         return torch.zeros_like(noisy)
-    other_noise = torch.randn(noisy.shape, generator=generator).to(noisy.device, noisy.dtype)
+    other_noise = torch.randn(noisy.shape, generator=generator, device=generator.device).to(noisy.device, noisy.dtype)
     if kind == "noise":
         return other_noise
     return noise_scheduler.add_noise(x0.roll(1, 0), other_noise, timesteps)
+
+
+class FaceTensorDataset(torch.utils.data.Dataset):
+    """Faces as three in-memory tensors: images `(N, 3, H, W)` uint8, labels `(N, H, W)` uint8, has_mask `(N,)` bool.
+
+    `__getitems__` fetches a whole batch with one indexing op per tensor; the DataLoader uses it (with
+    `collate_batch`) instead of indexing and collating sample by sample, which costs milliseconds per large batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, has_mask: torch.Tensor):
+        self.images, self.labels, self.has_mask = images, labels, has_mask
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i], self.has_mask[i]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return [self.images[idx], self.labels[idx], self.has_mask[idx]]
+
+
+def collate_batch(batch):
+    """The batch `FaceTensorDataset.__getitems__` already built (a module-level function so workers can pickle it)."""
+    return batch
+
+
+def step_seed(seed: int, process_index: int, micro_step: int) -> int:
+    """Seed of one (micro-)step's random draws: a function of the step, so a resumed run draws what an uninterrupted
+    run would have drawn."""
+    return int(np.random.SeedSequence([seed, process_index, micro_step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class StepLosses:
+    loss: torch.Tensor  # what is back-propagated
+    loss_ddpm: torch.Tensor
+    loss_ie: torch.Tensor  # detached when lambda = 0 (logging only); 0 when not computed
+    ie_computed: bool
+
+
+def training_losses(
+    unet,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    has_mask: torch.Tensor,
+    *,
+    noise_scheduler,
+    concepts,
+    args,
+    lam: float,
+    generator: torch.Generator,
+    probe_ie: bool = False,
+    flip_perm: Optional[torch.Tensor] = None,
+) -> StepLosses:
+    """Losses of one batch: L = L_DDPM + lam * L_IE.
+
+    With `lam > 0` the DDPM input and all coalition inputs go through ONE forward (DDP allows one forward per
+    backward). With `lam == 0` L_IE is skipped unless `probe_ie`, which measures it without gradient (for logs).
+    All random draws use `generator`, on its device.
+
+    Args:
+        images_u8 (`(B, 3, H, W)` uint8), labels (`(B, H, W)` part label ids), has_mask (`(B,)` bool): the batch,
+            already on the model's device.
+    """
+    device = images_u8.device
+    x0 = images_u8.float() / 127.5 - 1
+    if args.random_flip:
+        x0, labels = flip_batch(x0, labels, generator, flip_perm)
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator, device=generator.device
+    ).to(device)
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+    ie_needed = lam > 0 or probe_ie
+    inputs, t_all = noisy, timesteps
+    if ie_needed:
+        nb = min(args.ie_batch_size or b, b)
+        regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
+        baseline = make_baseline(args.baseline, x0, noisy, timesteps, noise_scheduler, generator)[:nb]
+        plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator)
+        coal = pid.coalition_inputs(noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
+        m = coal.shape[1]
+        if lam > 0:
+            inputs = torch.cat([noisy, coal.flatten(0, 1)])
+            t_all = torch.cat([timesteps, timesteps[:nb].repeat_interleave(m)])
+    eps_all = unet(inputs, t_all).sample
+    mse = F.mse_loss(eps_all[:b].float(), noise.float(), reduction="none").mean((1, 2, 3))
+    if args.snr_gamma > 0:
+        mse = mse * snr_weights(noise_scheduler, timesteps, args.snr_gamma)
+    loss_ddpm = mse.mean()
+    loss_ie = torch.zeros((), device=device)
+    if ie_needed:
+        if lam > 0:
+            coal_eps = eps_all[b:].reshape(coal.shape)
+        else:  # logging only: L_IE of the plain model, no gradient
+            with torch.no_grad():
+                coal_eps = unet(coal.flatten(0, 1), timesteps[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
+        loss_ie = pid.loss_from_coalition_outputs(coal_eps.float(), plan, regions, args.value, has_mask[:nb].float())
+    loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
+    return StepLosses(loss, loss_ddpm, loss_ie, ie_needed)
 
 
 def free_output_dir_check(args) -> None:
@@ -230,7 +347,7 @@ def free_output_dir_check(args) -> None:
         return
     existing = [n for n in os.listdir(args.output_dir) if n.startswith("checkpoint-") or n == "model_index.json"]
     if existing:
-        raise ValueError(
+        raise SetupError(
             f"--output_dir '{args.output_dir}' already holds {', '.join(sorted(existing)[:3])}; resume with "
             "--resume_from_checkpoint latest or choose a new --output_dir (nothing is overwritten silently)."
         )
@@ -272,6 +389,19 @@ def push_folder_to_hub(folder: str, repo_id: str, token: Optional[str] = None, p
     return repo_id
 
 
+def base_model_id(pretrained: Optional[str]) -> Optional[str]:
+    """Hub id of the model fine-tuned from: the argument itself, or for a local run folder its --hub_model_id."""
+    if not pretrained:
+        return None
+    if not os.path.isdir(pretrained):
+        return pretrained
+    config = os.path.join(pretrained, "training_config.json")
+    if os.path.isfile(config):
+        with open(config) as f:
+            return json.load(f).get("hub_model_id")
+    return None
+
+
 def write_model_card(args, output_dir: str, metrics: dict) -> None:
     """README.md with Hugging Face model-card metadata filled from the run."""
     is_plain = args.lambda_start == 0
@@ -280,6 +410,7 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "---",
         "license: other",
         "license_name: utkface-non-commercial",
+        "license_link: https://susanqq.github.io/UTKFace/",
         "library_name: diffusers",
         "pipeline_tag: unconditional-image-generation",
         "tags:",
@@ -292,8 +423,8 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "datasets:",
         "- UTKFace",
     ]
-    if base:
-        lines += [f"base_model: {base}"]
+    if base_model_id(base):  # the Hub validates base_model as a model id: a local folder without one is only named below
+        lines += [f"base_model: {base_model_id(base)}", "base_model_relation: finetune"]
     lines += ["---", ""]
     title = "Plain DDPM (baseline)" if is_plain else "Interpretable DDPM"
     lines += [
@@ -304,6 +435,10 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
          "A DDPM fine-tuned with the Shapley dummy-player loss (Liu et al. 2025) so that each region of x_T is the "
          f"only cause of the same region of the image. Concepts: `{args.concepts}` (+ rest)."),
         "",
+    ]
+    if base:
+        lines += [f"Fine-tuned from `{base}`.", ""]
+    lines += [
         "```python",
         "from diffusers import DiffusionPipeline",
         f'pipe = DiffusionPipeline.from_pretrained("{args.hub_model_id or output_dir}", trust_remote_code=True)',
@@ -332,10 +467,38 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------------
+def setup_model_and_data(args):
+    """UNet, noise scheduler and faces; every bad input raises `SetupError` naming the problem, before training."""
+    from diffusers import DDPMScheduler
+
+    try:
+        # model first: a resolution mismatch with a pretrained model must fail before data loading
+        if args.pretrained_model_name_or_path:
+            unet, sched_cfg = load_pretrained(args)
+            resolution = unet.config.sample_size
+            if args.resolution is not None and args.resolution != resolution:
+                raise ValueError(
+                    f"--resolution {args.resolution} does not match the pretrained model's resolution {resolution} "
+                    f"('{args.pretrained_model_name_or_path}')."
+                )
+            noise_scheduler = DDPMScheduler.from_config(sched_cfg)
+        else:
+            resolution = args.resolution or 64
+            unet = build_unet(args, resolution)
+            noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+        faces = load_faces(args.train_data_dir, "train", limit=args.max_train_samples, resolution=resolution)
+    except (ValueError, FileNotFoundError) as err:
+        raise SetupError(str(err)) from err
+    if args.lambda_start > 0 and not faces.has_mask.any():
+        raise SetupError(f"No face in '{args.train_data_dir}' has a part label map; the dummy-player loss needs masks.")
+    args.resolution = resolution
+    return unet, noise_scheduler, faces
+
+
 def main(args: argparse.Namespace) -> str:
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers import UNet2DModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -346,39 +509,34 @@ def main(args: argparse.Namespace) -> str:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     concepts = pid.parse_concepts(args.concepts)
-
-    # -- model first: a resolution mismatch with a pretrained model must fail before data loading
-    if args.pretrained_model_name_or_path:
-        unet, sched_cfg = load_pretrained(args)
-        resolution = unet.config.sample_size
-        if args.resolution is not None and args.resolution != resolution:
-            raise ValueError(
-                f"--resolution {args.resolution} does not match the pretrained model's resolution {resolution}."
-            )
-        noise_scheduler = DDPMScheduler.from_config(sched_cfg)
-    else:
-        resolution = args.resolution or 64
-        unet = build_unet(args, resolution)
-        noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
-    args.resolution = resolution
-
-    faces = load_faces(args.train_data_dir, "train", limit=args.max_train_samples, resolution=resolution)
-    if args.lambda_start > 0 and not faces.has_mask.any():
-        raise ValueError(f"No face in '{args.train_data_dir}' has a part label map; the dummy-player loss needs masks.")
+    set_seed(args.seed)  # before the UNet is built, so that --seed sets its initial weights
+    unet, noise_scheduler, faces = setup_model_and_data(args)
 
     logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    on_cuda = torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
+        # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs: N CPU processes over gloo
+        # (accelerate's `--cpu` launcher runs a single process unless mpirun is configured)
+        cpu=launched > 1 and not on_cuda,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+        # the epoch's shuffle is a function of (seed, epoch), so a resumed run sees the batches an uninterrupted one
+        # would; batches are copied to the GPU without a host sync
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=on_cuda),
     )
+    if launched > 1 and accelerator.num_processes != launched:
+        raise SetupError(
+            f"{launched} processes were launched but accelerate joined {accelerator.num_processes}: each would train "
+            "alone into the same --output_dir. Check the accelerate config (distributed_type) and devices."
+        )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "training_config.json"), "w") as f:
             json.dump(vars(args), f, indent=2, sort_keys=True)
-    set_seed(args.seed)
 
     ema_model = None
     if args.use_ema:
@@ -388,6 +546,7 @@ def main(args: argparse.Namespace) -> str:
             use_ema_warmup=True,
             inv_gamma=args.ema_inv_gamma,
             power=args.ema_power,
+            foreach=True,  # one fused update for all parameters instead of a few kernels per parameter
             model_cls=UNet2DModel,
             model_config=unet.config,
         )
@@ -424,18 +583,24 @@ def main(args: argparse.Namespace) -> str:
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
     )
-    dataset = torch.utils.data.TensorDataset(
+    dataset = FaceTensorDataset(
         torch.from_numpy(faces.images).permute(0, 3, 1, 2).contiguous(),
         torch.from_numpy(faces.labels),
         torch.from_numpy(faces.has_mask),
     )
     if len(dataset) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(
+        raise SetupError(
             f"{len(dataset)} training faces are fewer than one global batch "
             f"({args.train_batch_size} x {accelerator.num_processes} processes)."
         )
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True, num_workers=args.dataloader_num_workers
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.dataloader_num_workers,
+        collate_fn=collate_batch,
+        pin_memory=on_cuda,
     )
     steps_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
@@ -448,35 +613,44 @@ def main(args: argparse.Namespace) -> str:
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
+    global_step = 0
+    resume_path = None
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            ckpts = list_checkpoints(args.output_dir)
+            if not ckpts:
+                raise SetupError(f"--resume_from_checkpoint latest: no checkpoint in '{args.output_dir}'.")
+            resume_path = os.path.join(args.output_dir, ckpts[-1])
+        else:
+            resume_path = args.resume_from_checkpoint
+            if not os.path.isdir(resume_path) or not os.path.basename(os.path.normpath(resume_path)).split("-")[-1].isdigit():
+                raise SetupError(f"--resume_from_checkpoint '{resume_path}' is not a checkpoint-STEP folder.")
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     if ema_model is not None:
         ema_model.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("train_interpretable", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
-    global_step = 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            ckpts = list_checkpoints(args.output_dir)
-            if not ckpts:
-                raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in '{args.output_dir}'.")
-            path = os.path.join(args.output_dir, ckpts[-1])
-        else:
-            path = args.resume_from_checkpoint
-            if not os.path.isdir(path):
-                raise ValueError(f"--resume_from_checkpoint '{path}' does not exist.")
-        accelerator.print(f"Resuming from {path}")
-        accelerator.load_state(path)
-        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+    if resume_path:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(resume_path)
+        global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[-1])
+        if accelerator.is_main_process:
+            truncate_log(os.path.join(args.output_dir, "train_log.jsonl"), global_step)
     first_epoch = global_step // max(steps_per_epoch, 1)
 
-    # per-process RNG for coalitions, flips and baselines; offset by step so a resumed run does not repeat draws
-    rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index + 7919 * global_step)
     device = accelerator.device
+    # per-process generator on the training device (no host-to-device copies of random numbers), reseeded every
+    # micro-step from (seed, process, micro-step): a resumed run continues with the draws of an uninterrupted one
+    generator = torch.Generator(device=device)
+    micro_step = global_step * args.gradient_accumulation_steps
+    flip_perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=device)
     progress = tqdm(range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
     done = global_step >= args.max_train_steps
     step_start = train_start = time.time()
-    log_acc = {"loss": 0.0, "loss_ddpm": 0.0, "loss_ie": 0.0, "n": 0}
+    # running sums (loss, loss_ddpm, loss_ie, #micro-steps, #micro-steps with L_IE) kept on the device: the host
+    # waits for the device only at log steps
+    log_sums = torch.zeros(5, device=device)
     epoch = first_epoch
     while not done:
         if hasattr(dataloader, "set_epoch"):
@@ -486,58 +660,27 @@ def main(args: argparse.Namespace) -> str:
             # resume mid-epoch where the checkpoint left off
             batches = accelerator.skip_first_batches(dataloader, (global_step * args.gradient_accumulation_steps) % len(dataloader))
         for images_u8, labels, has_mask in batches:
+            generator.manual_seed(step_seed(args.seed, accelerator.process_index, micro_step))
+            micro_step += 1
+            lam = lambda_at(global_step, args)
             with accelerator.accumulate(unet):
-                x0 = images_u8.to(device).float() / 127.5 - 1
-                labels = labels.to(device)
-                if args.random_flip:
-                    x0, labels = flip_batch(x0, labels, rng)
-                b = x0.shape[0]
-                noise = torch.randn(x0.shape, generator=rng).to(device)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=rng).to(device)
-                noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-                lam = lambda_at(global_step, args)
-                ie_needed = lam > 0 or (global_step + 1) % args.log_every == 0
-                inputs, t_all = noisy, timesteps
-                if ie_needed:
-                    nb = min(args.ie_batch_size or b, b)
-                    regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
-                    baseline = make_baseline(args.baseline, x0, noisy, timesteps, noise_scheduler, rng)[:nb]
-                    plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, rng)
-                    coal = pid.coalition_inputs(noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
-                    m = coal.shape[1]
-                    if lam > 0:
-                        # one forward for the DDPM and all coalition inputs: DDP allows one forward per backward
-                        inputs = torch.cat([noisy, coal.flatten(0, 1)])
-                        t_all = torch.cat([timesteps, timesteps[:nb].repeat_interleave(m)])
-                eps_all = unet(inputs, t_all).sample
-                eps = eps_all[:b]
-                mse = F.mse_loss(eps.float(), noise.float(), reduction="none").mean((1, 2, 3))
-                if args.snr_gamma > 0:
-                    mse = mse * snr_weights(noise_scheduler, timesteps, args.snr_gamma)
-                loss_ddpm = mse.mean()
-                loss_ie = torch.zeros((), device=device)
-                if ie_needed:
-                    if lam > 0:
-                        coal_eps = eps_all[b:].reshape(coal.shape)
-                    else:  # logging only: L_IE of the plain model, no gradient
-                        with torch.no_grad():
-                            coal_eps = unet(coal.flatten(0, 1), timesteps[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
-                    loss_ie = pid.loss_from_coalition_outputs(
-                        coal_eps.float(), plan, regions, args.value, has_mask[:nb].to(device).float()
-                    )
-                loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
-                accelerator.backward(loss)
+                step = training_losses(
+                    unet, images_u8.to(device), labels.to(device), has_mask.to(device),
+                    noise_scheduler=noise_scheduler, concepts=concepts, args=args, lam=lam, generator=generator,
+                    probe_ie=(global_step + 1) % args.log_every == 0, flip_perm=flip_perm,
+                )
+                accelerator.backward(step.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
-            log_acc["loss"] += float(loss.detach())
-            log_acc["loss_ddpm"] += float(loss_ddpm.detach())
-            if ie_needed:
-                log_acc["loss_ie"] = float(loss_ie.detach())
-            log_acc["n"] += 1
+            with torch.no_grad():
+                log_sums += torch.stack([
+                    step.loss.detach().float(), step.loss_ddpm.detach().float(), step.loss_ie.detach().float(),
+                    torch.ones((), device=device), torch.full((), float(step.ie_computed), device=device),
+                ])
             if not accelerator.sync_gradients:
                 continue
             if ema_model is not None:
@@ -545,12 +688,14 @@ def main(args: argparse.Namespace) -> str:
             global_step += 1
             progress.update(1)
 
+            out_of_time = False
             if global_step % args.log_every == 0:
-                n = max(log_acc["n"], 1)
+                sums = log_sums.tolist()  # the only host sync of a log window
+                n = max(sums[3], 1)
                 logs = {
-                    "loss": log_acc["loss"] / n,
-                    "loss_ddpm": log_acc["loss_ddpm"] / n,
-                    "loss_ie": log_acc["loss_ie"],
+                    "loss": sums[0] / n,
+                    "loss_ddpm": sums[1] / n,
+                    "loss_ie": sums[2] / max(sums[4], 1),  # mean over the window's micro-steps that computed it
                     "lambda": lam,
                     "lr": lr_scheduler.get_last_lr()[0],
                     "step_time": (time.time() - step_start) / args.log_every,
@@ -562,10 +707,15 @@ def main(args: argparse.Namespace) -> str:
                 if accelerator.is_main_process:
                     with open(os.path.join(args.output_dir, "train_log.jsonl"), "a") as f:
                         f.write(json.dumps({"step": global_step, **logs}) + "\n")
-                log_acc = {"loss": 0.0, "loss_ddpm": 0.0, "loss_ie": 0.0, "n": 0}
+                log_sums.zero_()
+                if args.max_train_minutes is not None:
+                    out_of_time = time.time() - train_start > 60 * args.max_train_minutes
+                    if accelerator.num_processes > 1:  # every process must stop at the same step
+                        flag = torch.tensor(float(out_of_time), device=device)
+                        out_of_time = bool(accelerator.reduce(flag, reduction="max") > 0)
                 step_start = time.time()
 
-            if global_step % args.checkpointing_steps == 0 or global_step >= args.max_train_steps:
+            if global_step % args.checkpointing_steps == 0 or global_step >= args.max_train_steps or out_of_time:
                 save_checkpoint(accelerator, args, global_step)
             if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
                 pipeline = build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16=False)
@@ -577,13 +727,6 @@ def main(args: argparse.Namespace) -> str:
                     args.sample_inference_steps,
                     args.seed,
                 )
-            out_of_time = args.max_train_minutes is not None and time.time() - train_start > 60 * args.max_train_minutes
-            if accelerator.num_processes > 1 and args.max_train_minutes is not None:
-                # every process must stop at the same step
-                flag = torch.tensor(float(out_of_time), device=device)
-                out_of_time = bool(accelerator.reduce(flag, reduction="max") > 0)
-            if out_of_time and global_step % args.checkpointing_steps != 0:
-                save_checkpoint(accelerator, args, global_step)
             if global_step >= args.max_train_steps or out_of_time:
                 done = True
                 break
@@ -604,6 +747,16 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
+def truncate_log(path: str, step: int) -> None:
+    """Drops log lines after `step` (a run killed after its last checkpoint logged steps that will be redone)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
 def save_checkpoint(accelerator, args, global_step: int) -> None:
     """accelerator.save_state into checkpoint-STEP, pruning the oldest beyond --checkpoints_total_limit."""
     if accelerator.is_main_process and args.checkpoints_total_limit is not None:
@@ -612,7 +765,19 @@ def save_checkpoint(accelerator, args, global_step: int) -> None:
         for old in ckpts[: max(excess, 0)]:
             shutil.rmtree(os.path.join(args.output_dir, old))
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
-    accelerator.save_state(path)
+    # written under a temporary name and renamed when complete: a run killed while saving leaves no half checkpoint
+    # for `--resume_from_checkpoint latest` to pick
+    partial = path + ".partial"
+    if accelerator.is_main_process and os.path.isdir(partial):
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(partial, path)
+    accelerator.wait_for_everyone()
 
 
 def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16: bool):
@@ -636,5 +801,15 @@ def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, f
     return pipeline
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """Command line: bad arguments or inputs print `error: ...` and exit with status 2 (like argparse), no traceback."""
+    try:
+        main(parse_args(argv))
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())

@@ -1,0 +1,336 @@
+"""train_interpretable.py end to end, as real subprocesses on tiny synthetic faces: 2-process accelerate run, push to a
+local stand-in of the Hub, kill + resume, the dummy-player loss falling only with lambda > 0, bad arguments, outputs."""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import PIPELINE_FILE, ROOT
+from PIL import Image
+from safetensors.torch import load_file
+
+from face_data import make_synthetic_faces
+
+TRAIN = os.path.join(ROOT, "train_interpretable.py")
+TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_levels", "0,1", "--layers_per_block", "1",
+        "--report_to", "none", "--save_images_steps", "0", "--train_batch_size", "4", "--lr_warmup_steps", "0",
+        "--log_every", "1", "--seed", "0", "--concepts", "eyes=4,5 nose=6 mouth=7"]
+HUB_REPO = "tester/tiny-interpretable-ddpm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.update(extra)
+    return env
+
+
+def start(args, env=None, launcher=None):
+    """A training subprocess (stdout and stderr merged); `launcher` is e.g. the accelerate launch prefix."""
+    cmd = (launcher or [sys.executable]) + [TRAIN, *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=240) -> str:
+    out = proc.communicate(timeout=timeout)[0]
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "train_log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tree(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, folder)] = f.read()
+    return files
+
+
+class HubStandIn:
+    """The few Hub API endpoints create_repo + upload_folder use, on localhost; records what was committed."""
+
+    def __init__(self):
+        self.created, self.committed, self.unexpected = [], {}, []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, code, payload):
+                body = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                base = f"http://127.0.0.1:{stand_in.port}"
+                if self.path == "/api/repos/create":
+                    req = json.loads(body)
+                    stand_in.created.append(req)
+                    self._reply(200, {"url": f"{base}/{req['organization']}/{req['name']}"})
+                elif self.path.startswith("/api/validate-yaml"):
+                    self._reply(200, {})
+                elif "/preupload/" in self.path:
+                    files = json.loads(body)["files"]
+                    self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                elif "/commit/" in self.path:
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            stand_in.committed[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                        elif item["key"] != "header":
+                            stand_in.unexpected.append(item["key"])
+                    repo = self.path.split("/api/models/")[1].split("/commit/")[0]
+                    self._reply(200, {"commitUrl": f"{base}/{repo}/commit/abc123", "commitOid": "abc123", "pullRequestUrl": None})
+                else:
+                    stand_in.unexpected.append(("POST", self.path))
+                    self._reply(404, {"error": "not in the stand-in"})
+
+            def do_GET(self):
+                stand_in.unexpected.append(("GET", self.path))
+                self._reply(404, {"error": "not in the stand-in"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_faces, tmp_path_factory):
+    """`accelerate launch --multi_gpu --num_processes 2` on this GPU-less machine (2 CPU processes over gloo; accelerate's
+    `--cpu` launcher would run one process without mpirun) with lambda > 0 and --push_to_hub to a local Hub stand-in."""
+    out = str(tmp_path_factory.mktemp("two_proc") / "run")
+    hub = HubStandIn()
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
+    args = ["--train_data_dir", tiny_faces, "--output_dir", out, *TINY, "--max_train_steps", "3",
+            "--checkpointing_steps", "2", "--lambda_start", "10", "--lambda_end", "1", "--push_to_hub",
+            "--hub_model_id", HUB_REPO, "--hub_token", "hf_standin_token"]
+    env = child_env(HF_ENDPOINT=f"http://127.0.0.1:{hub.port}", HF_HUB_OFFLINE="0")
+    try:
+        log = finish(start(args, env=env, launcher=launcher), timeout=300)
+    finally:
+        hub.close()
+    return out, hub, log
+
+
+def test_two_process_run_saves_a_loadable_pipeline(two_process_run):
+    from diffusers import DiffusionPipeline
+
+    out, _, log = two_process_run
+    summary = json.load(open(os.path.join(out, "train_summary.json")))
+    assert summary["train_steps"] == 3
+    assert summary["images_seen"] == 3 * 4 * 2  # 2 processes of batch 4
+    steps = [r["step"] for r in read_log(out)]
+    assert steps == [1, 2, 3]
+    assert all(r["lambda"] > 0 and r["loss_ie"] > 0 for r in read_log(out))
+    pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe).__name__ == "InterpretableDDPMPipeline"
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    assert pipe.region_names == ["eyes", "nose", "mouth", "rest"]
+
+
+def test_saved_output_is_safetensors_with_config_and_model_card(two_process_run):
+    out, _, _ = two_process_run
+    files = [p for p in tree(out) if not p.startswith(("checkpoint-", "logs"))]
+    assert "unet/diffusion_pytorch_model.safetensors" in files
+    assert not [p for p in files if p.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    index = json.load(open(os.path.join(out, "model_index.json")))
+    assert index["_class_name"] == ["pipeline_interpretable_ddpm", "InterpretableDDPMPipeline"]
+    with open(os.path.join(out, "pipeline_interpretable_ddpm.py")) as f, open(PIPELINE_FILE) as g:
+        assert f.read() == g.read()
+    config = json.load(open(os.path.join(out, "training_config.json")))
+    assert config["lambda_start"] == 10 and config["estimator"] == "pair" and config["resolution"] == 16
+    card = open(os.path.join(out, "README.md")).read()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "diffusers" and meta["license"] == "other"
+    assert {"diffusers", "interpretability"} <= set(meta["tags"]) and meta["datasets"]
+    assert "base_model" not in meta  # trained from scratch
+    assert "Interpretable DDPM" in card and "eyes=4,5 nose=6 mouth=7" in card
+    # the last step checkpointed too: the run can be continued
+    assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_push_to_hub_uploads_the_pipeline_folder_without_checkpoints(two_process_run):
+    out, hub, _ = two_process_run
+    assert [(c["organization"], c["name"]) for c in hub.created] == [tuple(HUB_REPO.split("/"))]
+    assert not hub.unexpected
+    local = {p: b for p, b in tree(out).items() if not p.startswith(("checkpoint-", "logs"))}
+    assert hub.committed == local  # every file of the pipeline folder, byte for byte, and nothing else
+    for needed in ("model_index.json", "pipeline_interpretable_ddpm.py", "README.md", "unet/config.json",
+                   "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "training_config.json"):
+        assert needed in hub.committed
+
+
+def _resume_args(data, out):
+    return ["--train_data_dir", data, "--output_dir", out, *TINY, "--max_train_steps", "8", "--checkpointing_steps", "2",
+            "--checkpoints_total_limit", "2", "--lambda_start", "10", "--lambda_end", "1"]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    reference = start(_resume_args(tiny_faces, straight))
+    victim = start(_resume_args(tiny_faces, killed))
+    deadline = time.time() + 180
+    while not os.path.isdir(os.path.join(killed, "checkpoint-2")):
+        assert victim.poll() is None and time.time() < deadline, victim.communicate()[0][-3000:]
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    done_at_kill = sorted(int(d.split("-")[1]) for d in os.listdir(killed) if d.startswith("checkpoint-") and "." not in d)
+    assert done_at_kill and not os.path.exists(os.path.join(killed, "model_index.json")), "killed too late"
+    finish(reference)
+
+    resumed = finish(start(_resume_args(tiny_faces, killed) + ["--resume_from_checkpoint", "latest"]))
+    assert f"checkpoint-{done_at_kill[-1]}" in resumed
+    # the same global step: the log continues after the checkpoint, each step once
+    assert [r["step"] for r in read_log(killed)] == list(range(1, 9))
+    assert json.load(open(os.path.join(killed, "train_summary.json")))["train_steps"] == 8
+    # --checkpoints_total_limit 2 kept the newest two
+    for run in (straight, killed):
+        assert sorted(d for d in os.listdir(run) if d.startswith("checkpoint-")) == ["checkpoint-6", "checkpoint-8"]
+    # optimizer, EMA and weights continue exactly: the resumed run ends where the uninterrupted one did
+    for sub in ("unet/diffusion_pytorch_model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(os.path.join(straight, "checkpoint-8", sub)), load_file(os.path.join(killed, "checkpoint-8", sub))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{sub}:{k}")
+    ema_a = json.load(open(os.path.join(straight, "checkpoint-8", "unet_ema", "config.json")))
+    ema_b = json.load(open(os.path.join(killed, "checkpoint-8", "unet_ema", "config.json")))
+    assert ema_a["optimization_step"] == ema_b["optimization_step"] == 8
+    opt_a = torch.load(os.path.join(straight, "checkpoint-8", "optimizer.bin"), weights_only=False)
+    opt_b = torch.load(os.path.join(killed, "checkpoint-8", "optimizer.bin"), weights_only=False)
+    assert opt_a["state"].keys() == opt_b["state"].keys() and len(opt_a["state"]) > 0
+    for k in opt_a["state"]:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt_a["state"][k][name], opt_b["state"][k][name], rtol=0, atol=1e-6)
+    assert [r["loss"] for r in read_log(straight)] == pytest.approx([r["loss"] for r in read_log(killed)], rel=1e-5)
+
+
+def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_path):
+    def args(lam, out):
+        return ["--train_data_dir", tiny_faces, "--output_dir", out, *TINY, "--max_train_samples", "8",
+                "--train_batch_size", "8", "--max_train_steps", "30", "--log_every", "3", "--checkpointing_steps", "1000",
+                "--learning_rate", "2e-3", "--lambda_start", str(lam), "--lambda_end", str(lam or 1), "--no-use_ema",
+                "--concepts", "eyes=4,5 mouth=7"]
+
+    runs = {lam: str(tmp_path / f"lam{lam}") for lam in (0, 100)}
+    procs = {lam: start(args(lam, out)) for lam, out in runs.items()}
+    for proc in procs.values():
+        finish(proc)
+    ie = {lam: np.array([r["loss_ie"] for r in read_log(out)]) for lam, out in runs.items()}
+    assert len(ie[0]) == len(ie[100]) == 10 and (ie[0] > 0).all()  # logged every 3 steps in both cases
+    first, last = {k: v[:4].mean() for k, v in ie.items()}, {k: v[-4:].mean() for k, v in ie.items()}
+    assert last[100] < 0.3 * first[100], ie[100]
+    assert last[0] > 0.4 * first[0], ie[0]
+    assert last[100] < 0.2 * last[0], (ie[0], ie[100])
+
+
+def _imagefolder_with_a_bad_mask(tmp_path):
+    data = make_synthetic_faces(str(tmp_path / "bad_masks"), num_train=6, num_test=2, size=16, layout="imagefolder")
+    masks = os.path.join(data, "train", "masks")
+    name = sorted(os.listdir(masks))[0]
+    Image.open(os.path.join(masks, name)).resize((32, 32), Image.NEAREST).save(os.path.join(masks, name))
+    return data, name
+
+
+def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp_path, two_process_run, capsys):
+    import train_interpretable as ti
+
+    finished, _, _ = two_process_run
+    bad_mask_data, bad_mask = _imagefolder_with_a_bad_mask(tmp_path)
+    before = {p: os.path.getmtime(os.path.join(finished, p)) for p in tree(finished)}
+    cases = {  # name: (arguments, words the message must contain, as a real subprocess?)
+        "unknown label id": (["--train_data_dir", tiny_faces, "--concepts", "eyes=4,5 nose=9"], "unknown label id 9", True),
+        "resolution mismatch": (["--train_data_dir", tiny_faces, "--pretrained_model_name_or_path", finished,
+                                 "--resolution", "32"], "--resolution 32 does not match the pretrained model's resolution 16", True),
+        "missing data dir": (["--train_data_dir", str(tmp_path / "nowhere")], "nowhere' does not exist", False),
+        "mask of another size": (["--train_data_dir", bad_mask_data], f"{bad_mask} is 32x32, its image 16x16", False),
+        "finished output dir": (["--train_data_dir", tiny_faces, "--output_dir", finished], "already holds", False),
+    }
+
+    def argv(name, extra):
+        out = ["--output_dir", str(tmp_path / name.replace(" ", "_"))] if "--output_dir" not in extra else []
+        return [*TINY, *out, *extra]  # argparse keeps the last --resolution
+
+    t0 = time.time()
+    procs = {name: subprocess.Popen([sys.executable, TRAIN, *argv(name, extra)], cwd=ROOT, env=child_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, (extra, _, real) in cases.items() if real}
+    results = {}
+    for name, (extra, _, real) in cases.items():
+        if not real:  # the same command-line entry point, in-process (saves an interpreter start on 2 loaded cores)
+            try:
+                code = ti.cli(argv(name, extra))
+            except SystemExit as exit_:  # argparse's parser.error
+                code = exit_.code
+            captured = capsys.readouterr()
+            results[name] = (code, captured.out, captured.err)
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        results[name] = (proc.returncode, stdout, stderr)
+    assert time.time() - t0 < 120
+    for name, (code, stdout, stderr) in results.items():
+        assert code == 2, (name, stderr[-3000:])
+        assert cases[name][1] in stderr and "error:" in stderr, (name, stderr[-3000:])
+        assert "Traceback" not in stderr, (name, stderr[-3000:])
+        assert "train:" not in stderr + stdout, name  # no training step started
+        if name != "finished output dir":
+            assert not os.path.exists(tmp_path / name.replace(" ", "_")), name
+    # the finished run's files are untouched
+    assert {p: os.path.getmtime(os.path.join(finished, p)) for p in tree(finished)} == before
+
+
+def test_single_process_imagefolder_finetune_records_the_base_model(two_process_run, tmp_path):
+    base, _, _ = two_process_run
+    data = make_synthetic_faces(str(tmp_path / "imagefolder"), num_train=10, num_test=2, size=16, layout="imagefolder")
+    out = str(tmp_path / "finetuned")
+    args = ["--train_data_dir", data, "--output_dir", out, "--pretrained_model_name_or_path", base, "--report_to", "none",
+            "--save_images_steps", "0", "--train_batch_size", "4", "--max_train_steps", "2", "--log_every", "1",
+            "--checkpointing_steps", "5", "--lambda_start", "5", "--lambda_end", "1", "--estimator", "sampled",
+            "--coalition_samples", "2", "--value", "mean", "--baseline", "noise", "--mask_dilation", "0"]
+    finish(start(args))
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+    assert all(np.isfinite(r["loss_ie"]) and r["loss_ie"] > 0 for r in read_log(out))
+    meta = yaml.safe_load(open(os.path.join(out, "README.md")).read().split("---")[1])
+    assert meta["base_model"] == HUB_REPO  # the base run's --hub_model_id
+    base_unet = json.load(open(os.path.join(base, "unet", "config.json")))
+    new_unet = json.load(open(os.path.join(out, "unet", "config.json")))
+    assert new_unet["block_out_channels"] == base_unet["block_out_channels"] and new_unet["sample_size"] == 16
