@@ -459,6 +459,8 @@ def train(args) -> dict:
         resume = _latest_checkpoint(args.output_dir)
     if resume:
         parser = SegformerForSemanticSegmentation.from_pretrained(resume, dtype=torch.float32)
+    elif args.init_from:  # fine-tune a saved parser (a new optimizer and learning-rate schedule)
+        parser = SegformerForSemanticSegmentation.from_pretrained(args.init_from, dtype=torch.float32)
     else:
         parser = make_parser(args.preset, seed=args.seed, image_size=images.shape[-1])
     parser.train()
@@ -566,6 +568,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--checkpoints_total_limit", type=int, default=2)
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'.")
+    p.add_argument("--init_from", default=None, help="start from a saved parser's weights (a second, fine-tuning stage).")
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     # attach / templates
     p.add_argument("--pipeline_dir", default=None, help="attach: the saved pipeline folder to update.")

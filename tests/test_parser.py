@@ -111,8 +111,10 @@ def _images(n, seed=0):
 def test_concept_masks_from_the_parser_shape_dtype_dilation(trained_parser_dir):
     # concepts that cover every label, so some concept mask is neither empty nor full whatever the tiny parser says
     pipe = _parser_pipeline(trained_parser_dir, concepts="eyes=4,5 nose=6 mouth=7 face=1,2,3")
+    assert pipe.parser.dtype == torch.float16  # shipped in fp16 ...
     x = _images(3)
     labels = pipe.parse(x)
+    assert pipe.parser.dtype == torch.float32  # ... but run in fp32 on CPU, where fp16 kernels are emulated
     assert labels.shape == (3, 16, 16) and labels.dtype == torch.long and int(labels.max()) <= 7
     grew = False
     for name, ids in pipe.concepts.items():
