@@ -645,7 +645,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
     Args:
         unet ([`UNet2DModel`]): a pixel-space noise predictor.
-        scheduler ([`DDIMScheduler`]): must be a DDIM scheduler; use `clip_sample=False` for exact inversion.
+        scheduler ([`DDIMScheduler`]): must be a DDIM scheduler. The shipped models use `clip_sample=True` (clipping
+            the predicted x_0 keeps pixel-space models from saturating colours); clipping is per pixel, so it keeps
+            edits local, and inversion stays exact wherever the predicted x_0 is in range.
         parser (`SegformerForSemanticSegmentation`, *optional*): a face-part parser used to find concept masks of
             individual faces; without one, the concept templates are used.
         concepts (`str` or `dict`, *optional*): `{concept name: [part label ids]}` or `"eyes=4,5 nose=6 mouth=7"`;
@@ -668,7 +670,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         parser=None,
         concepts: Optional[Union[str, Dict[str, List[int]]]] = None,
         concept_templates: Optional[Dict[str, str]] = None,
-        parser_label_mapping: Optional[Dict[str, int]] = None,
+        parser_label_mapping: Optional[Dict[Union[str, int], int]] = None,
         parser_normalization: str = "minus_one_one",
         parser_resolution: Optional[int] = None,
     ):
@@ -1072,10 +1074,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             [`InversionOutput`] (`latents`, `reconstruction_psnr`) or the latents tensor.
         """
         self._check_sampling_args(0.0, num_inference_steps)
-        if self.scheduler.config.clip_sample or self.scheduler.config.thresholding:
-            raise ValueError(
-                "Inversion needs a scheduler with clip_sample=False and thresholding=False (clipping is not invertible)."
-            )
+        if self.scheduler.config.thresholding:
+            raise ValueError("Inversion needs a scheduler with thresholding=False (dynamic thresholding is not invertible).")
+        # clip_sample=True is fine: the inverse step below makes the predicted x_0 equal the (in-range) target, where
+        # clipping is a no-op; only predictions that would leave [-1, 1] make the inversion inexact.
         x0 = self.preprocess(image, resize=resize)
         x = x0
         pairs = self._alpha_pairs(num_inference_steps)

@@ -794,8 +794,9 @@ def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, f
         model = model.half()
     masked = faces.labels[faces.has_mask]
     templates = pid.compute_concept_templates(torch.from_numpy(masked.astype(np.int64)), pid.parse_concepts(args.concepts)) if len(masked) else None
-    # same noise schedule as training; no clipping, so that DDIM inversion is exact
-    ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False, set_alpha_to_one=True, thresholding=False)
+    # same noise schedule as training; the predicted x_0 is clipped (per pixel, so edits stay local) because
+    # unclipped DDIM makes pixel models that are not fully trained saturate their colours
+    ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=True, set_alpha_to_one=True, thresholding=False)
     pipeline = pid.InterpretableDDPMPipeline(unet=model, scheduler=ddim, concepts=args.concepts, concept_templates=templates)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
