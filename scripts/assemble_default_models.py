@@ -1,0 +1,40 @@
+"""Turns finished training runs into the shipped pipelines under models/ (fp16 UNet, clipped DDIM, run records).
+
+    python scripts/assemble_default_models.py runs/gpu800/interpretable models/interpretable-ddpm-faces64
+    python scripts/assemble_default_models.py runs/gpu800/baseline models/ddpm-faces64-baseline
+
+The parser and concept templates are attached afterwards with `python train_parser.py --mode attach`.
+"""
+
+import os
+import shutil
+import sys
+
+import torch
+from diffusers import DDIMScheduler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import pipeline_interpretable_ddpm as pid  # noqa: E402
+
+RUN_RECORDS = ("README.md", "training_config.json", "train_summary.json", "train_log.jsonl")
+
+
+def main(run_dir: str, out_dir: str) -> None:
+    if os.path.exists(os.path.join(out_dir, "model_index.json")) and "--overwrite" not in sys.argv:
+        raise SystemExit(f"error: {out_dir} already holds a pipeline; pass --overwrite to replace it.")
+    pipe = pid.InterpretableDDPMPipeline.from_pretrained(run_dir, custom_pipeline=pid.__file__, trust_remote_code=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True, thresholding=False)
+    pipe.unet.to(torch.float16)
+    pipe.save_pretrained(out_dir)
+    # the shipped folder carries the repo's current pipeline file (diffusers may have loaded a cached older copy)
+    shutil.copy(pid.__file__, os.path.join(out_dir, "pipeline_interpretable_ddpm.py"))
+    os.makedirs(os.path.join(out_dir, "training"), exist_ok=True)
+    for name in RUN_RECORDS:
+        if os.path.exists(os.path.join(run_dir, name)):
+            shutil.copy(os.path.join(run_dir, name), os.path.join(out_dir, "training", name))
+    print("saved", out_dir)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
