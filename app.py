@@ -826,7 +826,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         invert_btn.click(
             app.invert_upload, [upload, steps, compare, faces], [upload_small, recon, face_a, editor, faces, upload_info],
             api_name="invert", **queue,
-        )
+        ).success(app.show_mask, mask_inputs, [overlay, mask_info], api_name=False, **queue)
         attr_btn.click(
             app.attribute, [attr_face, steps, attr_count, attr_seed, compare, faces],
             [matrix_main, matrix_base, curve, t_index, attribution, attr_info, attr_json],

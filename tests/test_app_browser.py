@@ -54,6 +54,7 @@ def page(url):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(TIMEOUT_MS)
+            sync_api.expect.set_options(timeout=TIMEOUT_MS)  # expect() has its own 5 s default; CPU shared
             page.goto(url, wait_until="domcontentloaded")
             yield page
         finally:
