@@ -135,7 +135,9 @@ def load_pipeline(path: str, device: str):
         class_name = json.load(f).get("_class_name")
     if class_name in ("DDPMPipeline", "DDIMPipeline"):
         unet = UNet2DModel.from_pretrained(path, subfolder="unet")
-        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+        # DDIM with eta = 0 and no clipping, like the interpretable pipelines: generation stays deterministic in x_T
+        # and DDIM inversion (real images) is possible.
+        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", clip_sample=False)
         pipe = pid.InterpretableDDPMPipeline(unet=unet, scheduler=scheduler)
     else:
         pipe = DiffusionPipeline.from_pretrained(path, custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
@@ -978,6 +980,9 @@ def run(args: argparse.Namespace) -> dict:
             "locality": "pid.edit_locality: MSE_in = sum(M*D)/sum(M); paper: MSE_out = sum((1-M)*D)/sum(M); "
                         "area: MSE_out = sum((1-M)*D)/sum(1-M); D = per-pixel squared difference summed over "
                         "channels, in sRGB [0, 1] or CIELAB (D65); locality = MSE_out / MSE_in, mean over pairs.",
+            "swap_mask": "swap_mask_from=union: x_T is exchanged inside the union of A's and B's concept masks (of the "
+                         "original images) and both edited images are scored with that mask, the region the edit was "
+                         "allowed to change; a pair's value is the mean of its two edits. 'a': A's mask for both.",
             "fid": FID_METHOD,
             "fid_resize": "299x299, TF reference bilinear (nv_bilinear_float), after uint8 quantisation",
             "leakage": "pid.InterpretableDDPMPipeline.attribute: exact Shapley values over all 2^K coalitions; "

@@ -124,6 +124,17 @@ def test_per_pixel_model_is_exactly_local_and_a_mixing_unet_is_not(templates):
         assert np.allclose(np.asarray(share), np.eye(4), atol=1e-9)
 
 
+def test_a_plain_ddpm_pipeline_folder_loads_as_an_interpretable_ddim_pipeline(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from conftest import tiny_unet
+
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(tmp_path / "p"))
+    pipe = evaluate.load_pipeline(str(tmp_path / "p"), "cpu")
+    assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.clip_sample
+    assert hasattr(pipe, "swap_regions") and pipe.resolution == (16, 16)
+
+
 def test_seeded_draws_do_not_depend_on_batching():
     shape = (3, 16, 16)
     whole = evaluate.seeded_latents(shape, 7, "pair_a", range(5))
