@@ -114,7 +114,7 @@ def worker(cfg: dict) -> dict:
         mem = torch.cuda.max_memory_allocated() / 2**20
     else:
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before  # KiB on Linux
-    return {"seconds": float(np.median(times)), "memory_mb": mem, "model_inputs_per_step": None}
+    return {"seconds": float(np.median(times)), "memory_mb": mem}
 
 
 def run_worker(cfg: dict) -> dict:

@@ -4,7 +4,6 @@ local stand-in of the Hub, kill + resume, the dummy-player loss falling only wit
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
