@@ -810,10 +810,12 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         generate_btn.click(
             app.generate, [seed_a, seed_b, steps, compare], [face_a, face_b, editor, faces, gen_info],
             api_name="generate", **queue,
-        ).success(app.show_mask, [region, dilation, editor, steps, faces], [overlay, mask_info], api_name=False, **queue)
+        ).success(app.show_mask, [region, dilation, editor, steps, faces], [overlay, mask_info],
+                  api_name="show_mask_after_generate", **queue)
         mask_inputs = [region, dilation, editor, steps, faces]
         mask_btn.click(app.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask", **queue)
-        region.change(app.show_mask, mask_inputs, [overlay, mask_info], api_name=False, show_progress="hidden", **queue)
+        region.change(app.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_on_region_change",
+                      show_progress="hidden", **queue)
         resample_btn.click(
             app.resample, [region, dilation, editor, new_seed, steps, compare, faces], panel + [edit_info, faces],
             api_name="resample", **queue,
@@ -826,7 +828,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         invert_btn.click(
             app.invert_upload, [upload, steps, compare, faces], [upload_small, recon, face_a, editor, faces, upload_info],
             api_name="invert", **queue,
-        ).success(app.show_mask, mask_inputs, [overlay, mask_info], api_name=False, **queue)
+        ).success(app.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_after_invert", **queue)
         attr_btn.click(
             app.attribute, [attr_face, steps, attr_count, attr_seed, compare, faces],
             [matrix_main, matrix_base, curve, t_index, attribution, attr_info, attr_json],

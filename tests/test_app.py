@@ -29,7 +29,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 STEPS = 4
 EXPECTED_ENDPOINTS = {
     "/random_seeds", "/generate", "/show_mask", "/resample", "/swap", "/keep_edit", "/invert", "/attribute",
-    "/attribution_at_t",
+    "/attribution_at_t", "/show_mask_after_generate", "/show_mask_on_region_change", "/show_mask_after_invert",
 }
 
 
