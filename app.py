@@ -358,8 +358,19 @@ class SpaceApp:
 
     # -- faces -----------------------------------------------------------------------------------------------------
     @staticmethod
-    def _new_slot(source: str, latents: Dict[str, np.ndarray], input_image: Optional[np.ndarray] = None) -> dict:
-        return {"source": source, "latents": dict(latents), "input": input_image, "inv_steps": {}, "cache": {}}
+    def _new_slot(
+        source: str, latents: Dict[str, np.ndarray], input_image: Optional[np.ndarray] = None, clip_sample=None
+    ) -> dict:
+        # x_T of an uploaded face (and of edits made from one) is rendered unclipped: DDIM inversion is exact only
+        # for unclipped DDIM (pipe.invert); generated faces use the scheduler's own setting (None).
+        clip_sample = False if input_image is not None else clip_sample
+        return {"source": source, "latents": dict(latents), "input": input_image, "inv_steps": {}, "cache": {},
+                "clip_sample": clip_sample}
+
+    @staticmethod
+    def _clip_sample(*slots: dict):
+        """Rendering setting for an edit of these faces: unclipped as soon as one of them came from an upload."""
+        return False if any(slot.get("clip_sample") is False for slot in slots) else None
 
     def _face(self, slot: dict, key: str, steps: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """x_T `(1, C, H, W)` and image `(1, 3, H, W)` in [0, 1] of a face slot under model `key` at `steps`."""
@@ -375,7 +386,8 @@ class SpaceApp:
             latents = slot["latents"]["main"]
         cache_key = f"{key}@{steps}"
         if cache_key not in slot["cache"]:
-            out = pipe(latents=_pt(latents)[None], num_inference_steps=steps, output_type="pt")
+            out = pipe(latents=_pt(latents)[None], num_inference_steps=steps, output_type="pt",
+                       clip_sample=slot.get("clip_sample"))
             slot["cache"][cache_key] = _hwc(out.images)
         return _pt(latents)[None], _chw(slot["cache"][cache_key])
 
@@ -527,7 +539,8 @@ class SpaceApp:
     ) -> list:
         """Redraws x_T of face A inside the region with noise from `new_seed` (the same noise on both models)."""
         faces, steps, new_seed = self._require_faces(faces), check_steps(steps), check_seed(new_seed, "new seed")
-        results, edit = {}, self._new_slot(f"A with {region} resampled (seed {new_seed})", {})
+        clip_sample = self._clip_sample(faces["A"])
+        results, edit = {}, self._new_slot(f"A with {region} resampled (seed {new_seed})", {}, clip_sample=clip_sample)
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
                 progress(0.1 + 0.45 * i, desc=f"resampling on the {self.models.label(key)} model")
@@ -535,7 +548,7 @@ class SpaceApp:
                 mask = self._mask(key, region, dilation, editor, image)
                 out = pipe.resample_region(
                     latents, mask, generator=torch.Generator("cpu").manual_seed(new_seed),
-                    num_inference_steps=steps, output_type="pt",
+                    num_inference_steps=steps, output_type="pt", clip_sample=clip_sample,
                 )
                 edited = out.images.cpu()
                 results[key] = {
@@ -564,14 +577,16 @@ class SpaceApp:
         """Exchanges x_T inside the region (defined on face A) between faces A and B, on each model."""
         faces, steps = self._require_faces(faces, need_b=True), check_steps(steps)
         results = {}
-        edit = {f: self._new_slot(f"{f} after swapping {region}", {}) for f in "AB"}
+        clip_sample = self._clip_sample(faces["A"], faces["B"])
+        edit = {f: self._new_slot(f"{f} after swapping {region}", {}, clip_sample=clip_sample) for f in "AB"}
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
                 progress(0.1 + 0.45 * i, desc=f"swapping on the {self.models.label(key)} model")
                 lat_a, img_a = self._face(faces["A"], key, steps)
                 lat_b, img_b = self._face(faces["B"], key, steps)
                 mask = self._mask(key, region, dilation, editor, img_a)
-                out = pipe.swap_regions(lat_a, lat_b, mask, num_inference_steps=steps, output_type="pt")
+                out = pipe.swap_regions(lat_a, lat_b, mask, num_inference_steps=steps, output_type="pt",
+                                        clip_sample=clip_sample)
                 new_a, new_b, used = out.images_a.cpu(), out.images_b.cpu(), out.mask.cpu()
                 results[key] = {"what": f"Swapped **{region}** between faces A and B", "mask": _np(used[0, 0]) > 0.5}
                 for f, before, after, lat in (("A", img_a, new_a, out.latents_a), ("B", img_b, new_b, out.latents_b)):

@@ -543,7 +543,9 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
         inputs = pipe.postprocess(pipe.preprocess(images[rows], resize=resize), "pt")  # at model resolution, [0, 1]
         inv = pipe.invert(inputs, num_inference_steps=num_inference_steps, check_reconstruction=True)
         psnr.extend(inv.reconstruction_psnr.cpu().tolist())
-        recon = pipe(latents=inv.latents, num_inference_steps=num_inference_steps, output_type="pt").images
+        # inverted x_T are regenerated unclipped: the inversion is exact for unclipped DDIM (see pipe.invert)
+        recon = pipe(latents=inv.latents, num_inference_steps=num_inference_steps, output_type="pt",
+                     clip_sample=False).images
         lat_a, lat_b = inv.latents[:b], inv.latents[b:]
         for concept in concepts:
             ids = torch.tensor(pipe.concepts[concept])
@@ -554,7 +556,7 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
                 continue
             k = keep.nonzero()[:, 0].tolist()
             out = pipe.swap_regions(lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps,
-                                    output_type="pt")
+                                    output_type="pt", clip_sample=False)
             kb = [j + b for j in k]
             for ref, src in (("reconstruction", recon), ("input", inputs)):
                 sa = _score_edit(src[k], out.images_a, out.mask)
