@@ -214,6 +214,20 @@ def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
     return flat.reshape(shape).to(masks.dtype)
 
 
+def exclusive_partition(masks: torch.Tensor) -> torch.Tensor:
+    """Overlapping region masks `(B, K, H, W)` -> a partition `(B, K + 1, H, W)` float 0/1: where masks overlap the
+    earlier one keeps the pixel, and the last channel ("rest") holds the pixels no mask covers."""
+    masks = masks > 0.5 if masks.is_floating_point() else masks.bool()
+    taken = torch.zeros_like(masks[:, 0])
+    regions = []
+    for i in range(masks.shape[1]):
+        m = masks[:, i] & ~taken
+        taken |= m
+        regions.append(m)
+    regions.append(~taken)
+    return torch.stack(regions, 1).float()
+
+
 def region_partition(
     label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]], dilation: int = 0
 ) -> torch.Tensor:
@@ -230,17 +244,10 @@ def region_partition(
     """
     if label_maps.ndim != 3:
         raise ValueError(f"label_maps must have shape (B, H, W), got {tuple(label_maps.shape)}.")
-    regions = []
-    taken = torch.zeros_like(label_maps, dtype=torch.bool)
-    for ids in concepts.values():
-        m = torch.zeros_like(label_maps, dtype=torch.bool)
-        for i in ids:
-            m |= label_maps == i
-        m = dilate_masks(m, dilation) & ~taken
-        taken |= m
-        regions.append(m)
-    regions.append(~taken)
-    return torch.stack(regions, dim=1).float()
+    masks = torch.stack(
+        [torch.isin(label_maps, torch.tensor(ids, device=label_maps.device)) for ids in concepts.values()], 1
+    )
+    return exclusive_partition(dilate_masks(masks, dilation))
 
 
 def encode_binary_mask(mask: np.ndarray) -> str:
@@ -1280,15 +1287,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     def region_masks(self, image_or_latents, dilation: int = 0, **kw) -> torch.Tensor:
         """The K-region partition `(B, K, H, W)` (concepts, then rest) of each image, from its concept masks;
         where dilated concepts overlap, the earlier concept keeps the pixel."""
-        masks = self._concept_masks(image_or_latents, list(self.concepts), dilation=dilation, **kw) > 0.5
-        taken = torch.zeros_like(masks[:, 0])
-        regions = []
-        for i in range(masks.shape[1]):
-            m = masks[:, i] & ~taken
-            taken |= m
-            regions.append(m)
-        regions.append(~taken)
-        return torch.stack(regions, 1).float()
+        return exclusive_partition(self._concept_masks(image_or_latents, list(self.concepts), dilation=dilation, **kw))
 
     # -- attribution -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -1414,13 +1413,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         cover = regions.sum(1)
         if (cover > 1).any():
             # Concept masks of different concepts may touch; the earlier concept keeps a shared pixel.
-            taken = torch.zeros_like(cover, dtype=torch.bool)
-            parts = []
-            for i in range(regions.shape[1]):
-                m = (regions[:, i] > 0.5) & ~taken
-                taken |= m
-                parts.append(m)
-            regions = torch.stack(parts, 1).float()
+            regions = exclusive_partition(regions)[:, :-1]
             cover = regions.sum(1)
         if (regions.sum((-2, -1)) == 0).any():
             raise ValueError("A region is empty for at least one image; every player needs at least one pixel.")
