@@ -1,0 +1,1423 @@
+# Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
+"""Interpretable DDPM: a DDIM pipeline whose image regions are caused only by the same regions of x_T.
+
+This file is self-contained on purpose: ``DiffusionPipeline.from_pretrained(path, custom_pipeline=...)`` loads it
+alone, so it holds *all* of the method's math (masks, the coalition game, the dummy-player loss, exact Shapley
+attribution, the locality metric) next to the pipeline class. The training script, the app, the evaluation and the
+tests import from here.
+
+Method (Liu et al., "Disentangling the Visual Concept Generation of DDPM from a Game-Theoretic View", 2025):
+the K regions of x_t (concepts such as eyes, nose, mouth plus one "rest" region) are players; a coalition S keeps
+x_t on its regions and puts a baseline elsewhere; the value of output region k is the predicted noise restricted to
+region k. Training adds a loss that makes every input region j != k a *dummy player* for output region k. With DDIM
+(eta = 0) an image is a deterministic function of x_T, so redrawing or swapping x_T inside a region edits that
+region of the image only.
+
+Shapes used throughout: images / latents ``(B, C, H, W)``; region partitions ``(B, K, H, W)`` (one-hot over K,
+the last region is "rest"); coalitions ``(M, K)`` bool, or ``(B, M, K)`` per example.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+PIPELINE_MODULE_NAME = "pipeline_interpretable_ddpm"
+PIPELINE_CLASS_NAME = "InterpretableDDPMPipeline"
+
+# Part label ids of the utkface64 label maps (see METHOD.md): 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 mouth.
+FACE_PART_LABELS = {
+    0: "background",
+    1: "skin",
+    2: "left_brow",
+    3: "right_brow",
+    4: "left_eye",
+    5: "right_eye",
+    6: "nose",
+    7: "mouth",
+}
+# A horizontal flip exchanges the subject's left and right parts.
+FLIP_LABEL_PERMUTATION = (0, 1, 3, 2, 5, 4, 6, 7)
+DEFAULT_CONCEPTS = {"eyes": [4, 5], "nose": [6], "mouth": [7]}
+REST_REGION_NAME = "rest"
+
+ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, List[PIL.Image.Image], List[np.ndarray]]
+MaskInput = Union[str, PIL.Image.Image, np.ndarray, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output dataclasses
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class InterpretableDDPMPipelineOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.__call__`].
+
+    Args:
+        images (`List[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`): the generated images.
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): the x_T that generated each image (DDIM, eta = 0), so any
+            image can be edited later with `resample_region` / `swap_regions`.
+    """
+
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    latents: torch.Tensor
+
+
+@dataclass
+class RegionResampleOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.resample_region`].
+
+    Args:
+        images: the edited images.
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): the new x_T (old outside the mask, new inside).
+        mask (`torch.Tensor` of shape `(B, 1, H, W)`): the binary mask that was used, at model resolution.
+    """
+
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    latents: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class RegionSwapOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.swap_regions`].
+
+    Args:
+        images_a: image A with B's region.
+        images_b: image B with A's region.
+        latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)`): the swapped x_T of each result.
+        mask (`torch.Tensor` of shape `(B, 1, H, W)`): the binary mask that was used.
+    """
+
+    images_a: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    images_b: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    latents_a: torch.Tensor
+    latents_b: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class InversionOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.invert`].
+
+    Args:
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T such that `pipe(latents=latents)` redraws the image.
+        reconstruction_psnr (`torch.Tensor` of shape `(B,)` or `None`): PSNR (dB, images in [0, 1]) of the
+            regenerated image against the input, when `check_reconstruction=True`.
+    """
+
+    latents: torch.Tensor
+    reconstruction_psnr: Optional[torch.Tensor] = None
+
+
+@dataclass
+class AttributionOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.attribute`].
+
+    Args:
+        phi (`torch.Tensor` of shape `(T, B, K, K)`): exact Shapley value of input region j (last axis) for the
+            region-mean predicted noise of output region k (third axis), at each of the T timesteps. Rows satisfy
+            efficiency: `phi[t, b, k].sum() == v_k(N) - v_k(empty)`.
+        abs_phi (`torch.Tensor` of shape `(T, B, K, K)`): mean over the pixels and channels of output region k of
+            the absolute per-element Shapley value; signs cannot cancel here, so it is what leakage is built on.
+        leakage (`torch.Tensor` of shape `(T, B)`): off-diagonal share of `abs_phi` weighted by region area, in
+            [0, 1]; 0 means every output region is caused only by the same input region.
+        timesteps (`torch.Tensor` of shape `(T,)`): the DDIM timesteps at which the game was played.
+        region_names (`List[str]`): the K region names (the last is usually "rest").
+    """
+
+    phi: torch.Tensor
+    abs_phi: torch.Tensor
+    leakage: torch.Tensor
+    timesteps: torch.Tensor
+    region_names: List[str]
+
+    @property
+    def mean_leakage(self) -> float:
+        return float(self.leakage.mean())
+
+    @property
+    def region_leakage(self) -> torch.Tensor:
+        """Off-diagonal share of each output region's row of `abs_phi`, `(T, B, K)` in [0, 1]: how much of output
+        region k's attribution comes from other input regions (0 = region k is caused only by itself)."""
+        own = torch.diagonal(self.abs_phi, dim1=-2, dim2=-1)
+        total = self.abs_phi.sum(-1)
+        return (total - own) / total.clamp_min(1e-20)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Concepts and masks
+# ----------------------------------------------------------------------------------------------------------------------
+def parse_concepts(spec: Union[str, Mapping[str, Sequence[int]], None]) -> Dict[str, List[int]]:
+    """Parses a concept definition into `{name: [label ids]}` and validates it.
+
+    Accepts a mapping or the command-line form `"eyes=4,5 nose=6 mouth=7"`. The "rest" region is implied and may
+    not be named. Label ids must be part label ids 1..7 of the face label maps and may not repeat across concepts.
+    """
+    if spec is None:
+        spec = DEFAULT_CONCEPTS
+    if isinstance(spec, str):
+        concepts: Dict[str, List[int]] = {}
+        for item in spec.replace(";", " ").split():
+            if "=" not in item:
+                raise ValueError(f"Concept '{item}' must look like name=id[,id...], e.g. 'eyes=4,5'.")
+            name, ids = item.split("=", 1)
+            try:
+                concepts[name.strip()] = [int(i) for i in ids.split(",") if i.strip()]
+            except ValueError:
+                raise ValueError(f"Concept '{item}': label ids must be integers, e.g. 'eyes=4,5'.") from None
+    else:
+        concepts = {str(k): [int(i) for i in v] for k, v in dict(spec).items()}
+    if not concepts:
+        raise ValueError("At least one concept is needed, e.g. 'eyes=4,5 nose=6 mouth=7'.")
+    seen: Dict[int, str] = {}
+    for name, ids in concepts.items():
+        if not name or name == REST_REGION_NAME:
+            raise ValueError(f"Concept name '{name}' is not allowed ('{REST_REGION_NAME}' is implied).")
+        if not ids:
+            raise ValueError(f"Concept '{name}' has no label ids.")
+        for i in ids:
+            if i not in FACE_PART_LABELS or i == 0:
+                raise ValueError(
+                    f"Concept '{name}': unknown label id {i}; part label ids are "
+                    + ", ".join(f"{k}={v}" for k, v in FACE_PART_LABELS.items() if k)
+                )
+            if i in seen:
+                raise ValueError(f"Label id {i} is used by both '{seen[i]}' and '{name}'.")
+            seen[i] = name
+    return concepts
+
+
+def concepts_to_string(concepts: Mapping[str, Sequence[int]]) -> str:
+    """Inverse of `parse_concepts` for the command-line form."""
+    return " ".join(f"{n}={','.join(str(i) for i in ids)}" for n, ids in concepts.items())
+
+
+def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Dilates binary masks `(..., H, W)` by a square of half-width `radius` pixels (max pooling)."""
+    if radius <= 0:
+        return masks
+    shape = masks.shape
+    flat = masks.reshape(-1, 1, shape[-2], shape[-1]).float()
+    flat = F.max_pool2d(flat, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return flat.reshape(shape).to(masks.dtype)
+
+
+def exclusive_partition(masks: torch.Tensor) -> torch.Tensor:
+    """Overlapping region masks `(B, K, H, W)` -> a partition `(B, K + 1, H, W)` float 0/1: where masks overlap the
+    earlier one keeps the pixel, and the last channel ("rest") holds the pixels no mask covers."""
+    masks = masks > 0.5 if masks.is_floating_point() else masks.bool()
+    taken = torch.zeros_like(masks[:, 0])
+    regions = []
+    for i in range(masks.shape[1]):
+        m = masks[:, i] & ~taken
+        taken |= m
+        regions.append(m)
+    regions.append(~taken)
+    return torch.stack(regions, 1).float()
+
+
+def region_partition(
+    label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]], dilation: int = 0
+) -> torch.Tensor:
+    """Turns part label maps into a one-hot partition over the concepts plus "rest".
+
+    Args:
+        label_maps (`torch.Tensor` of shape `(B, H, W)`, integer): part label ids.
+        concepts: `{name: [label ids]}` as returned by `parse_concepts`.
+        dilation (`int`): each concept mask is dilated by this many pixels first (the paper dilates its masks).
+            Where dilated concepts overlap, the earlier concept in `concepts` keeps the pixel.
+
+    Returns:
+        `torch.Tensor` of shape `(B, K, H, W)`, float 0/1, K = len(concepts) + 1, summing to 1 over K at every pixel.
+    """
+    if label_maps.ndim != 3:
+        raise ValueError(f"label_maps must have shape (B, H, W), got {tuple(label_maps.shape)}.")
+    masks = torch.stack(
+        [torch.isin(label_maps, torch.tensor(ids, device=label_maps.device)) for ids in concepts.values()], 1
+    )
+    return exclusive_partition(dilate_masks(masks, dilation))
+
+
+def encode_binary_mask(mask: np.ndarray) -> str:
+    """Packs an HxW binary mask into `"HxW:hex"` so it can live in a JSON config."""
+    mask = np.asarray(mask).astype(bool)
+    return f"{mask.shape[0]}x{mask.shape[1]}:" + np.packbits(mask.reshape(-1)).tobytes().hex()
+
+
+def decode_binary_mask(code: str) -> np.ndarray:
+    """Inverse of `encode_binary_mask`."""
+    try:
+        size, hexdata = code.split(":", 1)
+        h, w = (int(s) for s in size.split("x"))
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(hexdata), dtype=np.uint8))[: h * w]
+        return bits.reshape(h, w).astype(bool)
+    except Exception as err:  # any malformed string is a config error
+        raise ValueError(f"Malformed template mask code '{code[:40]}...': {err}") from None
+
+
+def compute_concept_templates(
+    label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]], threshold: float = 0.5, dilation: int = 0
+) -> Dict[str, str]:
+    """Template mask per concept: the mean training mask, thresholded (relative to its maximum), encoded.
+
+    Args:
+        label_maps (`torch.Tensor` of shape `(N, H, W)`): label maps of faces that have masks.
+        threshold (`float`): a pixel is in the template where the concept's frequency is at least
+            `threshold` times the concept's peak frequency.
+    """
+    templates = {}
+    for name, ids in concepts.items():
+        m = torch.zeros_like(label_maps, dtype=torch.float32)
+        for i in ids:
+            m += (label_maps == i).float()
+        freq = m.mean(0)
+        if freq.max() <= 0:
+            raise ValueError(f"Concept '{name}' never occurs in the label maps; cannot make its template.")
+        template = dilate_masks(freq >= threshold * freq.max(), dilation)
+        templates[name] = encode_binary_mask(template.cpu().numpy())
+    return templates
+
+
+def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int], device=None) -> torch.Tensor:
+    """Normalises any supported mask to a binary float tensor `(B, 1, H, W)` at the model resolution.
+
+    Accepts an HxW bool/float tensor or numpy array, a PIL image (nonzero = inside; "L" or RGB(A), where the alpha
+    channel wins if present), a `(1, H, W)` tensor or a `(B, 1, H, W)` batch. Soft masks are thresholded at 0.5
+    (mixing two unit-variance noises with soft weights would shrink the variance of x_T).
+    """
+    if isinstance(mask, PIL.Image.Image):
+        if mask.mode in ("RGBA", "LA"):
+            arr = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
+        else:
+            arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        mask = torch.from_numpy(arr)
+    elif isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(
+            f"mask must be a concept name, a tensor, a numpy array or a PIL image, got {type(mask).__name__}."
+        )
+    mask = mask.detach().float()
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    elif mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[None]
+    elif mask.ndim == 3 and mask.shape[-1] in (1, 3, 4) and mask.shape[0] > 4:  # HxWxC numpy-style mask
+        mask = mask.amax(-1)[None, None]
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(
+            f"mask must have shape (H, W), (1, H, W) or (B, 1, H, W); got {tuple(mask.shape)}."
+        )
+    if mask.shape[0] not in (1, batch_size):
+        raise ValueError(f"mask batch size {mask.shape[0]} does not match the latents' batch size {batch_size}.")
+    if mask.max() > 1.0:  # 0..255 masks
+        mask = mask / 255.0
+    h, w = resolution
+    if tuple(mask.shape[-2:]) != (h, w):
+        mask_h, mask_w = mask.shape[-2:]
+        if mask_h * w != mask_w * h:
+            raise ValueError(
+                f"mask of size {mask_h}x{mask_w} has a different aspect ratio from the model resolution {h}x{w}."
+            )
+        mask = F.interpolate(mask, size=(h, w), mode="area")
+    mask = (mask > 0.5).float().expand(batch_size, 1, h, w)
+    return mask.to(device) if device is not None else mask
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The coalition game and the dummy-player loss
+# ----------------------------------------------------------------------------------------------------------------------
+def all_coalitions(num_players: int, device=None) -> torch.Tensor:
+    """All 2^K coalitions as a bool tensor `(2^K, K)`; row s has player j iff bit j of s is set."""
+    s = torch.arange(2**num_players, device=device)
+    return (s[:, None] >> torch.arange(num_players, device=device)[None, :]) & 1 == 1
+
+
+def coalition_inputs(
+    x: torch.Tensor, baseline: torch.Tensor, regions: torch.Tensor, coalitions: torch.Tensor
+) -> torch.Tensor:
+    """Builds x^S: x on the regions of S, the baseline on the other regions.
+
+    Args:
+        x (`torch.Tensor` of shape `(B, C, H, W)`): the players' values (x_t).
+        baseline (`torch.Tensor` of shape `(B, C, H, W)`): what absent players are replaced with.
+        regions (`torch.Tensor` of shape `(B, K, H, W)`): one-hot partition of the pixels.
+        coalitions (`torch.Tensor` of shape `(M, K)` or `(B, M, K)`, bool): the coalitions to build.
+
+    Returns:
+        `torch.Tensor` of shape `(B, M, C, H, W)`.
+    """
+    if coalitions.ndim == 2:
+        coalitions = coalitions[None].expand(x.shape[0], -1, -1)
+    keep = torch.einsum("bmk,bkhw->bmhw", coalitions.to(regions.dtype), regions)[:, :, None]  # (B, M, 1, H, W)
+    keep = keep.to(x.dtype)
+    return keep * x[:, None] + (1 - keep) * baseline[:, None]
+
+
+def region_values(eps: torch.Tensor, regions: torch.Tensor, value: str = "pixel") -> torch.Tensor:
+    """Value of each output region: the predicted noise restricted to it.
+
+    Args:
+        eps (`torch.Tensor` of shape `(..., C, H, W)`): predicted noise.
+        regions (`torch.Tensor` of shape `(..., K, H, W)`): partition (broadcastable against `eps`' leading dims).
+        value (`str`): `"pixel"` keeps every element of the region (returns `(..., K, C, H, W)`, zero outside
+            region k); `"mean"` averages over the region's pixels (returns `(..., K, C)`), as the paper does.
+    """
+    masked = eps.unsqueeze(-4) * regions.unsqueeze(-3).to(eps.dtype)  # (..., K, C, H, W)
+    if value == "pixel":
+        return masked
+    if value == "mean":
+        area = regions.sum((-2, -1)).clamp_min(1.0).unsqueeze(-1).to(eps.dtype)  # (..., K, 1)
+        return masked.sum((-2, -1)) / area
+    raise ValueError(f"value must be 'pixel' or 'mean', got '{value}'.")
+
+
+def _squared_region_distance(a: torch.Tensor, b: torch.Tensor, value: str) -> torch.Tensor:
+    """Per-region squared distance between two region values; `(..., K)`.
+
+    For "pixel" values the sum over region k is divided by C*H*W, so that summing over k gives an image-level
+    mean squared error, on the same scale as the DDPM loss.
+    """
+    d = (a - b).float() ** 2
+    if value == "pixel":
+        return d.sum((-3, -2, -1)) / (d.shape[-3] * d.shape[-2] * d.shape[-1])
+    return d.mean(-1)
+
+
+def dummy_player_terms(
+    values: torch.Tensor,
+    coalitions: torch.Tensor,
+    singleton_values: torch.Tensor,
+    empty_values: torch.Tensor,
+    value: str,
+) -> torch.Tensor:
+    """Theorem 1 terms for every output region k given the values of coalitions S.
+
+    For k in S the term is |v_k(S) - v_k({k})|^2, for k not in S it is |v_k(S) - v_k(empty)|^2: other players are
+    dummies for game v_k iff all these terms vanish.
+
+    Args:
+        values (`(B, M, K, ...)`): region values v_k(S) of M coalitions per example.
+        coalitions (`(B, M, K)` or `(M, K)`, bool): the coalitions.
+        singleton_values (`(B, K, ...)`): v_k({k}) for every k.
+        empty_values (`(B, K, ...)`): v_k(empty).
+
+    Returns:
+        `(B, M, K)` per-term squared distances.
+    """
+    if coalitions.ndim == 2:
+        coalitions = coalitions[None].expand(values.shape[0], -1, -1)
+    d_single = _squared_region_distance(values, singleton_values[:, None], value)
+    d_empty = _squared_region_distance(values, empty_values[:, None], value)
+    return torch.where(coalitions, d_single, d_empty)
+
+
+def _singleton_value_per_k(eps_singletons: torch.Tensor, regions: torch.Tensor, value: str) -> torch.Tensor:
+    """v_k({k}) for every k from the K singleton forwards `(B, K, C, H, W)`; returns `(B, K, ...)`."""
+    all_vals = region_values(eps_singletons, regions[:, None], value)  # (B, K_in, K_out, ...)
+    idx = torch.arange(regions.shape[1], device=regions.device)
+    return all_vals[:, idx, idx]
+
+
+@dataclass
+class CoalitionPlan:
+    """The coalitions one estimator of the dummy-player loss evaluates for a batch.
+
+    Args:
+        coalitions (`torch.Tensor` of shape `(B, M, K)`, bool): the M coalitions to feed the model per example.
+        estimator (`str`): `"exact"`, `"sampled"` or `"pair"`.
+        out_k (`torch.Tensor` of shape `(B,)`, *optional*): the output region of each example (`"pair"` only).
+    """
+
+    coalitions: torch.Tensor
+    estimator: str
+    out_k: Optional[torch.Tensor] = None
+
+
+def plan_coalitions(
+    regions: torch.Tensor, estimator: str = "pair", num_coalitions: int = 4, generator: Optional[torch.Generator] = None
+) -> CoalitionPlan:
+    """Draws the coalitions of one estimator of L_IE (see `interpretability_loss`) for a batch of partitions
+    `regions` `(B, K, H, W)`. Random draws happen on `generator`'s device (the CPU without one) and are then moved to
+    `regions`' device: a CPU generator is reproducible on any device, a CUDA one avoids host-device copies."""
+    b, k = regions.shape[:2]
+    device = regions.device
+    draw_device = generator.device if generator is not None else "cpu"
+    if estimator == "pair":
+        coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(0.5).to(device)
+        out_k = torch.randint(0, k, (b,), generator=generator, device=draw_device).to(device)
+        rows = torch.arange(b, device=device)
+        reference = torch.zeros_like(coalition)
+        reference[rows, out_k] = coalition[rows, out_k]  # {k} if k is in S, else the empty coalition
+        return CoalitionPlan(torch.stack([coalition, reference], 1), estimator, out_k)
+    if estimator == "exact":
+        # all 2^K coalitions; the empty one (row 0) and the singletons (rows 2^j) are among them
+        return CoalitionPlan(all_coalitions(k, device)[None].expand(b, -1, -1), estimator)
+    if estimator == "sampled":
+        if num_coalitions < 1:
+            raise ValueError(f"num_coalitions must be >= 1, got {num_coalitions}.")
+        refs = torch.cat([torch.zeros(1, k, dtype=torch.bool, device=device), torch.eye(k, dtype=torch.bool, device=device)])
+        sampled = torch.rand(b, num_coalitions, k, generator=generator, device=draw_device).lt(0.5).to(device)
+        return CoalitionPlan(torch.cat([refs[None].expand(b, -1, -1), sampled], 1), estimator)
+    raise ValueError(f"estimator must be 'exact', 'sampled' or 'pair', got '{estimator}'.")
+
+
+def loss_from_coalition_outputs(
+    eps: torch.Tensor,
+    plan: CoalitionPlan,
+    regions: torch.Tensor,
+    value: str = "pixel",
+    example_weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """L_IE of a batch from the model outputs on the coalition inputs of `plan`.
+
+    Args:
+        eps (`torch.Tensor` of shape `(B, M, C, H, W)`): predicted noise for `coalition_inputs(..., plan.coalitions)`.
+        regions (`(B, K, H, W)`): the partition. example_weights (`(B,)`, optional): e.g. 0 without a label map.
+
+    Returns:
+        scalar loss: weighted mean over the batch of the per-example estimate of sum_k E_S[terms].
+    """
+    b, k = regions.shape[:2]
+    if plan.estimator == "pair":
+        rows = torch.arange(b, device=regions.device)
+        region_k = regions[rows, plan.out_k][:, None, None]  # (B, 1, 1, H, W)
+        vals = region_values(eps, region_k, value)[:, :, 0]  # (B, 2, ...)
+        per_example = k * _squared_region_distance(vals[:, 0], vals[:, 1], value)
+    elif plan.estimator == "exact":
+        singles = 2 ** torch.arange(k, device=regions.device)
+        empty_vals = region_values(eps[:, 0], regions, value)
+        single_vals = _singleton_value_per_k(eps[:, singles], regions, value)
+        vals = region_values(eps, regions[:, None], value)
+        terms = dummy_player_terms(vals, plan.coalitions, single_vals, empty_vals, value)
+        per_example = terms.sum(-1).mean(1)
+    else:
+        empty_vals = region_values(eps[:, 0], regions, value)
+        single_vals = _singleton_value_per_k(eps[:, 1 : k + 1], regions, value)
+        vals = region_values(eps[:, k + 1 :], regions[:, None], value)
+        terms = dummy_player_terms(vals, plan.coalitions[:, k + 1 :], single_vals, empty_vals, value)
+        per_example = terms.sum(-1).mean(1)
+    if example_weights is not None:
+        w = example_weights.to(per_example.dtype)
+        return (per_example * w).sum() / w.sum().clamp_min(1.0)
+    return per_example.mean()
+
+
+def interpretability_loss(
+    model_fn,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    regions: torch.Tensor,
+    baseline: torch.Tensor,
+    estimator: str = "pair",
+    value: str = "pixel",
+    num_coalitions: int = 4,
+    generator: Optional[torch.Generator] = None,
+    example_weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The dummy-player loss L_IE = E_S sum_k [terms of Theorem 1], for one batch.
+
+    The expectation is over coalitions S drawn uniformly from all 2^K subsets (each player present w.p. 1/2), so
+    every estimator below is unbiased for `estimator="exact"`:
+
+    - `"exact"`: all 2^K coalitions (2^K model evaluations per example).
+    - `"sampled"`: `num_coalitions` coalitions shared across k (the paper's Castro-style sampling) plus the empty
+      and the K singleton coalitions: `K + 1 + C` evaluations per example.
+    - `"pair"`: one random (S, k) per example; needs v_k(S) and one reference (v_k({k}) or v_k(empty)), i.e. two
+      evaluations per example whatever K is. Scaled by K so it estimates the sum over k.
+
+    All evaluations go through `model_fn` in ONE batched call (`plan_coalitions` + `coalition_inputs` +
+    `loss_from_coalition_outputs` let a training loop merge that call with the DDPM forward, which DDP needs).
+
+    Args:
+        model_fn: callable `(x (N, C, H, W), t (N,)) -> eps (N, C, H, W)`.
+        x_t (`(B, C, H, W)`), timesteps (`(B,)`), regions (`(B, K, H, W)`), baseline (`(B, C, H, W)`).
+        value (`str`): `"pixel"` (per-pixel restriction) or `"mean"` (region mean, as in the paper).
+        example_weights (`(B,)`, optional): e.g. 0 for images without a part label map.
+
+    Returns:
+        scalar loss (mean over the batch).
+    """
+    plan = plan_coalitions(regions, estimator, num_coalitions, generator)
+    inputs = coalition_inputs(x_t, baseline, regions, plan.coalitions)  # (B, M, C, H, W)
+    m = inputs.shape[1]
+    eps = model_fn(inputs.flatten(0, 1), timesteps.repeat_interleave(m)).reshape(inputs.shape)
+    return loss_from_coalition_outputs(eps, plan, regions, value, example_weights)
+
+
+def shapley_weight_matrix(num_players: int, device=None) -> torch.Tensor:
+    """Matrix W `(K, 2^K)` with phi_j = sum_s W[j, s] v(s) the exact Shapley value (coalitions as in `all_coalitions`)."""
+    coalitions = all_coalitions(num_players)
+    sizes = coalitions.sum(1)
+    w = torch.zeros(num_players, 2**num_players, dtype=torch.float64)
+    fact = [math.factorial(i) for i in range(num_players + 1)]
+    for s in range(2**num_players):
+        for j in range(num_players):
+            if coalitions[s, j]:
+                continue
+            m = int(sizes[s])
+            weight = fact[m] * fact[num_players - m - 1] / fact[num_players]
+            w[j, s | (1 << j)] += weight
+            w[j, s] -= weight
+    return w.to(device)
+
+
+def shapley_along(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exact Shapley values from all 2^K coalition values stored along `dim`; that axis becomes the K players."""
+    num_coalitions = values.shape[dim]
+    k = int(round(math.log2(num_coalitions)))
+    if 2**k != num_coalitions:
+        raise ValueError(f"Axis {dim} has {num_coalitions} entries; all 2^K coalitions are needed.")
+    w = shapley_weight_matrix(k, values.device)
+    moved = values.movedim(dim, -1).double()
+    return (moved @ w.T).movedim(-1, dim).to(values.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Locality metric and colour
+# ----------------------------------------------------------------------------------------------------------------------
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] `(B, 3, H, W)` -> CIELAB (D65) `(B, 3, H, W)`, L in [0, 100]."""
+    rgb = rgb.clamp(0, 1).double()
+    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = torch.tensor(
+        [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+        dtype=torch.float64,
+        device=rgb.device,
+    )
+    xyz = torch.einsum("ij,bjhw->bihw", m, linear)
+    white = torch.tensor([0.950456, 1.0, 1.088754], dtype=torch.float64, device=rgb.device).view(1, 3, 1, 1)
+    xyz = xyz / white
+    eps = 216 / 24389
+    f = torch.where(xyz > eps, xyz.clamp_min(1e-12) ** (1 / 3), (24389 / 27 * xyz + 16) / 116)
+    lab = torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+    return lab.float()
+
+
+def difference_map(image: torch.Tensor, edited: torch.Tensor, color_space: str = "lab") -> torch.Tensor:
+    """Per-pixel squared difference `(B, H, W)` summed over channels, images in [0, 1] `(B, 3, H, W)`."""
+    if color_space == "lab":
+        image, edited = rgb_to_lab(image), rgb_to_lab(edited)
+    elif color_space != "rgb":
+        raise ValueError(f"color_space must be 'rgb' or 'lab', got '{color_space}'.")
+    return ((image.float() - edited.float()) ** 2).sum(1)
+
+
+def edit_locality(
+    image: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor, color_space: str = "rgb", normalization: str = "paper"
+) -> torch.Tensor:
+    """Locality of an edit, MSE_out / MSE_in (lower = more local), per image `(B,)`.
+
+    With M the region mask and D the per-pixel squared difference, MSE_in = sum(M*D)/sum(M) and
+    `normalization="paper"`: MSE_out = sum((1-M)*D)/sum(M) (both over the *inside* area, as the paper writes it);
+    `normalization="area"`: MSE_out = sum((1-M)*D)/sum(1-M) (per-area).
+
+    Args:
+        image, edited (`(B, 3, H, W)` in [0, 1]); mask (`(B, 1, H, W)` or `(B, H, W)`, 0/1).
+    """
+    d = difference_map(image, edited, color_space)
+    m = mask.reshape(d.shape).float()
+    inside = m.sum((1, 2))
+    if (inside == 0).any():
+        raise ValueError("edit_locality needs a non-empty mask for every image.")
+    mse_in = (m * d).sum((1, 2)) / inside
+    if normalization == "paper":
+        mse_out = ((1 - m) * d).sum((1, 2)) / inside
+    elif normalization == "area":
+        mse_out = ((1 - m) * d).sum((1, 2)) / (1 - m).sum((1, 2)).clamp_min(1.0)
+    else:
+        raise ValueError(f"normalization must be 'paper' or 'area', got '{normalization}'.")
+    return mse_out / mse_in.clamp_min(1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+class InterpretableDDPMPipeline(DiffusionPipeline):
+    r"""DDIM (eta = 0) generation with region edits, DDIM inversion and exact Shapley region attribution.
+
+    This model inherits from [`DiffusionPipeline`]; see the superclass for the generic loading/saving methods.
+
+    Args:
+        unet ([`UNet2DModel`]): a pixel-space noise predictor.
+        scheduler ([`DDIMScheduler`]): must be a DDIM scheduler. The shipped models use `clip_sample=True` (clipping
+            the predicted x_0 keeps pixel-space models from saturating colours); clipping is per pixel, so it keeps
+            edits local, and inversion stays exact wherever the predicted x_0 is in range.
+        parser (`SegformerForSemanticSegmentation`, *optional*): a face-part parser used to find concept masks of
+            individual faces; without one, the concept templates are used.
+        concepts (`str` or `dict`, *optional*): `{concept name: [part label ids]}` or `"eyes=4,5 nose=6 mouth=7"`;
+            the "rest" region is implied. Defaults to eyes, nose and mouth.
+        concept_templates (`dict`, *optional*): `{concept name: encoded binary mask}` (see `encode_binary_mask`),
+            the fallback mask of each concept.
+        parser_label_mapping (`dict`, *optional*): `{parser label id: face part label id}` for parsers trained on
+            another label set (e.g. the 19 CelebAMask-HQ labels); identity when `None`.
+        parser_normalization (`str`): how the parser wants its pixels: `"minus_one_one"` or `"imagenet"`.
+        parser_resolution (`int`, *optional*): the parser's input size; the model resolution when `None`.
+    """
+
+    _optional_components = ["parser"]
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDIMScheduler,
+        parser=None,
+        concepts: Optional[Union[str, Dict[str, List[int]]]] = None,
+        concept_templates: Optional[Dict[str, str]] = None,
+        parser_label_mapping: Optional[Dict[Union[str, int], int]] = None,
+        parser_normalization: str = "minus_one_one",
+        parser_resolution: Optional[int] = None,
+    ):
+        super().__init__()
+        if not isinstance(scheduler, DDIMScheduler):
+            raise ValueError(
+                f"InterpretableDDPMPipeline needs a DDIMScheduler (deterministic eta = 0 sampling), got "
+                f"{type(scheduler).__name__}. Use DDIMScheduler.from_config(scheduler.config)."
+            )
+        # Stored in the command-line form: a JSON object would lose the concepts' order (configs sort their keys)
+        # and the order decides which concept keeps a pixel where dilated masks overlap.
+        concepts = concepts_to_string(parse_concepts(concepts))
+        if parser_normalization not in ("minus_one_one", "imagenet"):
+            raise ValueError(f"parser_normalization must be 'minus_one_one' or 'imagenet', got '{parser_normalization}'.")
+        if parser_label_mapping:
+            try:  # JSON configs store the keys as strings; keep that form
+                parser_label_mapping = {str(int(k)): int(v) for k, v in dict(parser_label_mapping).items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"parser_label_mapping must map integer ids to integer ids, got {parser_label_mapping}.") from None
+            bad = sorted({v for v in parser_label_mapping.values() if v not in FACE_PART_LABELS})
+            if bad:
+                raise ValueError(f"parser_label_mapping maps to {bad}, which are not face part ids {list(FACE_PART_LABELS)}.")
+        num_parser_labels = getattr(getattr(parser, "config", None), "num_labels", None)
+        if parser is not None and not parser_label_mapping and num_parser_labels not in (None, len(FACE_PART_LABELS)):
+            raise ValueError(
+                f"The parser has {num_parser_labels} labels, not the {len(FACE_PART_LABELS)} face part labels; pass "
+                "parser_label_mapping={parser id: face part id} (e.g. for the 19 CelebAMask-HQ labels)."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler, parser=parser)
+        self.register_to_config(
+            concepts=concepts,
+            concept_templates=concept_templates,
+            parser_label_mapping=parser_label_mapping,
+            parser_normalization=parser_normalization,
+            parser_resolution=parser_resolution,
+        )
+
+    # -- basic properties -------------------------------------------------------------------------------------------
+    @property
+    def concepts(self) -> Dict[str, List[int]]:
+        """`{concept name: [part label ids]}`, in order; the "rest" region is implied."""
+        return parse_concepts(self.config.concepts)
+
+    @property
+    def region_names(self) -> List[str]:
+        """Names of the K regions of the game: the concepts, then "rest"."""
+        return list(self.concepts) + [REST_REGION_NAME]
+
+    @property
+    def resolution(self) -> Tuple[int, int]:
+        size = self.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def latent_shape(self) -> Tuple[int, int, int]:
+        return (self.unet.config.in_channels, *self.resolution)
+
+    # -- saving ---------------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves like [`DiffusionPipeline.save_pretrained`] (safetensors), plus this file, and names the custom class
+        in `model_index.json` (`["pipeline_interpretable_ddpm", "InterpretableDDPMPipeline"]`) so that a folder or
+        Hub repo holding it loads with `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`."""
+        import os
+        import shutil
+
+        kwargs.setdefault("safe_serialization", True)
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        shutil.copyfile(inspect.getfile(type(self)), os.path.join(save_directory, f"{PIPELINE_MODULE_NAME}.py"))
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [PIPELINE_MODULE_NAME, PIPELINE_CLASS_NAME]
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = kwargs.get("repo_id") or os.path.basename(os.path.abspath(save_directory))
+            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.get("private"), token=kwargs.get("token")).repo_id
+            upload_folder(repo_id=repo_id, folder_path=save_directory, token=kwargs.get("token"))
+
+    # -- input checks ---------------------------------------------------------------------------------------------------
+    def _check_sampling_args(self, eta: float, num_inference_steps: int) -> None:
+        if eta != 0:
+            raise ValueError(
+                f"eta must be 0: region edits need deterministic DDIM sampling (x_0 a function of x_T); got {eta}."
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps ({num_inference_steps}) exceeds the scheduler's "
+                f"{self.scheduler.config.num_train_timesteps} training timesteps."
+            )
+
+    def _check_latents(self, latents, name: str = "latents") -> torch.Tensor:
+        if isinstance(latents, InversionOutput):
+            latents = latents.latents
+        if not isinstance(latents, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(latents).__name__}.")
+        if latents.ndim == 3:
+            latents = latents[None]
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"{name} must have shape (B, {', '.join(map(str, self.latent_shape))}) for this model; "
+                f"got {tuple(latents.shape)}."
+            )
+        if not torch.isfinite(latents).all():
+            raise ValueError(f"{name} contains NaN or infinite values.")
+        return latents.to(self._execution_device, self.unet.dtype)
+
+    def prepare_mask(
+        self, mask: MaskInput, latents: torch.Tensor, allow_empty_mask: bool = False, **concept_kwargs
+    ) -> torch.Tensor:
+        """Any supported mask (concept name, HxW array/tensor, PIL image, `(B, 1, H, W)` batch) -> binary
+        `(B, 1, H, W)` float mask at model resolution on the latents' device.
+
+        A concept name is resolved per image by [`~InterpretableDDPMPipeline.concept_mask`] on the image the latents
+        generate (parser) or the concept's template (no parser)."""
+        b = latents.shape[0]
+        if isinstance(mask, str):
+            mask = self.concept_mask(latents, mask, **concept_kwargs)
+        mask = to_mask_tensor(mask, b, self.resolution, device=latents.device)
+        if not allow_empty_mask and (mask.flatten(1).sum(1) == 0).any():
+            raise ValueError(
+                "The mask is empty (no pixel selected) for at least one image; nothing would change. "
+                "Pass allow_empty_mask=True to allow it."
+            )
+        return mask.to(latents.dtype)
+
+    # -- images in and out ---------------------------------------------------------------------------------------------
+    def preprocess(self, image: ImageInput, resize: bool = False) -> torch.Tensor:
+        """PIL image(s), numpy `(H, W, 3)` / `(B, H, W, 3)` (uint8 or float in [0, 1]) or a torch tensor
+        `(B, 3, H, W)` in [0, 1] -> model-space tensor `(B, 3, H, W)` in [-1, 1].
+
+        Images must already be at the model resolution unless `resize=True` (bicubic; aligned face crops only)."""
+        h, w = self.resolution
+        if isinstance(image, (PIL.Image.Image, np.ndarray)) and not (isinstance(image, np.ndarray) and image.ndim == 4):
+            image = [image]
+        if isinstance(image, list):
+            if not image:
+                raise ValueError("No image given.")
+            arrays = []
+            for im in image:
+                if isinstance(im, PIL.Image.Image):
+                    if im.size != (w, h):
+                        if not resize:
+                            raise ValueError(
+                                f"Image of size {im.size[1]}x{im.size[0]} does not match the model resolution {h}x{w}; "
+                                "pass resize=True (for aligned face crops) or resize it first."
+                            )
+                        im = im.convert("RGB").resize((w, h), PIL.Image.BICUBIC)
+                    im = np.asarray(im.convert("RGB"))
+                if not isinstance(im, np.ndarray):
+                    raise ValueError(f"Unsupported image type {type(im).__name__}.")
+                arrays.append(im)
+            image = np.stack([a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrays])
+        if isinstance(image, np.ndarray):
+            if image.ndim != 4 or image.shape[-1] != 3:
+                raise ValueError(f"numpy images must have shape (B, H, W, 3), got {image.shape}.")
+            if image.dtype == np.uint8:
+                image = image.astype(np.float32) / 255.0
+            image = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2)
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(f"Unsupported image type {type(image).__name__}.")
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[1] != self.unet.config.in_channels:
+            raise ValueError(f"image tensor must have shape (B, {self.unet.config.in_channels}, H, W), got {tuple(image.shape)}.")
+        image = image.float()
+        if tuple(image.shape[-2:]) != (h, w):
+            if not resize:
+                raise ValueError(
+                    f"Image of size {image.shape[-2]}x{image.shape[-1]} does not match the model resolution {h}x{w}; "
+                    "pass resize=True or resize it first."
+                )
+            image = F.interpolate(image, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+        if image.min() < -1e-3 or image.max() > 1 + 1e-3:
+            raise ValueError("Image tensors must be in [0, 1].")
+        return (image * 2 - 1).to(self._execution_device, self.unet.dtype)
+
+    def postprocess(self, x0: torch.Tensor, output_type: str = "pil"):
+        """Model-space `(B, C, H, W)` in [-1, 1] -> PIL list, numpy `(B, H, W, C)` or torch `(B, C, H, W)` in [0, 1]."""
+        image = (x0 / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        if output_type not in ("pil", "np"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got '{output_type}'.")
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
+
+    # -- DDIM ------------------------------------------------------------------------------------------------------------
+    def _alpha_pairs(self, num_inference_steps: int) -> List[Tuple[int, float, float]]:
+        """(t, alpha_bar_t, alpha_bar_prev) for every DDIM step, exactly as `DDIMScheduler.step` computes them."""
+        self.scheduler.set_timesteps(num_inference_steps)
+        sched = self.scheduler
+        pairs = []
+        for t in sched.timesteps.tolist():
+            prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+            a_t = float(sched.alphas_cumprod[t])
+            a_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+            pairs.append((t, a_t, a_prev))
+        return pairs
+
+    def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Predicted noise of the UNet (epsilon, or converted from v / sample prediction)."""
+        out = self.unet(x, t).sample
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return out
+        a_t = self.scheduler.alphas_cumprod[t].to(x.device, x.dtype)
+        if kind == "v_prediction":
+            return a_t.sqrt() * out + (1 - a_t).sqrt() * x
+        if kind == "sample":
+            return (x - a_t.sqrt() * out) / (1 - a_t).sqrt()
+        raise ValueError(f"Unknown prediction_type '{kind}'.")
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        num_inference_steps: int = 50,
+        generator=None,
+        show_progress: bool = True,
+        clip_sample: Optional[bool] = None,
+    ) -> torch.Tensor:
+        """Runs the DDIM (eta = 0) loop from x_T `(B, C, H, W)`; returns x_0 in model space `(B, C, H, W)`.
+
+        `clip_sample` overrides the scheduler's clipping of the predicted x_0 for this call (`None` keeps it); x_T
+        from `invert` should be regenerated with `clip_sample=False`, the setting the inversion is exact for."""
+        scheduler = self.scheduler
+        if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
+            scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
+        scheduler.set_timesteps(num_inference_steps)
+        image = latents
+        timesteps = scheduler.timesteps
+        for t in self.progress_bar(timesteps) if show_progress else timesteps:
+            model_output = self.unet(image, t).sample
+            image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
+        return image
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        clip_sample: Optional[bool] = None,
+    ) -> Union[InterpretableDDPMPipelineOutput, Tuple]:
+        r"""Generates images with DDIM, eta = 0 (deterministic given x_T).
+
+        Args:
+            batch_size (`int`): number of images when `latents` is not given.
+            generator (`torch.Generator` or list of them, *optional*): draws x_T.
+            latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): x_T to start from (e.g. from `invert`).
+            num_inference_steps (`int`, defaults to 50): DDIM steps.
+            eta (`float`): must be 0; present so that a non-zero value fails loudly instead of being ignored.
+            output_type (`str`): `"pil"`, `"np"` or `"pt"`.
+            return_dict (`bool`): return an [`InterpretableDDPMPipelineOutput`] rather than a tuple.
+            clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping for this call; pass `False` to
+                regenerate x_T that came from `invert` (the inversion is exact for unclipped DDIM).
+
+        Returns:
+            [`InterpretableDDPMPipelineOutput`] with `images` and the `latents` (x_T) that made them, or the tuple
+            `(images, latents)`.
+
+        Example:
+        ```py
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained(
+        ...     "models/interpretable-ddpm-faces64", custom_pipeline="pipeline_interpretable_ddpm.py"
+        ... )
+        >>> out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0))
+        >>> edit = pipe.swap_regions(out.latents[:1], out.latents[1:], "eyes")
+        ```
+        """
+        self._check_sampling_args(eta, num_inference_steps)
+        if latents is None:
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+            if isinstance(generator, list) and len(generator) != batch_size:
+                raise ValueError(
+                    f"You passed {len(generator)} generators for a batch of {batch_size} images; give one per image."
+                )
+            latents = randn_tensor(
+                (batch_size, *self.latent_shape), generator=generator, device=self._execution_device, dtype=self.unet.dtype
+            )
+        else:
+            latents = self._check_latents(latents)
+        x0 = self.denoise(latents, num_inference_steps, generator, clip_sample=clip_sample)
+        images = self.postprocess(x0, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, latents
+        return InterpretableDDPMPipelineOutput(images=images, latents=latents)
+
+    # -- region edits ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def resample_region(
+        self,
+        latents: torch.Tensor,
+        mask: MaskInput,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        new_latents: Optional[torch.Tensor] = None,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        allow_empty_mask: bool = False,
+        return_dict: bool = True,
+        clip_sample: Optional[bool] = None,
+    ) -> Union[RegionResampleOutput, Tuple]:
+        r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
+
+        Args:
+            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the images to edit (from `__call__` or `invert`).
+            mask: a concept name (`"eyes"`), an HxW tensor / array / PIL image, or a `(B, 1, H, W)` batch; resized
+                to the model resolution and binarised.
+            generator (`torch.Generator`, *optional*): draws the new noise.
+            new_latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): the new noise, instead of drawing it.
+            allow_empty_mask (`bool`): an empty mask raises unless this is `True` (then the image is unchanged).
+            clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping (`False` for inverted real images).
+
+        Returns:
+            [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
+        """
+        latents = self._check_latents(latents)
+        m = self.prepare_mask(mask, latents, allow_empty_mask, num_inference_steps=num_inference_steps)
+        if new_latents is None:
+            new_latents = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        else:
+            new_latents = self._check_latents(new_latents, "new_latents")
+            if new_latents.shape != latents.shape:
+                raise ValueError(f"new_latents has shape {tuple(new_latents.shape)}, latents {tuple(latents.shape)}.")
+        edited = m * new_latents + (1 - m) * latents
+        x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample)
+        images = self.postprocess(x0, output_type)
+        if not return_dict:
+            return images, edited, m
+        return RegionResampleOutput(images=images, latents=edited, mask=m)
+
+    @torch.no_grad()
+    def swap_regions(
+        self,
+        latents_a: torch.Tensor,
+        latents_b: torch.Tensor,
+        mask: MaskInput,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        mask_from: str = "a",
+        allow_empty_mask: bool = False,
+        return_dict: bool = True,
+        clip_sample: Optional[bool] = None,
+    ) -> Union[RegionSwapOutput, Tuple]:
+        r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
+
+        Args:
+            latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the two (batches of) images.
+            mask: concept name, HxW tensor / array / PIL image or `(B, 1, H, W)` batch.
+            mask_from (`str`): for a concept name, whose face defines the region: `"a"`, `"b"` or `"union"`.
+            clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping (`False` for inverted real images).
+
+        Returns:
+            [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
+        """
+        latents_a = self._check_latents(latents_a, "latents_a")
+        latents_b = self._check_latents(latents_b, "latents_b")
+        if latents_a.shape != latents_b.shape:
+            raise ValueError(
+                f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} must have the same shape."
+            )
+        kw = dict(num_inference_steps=num_inference_steps)
+        if isinstance(mask, str) and mask_from in ("b", "union"):
+            mb = self.prepare_mask(mask, latents_b, True, **kw)
+            m = mb if mask_from == "b" else torch.maximum(mb, self.prepare_mask(mask, latents_a, True, **kw))
+            if not allow_empty_mask and (m.flatten(1).sum(1) == 0).any():
+                raise ValueError("The mask is empty (no pixel selected) for at least one image.")
+        elif mask_from not in ("a", "b", "union"):
+            raise ValueError(f"mask_from must be 'a', 'b' or 'union', got '{mask_from}'.")
+        else:
+            m = self.prepare_mask(mask, latents_a, allow_empty_mask, **kw)
+        new_a = m * latents_b + (1 - m) * latents_a
+        new_b = m * latents_a + (1 - m) * latents_b
+        x0 = self.denoise(torch.cat([new_a, new_b]), num_inference_steps, clip_sample=clip_sample)
+        n = latents_a.shape[0]
+        images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
+        if not return_dict:
+            return images_a, images_b, new_a, new_b, m
+        return RegionSwapOutput(images_a=images_a, images_b=images_b, latents_a=new_a, latents_b=new_b, mask=m)
+
+    # -- inversion -------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def invert(
+        self,
+        image: ImageInput,
+        num_inference_steps: int = 50,
+        fixed_point_iterations: int = 3,
+        resize: bool = False,
+        check_reconstruction: bool = False,
+        return_dict: bool = True,
+    ) -> Union[InversionOutput, torch.Tensor]:
+        r"""DDIM inversion: finds x_T such that `pipe(latents=x_T)` redraws `image`.
+
+        An explicit loop that runs each DDIM step of `__call__` backwards. The plain inversion evaluates the noise at
+        the less noisy point; `fixed_point_iterations` > 0 re-evaluates it at the solution of the step (a fixed point
+        iteration), which makes the reconstruction error several times smaller for the same number of steps.
+
+        Args:
+            image: PIL image(s), numpy `(B, H, W, 3)` or torch `(B, 3, H, W)` in [0, 1], at model resolution unless
+                `resize=True`.
+            num_inference_steps (`int`): must equal the steps used to regenerate.
+            fixed_point_iterations (`int`): extra UNet calls per step that refine the inverse step.
+            check_reconstruction (`bool`): also regenerate (unclipped) and report the reconstruction PSNR.
+
+        The result is exact for unclipped DDIM: pass `clip_sample=False` to `__call__`, `resample_region` and
+        `swap_regions` when editing inverted images (on the shipped faces model: ~49 dB PSNR at 25 steps unclipped,
+        ~13 dB if the clipping scheduler regenerates them).
+
+        Returns:
+            [`InversionOutput`] (`latents`, `reconstruction_psnr`) or the latents tensor.
+        """
+        self._check_sampling_args(0.0, num_inference_steps)
+        if self.scheduler.config.thresholding:
+            raise ValueError("Inversion needs a scheduler with thresholding=False (dynamic thresholding is not invertible).")
+        # The inverse steps are those of *unclipped* DDIM (a clipped step has no exact inverse where the predicted
+        # x_0 leaves [-1, 1], which happens often at high t). Regenerate with clip_sample=False, as the
+        # reconstruction check below does: e.g. `pipe(latents=x_T, clip_sample=False)`.
+        x0 = self.preprocess(image, resize=resize)
+        x = x0
+        pairs = self._alpha_pairs(num_inference_steps)
+        for t, a_t, a_prev in self.progress_bar(list(reversed(pairs))):
+            # x is at the less noisy level (alpha_prev); solve x_prev = step(x_t, eps(x_t, t)) for x_t.
+            eps = self._eps(x, t)
+            for _ in range(fixed_point_iterations + 1):
+                x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+                x_t = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
+                if _ < fixed_point_iterations:
+                    eps = self._eps(x_t, t)
+            x = x_t
+        psnr = None
+        if check_reconstruction:
+            recon = self.denoise(x, num_inference_steps, show_progress=False, clip_sample=False)
+            mse = ((recon - x0) / 2).float().pow(2).flatten(1).mean(1)
+            psnr = -10 * torch.log10(mse.clamp_min(1e-12))
+        if not return_dict:
+            return x
+        return InversionOutput(latents=x, reconstruction_psnr=psnr)
+
+    # -- concept masks -----------------------------------------------------------------------------------------------
+    def template_mask(self, concept: str) -> torch.Tensor:
+        """The concept's template mask `(H, W)` bool at model resolution (mean training mask, thresholded)."""
+        self._check_concept(concept)
+        templates = self.config.concept_templates or {}
+        if concept not in templates:
+            raise ValueError(
+                f"This pipeline has no parser and no template mask for '{concept}'; pass a mask instead or "
+                "save the pipeline with concept_templates."
+            )
+        mask = torch.from_numpy(decode_binary_mask(templates[concept])).float()[None, None]
+        if tuple(mask.shape[-2:]) != self.resolution:
+            mask = F.interpolate(mask, size=self.resolution, mode="nearest")
+        return mask[0, 0] > 0.5
+
+    def _check_concept(self, concept: str) -> None:
+        if not isinstance(concept, str) or concept not in self.concepts:
+            raise ValueError(f"Unknown concept {concept!r}; this pipeline knows {', '.join(self.concepts)}.")
+
+    @property
+    def parser_face_label_ids(self) -> List[int]:
+        """Face-part label ids the parser can output (after `parser_label_mapping`); empty without a parser."""
+        if self.parser is None:
+            return []
+        mapping = self.config.parser_label_mapping
+        if mapping:
+            return sorted({int(v) for v in mapping.values()})
+        num_labels = int(getattr(getattr(self.parser, "config", None), "num_labels", len(FACE_PART_LABELS)))
+        return [i for i in FACE_PART_LABELS if i < num_labels]
+
+    def _check_parser_covers(self, concept: str) -> None:
+        ids = self.concepts[concept]
+        producible = self.parser_face_label_ids
+        if not any(i in producible for i in ids):
+            raise ValueError(
+                f"The parser cannot produce concept '{concept}' (part label ids {ids}): with parser_label_mapping "
+                f"{self.config.parser_label_mapping} its labels give part ids {producible} only. Map the parser's "
+                f"labels of this part to {ids}, or use a pipeline without a parser (template masks)."
+            )
+
+    def _model_space_images(self, images: ImageInput) -> torch.Tensor:
+        """What `preprocess` takes -> model space; a tensor is taken as model-space `(B, 3, H, W)` in [-1, 1]."""
+        if not isinstance(images, torch.Tensor):
+            return self.preprocess(images)
+        x = images[None] if images.ndim == 3 else images
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.resolution:
+            raise ValueError(
+                f"Image tensors must be model-space RGB batches (B, 3, {self.resolution[0]}, {self.resolution[1]}) "
+                f"in [-1, 1]; got {tuple(images.shape)}. Pass PIL images or numpy arrays for other sizes (resize first)."
+            )
+        return x.to(self._execution_device)
+
+    @torch.no_grad()
+    def parse(self, images: ImageInput) -> torch.Tensor:
+        """Face-part label maps `(B, H, W)` (long, ids of `FACE_PART_LABELS`) of images at model resolution.
+
+        Args:
+            images: PIL image(s) / numpy arrays as [`~InterpretableDDPMPipeline.preprocess`] takes them, or a
+                model-space tensor `(B, 3, H, W)` in [-1, 1] at the model resolution (e.g. `denoise` output).
+        """
+        if self.parser is None:
+            raise ValueError(
+                "This pipeline has no parser component; pass parser=... (a SegformerForSemanticSegmentation) or use "
+                "concept_mask / template_mask, which fall back to the concept template masks."
+            )
+        return self._parse_model_space(self._model_space_images(images))
+
+    def _parse_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.resolution
+        param = next(self.parser.parameters())
+        if param.device.type == "cpu" and param.dtype == torch.float16:
+            # fp16 kernels are emulated on most CPUs (~10x slower than fp32); the parser is small, so it runs in fp32
+            # there. Its weights ship in fp16 only to keep the download small.
+            self.parser.to(torch.float32)
+            param = next(self.parser.parameters())
+        pixels = (x.to(param.device).float() + 1) / 2
+        size = self.config.parser_resolution or h
+        if size != h:
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        if self.config.parser_normalization == "imagenet":
+            mean = torch.tensor([0.485, 0.456, 0.406], device=pixels.device).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225], device=pixels.device).view(1, 3, 1, 1)
+            pixels = (pixels - mean) / std
+        else:
+            pixels = pixels * 2 - 1
+        logits = self.parser(pixel_values=pixels.to(param.dtype)).logits.float()
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        labels = logits.argmax(1)
+        mapping = self.config.parser_label_mapping
+        if mapping:
+            # parser label id -> face part id; parser labels the mapping leaves out become background (0)
+            lut = torch.zeros(max(logits.shape[1], max(int(k) for k in mapping) + 1), dtype=torch.long, device=labels.device)
+            for k, v in mapping.items():
+                lut[int(k)] = int(v)
+            labels = lut[labels]
+        return labels
+
+    @torch.no_grad()
+    def concept_mask(
+        self,
+        image_or_latents: Union[ImageInput, torch.Tensor],
+        concept: str,
+        dilation: int = 0,
+        num_inference_steps: int = 50,
+        is_latents: Optional[bool] = None,
+    ) -> torch.Tensor:
+        """Mask of a concept for each image, `(B, 1, H, W)` float 0/1 at model resolution.
+
+        With a parser, the image is parsed (latents x_T are first turned into the image they generate, with
+        `num_inference_steps` DDIM steps); without one, the concept's template mask is used for every image.
+
+        Args:
+            image_or_latents: PIL image(s) / numpy arrays (as `preprocess` takes them), a model-space image tensor
+                `(B, 3, H, W)` in [-1, 1], or latents x_T `(B, C, H, W)`.
+            concept (`str`): one of `self.concepts`.
+            dilation (`int`): grows the mask by this many pixels (square structuring element).
+            is_latents (`bool`, *optional*): whether a tensor holds latents x_T; when `None`, a tensor with values
+                beyond +-1.5 (Gaussian noise always has some; images never) is taken as latents.
+        """
+        return self._concept_masks(image_or_latents, [concept], dilation, num_inference_steps, is_latents)
+
+    @torch.no_grad()
+    def _concept_masks(
+        self, image_or_latents, concepts: Sequence[str], dilation: int = 0, num_inference_steps: int = 50,
+        is_latents: Optional[bool] = None,
+    ) -> torch.Tensor:
+        """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
+        denoised and the images parsed once for all of them."""
+        for concept in concepts:
+            self._check_concept(concept)
+            if self.parser is not None:
+                self._check_parser_covers(concept)
+        if not isinstance(dilation, int) or dilation < 0:
+            raise ValueError(f"dilation must be a non-negative integer (pixels), got {dilation!r}.")
+        if is_latents is None:
+            is_latents = isinstance(image_or_latents, torch.Tensor) and bool(image_or_latents.abs().amax() > 1.5)
+        if is_latents:
+            latents = self._check_latents(image_or_latents)
+            b = latents.shape[0]
+        else:
+            x = self._model_space_images(image_or_latents)
+            b = x.shape[0]
+        if self.parser is None:
+            masks = torch.stack([self.template_mask(c) for c in concepts]).float()[None]
+            masks = masks.expand(b, -1, -1, -1).clone()
+        else:
+            if is_latents:
+                x = self.denoise(latents, num_inference_steps, show_progress=False)
+            labels = self._parse_model_space(x)
+            masks = torch.stack(
+                [torch.isin(labels, torch.tensor(self.concepts[c], device=labels.device)) for c in concepts], 1
+            ).float()
+        masks = dilate_masks(masks, dilation)
+        return masks.to(self._execution_device)
+
+    def region_masks(self, image_or_latents, dilation: int = 0, **kw) -> torch.Tensor:
+        """The K-region partition `(B, K, H, W)` (concepts, then rest) of each image, from its concept masks;
+        where dilated concepts overlap, the earlier concept keeps the pixel."""
+        return exclusive_partition(self._concept_masks(image_or_latents, list(self.concepts), dilation=dilation, **kw))
+
+    # -- attribution -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def attribute(
+        self,
+        latents: torch.Tensor,
+        masks: Optional[Union[torch.Tensor, Sequence[str]]] = None,
+        timesteps: Optional[Sequence[int]] = None,
+        num_inference_steps: int = 50,
+        baseline: Union[str, torch.Tensor] = "other_sample",
+        generator: Optional[torch.Generator] = None,
+        max_batch_size: Optional[int] = None,
+        return_dict: bool = True,
+    ) -> Union[AttributionOutput, Tuple]:
+        r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise, per timestep.
+
+        Follows the DDIM trajectory from `latents`; at each requested timestep it plays the game of the method with
+        all 2^K coalitions (batched UNet calls of at most `max_batch_size`) and returns the K x K matrices.
+
+        Args:
+            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the images to explain.
+            masks: a `(B, K, H, W)` or `(K, H, W)` partition, a list of concept names, or `None` for all the
+                pipeline's concepts; uncovered pixels become a "rest" region.
+            timesteps: DDIM timesteps (members of the schedule) at which to attribute; all steps when `None`.
+            baseline: what absent regions get: `"other_sample"` (the same-t x_t of another random x_T's trajectory,
+                what a swap feeds the model), `"zero"`, or a tensor of baseline x_T `(B, C, H, W)`.
+            max_batch_size (`int`, *optional*): images per UNet call; 64 on an accelerator and 8 on CPU by default
+                (on CPU, cache-sized batches run ~20% faster than one big batch).
+
+        Returns:
+            [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`) or that tuple.
+        """
+        latents = self._check_latents(latents)
+        if max_batch_size is None:
+            max_batch_size = 8 if latents.device.type == "cpu" else 64
+        b = latents.shape[0]
+        regions, names = self._attribution_regions(latents, masks, num_inference_steps)
+        k = regions.shape[1]
+        if k > 10:
+            raise ValueError(f"{k} regions need 2^{k} UNet calls per step; use at most 10 regions.")
+        if isinstance(baseline, torch.Tensor):
+            base = self._check_latents(baseline, "baseline")
+            if base.shape != latents.shape:
+                raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
+        elif baseline == "other_sample":
+            base = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        elif baseline == "zero":
+            base = None
+        else:
+            raise ValueError(f"baseline must be 'other_sample', 'zero' or a latents tensor, got {baseline!r}.")
+
+        self.scheduler.set_timesteps(num_inference_steps)
+        schedule = self.scheduler.timesteps.tolist()
+        wanted = schedule if timesteps is None else [int(t) for t in timesteps]
+        unknown = [t for t in wanted if t not in schedule]
+        if unknown:
+            raise ValueError(f"timesteps {unknown} are not in the {num_inference_steps}-step DDIM schedule {schedule}.")
+
+        coalitions = all_coalitions(k, latents.device)
+        weights = shapley_weight_matrix(k, latents.device)  # (K, 2^K)
+        area = regions.sum((-2, -1))  # (B, K)
+        phis, abs_phis, out_t = [], [], []
+        x, xb = latents, base
+        for t in self.progress_bar(schedule):
+            if t in wanted:
+                baseline_t = torch.zeros_like(x) if xb is None else xb
+                inputs = coalition_inputs(x, baseline_t, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
+                eps = torch.cat([self.unet(chunk, t).sample for chunk in inputs.split(max_batch_size)])
+                eps = eps.reshape(b, 2**k, *eps.shape[1:])
+                # The full coalition's input is x_t and the empty one's the baseline x_t (bit-exact: one-hot regions),
+                # so their outputs also step both trajectories: no extra UNet call at an attributed timestep.
+                reused_out = torch.cat([eps[:, -1], eps[:, 0]]) if xb is not None else eps[:, -1]
+                eps = eps.double()
+                # per-element Shapley values of every input player: (B, K_in, C, H, W)
+                phi_elem = torch.einsum("js,bschw->bjchw", weights, eps)
+                reg = regions.double()
+                c = eps.shape[2]
+                signed = torch.einsum("bjchw,bkhw->bkj", phi_elem, reg) / (area.double()[:, :, None] * c).clamp_min(1)
+                absval = torch.einsum("bjchw,bkhw->bkj", phi_elem.abs(), reg) / (area.double()[:, :, None] * c).clamp_min(1)
+                phis.append(signed.float())
+                abs_phis.append(absval.float())
+                out_t.append(t)
+                if len(out_t) == len(set(wanted)):
+                    break  # no later timestep is wanted: skip the rest of the trajectory
+            if t in wanted:
+                model_out = reused_out
+            else:
+                model_out = self.unet(torch.cat([x, xb]) if xb is not None else x, t).sample
+            stepped = self.scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
+            x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
+        phi = torch.stack(phis)
+        abs_phi = torch.stack(abs_phis)
+        weighted = abs_phi * area[None, :, :, None]
+        eye = torch.eye(k, dtype=torch.bool, device=phi.device)
+        leakage = weighted.masked_fill(eye, 0).sum((-2, -1)) / weighted.sum((-2, -1)).clamp_min(1e-20)
+        out = AttributionOutput(
+            phi=phi.cpu(), abs_phi=abs_phi.cpu(), leakage=leakage.cpu(), timesteps=torch.tensor(out_t), region_names=names
+        )
+        return out if return_dict else out.to_tuple()
+
+    def _attribution_regions(self, latents, masks, num_inference_steps) -> Tuple[torch.Tensor, List[str]]:
+        b = latents.shape[0]
+        if masks is None or (isinstance(masks, (list, tuple)) and all(isinstance(m, str) for m in masks)):
+            names = list(self.concepts) if masks is None else list(masks)
+            for n in names:
+                self._check_concept(n)
+            # one DDIM run and one parse for all concepts
+            regions = self._concept_masks(latents, names, num_inference_steps=num_inference_steps, is_latents=True)
+            regions = (regions > 0.5).float()
+        elif isinstance(masks, (torch.Tensor, np.ndarray)):
+            regions = torch.as_tensor(masks).float().to(latents.device)
+            if regions.ndim == 3:
+                regions = regions[None].expand(b, -1, -1, -1)
+            if regions.ndim != 4 or regions.shape[0] != b or tuple(regions.shape[-2:]) != self.resolution:
+                raise ValueError(
+                    f"masks must have shape (B, K, H, W) or (K, H, W) at resolution {self.resolution}; "
+                    f"got {tuple(regions.shape)}."
+                )
+            regions = (regions > 0.5).float()
+            names = [f"region_{i}" for i in range(regions.shape[1])]
+        else:
+            raise ValueError("masks must be None, a list of concept names, or a (B, K, H, W) tensor.")
+        cover = regions.sum(1)
+        if (cover > 1).any():
+            # Concept masks of different concepts may touch; the earlier concept keeps a shared pixel.
+            regions = exclusive_partition(regions)[:, :-1]
+            cover = regions.sum(1)
+        if (regions.sum((-2, -1)) == 0).any():
+            raise ValueError("A region is empty for at least one image; every player needs at least one pixel.")
+        if (cover < 1).any():
+            regions = torch.cat([regions, (cover < 1).float()[:, None]], 1)
+            names = names + [REST_REGION_NAME]
+        return regions.to(latents.device), names
