@@ -29,6 +29,10 @@ common=(--train_data_dir "$DATA" --resolution 64 --train_batch_size "$BATCH" --m
         --estimator pair --baseline other_image --ie_batch_size "$IE_BATCH" --pretrained_model_name_or_path "$START"
         --learning_rate 2e-4 --lr_warmup_steps 0 --lambda_decay_steps "$DECAY" --save_fp16)
 
+resume_flag() {  # rerunning the script continues every run from its latest checkpoint
+  if ls -d "$1"/checkpoint-* >/dev/null 2>&1; then echo "--resume_from_checkpoint latest"; fi
+}
+
 pack() {  # pack a finished pipeline into $OUT
   $PY scripts/pack_run.py "$1" "$OUT/$(basename "$1").tgz"
 }
@@ -36,7 +40,7 @@ pack() {  # pack a finished pipeline into $OUT
 # the twin runs until every branch is done; its own budget is only a backstop
 $PY train_interpretable.py "${common[@]}" --value pixel --lambda_start 0 --max_train_steps "$STEPS" \
     --max_train_minutes "$($PY -c "print($MINUTES + 2)")" --checkpointing_steps "$EVERY" \
-    --output_dir "$RUNS/baseline" > "$RUNS/baseline.log" 2>&1 &
+    --output_dir "$RUNS/baseline" $(resume_flag "$RUNS/baseline") >> "$RUNS/baseline.log" 2>&1 &
 twin=$!
 
 pids=()
@@ -44,7 +48,7 @@ for spec in $BRANCHES; do
   IFS=: read -r name value ls le <<< "$spec"
   ( $PY train_interpretable.py "${common[@]}" --value "$value" --lambda_start "$ls" --lambda_end "$le" \
         --max_train_steps "$STEPS" --max_train_minutes "$MINUTES" --checkpointing_steps $((EVERY * 10)) \
-        --checkpoints_total_limit 1 --output_dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1 \
+        --checkpoints_total_limit 1 --output_dir "$RUNS/$name" $(resume_flag "$RUNS/$name") >> "$RUNS/$name.log" 2>&1 \
     && pack "$RUNS/$name" ) &
   pids+=($!)
 done
@@ -61,7 +65,7 @@ steps=$(for spec in $BRANCHES; do
 done | sort -un)
 latest=$(ls -d "$RUNS"/baseline/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -1)
 for s in $steps; do
-  dir="$RUNS/baseline-$s"; mkdir -p "$dir"
+  dir="$RUNS/baseline-$s"; [ -f "$dir/model_index.json" ] && continue; mkdir -p "$dir"
   if [ -d "$RUNS/baseline/checkpoint-$s" ]; then
     cp -r "$RUNS/baseline/checkpoint-$s" "$dir/"; from="$dir/checkpoint-$s"
   else  # the twin had not reached s: continue it from its latest checkpoint
