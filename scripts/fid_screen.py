@@ -1,0 +1,50 @@
+"""FID of several pipelines on the same seeds and sample count (evaluate.py's FID, one reference computation).
+
+    python scripts/fid_screen.py --num_samples 500 --out docs/experiments/fid.json models/a models/b ...
+
+Prints one JSON line per pipeline and writes them all to --out. Only ratios between pipelines measured with the same
+--num_samples are meaningful (small-sample FID is biased upwards).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluate as ev  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("pipelines", nargs="+")
+    p.add_argument("--num_samples", type=int, default=500)
+    p.add_argument("--num_inference_steps", type=int, default=25)
+    p.add_argument("--batch_size", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data_dir", default=ev.DEFAULT_DATA_DIR)
+    p.add_argument("--num_threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.num_threads)
+    inception = ev.InceptionFeatures("cpu")
+    reference, _ = ev.reference_features(args.data_dir, "test", None, inception, args.batch_size, ev.DEFAULT_FID_CACHE)
+    results = []
+    for path in args.pipelines:
+        pipe = ev.load_pipeline(path, "cpu")
+        with torch.no_grad():
+            r = ev.evaluate_fid(pipe, args.num_samples, args.seed, args.num_inference_steps, args.batch_size, inception,
+                                reference, desc=os.path.basename(path))
+        results.append({"pipeline": path, "fid": round(r["fid"], 2), "num_samples": args.num_samples,
+                        "num_reference": r["num_reference"], "num_inference_steps": args.num_inference_steps,
+                        "seed": args.seed})
+        print(json.dumps(results[-1]), flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
