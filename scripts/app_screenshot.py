@@ -1,0 +1,58 @@
+"""Screenshot of the Space on the shipped models for the README: generate (seed 0), swap the eyes, full page.
+
+    python scripts/app_screenshot.py docs/figures/app_screenshot.png
+
+Starts app.py's demo in-process on a free localhost port and drives it with headless Chromium (Playwright), as
+tests/test_app_browser.py does with tiny models.
+"""
+
+import os
+import socket
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import app  # noqa: E402
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(out_path: str) -> None:
+    out_path = os.path.abspath(out_path)
+    os.chdir(ROOT)  # the default model folders are relative to the repository
+    models = app.load_models(app.DEFAULT_MODEL, app.DEFAULT_BASELINE, default_steps=app.DEFAULT_STEPS)
+    demo = app.build_demo(models)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, css=app.CSS, **app.LAUNCH_KWARGS)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(180_000)
+            expect.set_options(timeout=180_000)
+            page.goto(demo.local_url, wait_until="domcontentloaded")
+            page.locator("#generate").click()
+            expect(page.locator("#gen-info")).to_contain_text("seed 0")
+            page.locator("#swap").click()
+            expect(page.locator("#edit-info")).to_contain_text("Swapped")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#main-edited-a img, #baseline-edited-a img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)"
+            )
+            page.screenshot(path=out_path, full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    print("saved", out_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
