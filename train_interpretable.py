@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("method")
     g.add_argument("--concepts", default="eyes=4,5 nose=6 mouth=7", help="Concepts as name=label,ids; the rest region is implied.")
     g.add_argument("--mask_dilation", type=int, default=1, help="Pixels each concept mask is dilated by.")
+    g.add_argument("--ie_border", type=int, default=0,
+                   help="Leave output pixels within this many pixels of another region out of L_IE (0: the exact loss).")
     g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
     g.add_argument("--lambda_end", type=float, default=1.0)
     g.add_argument("--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps).")
@@ -158,6 +160,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("--push_to_hub needs --hub_model_id.")
     if args.resolution is not None and args.resolution % 2 ** (len(blocks) - 1) != 0:
         raise ValueError(f"--resolution {args.resolution} must be divisible by {2 ** (len(blocks) - 1)}.")
+    if args.ie_border < 0:
+        raise ValueError(f"--ie_border must be >= 0, got {args.ie_border}.")
     for name in ("checkpointing_steps", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1.")
@@ -336,7 +340,9 @@ def training_losses(
         else:  # logging only: L_IE of the plain model, no gradient
             with torch.no_grad():
                 coal_eps = unet(coal.flatten(0, 1), timesteps[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
-        loss_ie = pid.loss_from_coalition_outputs(coal_eps.float(), plan, regions, args.value, has_mask[:nb].float())
+        loss_ie = pid.loss_from_coalition_outputs(
+            coal_eps.float(), plan, regions, args.value, has_mask[:nb].float(), border=args.ie_border
+        )
     loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
     return StepLosses(loss, loss_ddpm, loss_ie, ie_needed)
 
@@ -454,7 +460,7 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "|---|---|",
     ]
     for key in ("pretrained_model_name_or_path", "resolution", "block_out_channels", "train_batch_size", "learning_rate",
-                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "lambda_start", "lambda_end",
+                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "lambda_start", "lambda_end",
                 "lambda_decay_steps", "estimator", "value", "baseline"):
         lines.append(f"| {key} | `{getattr(args, key)}` |")
     for key, val in metrics.items():

@@ -187,3 +187,34 @@ def test_sampled_estimators_are_unbiased_for_the_exact_loss(estimator, draws):
     assert standard_error > 0  # the estimates do vary
     assert abs(mean - exact) < 4 * standard_error, (mean, exact, standard_error)
     assert 4 * standard_error < exact * (1 - 1 / k), "too few draws for the test to detect a bias"
+
+
+def stripe_partition(batch: int, k: int) -> torch.Tensor:
+    """k vertical stripes: regions with interiors (unlike `random_partition`)."""
+    labels = (torch.arange(SIZE) * k // SIZE).expand(batch, SIZE, SIZE)
+    return torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).float()
+
+
+def test_region_interiors_erode_only_where_regions_meet():
+    regions = stripe_partition(1, 2)  # columns 0-7 and 8-15
+    inner = pid.region_interiors(regions, 2)
+    assert inner[0, 0, :, :6].eq(1).all() and inner[0, 0, :, 6:].eq(0).all()  # the image edge is not a border
+    assert inner[0, 1, :, 10:].eq(1).all() and inner[0, 1, :, :10].eq(0).all()
+    assert torch.equal(pid.region_interiors(regions, 0), regions)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "pair"])
+def test_border_leaves_out_exactly_the_band_a_local_mixer_reaches(estimator):
+    def blur(x, t):  # each output pixel mixes its 3x3 neighbourhood: only pixels next to another region leak
+        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+
+    x_t, baseline, timesteps, _ = setup_game(batch=3, k=3, seed=5)
+    regions = stripe_partition(3, 3)
+    losses = {
+        border: pid.interpretability_loss(blur, x_t, timesteps, regions, baseline, estimator=estimator,
+                                          generator=torch.Generator().manual_seed(0), border=border).item()
+        for border in (0, 1)
+    }
+    assert losses[0] > 1e-4 and losses[1] < 1e-12
+    with pytest.raises(ValueError, match="border must be >= 0"):
+        pid.interpretability_loss(blur, x_t, timesteps, regions, baseline, border=-1)

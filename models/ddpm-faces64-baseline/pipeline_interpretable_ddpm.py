@@ -214,6 +214,16 @@ def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
     return flat.reshape(shape).to(masks.dtype)
 
 
+def region_interiors(regions: torch.Tensor, border: int) -> torch.Tensor:
+    """Erodes a partition `(..., K, H, W)` by `border` pixels where it meets another region (not at the image edge).
+
+    L_IE can leave this band out of the output values: a pixel next to another region is computed, through the
+    UNet's receptive field, from both, so asking its value to ignore the other region fights the DDPM loss there."""
+    if border <= 0:
+        return regions
+    return 1 - dilate_masks(1 - regions.float(), border).to(regions.dtype)
+
+
 def exclusive_partition(masks: torch.Tensor) -> torch.Tensor:
     """Overlapping region masks `(B, K, H, W)` -> a partition `(B, K + 1, H, W)` float 0/1: where masks overlap the
     earlier one keeps the pixel, and the last channel ("rest") holds the pixels no mask covers."""
@@ -480,16 +490,22 @@ def loss_from_coalition_outputs(
     regions: torch.Tensor,
     value: str = "pixel",
     example_weights: Optional[torch.Tensor] = None,
+    border: int = 0,
 ) -> torch.Tensor:
     """L_IE of a batch from the model outputs on the coalition inputs of `plan`.
 
     Args:
         eps (`torch.Tensor` of shape `(B, M, C, H, W)`): predicted noise for `coalition_inputs(..., plan.coalitions)`.
         regions (`(B, K, H, W)`): the partition. example_weights (`(B,)`, optional): e.g. 0 without a label map.
+        border (`int`): output pixels within `border` of another region are left out of the values
+            (`region_interiors`); the players (inputs) are always the whole regions. 0 = the exact loss.
 
     Returns:
         scalar loss: weighted mean over the batch of the per-example estimate of sum_k E_S[terms].
     """
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}.")
+    regions = region_interiors(regions, border)
     b, k = regions.shape[:2]
     if plan.estimator == "pair":
         rows = torch.arange(b, device=regions.device)
@@ -526,6 +542,7 @@ def interpretability_loss(
     num_coalitions: int = 4,
     generator: Optional[torch.Generator] = None,
     example_weights: Optional[torch.Tensor] = None,
+    border: int = 0,
 ) -> torch.Tensor:
     """The dummy-player loss L_IE = E_S sum_k [terms of Theorem 1], for one batch.
 
@@ -546,6 +563,7 @@ def interpretability_loss(
         x_t (`(B, C, H, W)`), timesteps (`(B,)`), regions (`(B, K, H, W)`), baseline (`(B, C, H, W)`).
         value (`str`): `"pixel"` (per-pixel restriction) or `"mean"` (region mean, as in the paper).
         example_weights (`(B,)`, optional): e.g. 0 for images without a part label map.
+        border (`int`): leave output pixels within `border` of another region out (see `loss_from_coalition_outputs`).
 
     Returns:
         scalar loss (mean over the batch).
@@ -554,7 +572,7 @@ def interpretability_loss(
     inputs = coalition_inputs(x_t, baseline, regions, plan.coalitions)  # (B, M, C, H, W)
     m = inputs.shape[1]
     eps = model_fn(inputs.flatten(0, 1), timesteps.repeat_interleave(m)).reshape(inputs.shape)
-    return loss_from_coalition_outputs(eps, plan, regions, value, example_weights)
+    return loss_from_coalition_outputs(eps, plan, regions, value, example_weights, border)
 
 
 def shapley_weight_matrix(num_players: int, device=None) -> torch.Tensor:
