@@ -6,13 +6,13 @@
 #        EXTRA="more train_interpretable.py flags", e.g. EXTRA="--ie_border 1")
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/recipe.sh
 RUNS=${RUNS:-runs/s11}; START=${START:-runs/gpu/baseline}; mkdir -p "$RUNS"
 name=$1; value=$2; ls=$3; le=$4; steps=$5
 OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1} .venv/bin/python train_interpretable.py \
   --train_data_dir ../shared/data/utkface64 --resolution 64 --train_batch_size 32 --mixed_precision bf16 \
   --checkpointing_steps 100 --checkpoints_total_limit 2 --save_images_steps 100000 --log_every 10 \
-  --concepts "eyes=4,5 nose=6 mouth=7" --mask_dilation 2 --estimator pair --value "$value" --baseline other_image \
-  --ie_batch_size 16 --pretrained_model_name_or_path "$START" --learning_rate 2e-4 --lr_warmup_steps 0 \
-  --max_train_steps "$steps" --lambda_decay_steps "$steps" --lambda_start "$ls" --lambda_end "$le" --save_fp16 \
-  --output_dir $RUNS/$name ${EXTRA:-} $( ls -d $RUNS/$name/checkpoint-* >/dev/null 2>&1 && echo --resume_from_checkpoint latest ) \
+  "${RECIPE_FLAGS[@]}" --value "$value" --ie_batch_size 16 --pretrained_model_name_or_path "$START" \
+  "${FINETUNE_FLAGS[@]}" --max_train_steps "$steps" --lambda_decay_steps "$steps" --lambda_start "$ls" --lambda_end "$le" \
+  --output_dir $RUNS/$name ${EXTRA:-} $(resume_flag $RUNS/$name) \
   > $RUNS/$name.log 2>&1

@@ -10,6 +10,7 @@
 # Branches are NAME:VALUE:LAMBDA_START:LAMBDA_END; lambda decays over DECAY steps, then stays at LAMBDA_END.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/recipe.sh
 PY=${PY:-python}
 DATA=${DATA:-../shared/data/utkface64}
 START=${START:-models/ddpm-faces64-baseline}
@@ -24,14 +25,10 @@ EVERY=${EVERY:-50}
 BRANCHES=${BRANCHES:-"interp-3to1:pixel:3:1 interp-1to0.3:pixel:1:0.3 interp-mean-3to1:mean:3:1"}
 mkdir -p "$RUNS" "$OUT"
 
+# rerunning the script continues every run from its latest checkpoint (resume_flag)
 common=(--train_data_dir "$DATA" --resolution 64 --train_batch_size "$BATCH" --mixed_precision bf16
-        --save_images_steps 0 --log_every "$EVERY" --concepts "eyes=4,5 nose=6 mouth=7" --mask_dilation 2
-        --estimator pair --baseline other_image --ie_batch_size "$IE_BATCH" --pretrained_model_name_or_path "$START"
-        --learning_rate 2e-4 --lr_warmup_steps 0 --lambda_decay_steps "$DECAY" --save_fp16)
-
-resume_flag() {  # rerunning the script continues every run from its latest checkpoint
-  if ls -d "$1"/checkpoint-* >/dev/null 2>&1; then echo "--resume_from_checkpoint latest"; fi
-}
+        --save_images_steps 0 --log_every "$EVERY" "${RECIPE_FLAGS[@]}" --ie_batch_size "$IE_BATCH"
+        --pretrained_model_name_or_path "$START" "${FINETUNE_FLAGS[@]}" --lambda_decay_steps "$DECAY")
 
 pack() {  # pack a finished pipeline into $OUT
   $PY scripts/pack_run.py "$1" "$OUT/$(basename "$1").tgz"

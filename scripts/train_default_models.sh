@@ -10,6 +10,7 @@
 #   GPU:  PRETRAIN_MIN=3.5 FINETUNE_MIN=2.2 PRECISION=bf16 BATCH=128 bash scripts/train_default_models.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/recipe.sh
 DATA=${DATA:-../shared/data/utkface64}
 RUNS=${RUNS:-runs/default}
 PRETRAIN_MIN=${PRETRAIN_MIN:-60}
@@ -26,12 +27,7 @@ LAMBDA_END=${LAMBDA_END:-1}
 
 common=(--train_data_dir "$DATA" --resolution 64 --train_batch_size "$BATCH" --mixed_precision "$PRECISION"
         --checkpointing_steps "${CKPT_STEPS:-500}" --checkpoints_total_limit 2 --save_images_steps "${SAMPLE_STEPS:-1000}"
-        --log_every 20 --concepts "eyes=4,5 nose=6 mouth=7" --mask_dilation 2 --estimator pair --value pixel
-        --baseline other_image)
-
-resume_flag() {  # resume when a checkpoint exists
-  if ls -d "$1"/checkpoint-* >/dev/null 2>&1; then echo "--resume_from_checkpoint latest"; fi
-}
+        --log_every 20 "${RECIPE_FLAGS[@]}" --value pixel)
 
 steps_of() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['train_steps'])" "$1/train_summary.json"; }
 
@@ -53,8 +49,8 @@ PYEOF
 fi
 echo "== fine-tune steps: $FINETUNE_STEPS"
 
-finetune=(--pretrained_model_name_or_path "$RUNS/pretrain" --learning_rate 2e-4 --lr_warmup_steps 0
-          --max_train_steps "$FINETUNE_STEPS" --lambda_decay_steps "$FINETUNE_STEPS" --save_fp16)
+finetune=(--pretrained_model_name_or_path "$RUNS/pretrain" "${FINETUNE_FLAGS[@]}"
+          --max_train_steps "$FINETUNE_STEPS" --lambda_decay_steps "$FINETUNE_STEPS")
 
 if [ ! -f "$RUNS/interpretable/model_index.json" ]; then
   echo "== phase 2: interpretable fine-tune"
