@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask_dilation", type=int, default=1, help="Pixels each concept mask is dilated by.")
     g.add_argument("--ie_border", type=int, default=0,
                    help="Leave output pixels within this many pixels of another region out of L_IE (0: the exact loss).")
+    g.add_argument("--ie_context", nargs="*", default=[], metavar="REGION",
+                   help="Context regions (e.g. rest): every region may depend on them, the others only on themselves. "
+                        "Default: none, the paper's symmetric game. Needs --estimator pair.")
     g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
     g.add_argument("--lambda_end", type=float, default=1.0)
     g.add_argument("--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps).")
@@ -162,6 +165,13 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--resolution {args.resolution} must be divisible by {2 ** (len(blocks) - 1)}.")
     if args.ie_border < 0:
         raise ValueError(f"--ie_border must be >= 0, got {args.ie_border}.")
+    if args.ie_context:
+        regions = list(pid.parse_concepts(args.concepts)) + ["rest"]
+        unknown = [r for r in args.ie_context if r not in regions]
+        if unknown:
+            raise ValueError(f"--ie_context {' '.join(unknown)}: not a region; the regions are {', '.join(regions)}.")
+        if args.estimator != "pair":
+            raise ValueError(f"--ie_context needs --estimator pair, got --estimator {args.estimator}.")
     for name in ("checkpointing_steps", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1.")
@@ -321,8 +331,10 @@ def training_losses(
     if ie_needed:
         nb = min(args.ie_batch_size or b, b)
         regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
+        region_names = list(concepts) + ["rest"]
+        context_ids = [region_names.index(r) for r in getattr(args, "ie_context", None) or []]
         baseline = make_baseline(args.baseline, x0, noisy, timesteps, noise_scheduler, generator)[:nb]
-        plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator)
+        plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator, context_ids)
         coal = pid.coalition_inputs(noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
         m = coal.shape[1]
         if lam > 0:
@@ -460,7 +472,7 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "|---|---|",
     ]
     for key in ("pretrained_model_name_or_path", "resolution", "block_out_channels", "train_batch_size", "learning_rate",
-                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "lambda_start", "lambda_end",
+                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "ie_context", "lambda_start", "lambda_end",
                 "lambda_decay_steps", "estimator", "value", "baseline"):
         lines.append(f"| {key} | `{getattr(args, key)}` |")
     for key, val in metrics.items():

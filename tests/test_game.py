@@ -218,3 +218,35 @@ def test_border_leaves_out_exactly_the_band_a_local_mixer_reaches(estimator):
     assert losses[0] > 1e-4 and losses[1] < 1e-12
     with pytest.raises(ValueError, match="border must be >= 0"):
         pid.interpretability_loss(blur, x_t, timesteps, regions, baseline, border=-1)
+
+
+def test_context_players_may_influence_every_region_but_nothing_else_may():
+    """With the rest region as context (`context=[rest]`), a model whose outputs follow the rest region's mean has no
+    loss, while one whose rest output follows another region still has; the plain game penalises both."""
+    x_t, baseline, timesteps, regions = setup_game(batch=8, k=3, seed=7)
+    rest = 2
+
+    def follows(source):  # every output pixel = its own input + the mean of region `source` (per example/channel)
+        def model_fn(x, t):
+            region = regions.repeat_interleave(x.shape[0] // regions.shape[0], 0)[:, source : source + 1]
+            return x + (x * region).sum((-2, -1), keepdim=True) / region.sum((-2, -1), keepdim=True)
+        return model_fn
+
+    def loss(model_fn, context):
+        return pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator="pair",
+                                         generator=torch.Generator().manual_seed(0), context=context).item()
+
+    assert loss(follows(rest), [rest]) < 1e-12 and loss(follows(rest), None) > 1e-3
+    assert loss(follows(0), [rest]) > 1e-3
+    plan = pid.plan_coalitions(regions, "pair", generator=torch.Generator().manual_seed(1), context=[rest])
+    others = plan.out_k != rest
+    assert plan.coalitions[others][:, :, rest].all()  # context present in S and in the reference
+    rows = torch.arange(len(plan.out_k))
+    expected_reference = torch.zeros_like(plan.coalitions[:, 1])
+    expected_reference[others, rest] = True
+    expected_reference[rows, plan.out_k] = plan.coalitions[rows, 0, plan.out_k]
+    assert torch.equal(plan.coalitions[:, 1], expected_reference)  # {k} or empty, plus the context
+    with pytest.raises(ValueError, match="context players need estimator='pair'"):
+        pid.plan_coalitions(regions, "exact", context=[rest])
+    with pytest.raises(ValueError, match=r"context players must be in \[0, 3\)"):
+        pid.plan_coalitions(regions, "pair", context=[3])

@@ -283,6 +283,10 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
         "missing data dir": (["--train_data_dir", str(tmp_path / "nowhere")], "nowhere' does not exist", False),
         "mask of another size": (["--train_data_dir", bad_mask_data], f"{bad_mask} is 32x32, its image 16x16", False),
         "finished output dir": (["--train_data_dir", tiny_faces, "--output_dir", finished], "already holds", False),
+        "unknown context region": (["--train_data_dir", tiny_faces, "--ie_context", "hair"],
+                                   "--ie_context hair: not a region; the regions are eyes, nose, mouth, rest", False),
+        "context with exact": (["--train_data_dir", tiny_faces, "--ie_context", "rest", "--estimator", "exact"],
+                               "--ie_context needs --estimator pair", False),
     }
 
     def argv(name, extra):
