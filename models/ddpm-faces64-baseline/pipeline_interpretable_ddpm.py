@@ -457,20 +457,40 @@ class CoalitionPlan:
 
 
 def plan_coalitions(
-    regions: torch.Tensor, estimator: str = "pair", num_coalitions: int = 4, generator: Optional[torch.Generator] = None
+    regions: torch.Tensor,
+    estimator: str = "pair",
+    num_coalitions: int = 4,
+    generator: Optional[torch.Generator] = None,
+    context: Optional[Sequence[int]] = None,
 ) -> CoalitionPlan:
     """Draws the coalitions of one estimator of L_IE (see `interpretability_loss`) for a batch of partitions
     `regions` `(B, K, H, W)`. Random draws happen on `generator`'s device (the CPU without one) and are then moved to
-    `regions`' device: a CPU generator is reproducible on any device, a CUDA one avoids host-device copies."""
+    `regions`' device: a CPU generator is reproducible on any device, a CUDA one avoids host-device copies.
+
+    `context` (player indices, `"pair"` only) makes the game one-way: a context player may influence every output
+    region, the other players only their own. For output region k the context players other than k are present in
+    both coalitions of the pair, so only the non-context players are asked to be dummies for v_k. With the rest
+    region as context, eyes may follow the skin and lighting around them while nothing outside the eyes may follow
+    the eyes' noise, which is all a local eyes edit needs."""
     b, k = regions.shape[:2]
     device = regions.device
     draw_device = generator.device if generator is not None else "cpu"
+    context = sorted(set(int(j) for j in context)) if context else []
+    if any(j < 0 or j >= k for j in context):
+        raise ValueError(f"context players must be in [0, {k}), got {context}.")
+    if context and estimator != "pair":
+        raise ValueError(f"context players need estimator='pair', got '{estimator}'.")
     if estimator == "pair":
         coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(0.5).to(device)
         out_k = torch.randint(0, k, (b,), generator=generator, device=draw_device).to(device)
         rows = torch.arange(b, device=device)
-        reference = torch.zeros_like(coalition)
-        reference[rows, out_k] = coalition[rows, out_k]  # {k} if k is in S, else the empty coalition
+        always = torch.zeros_like(coalition)
+        if context:
+            always[:, context] = True
+            always[rows, out_k] = False  # the output region's own player stays random
+        coalition = coalition | always
+        reference = always.clone()
+        reference[rows, out_k] = coalition[rows, out_k]  # {k} if k is in S, else the empty coalition (plus context)
         return CoalitionPlan(torch.stack([coalition, reference], 1), estimator, out_k)
     if estimator == "exact":
         # all 2^K coalitions; the empty one (row 0) and the singletons (rows 2^j) are among them
@@ -543,6 +563,7 @@ def interpretability_loss(
     generator: Optional[torch.Generator] = None,
     example_weights: Optional[torch.Tensor] = None,
     border: int = 0,
+    context: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """The dummy-player loss L_IE = E_S sum_k [terms of Theorem 1], for one batch.
 
@@ -564,11 +585,12 @@ def interpretability_loss(
         value (`str`): `"pixel"` (per-pixel restriction) or `"mean"` (region mean, as in the paper).
         example_weights (`(B,)`, optional): e.g. 0 for images without a part label map.
         border (`int`): leave output pixels within `border` of another region out (see `loss_from_coalition_outputs`).
+        context (player indices, optional): players every region may depend on (one-way game, see `plan_coalitions`).
 
     Returns:
         scalar loss (mean over the batch).
     """
-    plan = plan_coalitions(regions, estimator, num_coalitions, generator)
+    plan = plan_coalitions(regions, estimator, num_coalitions, generator, context)
     inputs = coalition_inputs(x_t, baseline, regions, plan.coalitions)  # (B, M, C, H, W)
     m = inputs.shape[1]
     eps = model_fn(inputs.flatten(0, 1), timesteps.repeat_interleave(m)).reshape(inputs.shape)
