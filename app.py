@@ -737,9 +737,9 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         attribution = gr.State(None)
         gr.Markdown(
             "# Interpretable DDPM: edit one face part without touching the rest\n"
-            f"A DDIM model of {h}x{w} faces trained so that each region of the image (eyes, nose, mouth, rest) is "
-            "caused only by the same region of its starting noise x_T (Liu et al. 2025). Redrawing or swapping "
-            f"x_T inside a region therefore edits that region only. Model: `{models.main_name}`"
+            f"A DDIM model of {h}x{w} faces trained with a Shapley dummy-player loss (Liu et al. 2025) so that the "
+            "starting noise x_T inside a face part (eyes, nose, mouth) causes only that part of the image. Redrawing "
+            f"or swapping x_T inside a part therefore edits that part only. Model: `{models.main_name}`"
             + (f"; baseline (plain DDPM): `{models.baseline_name}`" if has_baseline else "; no baseline loaded")
             + f". Concept masks come from {masks_from}."
         )
