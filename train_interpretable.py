@@ -166,7 +166,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.ie_border < 0:
         raise ValueError(f"--ie_border must be >= 0, got {args.ie_border}.")
     if args.ie_context:
-        regions = list(pid.parse_concepts(args.concepts)) + ["rest"]
+        regions = pid.region_names_of(pid.parse_concepts(args.concepts))
         unknown = [r for r in args.ie_context if r not in regions]
         if unknown:
             raise ValueError(f"--ie_context {' '.join(unknown)}: not a region; the regions are {', '.join(regions)}.")
@@ -331,8 +331,7 @@ def training_losses(
     if ie_needed:
         nb = min(args.ie_batch_size or b, b)
         regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
-        region_names = list(concepts) + ["rest"]
-        context_ids = [region_names.index(r) for r in getattr(args, "ie_context", None) or []]
+        context_ids = [pid.region_names_of(concepts).index(r) for r in args.ie_context]
         baseline = make_baseline(args.baseline, x0, noisy, timesteps, noise_scheduler, generator)[:nb]
         plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator, context_ids)
         coal = pid.coalition_inputs(noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)

@@ -199,6 +199,11 @@ def parse_concepts(spec: Union[str, Mapping[str, Sequence[int]], None]) -> Dict[
     return concepts
 
 
+def region_names_of(concepts: Mapping[str, Sequence[int]]) -> List[str]:
+    """Names of the K regions of the game, in partition order: the concepts, then the implied rest region."""
+    return list(concepts) + [REST_REGION_NAME]
+
+
 def concepts_to_string(concepts: Mapping[str, Sequence[int]]) -> str:
     """Inverse of `parse_concepts` for the command-line form."""
     return " ".join(f"{n}={','.join(str(i) for i in ids)}" for n, ids in concepts.items())
@@ -764,7 +769,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     @property
     def region_names(self) -> List[str]:
         """Names of the K regions of the game: the concepts, then "rest"."""
-        return list(self.concepts) + [REST_REGION_NAME]
+        return region_names_of(self.concepts)
 
     @property
     def resolution(self) -> Tuple[int, int]:
