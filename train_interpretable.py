@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ie_context", nargs="*", default=[], metavar="REGION",
                    help="Context regions (e.g. rest): every region may depend on them, the others only on themselves. "
                         "Default: none, the paper's symmetric game. Needs --estimator pair.")
+    g.add_argument("--ie_min_timestep", type=int, default=0,
+                   help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
+                        "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.")
     g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
     g.add_argument("--lambda_end", type=float, default=1.0)
     g.add_argument("--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps).")
@@ -172,6 +175,10 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--ie_context {' '.join(unknown)}: not a region; the regions are {', '.join(regions)}.")
         if args.estimator != "pair":
             raise ValueError(f"--ie_context needs --estimator pair, got --estimator {args.estimator}.")
+    if not 0 <= args.ie_min_timestep < args.num_train_timesteps:
+        raise ValueError(
+            f"--ie_min_timestep must be in [0, {args.num_train_timesteps}) (--num_train_timesteps), got {args.ie_min_timestep}."
+        )
     for name in ("checkpointing_steps", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1.")
@@ -332,13 +339,23 @@ def training_losses(
         nb = min(args.ie_batch_size or b, b)
         regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
         context_ids = [pid.region_names_of(concepts).index(r) for r in args.ie_context]
-        baseline = make_baseline(args.baseline, x0, noisy, timesteps, noise_scheduler, generator)[:nb]
+        ie_noisy, ie_t = noisy, timesteps
+        if args.ie_min_timestep > 0:
+            # The eps-space L_IE is dominated by small t (fine-detail denoising, ~100x its value near t = T); drawing
+            # its timesteps from [min, T) puts the pressure where the image's layout, and most of a swap's leakage,
+            # is decided, and leaves detail denoising free.
+            ie_t = torch.randint(
+                args.ie_min_timestep, noise_scheduler.config.num_train_timesteps, (b,), generator=generator,
+                device=generator.device,
+            ).to(device)
+            ie_noisy = noise_scheduler.add_noise(x0, noise, ie_t)
+        baseline = make_baseline(args.baseline, x0, ie_noisy, ie_t, noise_scheduler, generator)[:nb]
         plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator, context_ids)
-        coal = pid.coalition_inputs(noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
+        coal = pid.coalition_inputs(ie_noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
         m = coal.shape[1]
         if lam > 0:
             inputs = torch.cat([noisy, coal.flatten(0, 1)])
-            t_all = torch.cat([timesteps, timesteps[:nb].repeat_interleave(m)])
+            t_all = torch.cat([timesteps, ie_t[:nb].repeat_interleave(m)])
     eps_all = unet(inputs, t_all).sample
     mse = F.mse_loss(eps_all[:b].float(), noise.float(), reduction="none").mean((1, 2, 3))
     if args.snr_gamma > 0:
@@ -350,7 +367,7 @@ def training_losses(
             coal_eps = eps_all[b:].reshape(coal.shape)
         else:  # logging only: L_IE of the plain model, no gradient
             with torch.no_grad():
-                coal_eps = unet(coal.flatten(0, 1), timesteps[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
+                coal_eps = unet(coal.flatten(0, 1), ie_t[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
         loss_ie = pid.loss_from_coalition_outputs(
             coal_eps.float(), plan, regions, args.value, has_mask[:nb].float(), border=args.ie_border
         )
@@ -471,7 +488,8 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "|---|---|",
     ]
     for key in ("pretrained_model_name_or_path", "resolution", "block_out_channels", "train_batch_size", "learning_rate",
-                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "ie_context", "lambda_start", "lambda_end",
+                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "ie_context", "ie_min_timestep",
+                "lambda_start", "lambda_end",
                 "lambda_decay_steps", "estimator", "value", "baseline"):
         lines.append(f"| {key} | `{getattr(args, key)}` |")
     for key, val in metrics.items():

@@ -262,6 +262,43 @@ def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_pat
     assert last[100] < 0.2 * last[0], (ie[0], ie[100])
 
 
+def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
+    """The coalition forwards run at t >= --ie_min_timestep on inputs noised to that t; the DDPM examples keep
+    uniform timesteps; without the flag the coalitions share the DDPM examples' timesteps."""
+    import train_interpretable as ti
+    from diffusers import DDPMScheduler
+
+    calls = []
+
+    class RecordingUNet(torch.nn.Module):
+        def forward(self, x, t):
+            calls.append((x.detach().clone(), t.detach().clone()))
+            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
+
+    b, nb = 32, 8
+    labels = torch.zeros(b, 16, 16, dtype=torch.long)
+    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
+    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    concepts = {"eyes": [4, 5], "mouth": [7]}
+    for min_t in (0, 700):
+        calls.clear()
+        args = ti.parse_args(["--train_data_dir", ROOT, "--output_dir", "unused", "--ie_min_timestep", str(min_t), "--ie_batch_size", str(nb),
+                              "--ie_context", "rest", "--concepts", "eyes=4,5 mouth=7", "--no-random_flip"])
+        ti.training_losses(RecordingUNet(), images, labels, torch.ones(b, dtype=torch.bool), noise_scheduler=scheduler,
+                           concepts=concepts, args=args, lam=1.0, generator=torch.Generator().manual_seed(0))
+        (x, t), = calls  # one forward: the DDPM batch, then nb x 2 coalition inputs
+        ddpm_t, coal_t = t[:b], t[b:].reshape(nb, 2)
+        assert (coal_t[:, 0] == coal_t[:, 1]).all()
+        if min_t == 0:
+            assert torch.equal(coal_t[:, 0], ddpm_t[:nb])
+        else:
+            assert (coal_t >= min_t).all() and (ddpm_t < min_t).sum() >= b // 2  # uniform DDPM t: ~70% below 700
+        # present players' pixels are the example's own x_t: the DDPM input itself without the flag, a fresh one with it
+        same_as_ddpm_input = (x[b:].reshape(nb, 2, 3, 16, 16)[:, 0] == x[:nb]).float().mean()
+        assert same_as_ddpm_input > 0.5 if min_t == 0 else same_as_ddpm_input == 0, (min_t, same_as_ddpm_input)
+
+
 def _imagefolder_with_a_bad_mask(tmp_path):
     data = make_synthetic_faces(str(tmp_path / "bad_masks"), num_train=6, num_test=2, size=16, layout="imagefolder")
     masks = os.path.join(data, "train", "masks")
@@ -287,6 +324,8 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
                                    "--ie_context hair: not a region; the regions are eyes, nose, mouth, rest", False),
         "context with exact": (["--train_data_dir", tiny_faces, "--ie_context", "rest", "--estimator", "exact"],
                                "--ie_context needs --estimator pair", False),
+        "min timestep past T": (["--train_data_dir", tiny_faces, "--ie_min_timestep", "1000"],
+                                "--ie_min_timestep must be in [0, 1000)", False),
     }
 
     def argv(name, extra):
