@@ -200,6 +200,7 @@ def evaluate_locality(
     swap_mask_from: str = "union",
     num_examples: int = 2,
     desc: str = "locality",
+    mask_dilation: int = 0,
 ) -> Dict[str, object]:
     """Locality MSE_out / MSE_in of `swap_regions` and `resample_region` over `num_pairs` seeded pairs.
 
@@ -208,7 +209,9 @@ def evaluate_locality(
     x_T inside the union of A's and B's masks (`swap_mask_from="union"`; `"a"` uses A's mask) and both edited images
     are scored with that swapped mask: it is the region the edit was allowed to change. A pair's value is the mean of
     its two images' values. `resample_region` redraws x_T inside A's mask (new noise seeded per pair and concept)
-    and is scored with A's mask. Pairs whose mask is empty are skipped and counted.
+    and is scored with A's mask. Pairs whose mask is empty are skipped and counted. `mask_dilation` grows every
+    concept mask by that many pixels first (0: the parsed part itself; the training script's `--mask_dilation`: the
+    region the dummy-player game gave the concept's player).
 
     Returns:
         `{"swap"|"resample": {concept: {"rgb/paper": stats, ..., "num_skipped_empty_mask": int}}, "examples": ...,
@@ -216,6 +219,8 @@ def evaluate_locality(
     """
     if swap_mask_from not in ("union", "a"):
         raise ValueError(f"swap_mask_from must be 'union' or 'a', got '{swap_mask_from}'.")
+    if not isinstance(mask_dilation, int) or mask_dilation < 0:
+        raise ValueError(f"mask_dilation must be a non-negative integer (pixels), got {mask_dilation!r}.")
     device = pipe._execution_device
     per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in EDITS}
     skipped = {e: {c: 0 for c in concepts} for e in EDITS}
@@ -231,7 +236,7 @@ def evaluate_locality(
         img_a, img_b = originals[:b], originals[b:]
         for concept in concepts:
             # masks of the ORIGINAL images; passing the images (model space) avoids regenerating them from x_T
-            masks = pipe.concept_mask(originals * 2 - 1, concept, is_latents=False)
+            masks = pipe.concept_mask(originals * 2 - 1, concept, dilation=mask_dilation, is_latents=False)
             mask_a, mask_b = masks[:b], masks[b:]
             swap_mask = torch.maximum(mask_a, mask_b) if swap_mask_from == "union" else mask_a
 
@@ -787,7 +792,9 @@ def markdown_report(results: dict) -> str:
             "",
             f"{cfg['num_pairs']} seeded pairs per concept. `paper` normalisation divides MSE_out by the inside area "
             "(as the paper writes it), `area` by the outside area. Masks: each pipeline's concept masks of the original "
-            f"images ({cfg['mask_source']}); swaps exchange x_T in the {cfg['swap_mask_from']} of A's and B's masks and "
+            f"images ({cfg['mask_source']})"
+            + (f", grown by {cfg['mask_dilation']} px" if cfg.get("mask_dilation") else "")
+            + f"; swaps exchange x_T in the {cfg['swap_mask_from']} of A's and B's masks and "
             "both edits are scored with that mask; a pair's value is the mean of its two edits. Resample redraws x_T "
             "inside A's mask. Paper columns: Liu et al. 2025 Table 1 (CelebA 64, paper normalisation, colour space "
             "not stated; heatmaps in CIELAB), for reference only: different data.",
@@ -893,6 +900,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
     p.add_argument("--swap_mask_from", choices=("union", "a"), default="union",
                    help="swap region: union of A's and B's concept masks, or A's mask")
+    p.add_argument("--mask_dilation", type=int, default=0,
+                   help="grow the concept masks of the locality edits by this many pixels (0: the parsed parts; the "
+                        "shipped models were trained with 2-pixel dilated regions)")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="face data (FID reference and real images)")
     p.add_argument("--fid_reference_split", default="test", help="split of --data_dir used as FID reference")
     p.add_argument("--num_fid_reference", type=int, default=None, help="limit the FID reference images (default all)")
@@ -906,7 +916,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's choice); 1 is fastest for tiny models on shared cores")
     p.add_argument("--num_examples", type=int, default=2, help="examples per concept in the edit grids")
     args = p.parse_args(argv)
-    for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs"):
+    for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs", "mask_dilation"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0.")
     for name in ("attribution_steps", "num_inference_steps", "batch_size"):
@@ -1014,7 +1024,8 @@ def run(args: argparse.Namespace) -> dict:
         timings = res["timings"]
         if "locality" not in args.skip and args.num_pairs > 0:
             loc = evaluate_locality(pipe, concepts, args.num_pairs, args.seed, args.num_inference_steps, args.batch_size,
-                                    args.swap_mask_from, args.num_examples, desc=f"{name}: locality")
+                                    args.swap_mask_from, args.num_examples, desc=f"{name}: locality",
+                                    mask_dilation=args.mask_dilation)
             timings["locality"] = loc["seconds_per_pair"]
             for kind in EDITS:
                 path = plot_edit_grid(loc["examples"][kind], os.path.join(fig_dir, f"{name}_{kind}_grid.png"),

@@ -124,6 +124,28 @@ def test_per_pixel_model_is_exactly_local_and_a_mixing_unet_is_not(templates):
         assert np.allclose(np.asarray(share), np.eye(4), atol=1e-9)
 
 
+def test_mask_dilation_grows_the_edited_and_scored_region(templates, capsys):
+    concepts = ["eyes"]
+    kw = dict(num_pairs=2, seed=0, num_inference_steps=2, batch_size=2)
+    plain = evaluate.evaluate_locality(tiny_pipeline(concept_templates=templates), concepts, **kw)
+    grown = evaluate.evaluate_locality(tiny_pipeline(concept_templates=templates), concepts, mask_dilation=2, **kw)
+    for edit in ("swap", "resample"):
+        mask0 = plain["examples"][edit]["eyes"][0]["mask"]
+        mask2 = grown["examples"][edit]["eyes"][0]["mask"]
+        # the grown mask is the 2-px dilation of the parsed one: a strict superset, as the training regions are
+        assert torch.equal(mask2, pid.dilate_masks(mask0[None], 2)[0])
+        assert mask2.sum() > mask0.sum() and (mask2 >= mask0).all()
+        assert grown[edit]["eyes"]["lab/paper"]["mean"] != plain[edit]["eyes"]["lab/paper"]["mean"]
+    # a per-pixel model stays exactly local whatever the region
+    local = evaluate.evaluate_locality(per_pixel_pipeline(templates), concepts, mask_dilation=2, **kw)
+    assert local["swap"]["eyes"]["lab/paper"]["mean"] < 1e-6
+    with pytest.raises(ValueError, match="mask_dilation must be a non-negative integer"):
+        evaluate.evaluate_locality(per_pixel_pipeline(templates), concepts, mask_dilation=-1, **kw)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["some_pipe", "--mask_dilation", "-1"])
+    assert "--mask_dilation must be >= 0" in capsys.readouterr().err
+
+
 def test_a_plain_ddpm_pipeline_folder_loads_as_an_interpretable_ddim_pipeline(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler
 
