@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ie_context", nargs="*", default=[], metavar="REGION",
                    help="Context regions (e.g. rest): every region may depend on them, the others only on themselves. "
                         "Default: none, the paper's symmetric game. Needs --estimator pair.")
+    g.add_argument("--ie_presence", nargs="*", default=[], metavar="REGION=P",
+                   help="Probability that a player is in a drawn coalition (default 0.5 each), e.g. eyes=0.9: the "
+                        "eyes are asked more often to leave the other regions alone. Needs --estimator pair or sampled.")
     g.add_argument("--ie_min_timestep", type=int, default=0,
                    help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
                         "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.")
@@ -175,6 +178,10 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--ie_context {' '.join(unknown)}: not a region; the regions are {', '.join(regions)}.")
         if args.estimator != "pair":
             raise ValueError(f"--ie_context needs --estimator pair, got --estimator {args.estimator}.")
+    if args.ie_presence:
+        presence_by_region(args.ie_presence, pid.parse_concepts(args.concepts))  # raises on a bad spec
+        if args.estimator == "exact":
+            raise ValueError("--ie_presence needs --estimator pair or sampled (exact uses every coalition).")
     if not 0 <= args.ie_min_timestep < args.num_train_timesteps:
         raise ValueError(
             f"--ie_min_timestep must be in [0, {args.num_train_timesteps}) (--num_train_timesteps), got {args.ie_min_timestep}."
@@ -350,7 +357,8 @@ def training_losses(
             ).to(device)
             ie_noisy = noise_scheduler.add_noise(x0, noise, ie_t)
         baseline = make_baseline(args.baseline, x0, ie_noisy, ie_t, noise_scheduler, generator)[:nb]
-        plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator, context_ids)
+        presence = presence_by_region(args.ie_presence, concepts)
+        plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator, context_ids, presence)
         coal = pid.coalition_inputs(ie_noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
         m = coal.shape[1]
         if lam > 0:
@@ -373,6 +381,26 @@ def training_losses(
         )
     loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
     return StepLosses(loss, loss_ddpm, loss_ie, ie_needed)
+
+
+def presence_by_region(spec: Sequence[str], concepts) -> Optional[List[float]]:
+    """`["eyes=0.9"]` -> each region's probability of being in a drawn coalition (0.5 where unnamed), in region order."""
+    if not spec:
+        return None
+    regions = pid.region_names_of(concepts)
+    probs = {r: 0.5 for r in regions}
+    for item in spec:
+        name, sep, value = item.partition("=")
+        if not sep or name not in probs:
+            raise ValueError(f"--ie_presence {item}: expected REGION=P with REGION one of {', '.join(regions)}.")
+        try:
+            p = float(value)
+        except ValueError:
+            p = float("nan")
+        if not 0 < p < 1:
+            raise ValueError(f"--ie_presence {item}: the probability must be in (0, 1).")
+        probs[name] = p
+    return [probs[r] for r in regions]
 
 
 def free_output_dir_check(args) -> None:
@@ -488,7 +516,7 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "|---|---|",
     ]
     for key in ("pretrained_model_name_or_path", "resolution", "block_out_channels", "train_batch_size", "learning_rate",
-                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "ie_context", "ie_min_timestep",
+                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "ie_context", "ie_presence", "ie_min_timestep",
                 "lambda_start", "lambda_end",
                 "lambda_decay_steps", "estimator", "value", "baseline"):
         lines.append(f"| {key} | `{getattr(args, key)}` |")

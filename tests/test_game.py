@@ -250,3 +250,31 @@ def test_context_players_may_influence_every_region_but_nothing_else_may():
         pid.plan_coalitions(regions, "exact", context=[rest])
     with pytest.raises(ValueError, match=r"context players must be in \[0, 3\)"):
         pid.plan_coalitions(regions, "pair", context=[3])
+
+
+def test_presence_probabilities_draw_a_player_more_often_and_keep_the_zero_set():
+    """`presence` changes how often each player is in S (so how often it is asked to be a dummy) but not which models
+    have zero loss: a region-local model still has none, a leaking one still has some."""
+    x_t, baseline, timesteps, regions = setup_game(batch=4000, k=3, seed=3)
+    plan = pid.plan_coalitions(regions, "pair", generator=torch.Generator().manual_seed(0), presence=[0.9, 0.5, 0.2])
+    freq = plan.coalitions[:, 0].float().mean(0)
+    assert torch.allclose(freq, torch.tensor([0.9, 0.5, 0.2]), atol=0.03), freq
+    default = pid.plan_coalitions(regions, "pair", generator=torch.Generator().manual_seed(0))
+    same = pid.plan_coalitions(regions, "pair", generator=torch.Generator().manual_seed(0), presence=[0.5] * 3)
+    assert torch.equal(default.coalitions, same.coalitions)  # 1/2 each is the default game, draw for draw
+    sampled = pid.plan_coalitions(regions, "sampled", num_coalitions=2, presence=[0.9, 0.5, 0.2],
+                                  generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sampled.coalitions[:, 4:].float().mean((0, 1)), torch.tensor([0.9, 0.5, 0.2]), atol=0.03)
+
+    x_t, baseline, timesteps, regions = setup_game(batch=8, k=3, seed=7)
+    local = lambda x, t: 2 * x  # noqa: E731 - every output pixel follows its own input only
+    leak = lambda x, t: x + x.mean((-2, -1), keepdim=True)  # noqa: E731 - every pixel follows the whole image
+    for presence in (None, [0.9, 0.5, 0.2]):
+        kw = dict(estimator="pair", generator=torch.Generator().manual_seed(0), presence=presence)
+        assert pid.interpretability_loss(local, x_t, timesteps, regions, baseline, **kw).item() < 1e-12
+        assert pid.interpretability_loss(leak, x_t, timesteps, regions, baseline, **kw).item() > 1e-4
+    for bad in ([0.5, 0.5], [0.5, 1.0, 0.5], [0.0, 0.5, 0.5]):
+        with pytest.raises(ValueError, match="presence must be 3 probabilities in \\(0, 1\\)"):
+            pid.plan_coalitions(regions, "pair", presence=bad)
+    with pytest.raises(ValueError, match="presence probabilities need estimator='pair' or 'sampled'"):
+        pid.plan_coalitions(regions, "exact", presence=[0.9, 0.5, 0.5])

@@ -467,6 +467,7 @@ def plan_coalitions(
     num_coalitions: int = 4,
     generator: Optional[torch.Generator] = None,
     context: Optional[Sequence[int]] = None,
+    presence: Optional[Sequence[float]] = None,
 ) -> CoalitionPlan:
     """Draws the coalitions of one estimator of L_IE (see `interpretability_loss`) for a batch of partitions
     `regions` `(B, K, H, W)`. Random draws happen on `generator`'s device (the CPU without one) and are then moved to
@@ -476,7 +477,12 @@ def plan_coalitions(
     region, the other players only their own. For output region k the context players other than k are present in
     both coalitions of the pair, so only the non-context players are asked to be dummies for v_k. With the rest
     region as context, eyes may follow the skin and lighting around them while nothing outside the eyes may follow
-    the eyes' noise, which is all a local eyes edit needs."""
+    the eyes' noise, which is all a local eyes edit needs.
+
+    `presence` (`(K,)` probabilities in (0, 1), `"pair"` and `"sampled"` only; default 1/2 each) is the chance that
+    each player is in a drawn coalition S. Every coalition keeps a positive probability, so the loss is still zero
+    exactly when the dummy-player conditions hold; a player drawn more often is simply asked more often to leave the
+    other regions alone (e.g. the eyes, whose small region makes their leakage a small share of the plain loss)."""
     b, k = regions.shape[:2]
     device = regions.device
     draw_device = generator.device if generator is not None else "cpu"
@@ -485,8 +491,17 @@ def plan_coalitions(
         raise ValueError(f"context players must be in [0, {k}), got {context}.")
     if context and estimator != "pair":
         raise ValueError(f"context players need estimator='pair', got '{estimator}'.")
+    if presence is None:
+        presence_probs = torch.full((k,), 0.5)
+    else:
+        presence_probs = torch.as_tensor(presence, dtype=torch.float32).flatten()
+        if presence_probs.numel() != k or not ((presence_probs > 0) & (presence_probs < 1)).all():
+            raise ValueError(f"presence must be {k} probabilities in (0, 1), one per player, got {list(presence)}.")
+        if estimator == "exact":
+            raise ValueError("presence probabilities need estimator='pair' or 'sampled' ('exact' uses every coalition).")
+    presence_probs = presence_probs.to(draw_device)
     if estimator == "pair":
-        coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(0.5).to(device)
+        coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(presence_probs).to(device)
         out_k = torch.randint(0, k, (b,), generator=generator, device=draw_device).to(device)
         rows = torch.arange(b, device=device)
         always = torch.zeros_like(coalition)
@@ -504,7 +519,7 @@ def plan_coalitions(
         if num_coalitions < 1:
             raise ValueError(f"num_coalitions must be >= 1, got {num_coalitions}.")
         refs = torch.cat([torch.zeros(1, k, dtype=torch.bool, device=device), torch.eye(k, dtype=torch.bool, device=device)])
-        sampled = torch.rand(b, num_coalitions, k, generator=generator, device=draw_device).lt(0.5).to(device)
+        sampled = torch.rand(b, num_coalitions, k, generator=generator, device=draw_device).lt(presence_probs).to(device)
         return CoalitionPlan(torch.cat([refs[None].expand(b, -1, -1), sampled], 1), estimator)
     raise ValueError(f"estimator must be 'exact', 'sampled' or 'pair', got '{estimator}'.")
 
@@ -569,6 +584,7 @@ def interpretability_loss(
     example_weights: Optional[torch.Tensor] = None,
     border: int = 0,
     context: Optional[Sequence[int]] = None,
+    presence: Optional[Sequence[float]] = None,
 ) -> torch.Tensor:
     """The dummy-player loss L_IE = E_S sum_k [terms of Theorem 1], for one batch.
 
@@ -591,11 +607,12 @@ def interpretability_loss(
         example_weights (`(B,)`, optional): e.g. 0 for images without a part label map.
         border (`int`): leave output pixels within `border` of another region out (see `loss_from_coalition_outputs`).
         context (player indices, optional): players every region may depend on (one-way game, see `plan_coalitions`).
+        presence (`(K,)`, optional): each player's probability of being in a drawn coalition (see `plan_coalitions`).
 
     Returns:
         scalar loss (mean over the batch).
     """
-    plan = plan_coalitions(regions, estimator, num_coalitions, generator, context)
+    plan = plan_coalitions(regions, estimator, num_coalitions, generator, context, presence)
     inputs = coalition_inputs(x_t, baseline, regions, plan.coalitions)  # (B, M, C, H, W)
     m = inputs.shape[1]
     eps = model_fn(inputs.flatten(0, 1), timesteps.repeat_interleave(m)).reshape(inputs.shape)
