@@ -319,6 +319,7 @@ def training_losses(
     generator: torch.Generator,
     probe_ie: bool = False,
     flip_perm: Optional[torch.Tensor] = None,
+    game: Optional["GameSettings"] = None,
 ) -> StepLosses:
     """Losses of one batch: L = L_DDPM + lam * L_IE.
 
@@ -329,6 +330,7 @@ def training_losses(
     Args:
         images_u8 (`(B, 3, H, W)` uint8), labels (`(B, H, W)` part label ids), has_mask (`(B,)` bool): the batch,
             already on the model's device.
+        game: the game's settings resolved from `args` once per run (`game_settings`); resolved here when omitted.
     """
     device = images_u8.device
     x0 = images_u8.float() / 127.5 - 1
@@ -345,7 +347,7 @@ def training_losses(
     if ie_needed:
         nb = min(args.ie_batch_size or b, b)
         regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
-        context_ids = [pid.region_names_of(concepts).index(r) for r in args.ie_context]
+        game = game or game_settings(args, concepts)
         ie_noisy, ie_t = noisy, timesteps
         if args.ie_min_timestep > 0:
             # The eps-space L_IE is dominated by small t (fine-detail denoising, ~100x its value near t = T); drawing
@@ -357,8 +359,9 @@ def training_losses(
             ).to(device)
             ie_noisy = noise_scheduler.add_noise(x0, noise, ie_t)
         baseline = make_baseline(args.baseline, x0, ie_noisy, ie_t, noise_scheduler, generator)[:nb]
-        presence = presence_by_region(args.ie_presence, concepts)
-        plan = pid.plan_coalitions(regions, args.estimator, args.coalition_samples, generator, context_ids, presence)
+        plan = pid.plan_coalitions(
+            regions, args.estimator, args.coalition_samples, generator, game.context_ids, game.presence
+        )
         coal = pid.coalition_inputs(ie_noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
         m = coal.shape[1]
         if lam > 0:
@@ -381,6 +384,19 @@ def training_losses(
         )
     loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
     return StepLosses(loss, loss_ddpm, loss_ie, ie_needed)
+
+
+@dataclass(frozen=True)
+class GameSettings:
+    """The parts of the game that `args` names by region, as region indices (parsed once per run, not per step)."""
+
+    context_ids: List[int]  # regions that only ever act as context (--ie_context)
+    presence: Optional[List[float]]  # each region's probability of being in a drawn coalition (--ie_presence)
+
+
+def game_settings(args, concepts) -> GameSettings:
+    names = pid.region_names_of(concepts)
+    return GameSettings([names.index(r) for r in args.ie_context], presence_by_region(args.ie_presence, concepts))
 
 
 def presence_by_region(spec: Sequence[str], concepts) -> Optional[List[float]]:
@@ -708,6 +724,7 @@ def main(args: argparse.Namespace) -> str:
     generator = torch.Generator(device=device)
     micro_step = global_step * args.gradient_accumulation_steps
     flip_perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=device)
+    game = game_settings(args, concepts)
     progress = tqdm(range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
     done = global_step >= args.max_train_steps
     step_start = train_start = time.time()
@@ -730,7 +747,7 @@ def main(args: argparse.Namespace) -> str:
                 step = training_losses(
                     unet, images_u8.to(device), labels.to(device), has_mask.to(device),
                     noise_scheduler=noise_scheduler, concepts=concepts, args=args, lam=lam, generator=generator,
-                    probe_ie=(global_step + 1) % args.log_every == 0, flip_perm=flip_perm,
+                    probe_ie=(global_step + 1) % args.log_every == 0, flip_perm=flip_perm, game=game,
                 )
                 accelerator.backward(step.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:

@@ -6,6 +6,7 @@
 The parser and concept templates are attached afterwards with `python train_parser.py --mode attach`.
 """
 
+import argparse
 import os
 import shutil
 import sys
@@ -20,8 +21,18 @@ import pipeline_interpretable_ddpm as pid  # noqa: E402
 RUN_RECORDS = ("README.md", "training_config.json", "train_summary.json", "train_log.jsonl")
 
 
-def main(run_dir: str, out_dir: str) -> None:
-    if os.path.exists(os.path.join(out_dir, "model_index.json")) and "--overwrite" not in sys.argv:
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a finished training run (its top level holds model_index.json).")
+    parser.add_argument("out_dir", help="where to save the fp16 pipeline.")
+    parser.add_argument("--overwrite", action="store_true", help="replace a pipeline already saved in out_dir.")
+    return parser.parse_args(argv)
+
+
+def main(run_dir: str, out_dir: str, overwrite: bool = False) -> None:
+    if not os.path.isfile(os.path.join(run_dir, "model_index.json")):
+        raise SystemExit(f"error: {run_dir} holds no saved pipeline (model_index.json is missing).")
+    if os.path.exists(os.path.join(out_dir, "model_index.json")) and not overwrite:
         raise SystemExit(f"error: {out_dir} already holds a pipeline; pass --overwrite to replace it.")
     pipe = pid.InterpretableDDPMPipeline.from_pretrained(run_dir, custom_pipeline=pid.__file__, trust_remote_code=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True, thresholding=False)
@@ -37,4 +48,5 @@ def main(run_dir: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    args = parse_args()
+    main(args.run_dir, args.out_dir, overwrite=args.overwrite)
