@@ -27,6 +27,8 @@ def main() -> None:
     p.add_argument("--data_dir", default=ev.DEFAULT_DATA_DIR)
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--out", required=True)
+    p.add_argument("--preview_dir", default=None,
+                   help="also save each pipeline's first 64 samples as <preview_dir>/<name>_samples.png (as evaluate.py)")
     args = p.parse_args()
     torch.set_num_threads(args.num_threads)
     inception = ev.InceptionFeatures("cpu")
@@ -41,6 +43,10 @@ def main() -> None:
                         "num_reference": r["num_reference"], "num_inference_steps": args.num_inference_steps,
                         "seed": args.seed})
         print(json.dumps(results[-1]), flush=True)
+        if args.preview_dir:
+            name = os.path.basename(os.path.normpath(path))
+            os.makedirs(args.preview_dir, exist_ok=True)
+            ev.save_image_grid(r["preview"], os.path.join(args.preview_dir, f"{name}_samples.png"))
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

@@ -2,7 +2,7 @@
 # Trains the shipped default models (issue 7), resumably:
 #   1. a plain DDPM from scratch                      -> $RUNS/pretrain
 #   2. from that checkpoint, the dummy-player branch  -> $RUNS/interpretable  (the shipped recipe: one-way game,
-#      L_IE only at t >= 100, lambda 8 -> 5)
+#      L_IE only at t >= 100, lambda 20 -> 12)
 #   3. from the same checkpoint, identical steps and settings with lambda = 0 -> $RUNS/baseline
 # Each phase resumes from its latest checkpoint when rerun, and is skipped once its final pipeline exists.
 # Budgets are wall-clock minutes per phase; the fine-tune step count is derived from the measured pretrain speed so
@@ -23,11 +23,12 @@ LR_PRETRAIN=${LR_PRETRAIN:-3e-4}
 IE_COST=${IE_COST:-3.2}   # measured cost of one pair-estimator step in plain steps (benchmarks/bench_train.py)
 EXTRA=${EXTRA:-}
 # lambda 1e3 -> 10 (the first release) destroyed the denoiser; the shipped recipe is the one-way game (rest = context)
-# with a 1 px border band, L_IE only at t >= 100 (where it costs no FID) and lambda 8 -> 5
-# (docs/experiments/cpu_finetunes_2026-11-28c.md); GAME="" for the paper's symmetric game at every t
+# with a 1 px border band, L_IE only at t >= 100 (where it costs the least FID) and lambda 20 -> 12
+# (docs/experiments/cpu_finetunes_2026-11-28c.md, cpu_finetunes_2026-11-29c.md); GAME="" for the paper's symmetric
+# game at every t
 GAME=${GAME---ie_border 1 --ie_context rest --ie_min_timestep 100}
-LAMBDA_START=${LAMBDA_START:-8}
-LAMBDA_END=${LAMBDA_END:-5}
+LAMBDA_START=${LAMBDA_START:-20}
+LAMBDA_END=${LAMBDA_END:-12}
 
 common=(--train_data_dir "$DATA" --resolution 64 --train_batch_size "$BATCH" --mixed_precision "$PRECISION"
         --checkpointing_steps "${CKPT_STEPS:-500}" --checkpoints_total_limit 2 --save_images_steps "${SAMPLE_STEPS:-1000}"

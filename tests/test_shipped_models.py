@@ -39,3 +39,21 @@ def test_default_model_generates_and_parses_offline(monkeypatch):
     assert out.images.shape == (1, 3, 64, 64) and out.latents.shape == (1, 3, 64, 64)
     mask = pipe.concept_mask(out.images * 2 - 1, "eyes")
     assert mask.shape == (1, 1, 64, 64) and 10 < mask.sum() < 64 * 64 / 4
+
+
+def test_shipped_baseline_is_the_lambda_zero_twin_of_the_interpretable_model():
+    """Issue 7's comparison is only fair between twins: the same start, data, steps, seed and settings, with the
+    dummy-player loss as the only difference (its lambda schedule and game flags)."""
+    records = {}
+    for name in SHIPPED:
+        training = os.path.join(ROOT, "models", name, "training")
+        records[name] = (
+            json.load(open(os.path.join(training, "training_config.json"))),
+            json.load(open(os.path.join(training, "train_summary.json"))),
+        )
+    (interp_cfg, interp_summary), (base_cfg, base_summary) = records[SHIPPED[0]], records[SHIPPED[1]]
+    method_only = {"lambda_start", "lambda_end", "output_dir"}
+    differing = {k for k in interp_cfg.keys() | base_cfg.keys() if interp_cfg.get(k) != base_cfg.get(k)}
+    assert {k for k in differing if not k.startswith("ie_")} <= method_only, differing
+    assert interp_cfg["lambda_start"] > 0 and base_cfg["lambda_start"] == 0
+    assert interp_summary["train_steps"] == base_summary["train_steps"] > 0
