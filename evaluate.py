@@ -148,6 +148,29 @@ def load_pipeline(path: str, device: str):
     return pipe
 
 
+def load_checkpoint_or_pipeline(path: str, shell: str, device: str = "cpu"):
+    """A saved pipeline folder, or a training checkpoint (`checkpoint-N/` with `unet_ema/` or `unet/`) whose weights
+    go into the pipeline `shell` (same UNet architecture; its scheduler, parser and templates are used). A pipeline
+    saved without a parser (a training run's output folder) gets the shell's parser, so both are scored with the
+    same masks. Returned in fp32 on `device`, progress bars off."""
+    from diffusers import UNet2DModel
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"'{path}' is not a folder (expected a pipeline folder or a training checkpoint).")
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        pipe = load_pipeline(path, device)
+        if getattr(pipe, "parser", None) is None:
+            pipe.parser = load_pipeline(shell, device).parser
+    else:
+        weights = next((os.path.join(path, d) for d in ("unet_ema", "unet") if os.path.isdir(os.path.join(path, d))), None)
+        if weights is None:
+            raise FileNotFoundError(f"'{path}' holds neither model_index.json nor unet_ema/ or unet/ weights.")
+        pipe = load_pipeline(shell, device)
+        pipe.unet.load_state_dict(UNet2DModel.from_pretrained(weights).state_dict())
+    pipe.unet.float()
+    return pipe
+
+
 def has_concept_masks(pipe) -> bool:
     return getattr(pipe, "parser", None) is not None or bool(pipe.config.concept_templates)
 

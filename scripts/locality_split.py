@@ -9,7 +9,7 @@ locality ratio to the twin can be read as (in, ring, beyond) against the twin's.
         runs/s19/pres-e90/checkpoint-600 --out outputs/locality_split.json
 
 Each argument is a pipeline folder or a training checkpoint (its EMA weights go into the shipped baseline's shell,
-as in `quick_check_checkpoint.py`). The first one is the reference (the λ = 0 twin) for the ratios.
+`evaluate.load_checkpoint_or_pipeline`). The first one is the reference (the λ = 0 twin) for the ratios.
 """
 import argparse
 import json
@@ -20,24 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate as ev  # noqa: E402
-from pipeline_interpretable_ddpm import InterpretableDDPMPipeline, difference_map, dilate_masks  # noqa: E402
+from pipeline_interpretable_ddpm import difference_map, dilate_masks  # noqa: E402
 
-SHELL = "models/ddpm-faces64-baseline"
-
-
-def load(path: str) -> InterpretableDDPMPipeline:
-    if os.path.isfile(os.path.join(path, "model_index.json")):
-        pipe = InterpretableDDPMPipeline.from_pretrained(path, trust_remote_code=True)
-        if pipe.parser is None:  # e.g. a training run's output folder: take the shipped parser
-            pipe.parser = InterpretableDDPMPipeline.from_pretrained(SHELL, trust_remote_code=True).parser
-    else:
-        from diffusers import UNet2DModel
-
-        pipe = InterpretableDDPMPipeline.from_pretrained(SHELL, trust_remote_code=True)
-        weights = os.path.join(path, "unet_ema") if os.path.isdir(os.path.join(path, "unet_ema")) else os.path.join(path, "unet")
-        pipe.unet.load_state_dict(UNet2DModel.from_pretrained(weights).state_dict())
-    pipe.unet.float()
-    return pipe
+SHELL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "ddpm-faces64-baseline")
 
 
 @torch.no_grad()
@@ -80,7 +65,7 @@ def main() -> None:
     if missing:
         p.error(f"not a folder: {', '.join(missing)}")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-    results = {m: split(load(m), args.concepts, args.num_pairs, args.num_inference_steps, args.ring) for m in args.models}
+    results = {m: split(ev.load_checkpoint_or_pipeline(m, SHELL), args.concepts, args.num_pairs, args.num_inference_steps, args.ring) for m in args.models}
     ref = results[args.models[0]]
     print(f"{'model':58s} {'part':6s} {'MSE_in':>8s} {'ring':>7s} {'beyond':>7s} {'locality':>8s} "
           f"{'ratio':>6s} = ring + beyond (ratio parts)")

@@ -1,28 +1,47 @@
-"""Quick look at a training checkpoint: EMA weights into the shipped pipeline shell, 16 samples, swap locality.
+"""Quick look at a training checkpoint (the 8-pair "screen"): 16 samples and the swap locality of eyes, nose, mouth.
 
-    python scripts/quick_check_checkpoint.py runs/s11/interp-gentle/checkpoint-600 outputs/q-gentle 8
+    python scripts/quick_check_checkpoint.py runs/s16/tmin100-20to12/checkpoint-600 outputs/q-tmin100-20to12 8
+
+The checkpoint's EMA weights go into the shipped baseline's pipeline shell (its scheduler and parser); a pipeline
+folder works too. Writes OUT/samples.png and OUT/locality.json (CIELAB, paper normalisation, 20 DDIM steps, seed 0);
+divide by the twin's locality.json for the screen ratios. One torch thread unless THREADS is set.
 """
-import json, os, sys
-import torch
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-torch.set_num_threads(1)
-import evaluate as ev
-from diffusers import UNet2DModel
-from pipeline_interpretable_ddpm import InterpretableDDPMPipeline
+import argparse
+import json
+import os
+import sys
 
-ckpt, out_dir = sys.argv[1], sys.argv[2]
-pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-pipe = InterpretableDDPMPipeline.from_pretrained("models/ddpm-faces64-baseline", trust_remote_code=True)
-src = os.path.join(ckpt, "unet_ema") if os.path.isdir(os.path.join(ckpt, "unet_ema")) else os.path.join(ckpt, "unet")
-unet = UNet2DModel.from_pretrained(src)
-pipe.unet.load_state_dict(unet.state_dict())
-pipe.unet.float()
-os.makedirs(out_dir, exist_ok=True)
-with torch.no_grad():
-    lat = ev.seeded_latents(pipe.latent_shape, 0, "fid", list(range(16)))
-    imgs = pipe(latents=lat, num_inference_steps=20, output_type="pt").images
-    ev.save_image_grid(ev.to_uint8(imgs), os.path.join(out_dir, "samples.png"), ncol=8)
-    res = ev.evaluate_locality(pipe, ["eyes", "nose", "mouth"], pairs, 0, num_inference_steps=20, batch_size=pairs)
-summary = {c: round(res["swap"][c]["lab/paper"]["mean"], 4) for c in ["eyes", "nose", "mouth"]}
-print(json.dumps({"ckpt": ckpt, "swap_lab_paper": summary}))
-json.dump(summary, open(os.path.join(out_dir, "locality.json"), "w"))
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import evaluate as ev  # noqa: E402
+
+SHELL = os.path.join(ROOT, "models", "ddpm-faces64-baseline")
+CONCEPTS = ["eyes", "nose", "mouth"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="a training checkpoint (checkpoint-N/) or a pipeline folder")
+    p.add_argument("out_dir")
+    p.add_argument("num_pairs", nargs="?", type=int, default=8)
+    args = p.parse_args()
+    if args.num_pairs < 1:
+        p.error(f"num_pairs must be >= 1, got {args.num_pairs}")
+    torch.set_num_threads(int(os.environ.get("THREADS", "1")))
+    pipe = ev.load_checkpoint_or_pipeline(args.checkpoint, SHELL)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with torch.no_grad():
+        latents = ev.seeded_latents(pipe.latent_shape, 0, "fid", list(range(16)))
+        images = pipe(latents=latents, num_inference_steps=20, output_type="pt").images
+        ev.save_image_grid(ev.to_uint8(images), os.path.join(args.out_dir, "samples.png"), ncol=8)
+        res = ev.evaluate_locality(pipe, CONCEPTS, args.num_pairs, 0, num_inference_steps=20, batch_size=args.num_pairs)
+    summary = {c: round(res["swap"][c]["lab/paper"]["mean"], 4) for c in CONCEPTS}
+    print(json.dumps({"checkpoint": args.checkpoint, "swap_lab_paper": summary}))
+    with open(os.path.join(args.out_dir, "locality.json"), "w") as f:
+        json.dump(summary, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -201,3 +201,30 @@ def test_mean_ci():
     stats = evaluate.mean_ci([1.0, 2.0, 3.0, 4.0])
     assert stats["mean"] == 2.5 and stats["n"] == 4 and 1.0 <= stats["ci95"][0] < 2.5 < stats["ci95"][1] <= 4.0
     assert evaluate.mean_ci([])["n"] == 0 and evaluate.mean_ci([0.5])["ci95"] is None
+
+
+def test_load_checkpoint_or_pipeline_puts_checkpoint_ema_weights_into_the_shell(tmp_path):
+    """The screen scripts score a training checkpoint with the shell pipeline's scheduler and masks but the
+    checkpoint's EMA weights; a pipeline folder loads as itself; anything else is refused by name."""
+    from conftest import tiny_pipeline, tiny_unet
+
+    shell = tiny_pipeline(seed=0)
+    shell.save_pretrained(str(tmp_path / "shell"))
+    tiny_unet(seed=1).save_pretrained(str(tmp_path / "checkpoint-600" / "unet_ema"))
+    tiny_unet(seed=2).save_pretrained(str(tmp_path / "checkpoint-600" / "unet"))  # the raw weights: not used
+    tiny_pipeline(seed=3).save_pretrained(str(tmp_path / "run"))
+
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        expected = {seed: tiny_unet(seed=seed)(x, t).sample for seed in (0, 1, 3)}
+        from_checkpoint = evaluate.load_checkpoint_or_pipeline(str(tmp_path / "checkpoint-600"), str(tmp_path / "shell"))
+        from_pipeline = evaluate.load_checkpoint_or_pipeline(str(tmp_path / "run"), str(tmp_path / "shell"))
+        assert torch.allclose(from_checkpoint.unet(x, t).sample, expected[1], atol=1e-6)
+        assert not torch.allclose(expected[1], expected[0], atol=1e-3)
+        assert torch.allclose(from_pipeline.unet(x, t).sample, expected[3], atol=1e-6)
+    assert from_checkpoint.unet.dtype == torch.float32
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither model_index.json nor unet_ema/ or unet/"):
+        evaluate.load_checkpoint_or_pipeline(str(tmp_path / "empty"), str(tmp_path / "shell"))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        evaluate.load_checkpoint_or_pipeline(str(tmp_path / "missing"), str(tmp_path / "shell"))
