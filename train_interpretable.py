@@ -64,7 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers_per_block", type=int, default=2)
     g.add_argument("--attention_levels", default=DEFAULT_ATTENTION, help="1 where a level has self-attention, e.g. 0,0,1,0.")
     g.add_argument("--num_train_timesteps", type=int, default=1000)
-    g.add_argument("--beta_schedule", default="linear")
+    g.add_argument("--beta_schedule", default="linear", help="New model only; a pretrained model keeps its schedule.")
+    g.add_argument("--prediction_type", choices=["epsilon", "v_prediction", "sample"], default=None,
+                   help="What the UNet regresses (default: the pretrained model's, epsilon for a new model). "
+                        "Changing it on a pretrained model retrains the output head.")
+    g.add_argument("--rescale_betas_zero_snr", action=argparse.BooleanOptionalAction, default=None,
+                   help="Zero terminal SNR (Lin et al. 2024): x_T carries nothing of the image, so the model cannot "
+                        "read colour from the noise's low frequencies. Needs v_prediction or sample "
+                        "(default: the pretrained model's setting, off for a new model).")
+    g.add_argument("--timestep_spacing", choices=["leading", "trailing", "linspace"], default=None,
+                   help="DDIM step spacing of the saved pipeline (default: the pretrained model's, leading for a "
+                        "new model); trailing starts sampling at t = T - 1, as zero terminal SNR needs.")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
@@ -182,6 +192,11 @@ def validate_args(args: argparse.Namespace) -> None:
         presence_by_region(args.ie_presence, pid.parse_concepts(args.concepts))  # raises on a bad spec
         if args.estimator == "exact":
             raise ValueError("--ie_presence needs --estimator pair or sampled (exact uses every coalition).")
+    if args.rescale_betas_zero_snr and args.prediction_type == "epsilon":
+        raise ValueError(
+            "--rescale_betas_zero_snr needs --prediction_type v_prediction or sample: at zero terminal SNR the noise "
+            "equals x_T, so epsilon prediction has nothing to learn at t = T - 1."
+        )
     if not 0 <= args.ie_min_timestep < args.num_train_timesteps:
         raise ValueError(
             f"--ie_min_timestep must be in [0, {args.num_train_timesteps}) (--num_train_timesteps), got {args.ie_min_timestep}."
@@ -235,6 +250,20 @@ def load_pretrained(args):
     return unet.float(), sched_cfg
 
 
+def schedule_config(config: dict, args) -> dict:
+    """The noise schedule of the run: `config` (a pretrained model's, or a new one's) with the flags that set
+    prediction type, zero terminal SNR and step spacing applied; fails when the result cannot be trained."""
+    config = dict(config)
+    for name in ("prediction_type", "rescale_betas_zero_snr", "timestep_spacing"):
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    if config.get("rescale_betas_zero_snr") and config.get("prediction_type", "epsilon") == "epsilon":
+        raise ValueError(
+            "The schedule has zero terminal SNR but the prediction type is epsilon; pass --prediction_type v_prediction."
+        )
+    return config
+
+
 def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, perm: Optional[torch.Tensor] = None):
     """Flips a random half of the batch horizontally; a flip exchanges the left and right part labels.
 
@@ -249,12 +278,35 @@ def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Gene
 
 
 def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+    """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's prediction type.
+
+    epsilon: min(SNR, gamma) / SNR; v_prediction: min(SNR, gamma) / (SNR + 1); sample: min(SNR, gamma). All three
+    weight the same x_0 error alike, and stay finite at zero terminal SNR (where SNR = 0) except for epsilon, which
+    `validate_args` refuses there.
+    """
     if noise_scheduler.alphas_cumprod.device != timesteps.device:  # moved once, not copied every step
         noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)
     alphas = noise_scheduler.alphas_cumprod[timesteps].float()
     snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+    clipped = torch.clamp(snr, max=gamma)
+    kind = noise_scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    if kind == "sample":
+        return clipped
+    return clipped / snr
+
+
+def regression_target(noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output for x_t = add_noise(x0, noise, t): noise, v or x_0 (`prediction_type`)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(x0, noise, timesteps)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"Unknown prediction_type '{kind}' in the noise scheduler's config.")
 
 
 def make_baseline(kind: str, x0: torch.Tensor, noisy: torch.Tensor, timesteps, noise_scheduler, generator):
@@ -368,7 +420,8 @@ def training_losses(
             inputs = torch.cat([noisy, coal.flatten(0, 1)])
             t_all = torch.cat([timesteps, ie_t[:nb].repeat_interleave(m)])
     eps_all = unet(inputs, t_all).sample
-    mse = F.mse_loss(eps_all[:b].float(), noise.float(), reduction="none").mean((1, 2, 3))
+    target = regression_target(noise_scheduler, x0, noise, timesteps)
+    mse = F.mse_loss(eps_all[:b].float(), target.float(), reduction="none").mean((1, 2, 3))
     if args.snr_gamma > 0:
         mse = mse * snr_weights(noise_scheduler, timesteps, args.snr_gamma)
     loss_ddpm = mse.mean()
@@ -560,11 +613,11 @@ def setup_model_and_data(args):
                     f"--resolution {args.resolution} does not match the pretrained model's resolution {resolution} "
                     f"('{args.pretrained_model_name_or_path}')."
                 )
-            noise_scheduler = DDPMScheduler.from_config(sched_cfg)
         else:
             resolution = args.resolution or 64
             unet = build_unet(args, resolution)
-            noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+            sched_cfg = dict(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+        noise_scheduler = DDPMScheduler.from_config(schedule_config(sched_cfg, args))
         faces = load_faces(args.train_data_dir, "train", limit=args.max_train_samples, resolution=resolution)
     except (ValueError, FileNotFoundError) as err:
         raise SetupError(str(err)) from err
