@@ -213,6 +213,18 @@ def _score_edit(image: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor) -
     }
 
 
+def donor_distance_ratio(image: torch.Tensor, edited: torch.Tensor, donor: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """MSE_ref of a swap (StyleMapGAN's measure): inside the mask, MSE(edited, donor) / MSE(original, donor), RGB.
+
+    Below 1 the part moved towards the donor's; 0 is the donor's part exactly. Images `(B, 3, H, W)` in [0, 1],
+    mask `(B, 1, H, W)`; returns `(B,)`."""
+    m = mask.float()
+    area = m.sum((1, 2, 3)).clamp_min(1) * image.shape[1]
+    to_donor = ((edited.float() - donor.float()) ** 2 * m).sum((1, 2, 3)) / area
+    before = ((image.float() - donor.float()) ** 2 * m).sum((1, 2, 3)) / area
+    return (to_donor / before.clamp_min(1e-12)).double().cpu().numpy()
+
+
 def evaluate_locality(
     pipe,
     concepts: Sequence[str],
@@ -224,6 +236,7 @@ def evaluate_locality(
     num_examples: int = 2,
     desc: str = "locality",
     mask_dilation: int = 0,
+    harmonize_noise: Optional[bool] = None,
 ) -> Dict[str, object]:
     """Locality MSE_out / MSE_in of `swap_regions` and `resample_region` over `num_pairs` seeded pairs.
 
@@ -234,7 +247,9 @@ def evaluate_locality(
     its two images' values. `resample_region` redraws x_T inside A's mask (new noise seeded per pair and concept)
     and is scored with A's mask. Pairs whose mask is empty are skipped and counted. `mask_dilation` grows every
     concept mask by that many pixels first (0: the parsed part itself; the training script's `--mask_dilation`: the
-    region the dummy-player game gave the concept's player).
+    region the dummy-player game gave the concept's player). `harmonize_noise` (None: the pipeline's setting)
+    harmonises the seeded x_T of A and B and the edits' noise (`pipe.harmonize`). Swaps also get MSE_ref
+    (`donor_distance_ratio`, key "mse_ref", each edited image against its donor).
 
     Returns:
         `{"swap"|"resample": {concept: {"rgb/paper": stats, ..., "num_skipped_empty_mask": int}}, "examples": ...,
@@ -246,6 +261,11 @@ def evaluate_locality(
         raise ValueError(f"mask_dilation must be a non-negative integer (pixels), got {mask_dilation!r}.")
     device = pipe._execution_device
     per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in EDITS}
+    for c in concepts:
+        per_pair["swap"][c]["mse_ref"] = []
+    if harmonize_noise is None:
+        harmonize_noise = pipe._harmonizes(None)
+    hn = dict(harmonize_noise=bool(harmonize_noise))
     skipped = {e: {c: 0 for c in concepts} for e in EDITS}
     examples = {e: {c: [] for c in concepts} for e in EDITS}
     start_time = time.perf_counter()
@@ -255,7 +275,9 @@ def evaluate_locality(
         b = len(idx)
         lat_a = seeded_latents(pipe.latent_shape, seed, "pair_a", idx).to(device, pipe.unet.dtype)
         lat_b = seeded_latents(pipe.latent_shape, seed, "pair_b", idx).to(device, pipe.unet.dtype)
-        originals = pipe(latents=torch.cat([lat_a, lat_b]), num_inference_steps=num_inference_steps, output_type="pt").images
+        out0 = pipe(latents=torch.cat([lat_a, lat_b]), num_inference_steps=num_inference_steps, output_type="pt", **hn)
+        originals = out0.images
+        lat_a, lat_b = out0.latents[:b], out0.latents[b:]  # harmonised when asked
         img_a, img_b = originals[:b], originals[b:]
         for concept in concepts:
             # masks of the ORIGINAL images; passing the images (model space) avoids regenerating them from x_T
@@ -268,12 +290,15 @@ def evaluate_locality(
             if keep.any():
                 k = keep.nonzero()[:, 0].tolist()
                 out = pipe.swap_regions(
-                    lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps, output_type="pt"
+                    lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps, output_type="pt", **hn
                 )
                 score_a = _score_edit(img_a[k], out.images_a, out.mask)
                 score_b = _score_edit(img_b[k], out.images_b, out.mask)
                 for key in score_a:
                     per_pair["swap"][concept][key].extend(((score_a[key] + score_b[key]) / 2).tolist())
+                ref_a = donor_distance_ratio(img_a[k], out.images_a, img_b[k], out.mask)
+                ref_b = donor_distance_ratio(img_b[k], out.images_b, img_a[k], out.mask)
+                per_pair["swap"][concept]["mse_ref"].extend(((ref_a + ref_b) / 2).tolist())
                 for j in range(min(len(k), num_examples - len(examples["swap"][concept]))):
                     examples["swap"][concept].append(
                         dict(a=img_a[k[j]].cpu(), b=img_b[k[j]].cpu(), edited_a=out.images_a[j].cpu(),
@@ -288,7 +313,8 @@ def evaluate_locality(
                 new_idx = [idx[j] * len(concept_index) + concept_index[concept] for j in k]
                 new = seeded_latents(pipe.latent_shape, seed, "resample", new_idx).to(device, pipe.unet.dtype)
                 out = pipe.resample_region(
-                    lat_a[k], mask_a[k], new_latents=new, num_inference_steps=num_inference_steps, output_type="pt"
+                    lat_a[k], mask_a[k], new_latents=new, num_inference_steps=num_inference_steps, output_type="pt",
+                    **hn
                 )
                 score = _score_edit(img_a[k], out.images, out.mask)
                 for key in score:
@@ -402,6 +428,103 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     return float(diff @ diff) + frechet_distance(zero, sigma1, zero, sigma2)
 
 
+def kid_from_features(
+    features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> Dict[str, object]:
+    """Kernel Inception Distance (Binkowski et al. 2018) of two feature sets `(N1, D)`, `(N2, D)`.
+
+    The unbiased estimate of MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, on `num_subsets`
+    random subsets of `min(subset_size, N1, N2)` vectors from each set (the estimator of clean-fid and
+    torch-fidelity); unlike FID it has no bias at a few hundred samples, so unequal counts may be compared.
+
+    Returns:
+        `{"kid": mean over subsets, "kid_std": their standard deviation, "subset_size", "num_subsets"}`.
+    """
+    f1 = np.asarray(features1, dtype=np.float64)
+    f2 = np.asarray(features2, dtype=np.float64)
+    n = min(subset_size, len(f1), len(f2))
+    if n < 2:
+        raise ValueError(f"KID needs at least 2 feature vectors in each set, got {len(f1)} and {len(f2)}.")
+    d = f1.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_subsets):
+        x = f1[rng.choice(len(f1), n, replace=False)]
+        y = f2[rng.choice(len(f2), n, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        values.append(
+            (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.sum() / (n * n)
+        )
+    values = np.asarray(values)
+    return {"kid": float(values.mean()), "kid_std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "subset_size": int(n), "num_subsets": int(num_subsets)}
+
+
+# Off-colour parts: a part whose mean colour is further from the skin's than on (almost) any real face.
+SKIN_LABEL = 1
+OFF_COLOUR_PERCENTILE = 99.0
+OFF_COLOUR_MIN_PIXELS = 3
+
+
+def part_colour_distances(images_uint8: torch.Tensor, labels: torch.Tensor, concepts: Dict[str, List[int]]) -> np.ndarray:
+    """CIELAB distance between each part's mean colour and the skin's mean colour, per image.
+
+    Args:
+        images_uint8 (`(B, 3, H, W)` uint8), labels (`(B, H, W)` face part label ids, e.g. from `pipe.parse`).
+        concepts: `{part name: [label ids]}`.
+
+    Returns:
+        `(B, len(concepts))` float64 Delta E (CIE76); NaN where the part or the skin has fewer than
+        `OFF_COLOUR_MIN_PIXELS` pixels (not parsed).
+    """
+    lab = pid.rgb_to_lab(images_uint8.float() / 255).double().cpu()  # (B, 3, H, W)
+    labels = labels.cpu()
+
+    def mean_colour(mask):  # (B, H, W) bool -> (B, 3), NaN where too small
+        area = mask.sum((-2, -1)).double()
+        mean = torch.einsum("bchw,bhw->bc", lab, mask.double()) / area.clamp_min(1)[:, None]
+        return torch.where((area >= OFF_COLOUR_MIN_PIXELS)[:, None], mean, torch.full_like(mean, float("nan")))
+
+    skin = mean_colour(labels == SKIN_LABEL)
+    out = [
+        (mean_colour(torch.isin(labels, torch.tensor(ids))) - skin).pow(2).sum(1).sqrt() for ids in concepts.values()
+    ]
+    return torch.stack(out, 1).numpy()
+
+
+def off_colour_thresholds(real_distances: np.ndarray, concepts: Sequence[str]) -> Dict[str, float]:
+    """Per part, the `OFF_COLOUR_PERCENTILE`th percentile of the part-to-skin distance on real faces."""
+    return {c: float(np.nanpercentile(real_distances[:, j], OFF_COLOUR_PERCENTILE)) for j, c in enumerate(concepts)}
+
+
+def off_colour_rate(distances: np.ndarray, thresholds: Dict[str, float], seed: int = 0) -> Dict[str, object]:
+    """Share of images with any part beyond its threshold (parts that were not parsed do not count), with the
+    per-part shares and the share of images in which some part could not be measured."""
+    limits = np.array(list(thresholds.values()))
+    beyond = np.nan_to_num(distances, nan=-np.inf) > limits[None, :]
+    return {
+        "rate": mean_ci(beyond.any(1).astype(np.float64), seed),
+        "per_part": {c: float(beyond[:, j].mean()) for j, c in enumerate(thresholds)},
+        "unmeasured": float(np.isnan(distances).any(1).mean()),
+        "thresholds": dict(thresholds),
+        "num_images": int(len(distances)),
+    }
+
+
+def real_colour_reference(pipe, faces, concepts: Dict[str, List[int]], batch_size: int = 64) -> Dict[str, object]:
+    """Part-to-skin distances of the real faces, parsed by the same parser as the samples, and the thresholds."""
+    images = torch.from_numpy(faces.images).permute(0, 3, 1, 2).contiguous()
+    dists = []
+    for chunk in images.split(batch_size):
+        x = pipe.preprocess(chunk.float() / 255, resize=tuple(chunk.shape[-2:]) != pipe.resolution)
+        dists.append(part_colour_distances(to_uint8(x / 2 + 0.5), pipe.parse(x), concepts))
+    dists = np.concatenate(dists)
+    thresholds = off_colour_thresholds(dists, list(concepts))
+    return {"distances": dists, "thresholds": thresholds, "off_colour": off_colour_rate(dists, thresholds)}
+
+
 def reference_features(
     data_dir: str, split: str, limit: Optional[int], inception: InceptionFeatures, batch_size: int, cache_dir: Optional[str]
 ):
@@ -433,28 +556,43 @@ def reference_features(
     return feats.astype(np.float32).astype(np.float64), cache
 
 
-def evaluate_fid(pipe, num_samples, seed, num_inference_steps, batch_size, inception, reference, desc="FID"):
-    """Generates `num_samples` seeded images (stream "fid") and returns their FID against `reference` features."""
+def evaluate_fid(pipe, num_samples, seed, num_inference_steps, batch_size, inception, reference, desc="FID",
+                 harmonize_noise=None, colour_reference=None):
+    """Generates `num_samples` seeded images (stream "fid") and returns their FID and KID against `reference`
+    features, and, given `colour_reference` (`real_colour_reference`) and a pipeline with a parser, their off-colour
+    rate. `harmonize_noise` is passed to the pipeline for the seeded x_T (None: the pipeline's setting)."""
     if num_samples < 2:
         raise ValueError(f"FID needs at least 2 samples, got --num_fid_samples {num_samples}.")
     device = pipe._execution_device
-    feats, preview = [], []
+    feats, preview, colour = [], [], []
     gen_seconds = feat_seconds = 0.0
+    if harmonize_noise is None:
+        harmonize_noise = pipe._harmonizes(None)
+    parse = colour_reference is not None and getattr(pipe, "parser", None) is not None
     for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
         idx = list(range(start, min(num_samples, start + batch_size)))
         t0 = time.perf_counter()
         latents = seeded_latents(pipe.latent_shape, seed, "fid", idx).to(device, pipe.unet.dtype)
-        images = to_uint8(pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images)
+        images = to_uint8(pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt",
+                               harmonize_noise=harmonize_noise).images)
         t1 = time.perf_counter()
         feats.append(inception(images))
+        if parse:
+            colour.append(part_colour_distances(images, pipe.parse(images.float() / 127.5 - 1), pipe.concepts))
         gen_seconds += t1 - t0
         feat_seconds += time.perf_counter() - t1
         if len(preview) < 64:
             preview.extend(list(images[: 64 - len(preview)]))
     t0 = time.perf_counter()
-    fid = fid_from_features(np.concatenate(feats), reference)
+    feats = np.concatenate(feats)
+    fid = fid_from_features(feats, reference)
+    kid = kid_from_features(feats, reference, seed=seed)
+    off_colour = off_colour_rate(np.concatenate(colour), colour_reference["thresholds"], seed) if parse else None
     return {
         "fid": fid,
+        **kid,
+        "off_colour": off_colour,
+        "harmonize_noise": bool(harmonize_noise),
         "num_samples": num_samples,
         "num_reference": len(reference),
         "seconds_generation": gen_seconds,
@@ -479,7 +617,8 @@ def attribution_timesteps(pipe, num_inference_steps: int, attribution_steps: int
 
 
 def evaluate_attribution(
-    pipe, num_samples, attribution_steps, seed, num_inference_steps=50, batch_size=4, desc="attribution"
+    pipe, num_samples, attribution_steps, seed, num_inference_steps=50, batch_size=4, desc="attribution",
+    harmonize_noise=None,
 ) -> Dict[str, object]:
     """Exact Shapley attribution (`pipe.attribute`, all 2^K coalitions) of seeded samples at a few timesteps.
 
@@ -500,6 +639,8 @@ def evaluate_attribution(
         idx = list(range(start, min(num_samples, start + batch_size)))
         latents = seeded_latents(pipe.latent_shape, seed, "attribution", idx).to(device, pipe.unet.dtype)
         base = seeded_latents(pipe.latent_shape, seed, "attribution_baseline", idx).to(device, pipe.unet.dtype)
+        if pipe._harmonizes(harmonize_noise):
+            latents, base = pipe.harmonize(latents), pipe.harmonize(base)
         if getattr(pipe, "parser", None) is not None:
             images = pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
             regions = pipe.region_masks(images * 2 - 1, is_latents=False)
@@ -584,7 +725,7 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
                 continue
             k = keep.nonzero()[:, 0].tolist()
             out = pipe.swap_regions(lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps,
-                                    output_type="pt", clip_sample=False)
+                                    output_type="pt", clip_sample=False, harmonize_noise=False)
             kb = [j + b for j in k]
             for ref, src in (("reconstruction", recon), ("input", inputs)):
                 sa = _score_edit(src[k], out.images_a, out.mask)
@@ -780,8 +921,9 @@ def markdown_report(results: dict) -> str:
     cfg = results["config"]
     names = list(results["pipelines"])
     base = cfg.get("baseline_name")
-    mains = [n for n in names if n != base]
-    cols = names + ([f"{m} / {base}" for m in mains] if base else [])
+    base_of = cfg.get("baseline_of") or ({n: base for n in names if n != base} if base else {})
+    mains = [n for n in names if n not in set(base_of.values())]
+    cols = names + [f"{m} / {base_of[m]}" for m in mains if m in base_of]
     lines = [
         "# Evaluation",
         "",
@@ -800,8 +942,7 @@ def markdown_report(results: dict) -> str:
 
     def row(first: Sequence[str], getter, extra: Sequence[str] = (), digits: int = 4):
         vals = [_fmt(getter(n), digits) for n in names]
-        if base:
-            vals += [_ratio(getter(m), getter(base)) for m in mains]
+        vals += [_ratio(getter(m), getter(base_of[m])) for m in mains if m in base_of]
         return "| " + " | ".join(list(first) + vals + list(extra)) + " |"
 
     def stage(n, key):
@@ -835,6 +976,15 @@ def markdown_report(results: dict) -> str:
                         lines.append(row([edit, c, cs, norm],
                                          lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get(f"{cs}/{norm}"),
                                          paper))
+        lines += [
+            "",
+            "MSE_ref of swaps (StyleMapGAN's measure, RGB): inside the swapped region, MSE(edited, donor) / "
+            "MSE(original, donor); below 1 the part moved towards the donor's, 0 is the donor's part exactly.",
+            "",
+        ]
+        lines += header(["edit", "concept", "measure", ""])
+        for c in concepts:
+            lines.append(row(["swap", c, "MSE_ref", ""], lambda n: stage(n, "locality").get("swap", {}).get(c, {}).get("mse_ref")))
         lines.append("")
     if any(stage(n, "fid") for n in names):
         f0 = next(stage(n, "fid") for n in names if stage(n, "fid"))
@@ -848,7 +998,22 @@ def markdown_report(results: dict) -> str:
         lines += header(["metric"], ["paper (CelebA 64, 10k): DDPM / interp."])
         lines.append(row(["FID"], lambda n: {"mean": stage(n, "fid").get("fid")} if stage(n, "fid") else None,
                          [f"{PAPER_FID['DDPM']} / {PAPER_FID['interpretable DDPM']}"], digits=2))
+        lines.append(row(["KID x 1000"], lambda n: {"mean": 1000 * stage(n, "fid")["kid"]} if stage(n, "fid").get("kid") is not None else None,
+                         ["—"], digits=2))
+        lines.append(row(["off-colour rate"], lambda n: (stage(n, "fid").get("off_colour") or {}).get("rate"), ["—"], digits=3))
         lines.append("")
+        real_colour = results.get("real_faces_colour")
+        if real_colour:
+            oc = real_colour["off_colour"]
+            lines += [
+                f"KID: unbiased MMD^2 of the Inception features (cubic kernel), {f0.get('num_subsets')} subsets of "
+                f"{f0.get('subset_size')}. Off-colour rate: share of samples in which the CIELAB distance between some "
+                "part's mean colour and the skin's exceeds the 99th percentile of that distance on the real faces "
+                "(parts found by the face parser, on samples and real faces alike; thresholds "
+                + ", ".join(f"{c} {v:.1f}" for c, v in oc["thresholds"].items())
+                + f"). Real faces: {oc['rate']['mean']:.3f} (by construction at most ~3%).",
+                "",
+            ]
     if any(stage(n, "attribution").get("num_samples") for n in names):
         a0 = next(stage(n, "attribution") for n in names if stage(n, "attribution").get("num_samples"))
         lines += [
@@ -938,6 +1103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 is fastest for tiny models on shared cores")
     p.add_argument("--num_examples", type=int, default=2, help="examples per concept in the edit grids")
+    p.add_argument("--harmonize_noise", choices=("both", "on", "off", "pipeline"), default="both",
+                   help="harmonised noise (pipe.harmonize) for the generated x_T and edits: 'both' evaluates every "
+                        "pipeline with and without it (names get the suffix _harmonized / _plain), 'pipeline' uses "
+                        "each pipeline's own setting")
     args = p.parse_args(argv)
     for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs", "mask_dilation"):
         if getattr(args, name) < 0:
@@ -985,10 +1154,22 @@ def run(args: argparse.Namespace) -> dict:
     output_dir = prepare_output_dir(args.output_dir, args.overwrite)
     fig_dir = os.path.join(output_dir, "figures")
     names = _unique_names(paths)
-    pipes = {}
+    loaded = {}
     for name, path in zip(names, paths):
-        pipes[name] = load_pipeline(path, args.device)
-    borrowed = lend_concept_masks(pipes)
+        loaded[name] = load_pipeline(path, args.device)
+    borrowed = lend_concept_masks(loaded)
+    # evaluated variants: (loaded pipeline name, harmonize_noise for its seeded x_T and edits)
+    modes = {"both": [("_harmonized", True), ("_plain", False)], "on": [("", True)], "off": [("", False)],
+             "pipeline": [("", None)]}[args.harmonize_noise]
+    variants = {f"{n}{suffix}": (n, mode) for n in names for suffix, mode in modes}
+    pipes = {key: loaded[n] for key, (n, _) in variants.items()}
+    paths = [paths[names.index(n)] for n, _ in variants.values()]
+    base_of = {}
+    if args.baseline:
+        base_keys = {mode: key for key, (n, mode) in variants.items() if n == names[-1]}
+        base_of = {key: base_keys[mode] for key, (n, mode) in variants.items() if n != names[-1]}
+    borrowed = {key: borrowed[n] for key, (n, _) in variants.items() if n in borrowed}
+    names = list(variants)
     first = next(iter(pipes.values()))
     concepts = list(args.concepts) if args.concepts else list(first.concepts)
     for name, pipe in pipes.items():
@@ -1006,6 +1187,8 @@ def run(args: argparse.Namespace) -> dict:
             **{k: v for k, v in vars(args).items() if k not in ("pipelines",)},
             "concepts": concepts,
             "baseline_name": names[-1] if args.baseline else None,
+            "baseline_of": base_of,
+            "harmonize_noise_of": {key: mode for key, (_, mode) in variants.items()},
             "mask_source": "; ".join(f"{n}: {s}" for n, s in mask_sources.items()),
             "seed_derivation": "element i of stream s uses torch.Generator().manual_seed(SeedSequence(entropy=seed, "
                                "spawn_key=(s, i))); streams " + json.dumps(SEED_STREAMS),
@@ -1037,18 +1220,32 @@ def run(args: argparse.Namespace) -> dict:
             args.fid_cache_dir or None,
         )
         results["config"]["fid_reference_cache"] = cache
+    colour_reference = None
+    parsing = next((p for p in pipes.values() if getattr(p, "parser", None) is not None), None)
+    if inception is not None and parsing is not None:
+        colour_reference = real_colour_reference(
+            parsing, load_faces(args.data_dir, args.fid_reference_split, limit=args.num_fid_reference),
+            parsing.concepts,
+        )
+        results["real_faces_colour"] = {k: v for k, v in colour_reference.items() if k != "distances"}
     faces = None
     if "real" not in args.skip and args.num_real_pairs > 0:
         faces = load_faces(args.data_dir, args.real_split)
+    real_variant = {}  # inverted photos are never harmonised: their edits are measured once, on the plain variant
+    for key, (n, mode) in variants.items():
+        if n not in real_variant or mode is False:
+            real_variant[n] = key
 
     attributions = {}
     for name, pipe in pipes.items():
         res = results["pipelines"][name]
         timings = res["timings"]
+        harmonize = variants[name][1]
+        res["harmonize_noise"] = pipe._harmonizes(harmonize)
         if "locality" not in args.skip and args.num_pairs > 0:
             loc = evaluate_locality(pipe, concepts, args.num_pairs, args.seed, args.num_inference_steps, args.batch_size,
                                     args.swap_mask_from, args.num_examples, desc=f"{name}: locality",
-                                    mask_dilation=args.mask_dilation)
+                                    mask_dilation=args.mask_dilation, harmonize_noise=harmonize)
             timings["locality"] = loc["seconds_per_pair"]
             for kind in EDITS:
                 path = plot_edit_grid(loc["examples"][kind], os.path.join(fig_dir, f"{name}_{kind}_grid.png"),
@@ -1060,14 +1257,16 @@ def run(args: argparse.Namespace) -> dict:
                 json.dump(loc["per_pair_values"], f)
         if inception is not None:
             fid = evaluate_fid(pipe, args.num_fid_samples, args.seed, args.num_inference_steps, args.batch_size,
-                               inception, reference, desc=f"{name}: FID")
+                               inception, reference, desc=f"{name}: FID", harmonize_noise=harmonize,
+                               colour_reference=colour_reference)
             timings["fid"] = fid["seconds_per_sample_generation"]
             timings["fid_inception"] = fid["seconds_per_sample_inception"]
             results["figures"].append(save_image_grid(fid["preview"], os.path.join(fig_dir, f"{name}_samples.png")))
             res["fid"] = fid
         if "attribution" not in args.skip and args.num_attribution_samples > 0:
             att = evaluate_attribution(pipe, args.num_attribution_samples, args.attribution_steps, args.seed,
-                                       args.num_inference_steps, max(1, args.batch_size // 4), desc=f"{name}: attribution")
+                                       args.num_inference_steps, max(1, args.batch_size // 4), desc=f"{name}: attribution",
+                                       harmonize_noise=harmonize)
             timings["attribution"] = att.get("seconds_per_sample")
             path = plot_attribution_matrices(att, os.path.join(fig_dir, f"{name}_attribution_matrices.png"),
                                              f"{name}: mean share of |φ| (row = output region)")
@@ -1075,7 +1274,7 @@ def run(args: argparse.Namespace) -> dict:
                 results["figures"].append(path)
             res["attribution"] = att
             attributions[name] = att
-        if faces is not None:
+        if faces is not None and real_variant[variants[name][0]] == name:
             real = evaluate_real(pipe, faces, concepts, args.num_real_pairs, args.num_inference_steps,
                                  max(1, args.batch_size // 2), args.num_examples, args.seed, desc=f"{name}: real images")
             timings["real"] = real["seconds"] / max(real["num_pairs"], 1)

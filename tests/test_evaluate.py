@@ -54,26 +54,42 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results["pipelines"]) == {"interp", "baseline"}
-    assert results["config"]["baseline_name"] == "baseline"
+    # every pipeline with and without harmonised noise (the default --harmonize_noise both)
+    variants = {f"{n}_{v}" for n in ("interp", "baseline") for v in ("harmonized", "plain")}
+    assert set(results["pipelines"]) == variants
+    assert results["config"]["baseline_of"] == {
+        "interp_harmonized": "baseline_harmonized", "interp_plain": "baseline_plain"
+    }
     for name, res in results["pipelines"].items():
+        assert res["harmonize_noise"] == name.endswith("harmonized")
+        assert res["fid"]["harmonize_noise"] == res["harmonize_noise"]
         for concept in ("eyes", "nose", "mouth"):
             for edit in ("swap", "resample"):
                 for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
                     stats = res["locality"][edit][concept][key]
                     assert stats["n"] == 3 and stats["mean"] > 0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
+            assert res["locality"]["swap"][concept]["mse_ref"]["n"] == 3
         assert res["fid"]["num_samples"] == 3 and res["fid"]["num_reference"] == 8 and res["fid"]["fid"] > 0
+        assert np.isfinite(res["fid"]["kid"]) and res["fid"]["subset_size"] == 3
+        assert res["fid"]["off_colour"] is None  # no parser in these pipelines
         assert res["attribution"]["num_samples"] == 2 and 0 < res["attribution"]["leakage"]["mean"] < 1
         assert len(res["attribution"]["leakage_curve"]) == 2
-        assert res["real"]["num_pairs"] == 1 and np.isfinite(res["real"]["reconstruction_psnr"]["mean"])
+        if name.endswith("plain"):  # real photos are measured once per pipeline, never harmonised
+            assert res["real"]["num_pairs"] == 1 and np.isfinite(res["real"]["reconstruction_psnr"]["mean"])
+        else:
+            assert "real" not in res
+    # the harmonised variant's seeded x_T differ, so do its samples
+    assert results["pipelines"]["interp_harmonized"]["fid"]["fid"] != results["pipelines"]["interp_plain"]["fid"]["fid"]
     assert "299x299" in results["methods"]["fid_resize"]
-    assert "borrowed" in results["pipelines"]["baseline"]["mask_source"]
+    assert "borrowed" in results["pipelines"]["baseline_plain"]["mask_source"]
 
     md = (out / "results.md").read_text()
-    assert "| swap | eyes | rgb | paper |" in md and "interp / baseline" in md and "0.0295" in md  # paper's Table 1
+    assert "| swap | eyes | rgb | paper |" in md and "interp_plain / baseline_plain" in md and "0.0295" in md
+    assert "| KID x 1000 |" in md and "| swap | eyes | MSE_ref |" in md
     figures = sorted(os.listdir(out / "figures"))
-    for name in ("interp", "baseline"):
-        for kind in ("swap_grid", "resample_grid", "samples", "attribution_matrices", "real_swap_grid"):
+    for name in variants:
+        kinds = ("swap_grid", "resample_grid", "samples", "attribution_matrices")
+        for kind in kinds + (("real_swap_grid",) if name.endswith("plain") else ()):
             assert f"{name}_{kind}.png" in figures
     assert "leakage_over_t.png" in figures
     for f in figures:
@@ -228,3 +244,38 @@ def test_load_checkpoint_or_pipeline_puts_checkpoint_ema_weights_into_the_shell(
         evaluate.load_checkpoint_or_pipeline(str(tmp_path / "empty"), str(tmp_path / "shell"))
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         evaluate.load_checkpoint_or_pipeline(str(tmp_path / "missing"), str(tmp_path / "shell"))
+
+
+def test_kid_is_zero_in_expectation_for_one_distribution_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    same = evaluate.kid_from_features(a, b, num_subsets=20, subset_size=200)
+    shifted = evaluate.kid_from_features(a, b + 0.5, num_subsets=20, subset_size=200)
+    assert abs(same["kid"]) < 3 * same["kid_std"] + 1e-3
+    assert shifted["kid"] > 10 * max(abs(same["kid"]), same["kid_std"])
+    # brute force on one full "subset": the unbiased MMD^2 with the cubic kernel
+    x, y = a[:50], b[:50] + 0.2
+    k = lambda u, v: (u @ v.T / 16 + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    expected = (kxx.sum() - np.trace(kxx)) / (50 * 49) + (kyy.sum() - np.trace(kyy)) / (50 * 49) - 2 * kxy.mean()
+    assert evaluate.kid_from_features(x, y, num_subsets=1, subset_size=50)["kid"] == pytest.approx(expected)
+
+
+def test_off_colour_rate_flags_a_part_far_from_the_skin_colour():
+    concepts = {"eyes": [4, 5], "nose": [6], "mouth": [7]}
+    labels = torch.ones(4, 16, 16, dtype=torch.long)
+    labels[:, 4:6, 3:7], labels[:, 4:6, 9:13] = 4, 5
+    labels[:, 7:10, 7:9], labels[:, 12:14, 5:11] = 6, 7
+    skin = torch.tensor([200, 150, 120], dtype=torch.uint8).view(1, 3, 1, 1)
+    images = skin.expand(4, 3, 16, 16).clone()
+    images[:, :, 7:10, 7:9] = torch.tensor([190, 140, 115], dtype=torch.uint8).view(3, 1, 1)  # a skin-coloured nose
+    images[2, :, 7:10, 7:9] = torch.tensor([40, 60, 220], dtype=torch.uint8).view(3, 1)[:, :, None]  # a blue one
+    labels[3, 7:10, 7:9] = 1  # no nose found: not measured, not counted as off-colour
+    d = evaluate.part_colour_distances(images, labels, concepts)
+    assert d.shape == (4, 3) and np.isnan(d[3, 1]) and not np.isnan(d[:3]).any()
+    assert d[0, 1] == pytest.approx(d[1, 1]) and d[2, 1] > 5 * d[0, 1]
+    thresholds = {"eyes": 1.0, "nose": 2 * d[0, 1], "mouth": 1.0}
+    rate = evaluate.off_colour_rate(d, thresholds)
+    assert rate["rate"]["mean"] == pytest.approx(0.25) and rate["per_part"]["nose"] == pytest.approx(0.25)
+    assert rate["unmeasured"] == pytest.approx(0.25)
+    assert evaluate.off_colour_thresholds(d, list(concepts))["nose"] == pytest.approx(np.nanpercentile(d[:, 1], 99))
