@@ -14,8 +14,13 @@ For every photo in `--input_dir` (sub-folders included), the command
    and the mouth (`--label_source landmarks` draws the FaceMesh convex hulls instead, exactly as the shipped
    data set was made);
 4. writes `train.parquet` and `test.parquet` in the layout that `train_interpretable.py --train_data_dir` and
-   `face_data.load_faces` read (the Hugging Face `datasets` Image feature layout of `utkface64`), plus
-   `prepare_summary.json` with every photo that gave no face and why.
+   `face_data.load_faces` read (the Hugging Face `datasets` Image feature layout of `utkface64`; an empty split
+   gets no file), plus `prepare_summary.json`: the counts, every photo that gave no face and why, and per face its
+   split, `has_mask`, eye distance in the photo (pixels), `scale` (face pixels per photo pixel), `rotation_deg` (the
+   face's tilt in the photo, counter-clockwise positive, which the alignment undid), the fit's largest residual and
+   the part centroids of its label map.
+
+The labels agree pixel for pixel with the pipeline's `parse` of the same faces.
 
 MediaPipe 0.10.21 needs protobuf<5, which the training environment's tensorboard does not allow, so this command
 runs in its own environment (`requirements-data.txt`; see docs/own_photos.md):
@@ -506,7 +511,11 @@ def prepare(args: argparse.Namespace) -> dict:
         return summary
     os.makedirs(args.output_dir, exist_ok=True)
     for split in ("train", "test"):
-        write_parquet(rows[split], os.path.join(args.output_dir, f"{split}.parquet"))
+        path = os.path.join(args.output_dir, f"{split}.parquet")
+        if rows[split]:
+            write_parquet(rows[split], path)
+        elif os.path.exists(path):  # an empty split has no file (load_faces cannot load an empty one); no stale one
+            os.remove(path)
     with open(os.path.join(args.output_dir, "prepare_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")

@@ -10,6 +10,7 @@ solutions; without one those tests skip. Argument checks and geometry need no Me
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,11 +51,18 @@ def data_python():
 
 
 def make_photos(folder, faces):
-    """Photo-like inputs: each 64x64 face upscaled to 224 px, rotated by ANGLES[k] and pasted onto a 480x360 noisy
-    gradient at an offset; plus a photo without a face, a text file and a truncated JPEG."""
+    """Photo-like inputs: each of the first four 64x64 faces upscaled to 224 px, rotated by ANGLES[k] and pasted
+    onto a 480x360 noisy gradient at an offset; the next two in one group photo (260 px, and 180 px turned by -12
+    degrees); plus a photo without a face, a text file and a truncated JPEG."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
-    for k, face in enumerate(faces):
+    if len(faces) >= 6:
+        group = Image.new("RGB", (700, 400), (120, 130, 140))
+        group.paste(Image.fromarray(faces[4]).resize((260, 260), Image.BICUBIC), (30, 60))
+        small = Image.fromarray(faces[5]).resize((180, 180), Image.BICUBIC).rotate(-12, resample=Image.BICUBIC)
+        group.paste(small, (420, 120))
+        group.save(os.path.join(folder, "group.jpg"), quality=92)
+    for k, face in enumerate(faces[:4]):
         big = Image.fromarray(face).resize((224, 224), Image.BICUBIC)
         rotated = big.rotate(ANGLES[k], resample=Image.BICUBIC, expand=True)
         alpha = Image.new("L", big.size, 255).rotate(ANGLES[k], resample=Image.BICUBIC, expand=True)
@@ -77,7 +85,7 @@ def make_photos(folder, faces):
         f.write(b"\xff\xd8\xff\xe0 truncated")
 
 
-def real_faces(n=4):
+def real_faces(n=6):
     path = os.path.join(SHARED_DATA, "test.parquet")
     if not os.path.isfile(path):
         pytest.skip(f"no shipped faces at {os.path.normpath(SHARED_DATA)}")
@@ -201,11 +209,11 @@ def test_existing_output_is_not_overwritten(tmp_path):
 def test_faces_are_found_aligned_and_labelled(prepared):
     _, _, out, proc = prepared
     summary = summary_of(out)
-    assert summary["photos"] == 7 and summary["photos_with_a_face"] == 4 and summary["faces"] == 4
-    assert summary["faces_with_mask"] == 4
-    assert (summary["train"], summary["test"]) == (3, 1)
+    assert summary["photos"] == 8 and summary["photos_with_a_face"] == 5 and summary["faces"] == 5
+    assert summary["faces_with_mask"] == 5
+    assert (summary["train"], summary["test"]) == (4, 1)
     train, test = load_faces(out, "train", resolution=64), load_faces(out, "test", resolution=64)
-    assert len(train) == 3 and len(test) == 1 and train.has_mask.all() and test.has_mask.all()
+    assert len(train) == 4 and len(test) == 1 and train.has_mask.all() and test.has_mask.all()
     labels = np.concatenate([train.labels, test.labels])
     assert set(np.unique(labels)) == set(range(8))  # every part, skin and background, from the parser
     # the photos' rotations are undone (each face's own tilt in its 64x64 source adds a few degrees)
@@ -222,7 +230,8 @@ def test_faces_are_found_aligned_and_labelled(prepared):
         errors.append(np.linalg.norm(np.array([cents[p] for p in (4, 5, 7)]) - template, axis=1))
     errors = np.array(errors)
     assert errors.max() < 2.0 and errors.mean() < 1.2, errors
-    assert "4 with a face, 3 skipped" in proc.stdout
+    assert "5 with a face, 3 skipped" in proc.stdout
+    assert details["group.jpg"]["eye_distance_px"] > 90  # the larger face of the group photo
 
 
 def test_failures_are_reported_not_raised(prepared):
@@ -235,18 +244,25 @@ def test_failures_are_reported_not_raised(prepared):
         assert f"skipped {name}:" in proc.stdout
 
 
-def test_rerun_refuses_without_overwrite_and_replaces_with_it(prepared):
-    python, photos, out, _ = prepared
+def test_rerun_refuses_without_overwrite_and_replaces_with_it(prepared, tmp_path):
+    python, photos, prepared_out, _ = prepared
+    out = str(tmp_path / "faces")  # a copy, so that the other tests keep the first run's output
+    shutil.copytree(prepared_out, out)
     before = {n: open(os.path.join(out, n), "rb").read() for n in prepare_data.OUTPUT_FILES}
     with open(os.path.join(out, "my_notes.md"), "w") as f:
         f.write("mine")
     proc = run(python, "--input_dir", photos, "--output_dir", out, "--quiet")
     assert proc.returncode == 2 and "--overwrite" in proc.stderr, proc.stderr
     assert {n: open(os.path.join(out, n), "rb").read() for n in before} == before
-    proc = run(python, "--input_dir", photos, "--output_dir", out, "--test_fraction", "0.25", "--overwrite",
-               "--label_source", "landmarks", "--quiet")
+    proc = run(python, "--input_dir", photos, "--output_dir", out, "--test_fraction", "0", "--overwrite",
+               "--label_source", "landmarks", "--max_faces_per_photo", "2", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert summary_of(out)["label_source"] == "landmarks" and summary_of(out)["faces_with_mask"] == 4
+    summary = summary_of(out)
+    assert summary["label_source"] == "landmarks" and summary["faces"] == summary["faces_with_mask"] == 6
+    second = {d["file_name"]: d for d in summary["face_details"]}["group.jpg#1"]  # the group photo's smaller face
+    assert abs(second["rotation_deg"] + 12) < 4 and second["eye_distance_px"] < 80
+    assert len(load_faces(out, "train")) == 6
+    assert not os.path.exists(os.path.join(out, "test.parquet"))  # an empty split leaves no (stale) file
     with open(os.path.join(out, "my_notes.md")) as f:
         assert f.read() == "mine"  # files the command did not write are left alone
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
