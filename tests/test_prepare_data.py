@@ -7,7 +7,6 @@ and a truncated JPEG. The command itself runs in a subprocess with MediaPipe's e
 solutions; without one those tests skip. Argument checks and geometry need no MediaPipe and always run.
 """
 
-import io
 import json
 import os
 import shutil
@@ -43,8 +42,8 @@ def data_python():
                   sys.executable]
     for python in candidates:
         if python and os.path.isfile(python):
-            probe = subprocess.run([python, "-c", "import mediapipe.python.solutions.face_mesh, transformers, pyarrow"],
-                                   capture_output=True, timeout=120)
+            code = "import mediapipe.python.solutions.face_mesh, transformers, pyarrow"
+            probe = subprocess.run([python, "-c", code], capture_output=True, timeout=120)
             if probe.returncode == 0:
                 return python
     return None
@@ -112,9 +111,9 @@ def summary_of(out):
         return json.load(f)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Geometry and layout (no MediaPipe)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 def test_fit_similarity_recovers_a_similarity():
     rng = np.random.default_rng(0)
     src = rng.uniform(0, 300, (5, 2))
@@ -203,9 +202,21 @@ def test_existing_output_is_not_overwritten(tmp_path):
     assert (out / "train.parquet").read_bytes() == b"the user's data"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+def test_without_mediapipe_the_error_says_what_to_install(tmp_path):
+    probe = subprocess.run([sys.executable, "-c", "import mediapipe.python.solutions.face_mesh"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("this Python has mediapipe")
+    photos = str(tmp_path / "photos")
+    make_photos(photos, [])
+    proc = run(sys.executable, "--input_dir", photos, "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr
+    assert "requirements-data.txt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The command on photos (MediaPipe environment)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 def test_faces_are_found_aligned_and_labelled(prepared):
     _, _, out, proc = prepared
     summary = summary_of(out)
@@ -231,6 +242,8 @@ def test_faces_are_found_aligned_and_labelled(prepared):
     errors = np.array(errors)
     assert errors.max() < 2.0 and errors.mean() < 1.2, errors
     assert "5 with a face, 3 skipped" in proc.stdout
+    with Image.open(os.path.join(out, "preview.png")) as preview:
+        assert preview.size == (12 * 128, 2 * 128)  # 5 faces above their maps, at 2x, in a row of 12
     assert details["group.jpg"]["eye_distance_px"] > 90  # the larger face of the group photo
 
 
