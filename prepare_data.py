@@ -414,6 +414,12 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _mask_path(file_name: str) -> str:
+    """'dir/a.jpg' -> 'dir/a_mask.png'; the second face 'dir/a.jpg#1' -> 'dir/a_face1_mask.png'."""
+    name, _, k = file_name.partition("#")
+    return os.path.splitext(name)[0] + (f"_face{k}" if k else "") + "_mask.png"
+
+
 def write_parquet(rows: List[dict], path: str) -> None:
     """Writes faces in the `utkface64` layout: columns file_name, image and mask (`datasets` Image feature:
     `{bytes, path}`), has_mask, age, gender and race (-1: unknown), with the `datasets` feature metadata."""
@@ -431,7 +437,7 @@ def write_parquet(rows: List[dict], path: str) -> None:
     cols = {
         "file_name": [r["file_name"] for r in rows],
         "image": [{"bytes": r["image"], "path": r["file_name"]} for r in rows],
-        "mask": [{"bytes": r["mask"], "path": os.path.splitext(r["file_name"])[0] + "_mask.png"} for r in rows],
+        "mask": [{"bytes": r["mask"], "path": _mask_path(r["file_name"])} for r in rows],
         "has_mask": [bool(r["has_mask"]) for r in rows],
         "age": [-1] * len(rows),
         "gender": [-1] * len(rows),
@@ -464,7 +470,10 @@ def prepare(args: argparse.Namespace) -> dict:
         for name in tqdm(photos, desc="photos", disable=args.quiet):
             try:
                 image = load_photo(os.path.join(args.input_dir, name))
-                found = finder.find(image, max_faces=args.max_faces_per_photo)
+                try:
+                    found = finder.find(image, max_faces=args.max_faces_per_photo)
+                except Exception as e:  # one odd photo must not stop the run
+                    raise PhotoError(f"face detection failed ({type(e).__name__}: {e})") from e
                 if not found:
                     raise PhotoError("no face found")
                 usable = [f for f in found if f.eye_distance >= args.min_eye_distance]

@@ -158,7 +158,7 @@ def test_parquet_layout_loads(tmp_path):
     for i in range(3):
         img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
         lab = rng.integers(0, 8, (64, 64), dtype=np.uint8)
-        rows.append({"file_name": f"a/{i}.jpg", "image": prepare_data._encode(img, "PNG"),
+        rows.append({"file_name": f"a/{i}.jpg" if i < 2 else "a/1.jpg#1", "image": prepare_data._encode(img, "PNG"),
                      "mask": prepare_data._encode(lab, "PNG"), "has_mask": i != 2})
     prepare_data.write_parquet(rows, str(tmp_path / "train.parquet"))
     faces = load_faces(str(tmp_path), "train", resolution=64)
@@ -170,6 +170,8 @@ def test_parquet_layout_loads(tmp_path):
     if os.path.isfile(shipped):
         assert table.schema.remove_metadata() == pq.read_schema(shipped).remove_metadata()
     assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["mask"] == {"_type": "Image"}
+    mask_paths = [m["path"] for m in table.column("mask").to_pylist()]
+    assert mask_paths == ["a/0_mask.png", "a/1_mask.png", "a/1_face1_mask.png"]
 
 
 @pytest.mark.parametrize(
