@@ -553,6 +553,13 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command's arguments; bad ones (missing or empty input folder, bad resolution or fraction, an output folder
+    that already holds this command's files without `--overwrite`) end the program with argparse's `error:` and
+    exit status 2, before any work.
+
+    Args:
+        argv (`Sequence[str]`, *optional*): the arguments; `sys.argv[1:]` by default.
+    """
     p = argparse.ArgumentParser(
         description="Find, align and crop the faces in a folder of photos, label their parts with the shipped face "
                     "parser and write train.parquet / test.parquet for train_interpretable.py --train_data_dir.",
@@ -611,6 +618,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Prepares the data set, prints the skipped photos and the counts, and returns the summary. Exits with status 1
+    (nothing written) when no photo held a usable face or MediaPipe is missing."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = prepare(args)
