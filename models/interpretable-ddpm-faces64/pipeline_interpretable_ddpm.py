@@ -265,6 +265,53 @@ def region_partition(
     return exclusive_partition(dilate_masks(masks, dilation))
 
 
+# Harmonised noise. On a model trained with the one-way game, a part's colour follows the mean of its own x_T patch
+# (a ~100-pixel patch mean has std ~0.1, enough for a blue or orange nose), because the part may not read the other
+# parts' noise and has not learnt to read the rest's. Tying each part's patch mean to the mean of the surrounding rest
+# region's noise takes the colour from the face instead. It reads only the rest region, so under the one-way game
+# (rest = context) an edit of one part stays local by the same argument as without it.
+HARMONIZE_DILATION = 2  # px the concept templates grow by: the regions the shipped models' game was trained on
+HARMONIZE_CONTEXT_WIDTH = 6  # px of rest region around the concept regions whose noise mean the parts take
+
+
+def harmonize_regions(latents: torch.Tensor, regions: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Ties the per-channel mean of the noise in each region to its per-channel mean over a reference region.
+
+    Inside region k of image b: `x -> x - mean_k(x) + mean_ref(x)`, per channel; the noise's shape inside the region
+    (everything but its mean) and every pixel outside the regions are kept. An image whose reference is empty, or a
+    region that is empty, is left unchanged.
+
+    Args:
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T.
+        regions (`torch.Tensor` of shape `(B, K, H, W)` or `(1, K, H, W)`): 0/1 masks, disjoint from each other.
+        reference (`torch.Tensor` of shape `(B, 1, H, W)` or `(1, 1, H, W)`): 0/1 mask, disjoint from every region.
+
+    Returns:
+        `torch.Tensor` of shape `(B, C, H, W)`, the latents' dtype.
+    """
+    b = latents.shape[0]
+    x = latents.float()
+    regions = (regions > 0.5).float().to(x.device).expand(b, -1, -1, -1)
+    reference = (reference > 0.5).float().to(x.device).expand(b, -1, -1, -1)
+    if (regions.sum(1) > 1).any():
+        raise ValueError("harmonize_regions needs disjoint regions; some pixels are in more than one region.")
+    if (regions * reference).any():
+        raise ValueError("harmonize_regions needs a reference region disjoint from the regions it harmonises.")
+    ref_area = reference.sum((-2, -1))  # (B, 1)
+    ref_mean = torch.einsum("bchw,bhw->bc", x, reference[:, 0]) / ref_area.clamp_min(1)  # (B, C)
+    area = regions.sum((-2, -1))  # (B, K)
+    region_mean = torch.einsum("bchw,bkhw->bkc", x, regions) / area.clamp_min(1)[..., None]  # (B, K, C)
+    keep = ((area > 0) & (ref_area > 0)).float()[..., None]  # (B, K, 1)
+    shift = (ref_mean[:, None, :] - region_mean) * keep
+    return (x + torch.einsum("bkc,bkhw->bchw", shift, regions)).to(latents.dtype)
+
+
+def harmonization_reference(regions: torch.Tensor, width: int = HARMONIZE_CONTEXT_WIDTH) -> torch.Tensor:
+    """The context band `(B, 1, H, W)`: pixels within `width` px of any of the regions `(B, K, H, W)`, outside them."""
+    union = (regions > 0.5).any(1, keepdim=True).float()
+    return dilate_masks(union, width) * (1 - union)
+
+
 def encode_binary_mask(mask: np.ndarray) -> str:
     """Packs an HxW binary mask into `"HxW:hex"` so it can live in a JSON config."""
     mask = np.asarray(mask).astype(bool)
@@ -727,6 +774,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             another label set (e.g. the 19 CelebAMask-HQ labels); identity when `None`.
         parser_normalization (`str`): how the parser wants its pixels: `"minus_one_one"` or `"imagenet"`.
         parser_resolution (`int`, *optional*): the parser's input size; the model resolution when `None`.
+        harmonize_noise (`bool`, defaults to `True`): the default of every call's `harmonize_noise`: tie the noise
+            mean of each part's region to the surrounding rest region's, so that parts take their colour from the
+            face (see [`~InterpretableDDPMPipeline.harmonize`]).
     """
 
     _optional_components = ["parser"]
@@ -742,6 +792,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         parser_label_mapping: Optional[Dict[Union[str, int], int]] = None,
         parser_normalization: str = "minus_one_one",
         parser_resolution: Optional[int] = None,
+        harmonize_noise: bool = True,
     ):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
@@ -775,6 +826,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             parser_label_mapping=parser_label_mapping,
             parser_normalization=parser_normalization,
             parser_resolution=parser_resolution,
+            harmonize_noise=bool(harmonize_noise),
         )
 
     # -- basic properties -------------------------------------------------------------------------------------------
@@ -871,6 +923,56 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 "Pass allow_empty_mask=True to allow it."
             )
         return mask.to(latents.dtype)
+
+    # -- harmonised noise ------------------------------------------------------------------------------------------------
+    def _harmonizes(self, harmonize_noise: Optional[bool]) -> bool:
+        if harmonize_noise is None:
+            return bool(getattr(self.config, "harmonize_noise", True))
+        if not isinstance(harmonize_noise, (bool, np.bool_)):
+            raise ValueError(f"harmonize_noise must be True, False or None, got {harmonize_noise!r}.")
+        return bool(harmonize_noise)
+
+    def harmonization_regions(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The regions whose noise mean is tied when x_T is drawn, before any image exists: each concept's template
+        grown by `HARMONIZE_DILATION` px (where they overlap the earlier concept keeps the pixel), `(1, K, H, W)`,
+        and the band of rest region around them, `(1, 1, H, W)`; `None` when the pipeline has no concept templates."""
+        templates = self.config.concept_templates or {}
+        if not all(c in templates for c in self.concepts):
+            return None
+        masks = torch.stack([self.template_mask(c) for c in self.concepts]).float()[None]
+        regions = exclusive_partition(dilate_masks(masks, HARMONIZE_DILATION))[:, :-1]
+        return regions.to(self._execution_device), harmonization_reference(regions).to(self._execution_device)
+
+    def harmonize(self, latents: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        r"""Harmonised noise: ties the per-channel mean of x_T inside part regions to the rest region around them.
+
+        With `mask=None` (fresh x_T): every concept's template region, against the rest band around all of them
+        (no-op without concept templates). With a `(B, 1, H, W)` mask (an edit): the pixels inside the mask, against
+        the template rest band outside the mask (or, where that holds fewer than 16 pixels or there are no templates,
+        the `HARMONIZE_CONTEXT_WIDTH`-px band around the mask). Only pixels inside the regions change, and they take
+        only the mean of pixels outside them, so an edit that harmonises its own region changes x_T inside that
+        region only.
+
+        Args:
+            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T.
+            mask (`torch.Tensor` of shape `(B, 1, H, W)`, *optional*): the region of an edit.
+
+        Returns:
+            `torch.Tensor` of shape `(B, C, H, W)`.
+        """
+        template = self.harmonization_regions()
+        if mask is None:
+            if template is None:
+                return latents
+            regions, reference = template
+            return harmonize_regions(latents, regions, reference)
+        region = (mask > 0.5).float()
+        reference = harmonization_reference(region)
+        if template is not None:
+            outside = template[1] * (1 - region)
+            enough = outside.sum((-2, -1), keepdim=True) >= 16
+            reference = torch.where(enough, outside, reference)
+        return harmonize_regions(latents, region, reference)
 
     # -- images in and out ---------------------------------------------------------------------------------------------
     def preprocess(self, image: ImageInput, resize: bool = False) -> torch.Tensor:
@@ -993,6 +1095,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
+        harmonize_noise: Optional[bool] = None,
     ) -> Union[InterpretableDDPMPipelineOutput, Tuple]:
         r"""Generates images with DDIM, eta = 0 (deterministic given x_T).
 
@@ -1006,6 +1109,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             return_dict (`bool`): return an [`InterpretableDDPMPipelineOutput`] rather than a tuple.
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping for this call; pass `False` to
                 regenerate x_T that came from `invert` (the inversion is exact for unclipped DDIM).
+            harmonize_noise (`bool`, *optional*): harmonise the x_T this call draws (see `harmonize`; default: the
+                pipeline's `harmonize_noise` setting). Given `latents` are used as they are unless this is `True`,
+                so that `pipe(latents=out.latents)` and inverted latents regenerate exactly.
 
         Returns:
             [`InterpretableDDPMPipelineOutput`] with `images` and the `latents` (x_T) that made them, or the tuple
@@ -1032,8 +1138,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             latents = randn_tensor(
                 (batch_size, *self.latent_shape), generator=generator, device=self._execution_device, dtype=self.unet.dtype
             )
+            if self._harmonizes(harmonize_noise):
+                latents = self.harmonize(latents)
         else:
             latents = self._check_latents(latents)
+            if self._harmonizes(harmonize_noise) and harmonize_noise is not None:
+                latents = self.harmonize(latents)
         x0 = self.denoise(latents, num_inference_steps, generator, clip_sample=clip_sample)
         images = self.postprocess(x0, output_type)
         self.maybe_free_model_hooks()
@@ -1054,6 +1164,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         allow_empty_mask: bool = False,
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
+        harmonize_noise: Optional[bool] = None,
     ) -> Union[RegionResampleOutput, Tuple]:
         r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
 
@@ -1065,6 +1176,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             new_latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): the new noise, instead of drawing it.
             allow_empty_mask (`bool`): an empty mask raises unless this is `True` (then the image is unchanged).
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping (`False` for inverted real images).
+            harmonize_noise (`bool`, *optional*): tie the new noise's mean inside the mask to the surrounding rest
+                region's (`harmonize`), so the redrawn part takes its colour from the face; x_T changes inside the
+                mask only either way. Default: the pipeline's `harmonize_noise` setting.
 
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
@@ -1078,6 +1192,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if new_latents.shape != latents.shape:
                 raise ValueError(f"new_latents has shape {tuple(new_latents.shape)}, latents {tuple(latents.shape)}.")
         edited = m * new_latents + (1 - m) * latents
+        if self._harmonizes(harmonize_noise):
+            edited = self.harmonize(edited, m)
         x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample)
         images = self.postprocess(x0, output_type)
         if not return_dict:
@@ -1096,6 +1212,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         allow_empty_mask: bool = False,
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
+        harmonize_noise: Optional[bool] = None,
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
@@ -1104,6 +1221,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             mask: concept name, HxW tensor / array / PIL image or `(B, 1, H, W)` batch.
             mask_from (`str`): for a concept name, whose face defines the region: `"a"`, `"b"` or `"union"`.
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping (`False` for inverted real images).
+            harmonize_noise (`bool`, *optional*): re-centre the moved noise on its new face: its mean inside the mask
+                becomes the receiving image's rest-region mean (`harmonize`), so the donor's part takes the
+                receiver's colouring; `False` moves the noise as it is. Default: the pipeline's setting.
 
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
@@ -1126,6 +1246,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             m = self.prepare_mask(mask, latents_a, allow_empty_mask, **kw)
         new_a = m * latents_b + (1 - m) * latents_a
         new_b = m * latents_a + (1 - m) * latents_b
+        if self._harmonizes(harmonize_noise):
+            new_a, new_b = self.harmonize(new_a, m), self.harmonize(new_b, m)
         x0 = self.denoise(torch.cat([new_a, new_b]), num_inference_steps, clip_sample=clip_sample)
         n = latents_a.shape[0]
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
@@ -1363,6 +1485,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         generator: Optional[torch.Generator] = None,
         max_batch_size: Optional[int] = None,
         return_dict: bool = True,
+        harmonize_noise: Optional[bool] = None,
     ) -> Union[AttributionOutput, Tuple]:
         r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise, per timestep.
 
@@ -1378,6 +1501,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 what a swap feeds the model), `"zero"`, or a tensor of baseline x_T `(B, C, H, W)`.
             max_batch_size (`int`, *optional*): images per UNet call; 64 on an accelerator and 8 on CPU by default
                 (on CPU, cache-sized batches run ~20% faster than one big batch).
+            harmonize_noise (`bool`, *optional*): harmonise the baseline x_T that `"other_sample"` draws, so that
+                absent players get noise of the kind `__call__` draws (default: the pipeline's setting); `latents`
+                are used as given.
 
         Returns:
             [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`) or that tuple.
@@ -1396,6 +1522,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
         elif baseline == "other_sample":
             base = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            if self._harmonizes(harmonize_noise):
+                base = self.harmonize(base)
         elif baseline == "zero":
             base = None
         else:
