@@ -967,6 +967,14 @@ def prepare_output_dir(output_dir: Optional[str], overwrite: bool) -> str:
     return output_dir
 
 
+def display_path(path: str) -> str:
+    """A path inside the repository relative to its root (so reports read the same on every machine), else as given."""
+    absolute = os.path.abspath(path)
+    if os.path.commonpath([absolute, ROOT]) == ROOT:
+        return os.path.relpath(absolute, ROOT)
+    return path
+
+
 def _unique_names(paths: Sequence[str]) -> List[str]:
     names = []
     for path in paths:
@@ -1025,7 +1033,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "diffusers": __import__("diffusers").__version__, "numpy": np.__version__},
-        "pipelines": {n: {"path": os.path.abspath(p), "mask_source": mask_sources[n], "timings": {}}
+        "pipelines": {n: {"path": display_path(p), "mask_source": mask_sources[n], "timings": {}}
                       for n, p in zip(names, paths)},
         "figures": [],
     }
