@@ -46,6 +46,7 @@ from app_handlers import (
     SpaceApp,
     SpaceModels,
     load_models,
+    min_upload_side,
 )
 
 __all__ = ["CSS", "LAUNCH_KWARGS", "build_demo", "load_models", "main", "parse_args"]
@@ -126,9 +127,10 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
 
             with gr.Tab("Real face"):
                 gr.Markdown(
-                    f"Upload a photo of a face (PNG/JPEG, at most {MAX_FILE_SIZE}, {MAX_UPLOAD_PIXELS // 1_000_000} "
-                    f"megapixels). It is centre-cropped and resized to {w}x{h}, inverted to x_T with DDIM, and becomes "
-                    "face A: edit it on the first tab."
+                    f"Upload a photo of a face (PNG/JPEG, at least {min_upload_side((h, w))} pixels on its shorter side, at most "
+                    f"{MAX_FILE_SIZE} and {MAX_UPLOAD_PIXELS // 1_000_000} megapixels; of an animated image the first "
+                    f"frame is used). It is centre-cropped and resized to {w}x{h}, inverted to x_T with DDIM, and "
+                    "becomes face A: edit it on the first tab."
                 )
                 with gr.Row():
                     upload = gr.File(label="Face photo", elem_id="upload", file_types=["image"], type="filepath")

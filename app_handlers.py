@@ -220,6 +220,11 @@ def check_whole(value: Any, name: str, low: int, high: int) -> int:
     return int(number)
 
 
+def min_upload_side(resolution: Tuple[int, int]) -> int:
+    """The shortest side an upload may have: half the model's resolution (a smaller face is mostly interpolation)."""
+    return max(1, min(resolution) // 2)
+
+
 def load_upload(path: Optional[str], resolution: Tuple[int, int]) -> Tuple[np.ndarray, str]:
     """Opens an uploaded file as an RGB face at the model resolution (centre square crop, bicubic resize).
 
@@ -234,7 +239,7 @@ def load_upload(path: Optional[str], resolution: Tuple[int, int]) -> Tuple[np.nd
     if os.path.getsize(path) == 0:
         raise gr.Error("The uploaded file is empty (0 bytes); upload a PNG or JPEG image of a face.")
     rh, rw = resolution
-    min_side = max(1, min(rh, rw) // 2)
+    min_side = min_upload_side(resolution)
     try:
         with PIL.Image.open(path) as im:
             w, h = im.size  # read from the header, before decoding the pixels
