@@ -35,15 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-PIPELINE_FILE = os.path.join(ROOT, "pipeline_interpretable_ddpm.py")
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import pipeline_interpretable_ddpm as pid  # the metric math
+from face_data import DATA_ENV, default_data_dir, load_faces
+from model_files import ROOT, check_pipeline_path, load_pipeline
 
-import pipeline_interpretable_ddpm as pid  # noqa: E402  (the metric math)
-from face_data import load_faces  # noqa: E402
-
-DEFAULT_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "utkface64")
 DEFAULT_FID_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "interpretable-ddpm", "fid_stats")
 STAGES = ("locality", "fid", "attribution", "real")
 COLOR_SPACES = ("rgb", "lab")
@@ -110,42 +105,6 @@ def mean_ci(values, seed: int = 0) -> Dict[str, object]:
     means = v[rng.integers(0, v.size, (BOOTSTRAP_RESAMPLES, v.size))].mean(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"mean": float(v.mean()), "ci95": [float(lo), float(hi)], "std": float(v.std(ddof=1)), "n": int(v.size)}
-
-
-def check_pipeline_path(path: str) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Pipeline path '{path}' does not exist (give a folder written by save_pretrained).")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Pipeline path '{path}' is a file; give the folder written by save_pretrained.")
-    if not os.path.isfile(os.path.join(path, "model_index.json")):
-        raise FileNotFoundError(
-            f"'{path}' has no model_index.json; it is not a saved diffusers pipeline (see save_pretrained)."
-        )
-
-
-def load_pipeline(path: str, device: str):
-    """Loads a saved pipeline with the repository's pipeline file.
-
-    A plain diffusers DDPM/DDIM pipeline folder (e.g. a baseline saved as `DDPMPipeline`) is wrapped into the
-    interpretable pipeline with a DDIM scheduler made from its scheduler config, so it can be edited the same way."""
-    from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
-
-    check_pipeline_path(path)
-    with open(os.path.join(path, "model_index.json")) as f:
-        class_name = json.load(f).get("_class_name")
-    if class_name in ("DDPMPipeline", "DDIMPipeline"):
-        unet = UNet2DModel.from_pretrained(path, subfolder="unet")
-        # DDIM with eta = 0 and no clipping, like the interpretable pipelines: generation stays deterministic in x_T
-        # and DDIM inversion (real images) is possible.
-        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", clip_sample=False)
-        pipe = pid.InterpretableDDPMPipeline(unet=unet, scheduler=scheduler)
-    else:
-        pipe = DiffusionPipeline.from_pretrained(path, custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
-    if not hasattr(pipe, "swap_regions") or not hasattr(pipe, "attribute"):
-        raise ValueError(f"'{path}' did not load as an InterpretableDDPMPipeline (got {type(pipe).__name__}).")
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def load_checkpoint_or_pipeline(path: str, shell: str, device: str = "cpu"):
@@ -1091,7 +1050,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask_dilation", type=int, default=0,
                    help="grow the concept masks of the locality edits by this many pixels (0: the parsed parts; the "
                         "shipped models were trained with 2-pixel dilated regions)")
-    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="face data (FID reference and real images)")
+    p.add_argument("--data_dir", default=default_data_dir(), help=f"face data (FID reference and real images); ${DATA_ENV} sets the default")
     p.add_argument("--fid_reference_split", default="test", help="split of --data_dir used as FID reference")
     p.add_argument("--num_fid_reference", type=int, default=None, help="limit the FID reference images (default all)")
     p.add_argument("--real_split", default="test", help="split of --data_dir whose faces are inverted and edited")
@@ -1134,6 +1093,14 @@ def prepare_output_dir(output_dir: Optional[str], overwrite: bool) -> str:
         raise FileExistsError(f"--output_dir '{output_dir}' is a file.")
     os.makedirs(os.path.join(output_dir, "figures"), exist_ok=True)
     return output_dir
+
+
+def display_path(path: str) -> str:
+    """A path inside the repository relative to its root (so reports read the same on every machine), else as given."""
+    absolute = os.path.abspath(path)
+    if os.path.commonpath([absolute, ROOT]) == ROOT:
+        return os.path.relpath(absolute, ROOT)
+    return path
 
 
 def _unique_names(paths: Sequence[str]) -> List[str]:
@@ -1208,7 +1175,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "diffusers": __import__("diffusers").__version__, "numpy": np.__version__},
-        "pipelines": {n: {"path": os.path.abspath(p), "mask_source": mask_sources[n], "timings": {}}
+        "pipelines": {n: {"path": display_path(p), "mask_source": mask_sources[n], "timings": {}}
                       for n, p in zip(names, paths)},
         "figures": [],
     }
@@ -1297,8 +1264,8 @@ def run(args: argparse.Namespace) -> dict:
     return clean
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """Runs the evaluation of `parse_args()`; returns the exit status (2 with a one-line error for bad inputs)."""
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     try:
@@ -1311,4 +1278,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(parse_args()))

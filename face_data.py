@@ -3,7 +3,7 @@
 Two layouts are read, both into memory (the project's faces are 64x64, so 22k of them take ~360 MB):
 
 - Hugging Face `datasets` parquet files (`train.parquet`, `test.parquet`) with Image columns `image` and `mask`
-  and a bool column `has_mask`, as in `../shared/data/utkface64/`;
+  and a bool column `has_mask`, as in the project's utkface64 data (`default_data_dir()`);
 - an image folder: `images/NAME.png|jpg` with `masks/NAME.png` label maps beside them (a missing mask means the
   face has none).
 
@@ -21,6 +21,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+# Where the training and evaluation faces live: the environment variable, else the repository's sibling folder
+# ../shared/data/utkface64 (relative to the repository root, whatever the working directory).
+DATA_ENV = "INTERPRETABLE_DDPM_DATA"
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "utkface64")
+
+
+def default_data_dir() -> str:
+    """The face data folder: `$INTERPRETABLE_DDPM_DATA` if set, else `../shared/data/utkface64` beside the repository.
+    Every command that reads faces takes it as the default of its data argument."""
+    return os.environ.get(DATA_ENV) or os.path.normpath(DEFAULT_DATA_DIR)
 
 
 @dataclass

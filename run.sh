@@ -3,10 +3,13 @@
 #
 #   ./run.sh              create .venv if needed, install the requirements, launch the Gradio app (python app.py)
 #   ./run.sh [ARGS]       the same, passing ARGS to app.py (e.g. ./run.sh --model models/ddpm-faces64-baseline)
-#   ./run.sh test [ARGS]  the same setup plus Debian's chromium (browser tests), then python -m pytest -q tests [ARGS]
+#   ./run.sh test [ARGS]  the same setup plus Debian's chromium (browser tests), then the lint (ruff check, ruff format
+#                         --check) and python -m pytest -q tests [ARGS]
 #
 # Installation is skipped when a stamp in .venv matches the hash of the requirement files, so a second run starts
-# at once. torch is installed first and on its own (pinned; the CPU wheel is picked up from pip's find-links).
+# at once. torch is installed first and on its own (pinned; the CPU wheel is picked up from pip's find-links). The
+# repository itself is installed in editable mode (pip install -e ., no dependencies), so its top-level modules import
+# from anywhere, e.g. `python scripts/fid_screen.py` as well as `python -m scripts.fid_screen`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -41,7 +44,7 @@ setup_venv() {
     fi
   fi
   local stamp_hash stamp
-  stamp_hash="$( { echo "$TORCH_REQUIREMENT"; "$VENV/bin/python" --version 2>&1; cat requirements.txt requirements-dev.txt; } \
+  stamp_hash="$( { echo "$TORCH_REQUIREMENT"; "$VENV/bin/python" --version 2>&1; cat requirements.txt requirements-dev.txt pyproject.toml; } \
     | sha256sum | cut -c1-16)"
   stamp="$VENV/.installed-$stamp_hash"
   if [ -f "$stamp" ]; then
@@ -51,6 +54,8 @@ setup_venv() {
   "$VENV/bin/python" -m pip install "$TORCH_REQUIREMENT"
   log "installing requirements-dev.txt"
   "$VENV/bin/python" -m pip install -r requirements-dev.txt
+  log "installing the repository (editable)"
+  "$VENV/bin/python" -m pip install --no-deps -e .
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 }
@@ -66,6 +71,10 @@ setup_venv
 if [ "${1:-}" = "test" ]; then
   shift
   setup_chromium
+  log "ruff check ."
+  "$VENV/bin/ruff" check .
+  log "ruff format --check ."
+  "$VENV/bin/ruff" format --check .
   exec "$VENV/bin/python" -m pytest -q tests "$@"
 fi
 exec "$VENV/bin/python" app.py "$@"

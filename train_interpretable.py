@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train (or fine-tune) a DDPM with the Shapley dummy-player loss of the interpretable DDPM.
 
-    accelerate launch train_interpretable.py --train_data_dir ../shared/data/utkface64 --output_dir runs/x
-    python train_interpretable.py ...                                   # single process
-    accelerate launch --num_processes 2 --cpu train_interpretable.py ... # multi-process (DDP over gloo)
+    accelerate launch train_interpretable.py --output_dir runs/x            # faces from $INTERPRETABLE_DDPM_DATA
+    python train_interpretable.py --train_data_dir DIR --output_dir runs/x   # single process, faces in DIR
+    accelerate launch --num_processes 2 --cpu train_interpretable.py ...      # multi-process (DDP over gloo)
 
 Modelled on diffusers' examples/unconditional_image_generation/train_unconditional.py: `parse_args()` then
 `main(args)`, an `Accelerator` with a `ProjectConfiguration`, `EMAModel`, and save/load state hooks. Multi-GPU and
@@ -32,10 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import pipeline_interpretable_ddpm as pid  # noqa: E402
-from face_data import load_faces  # noqa: E402
+import pipeline_interpretable_ddpm as pid
+from face_data import DATA_ENV, default_data_dir, load_faces
+from model_files import list_checkpoints
 
 logger = logging.getLogger("train_interpretable")
 
@@ -50,10 +49,12 @@ DEFAULT_ATTENTION = "0,0,1,0"
 # ----------------------------------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--train_data_dir", required=True, help="Folder with train.parquet (utkface64 layout) or an image folder (images/ + masks/).")
+    g.add_argument("--train_data_dir", default=default_data_dir(),
+                   help=f"Folder with train.parquet (utkface64 layout) or an image folder (images/ + masks/); "
+                        f"default ${DATA_ENV} or ../shared/data/utkface64.")
     g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training faces.")
     g.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True, help="Horizontal flips (left/right labels swapped).")
 
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = build_parser()
+    parser = build_arg_parser()
     args = parser.parse_args(argv)
     try:
         validate_args(args)
@@ -245,7 +246,7 @@ def load_pretrained(args):
     try:
         unet = UNet2DModel.from_pretrained(path, subfolder="unet")
         sched_cfg = DDPMScheduler.load_config(path, subfolder="scheduler")
-    except (OSError, EnvironmentError, ValueError) as err:
+    except (OSError, ValueError) as err:
         raise ValueError(f"Cannot load a UNet2DModel pipeline from --pretrained_model_name_or_path '{path}': {err}") from None
     return unet.float(), sched_cfg
 
@@ -371,7 +372,7 @@ def training_losses(
     generator: torch.Generator,
     probe_ie: bool = False,
     flip_perm: Optional[torch.Tensor] = None,
-    game: Optional["GameSettings"] = None,
+    game: Optional[GameSettings] = None,
 ) -> StepLosses:
     """Losses of one batch: L = L_DDPM + lam * L_IE.
 
@@ -482,13 +483,6 @@ def free_output_dir_check(args) -> None:
             f"--output_dir '{args.output_dir}' already holds {', '.join(sorted(existing)[:3])}; resume with "
             "--resume_from_checkpoint latest or choose a new --output_dir (nothing is overwritten silently)."
         )
-
-
-def list_checkpoints(output_dir: str) -> List[str]:
-    if not os.path.isdir(output_dir):
-        return []
-    ckpts = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[1].isdigit()]
-    return sorted(ckpts, key=lambda d: int(d.split("-")[1]))
 
 
 def save_sample_grid(pipeline, path: str, num_images: int, steps: int, seed: int) -> None:

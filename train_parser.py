@@ -3,18 +3,19 @@
 
 The parser is a small `transformers` `SegformerForSemanticSegmentation` with the 8 face-part labels of
 `pipeline_interpretable_ddpm.FACE_PART_LABELS` (0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 mouth; left and
-right are the subject's), trained on the MediaPipe part label maps of `../shared/data/utkface64` at 64x64. Its input
+right are the subject's), trained on the MediaPipe part label maps of the utkface64 faces at 64x64. Its input
 is the image in [-1, 1] (the pipeline's `parser_normalization="minus_one_one"`). It parses what the pipeline
 generates, so it becomes the pipeline's optional component `parser`, and `pipe.concept_mask(image_or_latents, "eyes")`
 uses it.
 
-Three modes (`--mode`):
+Faces come from `--data_dir` (default: `$INTERPRETABLE_DDPM_DATA`, else `../shared/data/utkface64` beside the
+repository). Three modes (`--mode`):
 
 - `train` (default): trains the parser and saves it with `save_pretrained` (fp16 safetensors + `config.json` with
   `id2label`) to `--output_dir`, checkpointing every `--checkpointing_steps` steps (resume with
   `--resume_from_checkpoint latest`). Reproducible with `--seed` (same seed, same threads -> same weights).
 
-      python train_parser.py --data_dir ../shared/data/utkface64 --output_dir models/face-parser-64 \
+      python train_parser.py --output_dir models/face-parser-64 \
           --max_train_steps 3000 --seed 0 --mixed_precision bf16
 
 - `attach`: puts a saved parser into a saved pipeline folder as its `parser` component and writes the concept
@@ -23,7 +24,7 @@ Three modes (`--mode`):
   `--label_mapping celebamask-hq --parser_normalization imagenet --parser_resolution 512`.
 
       python train_parser.py --mode attach --pipeline_dir models/interpretable-ddpm-faces64 \
-          --parser_dir models/face-parser-64 --data_dir ../shared/data/utkface64
+          --parser_dir models/face-parser-64
 
 - `templates`: computes the template masks alone and writes them as JSON (`--templates_out`, or stdout).
 
@@ -38,7 +39,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -46,12 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from face_data import load_faces  # noqa: E402
-from pipeline_interpretable_ddpm import (  # noqa: E402
+from face_data import DATA_ENV, default_data_dir, load_faces
+from model_files import latest_checkpoint, list_checkpoints, load_pipeline
+from pipeline_interpretable_ddpm import (
     FACE_PART_LABELS,
     FLIP_LABEL_PERMUTATION,
     compute_concept_templates,
@@ -97,7 +94,7 @@ PARSER_PRESETS = {
 # ----------------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------------
-def make_parser(preset: str = "small", seed: Optional[int] = None, id2label: Optional[Mapping[int, str]] = None, **overrides):
+def make_face_parser(preset: str = "small", seed: Optional[int] = None, id2label: Optional[Mapping[int, str]] = None, **overrides):
     """A randomly initialised `SegformerForSemanticSegmentation` with our (or the given) labels.
 
     Args:
@@ -390,16 +387,6 @@ def type_name_of_config(config) -> str:
     return archs[0]
 
 
-def load_pipeline(pipeline_dir: str):
-    """`DiffusionPipeline.from_pretrained` of a saved InterpretableDDPMPipeline folder (its own pipeline file)."""
-    from diffusers import DiffusionPipeline
-
-    custom = os.path.join(os.path.abspath(pipeline_dir), "pipeline_interpretable_ddpm.py")
-    if not os.path.isfile(custom):
-        custom = os.path.join(ROOT, "pipeline_interpretable_ddpm.py")
-    return DiffusionPipeline.from_pretrained(pipeline_dir, custom_pipeline=custom, trust_remote_code=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------------
@@ -410,21 +397,13 @@ def _lr_at(step: int, args) -> float:
     return args.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _latest_checkpoint(output_dir: str) -> Optional[str]:
-    if not os.path.isdir(output_dir):
-        return None
-    steps = [int(n.split("-")[1]) for n in os.listdir(output_dir) if n.startswith("checkpoint-") and n.split("-")[1].isdigit()]
-    return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
-
-
 def _save_checkpoint(output_dir, step, parser, optimizer, state: dict, keep: int = 2):
     path = os.path.join(output_dir, f"checkpoint-{step}")
     os.makedirs(path, exist_ok=True)
     parser.save_pretrained(path, safe_serialization=True)  # fp32, to resume exactly
     state = dict(state, optimizer=optimizer.state_dict(), step=step, torch_rng=torch.get_rng_state())
     torch.save(state, os.path.join(path, "training_state.pt"))
-    ckpts = sorted((n for n in os.listdir(output_dir) if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
-    for old in ckpts[:-keep]:
+    for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(os.path.join(output_dir, old), ignore_errors=True)
     return path
 
@@ -456,13 +435,13 @@ def train(args) -> dict:
     start_step = 0
     resume = args.resume_from_checkpoint
     if resume == "latest":
-        resume = _latest_checkpoint(args.output_dir)
+        resume = latest_checkpoint(args.output_dir)
     if resume:
         parser = SegformerForSemanticSegmentation.from_pretrained(resume, dtype=torch.float32)
     elif args.init_from:  # fine-tune a saved parser (a new optimizer and learning-rate schedule)
         parser = SegformerForSemanticSegmentation.from_pretrained(args.init_from, dtype=torch.float32)
     else:
-        parser = make_parser(args.preset, seed=args.seed, image_size=images.shape[-1])
+        parser = make_face_parser(args.preset, seed=args.seed, image_size=images.shape[-1])
     parser.train()
     optimizer = torch.optim.AdamW(parser.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     n = len(images)
@@ -544,8 +523,9 @@ def _fmt(metrics: Mapping[str, float]) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=["train", "attach", "templates"], default="train")
-    p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "utkface64"),
-                   help="utkface64-layout data (train.parquet/test.parquet or image folders).")
+    p.add_argument("--data_dir", default=default_data_dir(),
+                   help=f"utkface64-layout data (train.parquet/test.parquet or image folders); ${DATA_ENV} sets the "
+                        "default.")
     # train
     p.add_argument("--output_dir", default="models/face-parser-64", help="where the trained parser is saved.")
     p.add_argument("--preset", choices=sorted(PARSER_PRESETS), default="small", help="parser architecture.")

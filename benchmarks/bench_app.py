@@ -2,9 +2,9 @@
 """Latency of the Space: one swap and one resample (the app's handlers, locality and heatmaps included) at several
 step counts, and the time from launching `python app.py` to the first HTTP 200 of the page.
 
-    python benchmarks/bench_app.py                       # the default model (models/interpretable-ddpm-faces64)
-    python benchmarks/bench_app.py --model <dir>         # another pipeline folder
-    python benchmarks/bench_app.py --random-weights      # a random-weight pipeline of the shipped size
+    python -m benchmarks.bench_app                       # the default model (models/interpretable-ddpm-faces64)
+    python -m benchmarks.bench_app --model <dir>         # another pipeline folder
+    python -m benchmarks.bench_app --random-weights      # a random-weight pipeline of the shipped size
 
 Prints seconds (wall and this process's CPU seconds) and the ratio to the goal (<= 3 s per edit at the app's
 default steps on 2 CPU cores). Each edit is the app's whole handler: mask, pipeline edit, locality, heatmaps.
@@ -22,24 +22,24 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-import app  # noqa: E402
+import app
+import app_handlers
+from model_files import ROOT
 
 GOAL_SECONDS = 3.0
 
 
-def make_random_pipeline(out_dir: str, data_dir: str = os.path.join(ROOT, "..", "shared", "data", "utkface64")) -> str:
+def make_random_pipeline(out_dir: str, data_dir: str | None = None) -> str:
     """Saves a random-weight 64x64 pipeline of the shipped UNet size, with concept templates from real label maps
     (or synthetic ones when the data is absent), and returns its folder."""
     from diffusers import DDIMScheduler, UNet2DModel
 
     import pipeline_interpretable_ddpm as pid
-    from face_data import load_faces, make_synthetic_faces
+    from face_data import default_data_dir, load_faces, make_synthetic_faces
 
+    data_dir = data_dir or default_data_dir()
     if not os.path.isdir(data_dir):
         data_dir = make_synthetic_faces(os.path.join(out_dir, "_faces"), num_train=16, num_test=16, size=64)
     faces = load_faces(data_dir, "test", limit=256)
@@ -116,21 +116,24 @@ def time_to_first_page(model_path: str, num_threads=None, timeout: float = 300.0
         proc.wait(timeout=30)
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the app's default model).")
     parser.add_argument("--random-weights", action="store_true", help="Benchmark a random-weight shipped-size pipeline.")
     parser.add_argument("--steps", default="10,25,50", help="Comma-separated step counts.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if args.random_weights:
             model = make_random_pipeline(tmp)
-        model = model or app.find_default_model()
+        model = model or app_handlers.find_default_model()
         if model is None:
             raise SystemExit("No default model yet; pass --model <dir> or --random-weights.")
         print(f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}   "
@@ -149,4 +152,4 @@ def main():
                   f"{swap_s / GOAL_SECONDS:11.2f} | {resample_s / GOAL_SECONDS:15.2f}{default}")
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

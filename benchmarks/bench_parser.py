@@ -3,9 +3,9 @@
 Runs the parser through the pipeline's own path (`pipe.parse`: normalisation, resize, logits upsampled to 64x64,
 argmax, label mapping), so the numbers are those of `pipe.concept_mask`.
 
-    python benchmarks/bench_parser.py                                   # models/face-parser-64
-    python benchmarks/bench_parser.py --pipeline_dir models/interpretable-ddpm-faces64
-    python benchmarks/bench_parser.py --parser_dir path/to/jonathandinu-face-parsing \
+    python -m benchmarks.bench_parser                                   # models/face-parser-64
+    python -m benchmarks.bench_parser --pipeline_dir models/interpretable-ddpm-faces64
+    python -m benchmarks.bench_parser --parser_dir path/to/jonathandinu-face-parsing \
         --label_mapping celebamask-hq --parser_normalization imagenet --parser_resolution 512
 
 IoU is dataset-level (intersections and unions summed over all test pixels of the faces that have a label map).
@@ -18,16 +18,14 @@ shared machine slows everything down (2 threads on 2 busy cores oversubscribe th
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import train_parser as tp  # noqa: E402
-from pipeline_interpretable_ddpm import FACE_PART_LABELS, InterpretableDDPMPipeline  # noqa: E402
+import train_parser as tp
+from face_data import default_data_dir
+from model_files import ROOT, load_pipeline
+from pipeline_interpretable_ddpm import FACE_PART_LABELS, InterpretableDDPMPipeline
 
 TARGET_MS = 50.0
 GOAL_IOU = 0.8
@@ -35,7 +33,7 @@ GOAL_IOU = 0.8
 
 def build_pipeline(args):
     if args.pipeline_dir:
-        pipe = tp.load_pipeline(args.pipeline_dir)
+        pipe = load_pipeline(args.pipeline_dir)
         if pipe.parser is None:
             raise SystemExit(f"The pipeline in {args.pipeline_dir} has no parser; attach one with train_parser.py --mode attach.")
         return pipe
@@ -53,11 +51,11 @@ def build_pipeline(args):
     )
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parser_dir", default=os.path.join(ROOT, "models", "face-parser-64"))
     p.add_argument("--pipeline_dir", default=None, help="use the parser of a saved pipeline instead")
-    p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "utkface64"))
+    p.add_argument("--data_dir", default=default_data_dir(), help="face data ($INTERPRETABLE_DDPM_DATA sets the default)")
     p.add_argument("--label_mapping", default="identity")
     p.add_argument("--parser_normalization", default="minus_one_one")
     p.add_argument("--parser_resolution", type=int, default=None)
@@ -65,7 +63,10 @@ def main():
     p.add_argument("--num_threads", default="1,2", help="comma-separated torch thread counts to time with")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=30)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
     thread_counts = [int(n) for n in args.num_threads.split(",")]
 
     pipe = build_pipeline(args)
@@ -114,4 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -1,10 +1,10 @@
 # Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
 """Overhead of InterpretableDDPMPipeline over plain diffusers, as ratios (not a test).
 
-    python benchmarks/bench_pipeline.py                          # random UNet of the shipped size (64x64)
-    python benchmarks/bench_pipeline.py --model models/interpretable-ddpm-faces64
-    python benchmarks/bench_pipeline.py --threads 1 --clock cpu  # steady numbers on a machine shared with other jobs
-    python benchmarks/bench_pipeline.py --steps 10 --repeats 5 --threads 2
+    python -m benchmarks.bench_pipeline                          # random UNet of the shipped size (64x64)
+    python -m benchmarks.bench_pipeline --model models/interpretable-ddpm-faces64
+    python -m benchmarks.bench_pipeline --threads 1 --clock cpu  # steady numbers on a machine shared with other jobs
+    python -m benchmarks.bench_pipeline --steps 10 --repeats 5 --threads 2
 
 Measured (random shipped-size UNet, 20 steps, batch 2, `--threads 1 --clock cpu`, 2-core shared CPU box):
 __call__ 1.01x DDIMPipeline, swap_regions 0.98x generating both images, attribute 0.97x per timestep of 16 calls.
@@ -19,19 +19,13 @@ Prints three ratios (each the best of `--repeats` interleaved runs, to resist a 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
-import torch  # noqa: E402
-from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline, UNet2DModel  # noqa: E402
-
-import pipeline_interpretable_ddpm as pid  # noqa: E402
-
-PIPELINE_FILE = os.path.join(ROOT, "pipeline_interpretable_ddpm.py")
+import pipeline_interpretable_ddpm as pid
+from model_files import load_pipeline
 
 
 def shipped_size_unet(seed: int = 0) -> UNet2DModel:
@@ -46,9 +40,10 @@ def shipped_size_unet(seed: int = 0) -> UNet2DModel:
     )
 
 
-def load_pipeline(model: str | None) -> pid.InterpretableDDPMPipeline:
+def pipeline_to_time(model: str | None) -> pid.InterpretableDDPMPipeline:
+    """The saved pipeline `model`, or a random-weight one of the shipped size."""
     if model:
-        pipe = DiffusionPipeline.from_pretrained(model, custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
+        pipe = load_pipeline(model)
     else:
         pipe = pid.InterpretableDDPMPipeline(
             unet=shipped_size_unet(), scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
@@ -87,7 +82,7 @@ def region_boxes(batch: int, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a saved pipeline folder; random shipped-size UNet when omitted")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
@@ -99,13 +94,16 @@ def main() -> None:
         "--clock", choices=sorted(CLOCKS), default="wall",
         help="'cpu' (process CPU time) is steadier than 'wall' on a machine shared with other jobs; use it with --threads 1",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = args.clock
 
-    pipe = load_pipeline(args.model)
+    pipe = pipeline_to_time(args.model)
     reference = DDIMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
     reference.set_progress_bar_config(disable=True)
     channels, height, width = pipe.latent_shape
@@ -155,8 +153,8 @@ def main() -> None:
         pipe.attribute(x_t, regions, timesteps=wanted, num_inference_steps=args.steps, baseline=latents_b)
 
     def separate_calls():
-        for s in range(2**k):
-            pipe.unet(x_t, wanted[0]).sample
+        for _ in range(2**k):
+            pipe.unet(x_t, wanted[0])
 
     t = interleaved({"attribute": attribute, "calls": separate_calls}, args.repeats)
     per_step = t["attribute"] / len(wanted)
@@ -168,4 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

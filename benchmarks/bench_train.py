@@ -1,8 +1,8 @@
 """Cost of one interpretable training step vs one plain DDPM step on the same batch, per L_IE estimator and K.
 
-    python benchmarks/bench_train.py                      # CPU, bf16 autocast, batch 16, the shipped 64x64 UNet
-    python benchmarks/bench_train.py --precision fp32 --device cuda --batch_size 128
-    python benchmarks/bench_train.py --loop --script /path/to/older/train_interpretable.py   # whole-loop step time
+    python -m benchmarks.bench_train                      # CPU, bf16 autocast, batch 16, the shipped 64x64 UNet
+    python -m benchmarks.bench_train --precision fp32 --device cuda --batch_size 128
+    python -m benchmarks.bench_train --loop --script /path/to/older/train_interpretable.py   # whole-loop step time
 
 Each configuration runs in a fresh subprocess (so its peak RSS is its own): build the UNet with
 `train_interpretable.build_unet` (block_out_channels 32,64,64,128, layers_per_block 2, attention at the third level),
@@ -26,8 +26,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from model_files import ROOT
 
 CONCEPTS = {
     2: "eyes=4,5",
@@ -58,15 +57,15 @@ def worker(cfg: dict) -> dict:
     """One configuration in this (fresh) process; returns seconds per step and peak memory."""
     import numpy as np
     import torch
+    from diffusers import DDPMScheduler
 
     import pipeline_interpretable_ddpm as pid
     import train_interpretable as ti
-    from diffusers import DDPMScheduler
     from face_data import synthetic_face
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
-    args = ti.build_parser().parse_args(["--train_data_dir", ".", "--output_dir", "."])
+    args = ti.build_arg_parser().parse_args(["--train_data_dir", ".", "--output_dir", "."])
     args.concepts = CONCEPTS[cfg["k"]]
     args.estimator = cfg["estimator"] or "pair"
     args.coalition_samples = 4
@@ -118,7 +117,8 @@ def worker(cfg: dict) -> dict:
 
 
 def run_worker(cfg: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", "--worker", json.dumps(cfg)],
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -170,7 +170,7 @@ def bench_loop(opts) -> None:
     try:
         # the script imports the pipeline and face_data from its own folder
         if os.path.dirname(script) != ROOT:
-            for name in ("pipeline_interpretable_ddpm.py", "face_data.py"):
+            for name in ("pipeline_interpretable_ddpm.py", "face_data.py", "model_files.py"):
                 if not os.path.exists(os.path.join(os.path.dirname(script), name)):
                     shutil.copy(os.path.join(ROOT, name), os.path.dirname(script))
         data = make_synthetic_faces(os.path.join(tmp, "data"), num_train=4 * opts.batch_size, num_test=2, size=64)
@@ -194,7 +194,7 @@ def bench_loop(opts) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
@@ -207,7 +207,10 @@ def main():
     p.add_argument("--script", default=None)
     p.add_argument("--loop_steps", type=int, default=12)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    opts = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(opts: argparse.Namespace) -> None:
     if opts.worker:
         print(json.dumps(worker(json.loads(opts.worker))))
     elif opts.loop:
@@ -217,4 +220,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -1,20 +1,19 @@
 """Screenshot of the Space on the shipped models for the README: generate (seed 0), swap the eyes, full page.
 
-    python scripts/app_screenshot.py docs/figures/app_screenshot.png
+    python -m scripts.app_screenshot docs/figures/app_screenshot.png
 
 Starts app.py's demo in-process on a free localhost port and drives it with headless Chromium (Playwright), as
 tests/test_app_browser.py does with tiny models.
 """
 
+import argparse
 import os
 import socket
-import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import app  # noqa: E402
+import app
+from model_files import ROOT
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
@@ -26,8 +25,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(out_path: str) -> None:
-    out_path = os.path.abspath(out_path)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out_path", help="the PNG to write, e.g. docs/figures/app_screenshot.png")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    out_path = os.path.abspath(args.out_path)
     os.chdir(ROOT)  # the default model folders are relative to the repository
     models = app.load_models(app.DEFAULT_MODEL, app.DEFAULT_BASELINE, default_steps=app.DEFAULT_STEPS)
     demo = app.build_demo(models)
@@ -55,4 +60,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(parse_args())

@@ -1,6 +1,6 @@
 """Pushes the shipped pipelines in models/ to the Hugging Face Hub (create_repo + upload_folder).
 
-    python scripts/push_models.py --namespace YOUR_NAME [--token hf_...] [--private]
+    python -m scripts.push_models --namespace YOUR_NAME [--token hf_...] [--private]
 
 Each folder gets the top-level model_card.md as its README.md (the Hub's model card) before it is uploaded; then
 `DiffusionPipeline.from_pretrained("YOUR_NAME/interpretable-ddpm-faces64", trust_remote_code=True)` loads it, and
@@ -10,30 +10,34 @@ the Space reads the ids from INTERPRETABLE_DDPM_MODEL / INTERPRETABLE_DDPM_BASEL
 import argparse
 import os
 import shutil
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from train_interpretable import push_folder_to_hub  # noqa: E402
+from model_files import ROOT
+from train_interpretable import push_folder_to_hub
 
 MODELS = ("interpretable-ddpm-faces64", "ddpm-faces64-baseline", "face-parser-64")
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--namespace", required=True, help="Hub user or organisation")
     p.add_argument("--token", default=None)
     p.add_argument("--private", action="store_true")
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for name in args.models:
         folder = os.path.join(ROOT, "models", name)
         if not os.path.isfile(os.path.join(folder, "config.json")) and not os.path.isfile(os.path.join(folder, "model_index.json")):
             p.error(f"{folder} holds no saved model")
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    for name in args.models:
+        folder = os.path.join(ROOT, "models", name)
         if name != "face-parser-64":
             shutil.copy(os.path.join(ROOT, "model_card.md"), os.path.join(folder, "README.md"))
         print("pushed", push_folder_to_hub(folder, f"{args.namespace}/{name}", args.token, args.private))
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

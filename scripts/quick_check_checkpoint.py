@@ -1,34 +1,37 @@
 """Quick look at a training checkpoint (the 8-pair "screen"): 16 samples and the swap locality of eyes, nose, mouth.
 
-    python scripts/quick_check_checkpoint.py runs/s16/tmin100-20to12/checkpoint-600 outputs/q-tmin100-20to12 8
+    python -m scripts.quick_check_checkpoint runs/interpretable/checkpoint-600 outputs/screen-interpretable 8
 
 The checkpoint's EMA weights go into the shipped baseline's pipeline shell (its scheduler and parser); a pipeline
 folder works too. Writes OUT/samples.png and OUT/locality.json (CIELAB, paper normalisation, 20 DDIM steps, seed 0);
-divide by the twin's locality.json for the screen ratios. One torch thread unless THREADS is set.
+divide by the lambda = 0 twin's locality.json for the screen ratios. One torch thread unless THREADS is set.
 """
+
 import argparse
 import json
 import os
-import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import evaluate as ev  # noqa: E402
+import evaluate as ev
+from model_files import ROOT
 
 SHELL = os.path.join(ROOT, "models", "ddpm-faces64-baseline")
 CONCEPTS = ["eyes", "nose", "mouth"]
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="a training checkpoint (checkpoint-N/) or a pipeline folder")
     p.add_argument("out_dir")
     p.add_argument("num_pairs", nargs="?", type=int, default=8)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.num_pairs < 1:
         p.error(f"num_pairs must be >= 1, got {args.num_pairs}")
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     pipe = ev.load_checkpoint_or_pipeline(args.checkpoint, SHELL)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -44,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

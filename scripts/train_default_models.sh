@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the shipped default models (issue 7), resumably:
+# Trains the shipped default models, resumably:
 #   1. a plain DDPM from scratch                      -> $RUNS/pretrain
 #   2. from that checkpoint, the dummy-player branch  -> $RUNS/interpretable  (the shipped recipe: one-way game,
 #      L_IE only at t >= 100, lambda 20 -> 12)
@@ -9,10 +9,10 @@
 # that the lambda decay fits the fine-tune budget.
 #   CPU:  PRETRAIN_MIN=600 FINETUNE_MIN=240 PRECISION=bf16 BATCH=16 bash scripts/train_default_models.sh
 #   GPU:  PRETRAIN_MIN=3.5 FINETUNE_MIN=2.2 PRECISION=bf16 BATCH=128 bash scripts/train_default_models.sh
+# The faces are read from $INTERPRETABLE_DDPM_DATA (default ../shared/data/utkface64 beside the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/recipe.sh
-DATA=${DATA:-../shared/data/utkface64}
 RUNS=${RUNS:-runs/default}
 PRETRAIN_MIN=${PRETRAIN_MIN:-60}
 FINETUNE_MIN=${FINETUNE_MIN:-30}
@@ -22,15 +22,14 @@ PY=${PY:-python}
 LR_PRETRAIN=${LR_PRETRAIN:-3e-4}
 IE_COST=${IE_COST:-3.2}   # measured cost of one pair-estimator step in plain steps (benchmarks/bench_train.py)
 EXTRA=${EXTRA:-}
-# lambda 1e3 -> 10 (the first release) destroyed the denoiser; the shipped recipe is the one-way game (rest = context)
-# with a 1 px border band, L_IE only at t >= 100 (where it costs the least FID) and lambda 20 -> 12
-# (docs/experiments/cpu_finetunes_2026-11-28c.md, cpu_finetunes_2026-11-29c.md); GAME="" for the paper's symmetric
-# game at every t
+# The shipped recipe (model_card.md, "How the recipe was chosen"): the one-way game (rest = context) with a 1 px
+# border band, L_IE only at t >= 100 (where it costs the least FID) and lambda 20 -> 12; GAME="" for the paper's
+# symmetric game at every t
 GAME=${GAME---ie_border 1 --ie_context rest --ie_min_timestep 100}
 LAMBDA_START=${LAMBDA_START:-20}
 LAMBDA_END=${LAMBDA_END:-12}
 
-common=(--train_data_dir "$DATA" --resolution 64 --train_batch_size "$BATCH" --mixed_precision "$PRECISION"
+common=(--resolution 64 --train_batch_size "$BATCH" --mixed_precision "$PRECISION"
         --checkpointing_steps "${CKPT_STEPS:-500}" --checkpoints_total_limit 2 --save_images_steps "${SAMPLE_STEPS:-1000}"
         --log_every 20 "${RECIPE_FLAGS[@]}" --value pixel)
 

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny random models and tiny data, so every test runs in seconds on 2 CPU cores."""
 
 import os
-import sys
 
 import pytest
 import torch
@@ -10,16 +9,11 @@ import torch
 # 2-thread forward of the tiny UNet up to 50x slower than a 1-thread one. TEST_TORCH_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 
 import pipeline_interpretable_ddpm as pid  # noqa: E402
 from face_data import make_synthetic_faces  # noqa: E402
-
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "utkface64")
-PIPELINE_FILE = os.path.join(ROOT, "pipeline_interpretable_ddpm.py")
+from model_files import PIPELINE_FILE, ROOT  # noqa: E402,F401  (re-exported to the tests)
 
 
 def tiny_unet(sample_size: int = 16, seed: int = 0) -> UNet2DModel:

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+import app
+import app_handlers
+import pipeline_interpretable_ddpm as pid
+from app_figures import to_display, upscale_mask
 from conftest import ROOT, tiny_pipeline
-
-sys.path.insert(0, ROOT)
-
-import app  # noqa: E402
-import pipeline_interpretable_ddpm as pid  # noqa: E402
-from face_data import load_faces  # noqa: E402
+from face_data import load_faces
+from model_files import load_pipeline
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -73,7 +73,7 @@ def read(path) -> np.ndarray:
 
 
 def pipe_image_display(images_bchw: torch.Tensor, i: int = 0) -> np.ndarray:
-    return app.to_display(images_bchw[i].permute(1, 2, 0).cpu().numpy())
+    return to_display(images_bchw[i].permute(1, 2, 0).cpu().numpy())
 
 
 def generate(client, seed_a=3, seed_b=7, compare=True):
@@ -121,7 +121,7 @@ def test_show_mask_overlays_the_concept_mask(served):
     template = models.main.template_mask("eyes").numpy()
     assert f"{int(template.sum())} of 256 pixels" in info
     changed = np.abs(overlay.astype(int) - a.astype(int)).sum(-1) > 0
-    np.testing.assert_array_equal(changed, app._upscale_mask(template))  # tinted exactly inside the mask
+    np.testing.assert_array_equal(changed, upscale_mask(template))  # tinted exactly inside the mask
 
 
 def test_resample_matches_the_pipeline_and_reports_locality(served):
@@ -143,7 +143,7 @@ def test_resample_matches_the_pipeline_and_reports_locality(served):
     assert math.isfinite(loc_a) and loc_a == pytest.approx(expected, abs=1e-4)
     assert heat_a.shape == (256, 256, 3) and heat_a.std() > 0
     # the baseline ran the same edit side by side
-    base_a, base_heat, base_loc = read(panel[6]), read(panel[7]), panel[8]
+    base_a, base_loc = read(panel[6]), panel[8]
     assert base_a.shape == (256, 256, 3) and math.isfinite(base_loc)
     assert np.abs(base_a.astype(int) - edited_a.astype(int)).max() > 0
     assert "locality (Lab, paper)" in details and "seed 11" in details
@@ -199,7 +199,7 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
     expected_input = np.asarray(
         Image.open(tmp_path / "face.png").convert("RGB").crop((5, 0, 35, 30)).resize((16, 16), Image.BICUBIC), np.float32
     ) / 255
-    np.testing.assert_array_equal(read(small), app.to_display(expected_input))
+    np.testing.assert_array_equal(read(small), to_display(expected_input))
     x_t = models.main.invert(torch.from_numpy(expected_input).permute(2, 0, 1)[None], num_inference_steps=STEPS).latents
     ref = models.main(latents=x_t, num_inference_steps=STEPS, output_type="pt", clip_sample=False).images
     np.testing.assert_array_equal(read(recon), pipe_image_display(ref))
@@ -228,6 +228,73 @@ def test_bad_uploads_are_refused_and_the_app_keeps_serving(served, tmp_path):
         client.predict(1, 2, 0, False, api_name="/generate")
     a, _, _, _ = generate(client, 3, 7)  # still serving
     assert a.shape == (256, 256, 3)
+
+
+def still_serving(client):
+    """The app answers a model call after a refused one (the queue and the session survived)."""
+    a, _, _, _ = generate(client, 3, 7)
+    assert a.shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c: c.predict(1.5, 7, STEPS, False, api_name="/generate"), "seed A must be a whole number"),
+        (lambda c: c.predict(3, 2.25, STEPS, False, api_name="/generate"), "seed B must be a whole number"),
+        (lambda c: c.predict(3, 7, 2.5, False, api_name="/generate"), "Steps must be an integer"),
+        (lambda c: c.predict("eyes", 0, None, 1.5, STEPS, False, api_name="/resample"), "new seed must be a whole number"),
+        (lambda c: c.predict("eyes", 1.5, None, 3, STEPS, False, api_name="/resample"), "Dilation"),
+        (lambda c: c.predict("ears", 0, None, 3, STEPS, False, api_name="/resample"), "'ears'.*not in the list of choices"),
+        (lambda c: c.predict("A", STEPS, 3, 0.5, False, api_name="/attribute"), "attribution seed must be a whole number"),
+        (lambda c: c.predict("A", STEPS, 2.5, 0, False, api_name="/attribute"), "Number of timesteps"),
+    ],
+    ids=["seed-a", "seed-b", "steps", "resample-seed", "dilation", "region", "attribution-seed", "timesteps"],
+)
+def test_bad_numbers_are_refused_not_rounded_and_the_app_keeps_serving(served, call, message):
+    client, _, _ = served
+    generate(client, 3, 7)  # the edits need faces
+    with pytest.raises(AppError, match=message):
+        call(client)
+    still_serving(client)
+
+
+def _write_bad_upload(kind: str, folder) -> str:
+    path = folder / {"empty": "empty.png", "text": "notes.jpg", "truncated": "cut.png", "tiny": "tiny.png"}[kind]
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an image")
+    elif kind == "truncated":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:120])
+    else:  # 4x4 pixels for a 16x16 model
+        Image.new("RGB", (4, 4), (200, 150, 120)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [("empty", "empty \\(0 bytes\\)"), ("text", "not an image"), ("truncated", "not an image"), ("tiny", "only 4x4 pixels")],
+)
+def test_bad_upload_gets_a_clear_message_and_the_app_keeps_serving(served, tmp_path, kind, message):
+    client, _, _ = served
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(_write_bad_upload(kind, tmp_path)), STEPS, False, api_name="/invert")
+    still_serving(client)
+
+
+def test_animated_gif_upload_uses_its_first_frame_and_says_so(served, tmp_path):
+    client, _, _ = served
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(3)]
+    gif = tmp_path / "face.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    small, recon, face_a, _, info = client.predict(handle_file(str(gif)), STEPS, False, api_name="/invert")
+    assert "animated (3 frames)" in info and "first frame" in info
+    with Image.open(gif) as im:  # frame 0, as PIL decodes it
+        first = np.asarray(im.convert("RGB").resize((16, 16), Image.BICUBIC), np.float32) / 255
+    np.testing.assert_array_equal(read(small), to_display(first))
+    still_serving(client)
 
 
 def test_edits_before_any_face_give_a_clear_error(served):
@@ -272,15 +339,15 @@ def test_attribution_explorer(served):
 def test_model_resolution_from_arguments_env_and_defaults(tmp_path, monkeypatch, tiny_faces):
     monkeypatch.delenv(app.MODEL_ENV, raising=False)
     monkeypatch.delenv(app.BASELINE_ENV, raising=False)
-    monkeypatch.setattr(app, "ROOT", str(tmp_path))  # a checkout without models/
+    monkeypatch.setattr(app_handlers, "ROOT", str(tmp_path))  # a checkout without models/
     with pytest.raises(SystemExit, match="No model to serve"):
         app.load_models(None, None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        app.load_pipeline(str(tmp_path / "missing-model"))
+        load_pipeline(str(tmp_path / "missing-model"))
     # any interpretable pipeline committed under models/ is found when the default is absent
     faces = load_faces(tiny_faces, "train")
     path = save_tiny_pipeline(tmp_path / "models" / "other-interpretable", faces, seed=0)
-    assert app.find_default_model() == path
+    assert app_handlers.find_default_model() == path
     monkeypatch.setenv(app.MODEL_ENV, path)
     models = app.load_models(None, "")
     assert models.main_name == "other-interpretable" and models.baseline is None

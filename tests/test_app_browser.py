@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
-
 import app
+from conftest import ROOT
 from face_data import load_faces
 from test_app import STEPS, free_port, save_tiny_pipeline
 
@@ -123,3 +122,24 @@ def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
     page.locator("#invert").click()
     sync_api.expect(page.locator("#upload-info")).to_contain_text("resized to the model's 16x16")
     page.screenshot(path=os.path.join(screenshot_dir(), "app_upload.png"), full_page=True)
+    # an animated GIF: its first frame is used, and the page says so
+    page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    gif = tmp_path / "face.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    page.locator("#upload input[type=file]").set_input_files(str(gif))
+    page.locator("#invert").click()
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("only its first frame was used")
+    page.get_by_role("tab", name="Generate & edit").click()
+
+
+def test_a_fractional_seed_is_refused_with_a_message_and_the_app_keeps_serving(page):
+    seed_a = page.locator("#seed-a input")
+    seed_a.fill("1.5")
+    page.locator("#generate").click()
+    sync_api.expect(page.get_by_text(re.compile("seed A must be a whole number"))).to_be_visible()
+    page.screenshot(path=os.path.join(screenshot_dir(), "app_bad_seed.png"), full_page=True)
+    seed_a.fill("2")
+    page.locator("#generate").click()
+    sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 2")

@@ -9,12 +9,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PIPELINE_FILE, ROOT, tiny_pipeline
-from denoisers import PerPixelDenoiser
 from diffusers import DDIMScheduler
 
 import evaluate
+import model_files
 import pipeline_interpretable_ddpm as pid
+from conftest import ROOT, tiny_pipeline
+from denoisers import PerPixelDenoiser
 from face_data import load_faces
 
 EVALUATE = os.path.join(ROOT, "evaluate.py")
@@ -98,19 +99,19 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
 
     # A second run into the same folder is refused (in-process: it fails before loading anything) ...
     before = (out / "results.json").stat().st_mtime_ns
-    assert evaluate.main(args) == 2
+    assert evaluate.main(evaluate.parse_args(args)) == 2
     assert (out / "results.json").stat().st_mtime_ns == before
     # ... and so is a pipeline path that does not exist.
     missing = [str(tmp_path / "nope"), "--output_dir", str(tmp_path / "eval2")]
-    assert evaluate.main(missing) == 2
+    assert evaluate.main(evaluate.parse_args(missing)) == 2
     assert not (tmp_path / "eval2").exists()
 
 
 def test_missing_pipeline_path_error_message(tmp_path, capsys):
-    assert evaluate.main([str(tmp_path / "missing_pipe"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert evaluate.main(evaluate.parse_args([str(tmp_path / "missing_pipe"), "--output_dir", str(tmp_path / "o")])) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert evaluate.main([str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert evaluate.main(evaluate.parse_args([str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o")])) == 2
     assert "model_index.json" in capsys.readouterr().err
 
 
@@ -168,7 +169,7 @@ def test_a_plain_ddpm_pipeline_folder_loads_as_an_interpretable_ddim_pipeline(tm
     from conftest import tiny_unet
 
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(tmp_path / "p"))
-    pipe = evaluate.load_pipeline(str(tmp_path / "p"), "cpu")
+    pipe = model_files.load_pipeline(str(tmp_path / "p"), "cpu")
     assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.clip_sample
     assert hasattr(pipe, "swap_regions") and pipe.resolution == (16, 16)
 

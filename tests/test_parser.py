@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PIPELINE_FILE, ROOT, tiny_pipeline
 from diffusers import DiffusionPipeline
 from safetensors import safe_open
 from transformers import SegformerForSemanticSegmentation
 
 import pipeline_interpretable_ddpm as pid
 import train_parser as tp
+from conftest import PIPELINE_FILE, ROOT, tiny_pipeline
+from model_files import load_pipeline
 
 
 def _train_args(data_dir, output_dir, steps=6, **extra):
@@ -188,7 +189,7 @@ def _tiny_celebamask_parser(tmp_path):
     """A randomly initialised SegFormer with the 19 CelebAMask-HQ labels of `jonathandinu/face-parsing`, saved."""
     folder = str(tmp_path / "celebamask-parser")
     if not os.path.isdir(folder):
-        tp.make_parser("tiny", seed=3, id2label=tp.CELEBAMASK_HQ_LABELS).save_pretrained(folder)
+        tp.make_face_parser("tiny", seed=3, id2label=tp.CELEBAMASK_HQ_LABELS).save_pretrained(folder)
     return folder
 
 
@@ -227,7 +228,7 @@ def test_attach_parser_and_templates_to_a_saved_pipeline(tiny_faces, trained_par
     assert hashlib.sha256(open(unet_file, "rb").read()).hexdigest() == before  # nothing else rewritten
     assert open(os.path.join(folder, "README.md")).read() == "model card\n"
     assert not any(n.startswith("checkpoint-") for n in os.listdir(os.path.join(folder, "parser")))
-    loaded = tp.load_pipeline(folder)
+    loaded = load_pipeline(folder)
     assert isinstance(loaded.parser, SegformerForSemanticSegmentation)
     assert loaded.config.concept_templates == tp.compute_templates_from_data(tiny_faces)
     x = _images(1)
@@ -235,7 +236,7 @@ def test_attach_parser_and_templates_to_a_saved_pipeline(tiny_faces, trained_par
     # templates only, then a Hub parser with its mapping through the same function
     tp.attach_parser(folder, _tiny_celebamask_parser(tmp_path), label_mapping=tp.CELEBAMASK_HQ_TO_FACE_PARTS,
                      normalization="imagenet", resolution=32)
-    hub_loaded = tp.load_pipeline(folder)
+    hub_loaded = load_pipeline(folder)
     assert hub_loaded.parser.config.num_labels == 19 and hub_loaded.config.parser_resolution == 32
     with pytest.raises(ValueError, match="19 labels, not the 8 face-part labels"):
         tp.attach_parser(folder, _tiny_celebamask_parser(tmp_path), verify=False)

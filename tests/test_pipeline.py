@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, DiffusionPipeline
 
 import pipeline_interpretable_ddpm as pid
-from conftest import PIPELINE_FILE, ROOT, tiny_pipeline, tiny_unet
+from conftest import PIPELINE_FILE, tiny_pipeline, tiny_unet
 from denoisers import GaussianDenoiser, PerPixelDenoiser
 
 STEPS = 8

@@ -42,7 +42,7 @@ def test_default_model_generates_and_parses_offline(monkeypatch):
 
 
 def test_shipped_baseline_is_the_lambda_zero_twin_of_the_interpretable_model():
-    """Issue 7's comparison is only fair between twins: the same start, data, steps, seed and settings, with the
+    """The release comparison is only fair between twins: the same start, data, steps, seed and settings, with the
     dummy-player loss as the only difference (its lambda schedule and game flags)."""
     records = {}
     for name in SHIPPED:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import PIPELINE_FILE, ROOT
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import PIPELINE_FILE, ROOT
 from face_data import make_synthetic_faces
 
 TRAIN = os.path.join(ROOT, "train_interpretable.py")
@@ -265,8 +265,9 @@ def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_pat
 def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
     """The coalition forwards run at t >= --ie_min_timestep on inputs noised to that t; the DDPM examples keep
     uniform timesteps; without the flag the coalitions share the DDPM examples' timesteps."""
-    import train_interpretable as ti
     from diffusers import DDPMScheduler
+
+    import train_interpretable as ti
 
     calls = []
 
@@ -302,8 +303,9 @@ def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
 def test_ie_presence_draws_the_named_player_into_the_coalitions_that_often():
     """--ie_presence eyes=0.95 puts the eyes' own noisy pixels (not the baseline's) into ~95% of the drawn coalitions
     S; without it, ~half."""
-    import train_interpretable as ti
     from diffusers import DDPMScheduler
+
+    import train_interpretable as ti
 
     calls = []
 

@@ -20,7 +20,6 @@ the last region is "rest"); coalitions ``(M, K)`` bool, or ``(B, M, K)`` per exa
 from __future__ import annotations
 
 import inspect
-import itertools
 import json
 import math
 from dataclasses import dataclass
