@@ -330,7 +330,6 @@ def label_centroids(labels: np.ndarray) -> Dict[int, Optional[Tuple[float, float
 def measure_part_centroids(data_dir: str, split: str = "train") -> Dict[int, Tuple[float, float]]:
     """Mean over the faces with a label map of each part's pixel centroid, in pixels of the data set's resolution
     (how `PART_TEMPLATE` was measured)."""
-    sys.path.insert(0, ROOT)
     from face_data import load_faces
 
     faces = load_faces(data_dir, split)

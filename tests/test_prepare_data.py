@@ -15,12 +15,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED_DATA
 from PIL import Image, ImageDraw
 
 import prepare_data
-from face_data import load_faces
+from face_data import default_data_dir, load_faces
+from model_files import ROOT
 
+SHARED_DATA = default_data_dir()
 SCRIPT = os.path.join(ROOT, "prepare_data.py")
 TRAIN = os.path.join(ROOT, "train_interpretable.py")
 ANGLES = (8.0, -10.0, 5.0, -6.0)  # degrees each test face is rotated by in its photo
