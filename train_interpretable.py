@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import pipeline_interpretable_ddpm as pid
-from face_data import DATA_ENV, default_data_dir, load_faces
+from face_data import DATA_ENV, default_data_dir, find_split, load_faces
 from model_files import list_checkpoints
 
 logger = logging.getLogger("train_interpretable")
@@ -251,6 +251,61 @@ def load_pretrained(args):
     return unet.float(), sched_cfg
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 (first 16 hex digits) of tensors' dtypes, shapes and bytes: equal digests mean bit-identical values."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def train_data_digests(data_dir: str) -> dict:
+    """`{file name: digest}` of the training split's parquet file (empty for an image folder)."""
+    try:
+        path = find_split(data_dir, "train")
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {os.path.basename(path): file_digest(path)} if os.path.isfile(path) else {}
+
+
+def environment_record() -> dict:
+    """What a run's numbers may depend on besides its flags: package versions, the machine and torch's threading
+    and kernels, so that a result that does not reproduce elsewhere can be traced."""
+    import platform
+
+    import accelerate
+    import diffusers
+
+    record = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "accelerate": accelerate.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+    return record
+
+
 def schedule_config(config: dict, args) -> dict:
     """The noise schedule of the run: `config` (a pretrained model's, or a new one's) with the flags that set
     prediction type, zero terminal SNR and step spacing applied; fails when the result cannot be trained."""
@@ -357,6 +412,7 @@ class StepLosses:
     loss_ddpm: torch.Tensor
     loss_ie: torch.Tensor  # detached when lambda = 0 (logging only); 0 when not computed
     ie_computed: bool
+    draws: Optional[dict] = None  # the batch's random draws (noise, timesteps), for the run record's first-batch hash
 
 
 def training_losses(
@@ -437,7 +493,7 @@ def training_losses(
             coal_eps.float(), plan, regions, args.value, has_mask[:nb].float(), border=args.ie_border
         )
     loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
-    return StepLosses(loss, loss_ddpm, loss_ie, ie_needed)
+    return StepLosses(loss, loss_ddpm, loss_ie, ie_needed, {"noise": noise, "timesteps": timesteps})
 
 
 @dataclass(frozen=True)
@@ -663,6 +719,13 @@ def main(args: argparse.Namespace) -> str:
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "training_config.json"), "w") as f:
             json.dump(vars(args), f, indent=2, sort_keys=True)
+        run_record = {
+            "environment": environment_record(),
+            "start_weights": tensor_digest(*unet.state_dict().values()),
+            "train_data": train_data_digests(args.train_data_dir),
+            "noise_schedule": dict(noise_scheduler.config),
+        }
+        write_run_record(args.output_dir, run_record)
 
     ema_model = None
     if args.use_ema:
@@ -796,6 +859,12 @@ def main(args: argparse.Namespace) -> str:
                     noise_scheduler=noise_scheduler, concepts=concepts, args=args, lam=lam, generator=generator,
                     probe_ie=(global_step + 1) % args.log_every == 0, flip_perm=flip_perm, game=game,
                 )
+                if global_step == 0 and micro_step == 1 and accelerator.is_main_process:
+                    write_run_record(args.output_dir, {"first_batch": {
+                        "images": tensor_digest(images_u8), "labels": tensor_digest(labels),
+                        "noise": tensor_digest(step.draws["noise"]), "timesteps": tensor_digest(step.draws["timesteps"]),
+                        "loss": float(step.loss.detach()),
+                    }})
                 accelerator.backward(step.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -872,6 +941,20 @@ def main(args: argparse.Namespace) -> str:
             push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
     accelerator.end_training()
     return args.output_dir
+
+
+def write_run_record(output_dir: str, update: dict) -> None:
+    """Merges `update` into `run_record.json` (environment, start-weight and data hashes, first batch)."""
+    path = os.path.join(output_dir, "run_record.json")
+    record = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+    record.update(update)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def truncate_log(path: str, step: int) -> None:

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+import train_interpretable
 from conftest import PIPELINE_FILE, ROOT
 from face_data import make_synthetic_faces
 
@@ -415,3 +416,51 @@ def test_single_process_imagefolder_finetune_records_the_base_model(two_process_
     base_unet = json.load(open(os.path.join(base, "unet", "config.json")))
     new_unet = json.load(open(os.path.join(out, "unet", "config.json")))
     assert new_unet["block_out_channels"] == base_unet["block_out_channels"] and new_unet["sample_size"] == 16
+
+
+def test_v_prediction_zero_snr_finetune_trains_v_and_records_what_it_started_from(two_process_run, tiny_faces, tmp_path):
+    """Changing the prediction type and schedule of a pretrained model: the saved scheduler says so, the loss regresses
+    v, and the run record holds the start weights' and first batch's digests (equal for an identical rerun)."""
+    from diffusers import DiffusionPipeline, UNet2DModel
+
+    base, _, _ = two_process_run
+    args = ["--train_data_dir", tiny_faces, "--pretrained_model_name_or_path", base, "--report_to", "none",
+            "--save_images_steps", "0", "--train_batch_size", "4", "--max_train_steps", "2", "--log_every", "1",
+            "--checkpointing_steps", "5", "--lambda_start", "0", "--prediction_type", "v_prediction",
+            "--rescale_betas_zero_snr", "--timestep_spacing", "trailing"]
+    runs = [str(tmp_path / "v1"), str(tmp_path / "v2")]
+    for out in runs:
+        finish(start([*args, "--output_dir", out]))
+    sched = json.load(open(os.path.join(runs[0], "scheduler", "scheduler_config.json")))
+    assert sched["prediction_type"] == "v_prediction" and sched["rescale_betas_zero_snr"] is True
+    assert sched["timestep_spacing"] == "trailing"
+    records = [json.load(open(os.path.join(out, "run_record.json"))) for out in runs]
+    start_weights = UNet2DModel.from_pretrained(base, subfolder="unet").float().state_dict().values()
+    assert records[0]["start_weights"] == train_interpretable.tensor_digest(*start_weights)
+    assert records[0]["environment"]["torch"] == torch.__version__
+    assert records[0]["first_batch"] == records[1]["first_batch"]
+    assert set(records[0]["first_batch"]) == {"images", "labels", "noise", "timesteps", "loss"}
+    pipe = DiffusionPipeline.from_pretrained(runs[0], custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
+    assert np.isfinite(images).all()
+
+
+def test_regression_target_and_min_snr_weights_follow_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    for kind in ("epsilon", "v_prediction", "sample"):
+        sched = DDPMScheduler(prediction_type=kind, rescale_betas_zero_snr=kind != "epsilon")
+        target = train_interpretable.regression_target(sched, x0, noise, t)
+        a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        expected = {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0, "sample": x0}[kind]
+        torch.testing.assert_close(target, expected)
+        w = train_interpretable.snr_weights(sched, t, 5.0)
+        assert torch.isfinite(w).all()
+        snr = a.flatten() / (1 - a.flatten())
+        # every weighting puts min(SNR, gamma) on the x_0 error: eps error = SNR * x_0 error, v error = (SNR + 1) * x_0 error
+        scale = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[kind]
+        torch.testing.assert_close(w * scale, snr.clamp(max=5.0))
