@@ -1511,7 +1511,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 f"per image over {steps} attributed timesteps, more than max_coalitions={max_coalitions} allows. Pass "
                 f"max_coalitions={2**k} to run it anyway, or use fewer regions or timesteps."
             )
-        if isinstance(baseline, torch.Tensor):
+        if isinstance(baseline, (torch.Tensor, np.ndarray)):
             base = self._check_latents(baseline, "baseline")
             if base.shape != latents.shape:
                 raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
