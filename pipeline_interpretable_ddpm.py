@@ -351,6 +351,62 @@ def compute_concept_templates(
     return templates
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Input checks shared by the pipeline's public methods: bad input fails loudly, naming the argument
+# ----------------------------------------------------------------------------------------------------------------------
+# x_T is standard Gaussian noise (|x| < 7 in practice, and DDIM inversion stays in that range); values beyond this are
+# a unit mix-up (e.g. pixels in 0..255), and float16 would overflow on them within a few DDIM steps.
+LATENTS_MAX_ABS = 1e3
+# `attribute` plays all 2^K coalitions at every attributed timestep; bigger games need an explicit `max_coalitions`.
+DEFAULT_MAX_COALITIONS = 64
+
+
+def check_int(value, name: str, minimum: Optional[int] = None) -> int:
+    """`value` as a Python int. Accepts Python and numpy integers (and 0-d integer tensors); refuses bools (`True`
+    is not a step count), floats (3.0 or 2.5 steps is a mistake, not a request) and strings."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() and not value.is_complex():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, "an integer")
+        raise ValueError(f"{name} must be {kind}, got {value!r} ({type(value).__name__}).")
+    if minimum is not None and value < minimum:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+    return int(value)
+
+
+def check_tensor_values(x: torch.Tensor, name: str, floating: bool = True) -> None:
+    """Refuses tensors without usable values: on the 'meta' device, complex, non-float (when `floating`), empty, or
+    holding NaN / infinity."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a 'meta' tensor (a shape without values); pass a tensor that holds data.")
+    if x.is_complex():
+        raise ValueError(f"{name} has complex dtype {x.dtype}; pass a real tensor.")
+    if floating and not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}.")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}).")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+
+
+def check_mask_values(mask: torch.Tensor, name: str = "mask") -> None:
+    """A mask tensor must hold real, finite values that read unambiguously as a mask: bool, 0/1 integers, uint8 0..255
+    (an image), or floats in [0, 1] (soft) or [0, 255]. An integer label map (0..7) or negative values are refused:
+    thresholding them would silently select the wrong pixels."""
+    check_tensor_values(mask, name, floating=False)
+    if mask.dtype == torch.bool:
+        return
+    lo, hi = float(mask.min()), float(mask.max())
+    if not mask.is_floating_point() and mask.dtype != torch.uint8 and not (lo >= 0 and hi <= 1):
+        raise ValueError(
+            f"{name} of dtype {mask.dtype} holds values in [{lo:g}, {hi:g}]; an integer mask must be 0/1 (pass a bool "
+            "mask, or select the labels first, e.g. torch.isin(labels, ids))."
+        )
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{name} holds values in [{lo:g}, {hi:g}]; a mask must be in [0, 1] (or 0..255 image values).")
+
+
 def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int], device=None) -> torch.Tensor:
     """Normalises any supported mask to a binary float tensor `(B, 1, H, W)` at the model resolution.
 
@@ -365,11 +421,14 @@ def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int]
             arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
         mask = torch.from_numpy(arr)
     elif isinstance(mask, np.ndarray):
+        if mask.dtype.kind not in "biufc":
+            raise ValueError(f"mask must hold numbers, got a numpy array of dtype {mask.dtype}.")
         mask = torch.from_numpy(np.ascontiguousarray(mask))
     if not isinstance(mask, torch.Tensor):
         raise ValueError(
             f"mask must be a concept name, a tensor, a numpy array or a PIL image, got {type(mask).__name__}."
         )
+    check_mask_values(mask)
     mask = mask.detach().float()
     if mask.ndim == 2:
         mask = mask[None, None]
@@ -875,18 +934,30 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             upload_folder(repo_id=repo_id, folder_path=save_directory, token=kwargs.get("token"))
 
     # -- input checks ---------------------------------------------------------------------------------------------------
-    def _check_sampling_args(self, eta: float, num_inference_steps: int) -> None:
+    def check_inputs(
+        self, num_inference_steps, output_type: Optional[str] = None, clip_sample: Optional[bool] = None, eta: float = 0.0
+    ) -> int:
+        """Checks the arguments the public methods share (as diffusers pipelines' `check_inputs`); raises a
+        `ValueError` naming the bad argument. Returns `num_inference_steps` as a Python int."""
+        num_inference_steps = self._check_sampling_args(eta, num_inference_steps)
+        if output_type is not None and output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if clip_sample is not None and not isinstance(clip_sample, (bool, np.bool_)):
+            raise ValueError(f"clip_sample must be True, False or None (the scheduler's setting), got {clip_sample!r}.")
+        return num_inference_steps
+
+    def _check_sampling_args(self, eta: float, num_inference_steps: int) -> int:
         if eta != 0:
             raise ValueError(
                 f"eta must be 0: region edits need deterministic DDIM sampling (x_0 a function of x_T); got {eta}."
             )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        num_inference_steps = check_int(num_inference_steps, "num_inference_steps", minimum=1)
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps ({num_inference_steps}) exceeds the scheduler's "
                 f"{self.scheduler.config.num_train_timesteps} training timesteps."
             )
+        return num_inference_steps
 
     def _check_latents(self, latents, name: str = "latents") -> torch.Tensor:
         if isinstance(latents, InversionOutput):
@@ -900,8 +971,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 f"{name} must have shape (B, {', '.join(map(str, self.latent_shape))}) for this model; "
                 f"got {tuple(latents.shape)}."
             )
-        if not torch.isfinite(latents).all():
-            raise ValueError(f"{name} contains NaN or infinite values.")
+        check_tensor_values(latents, name)
+        if latents.abs().amax() > LATENTS_MAX_ABS:
+            raise ValueError(
+                f"{name} holds values up to {float(latents.abs().amax()):.3g}; x_T is standard Gaussian noise (|x| < 7 "
+                f"in practice), values beyond {LATENTS_MAX_ABS:g} are refused."
+            )
         return latents.to(self._execution_device, self.unet.dtype)
 
     def prepare_mask(
@@ -988,6 +1063,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             arrays = []
             for im in image:
                 if isinstance(im, PIL.Image.Image):
+                    if getattr(im, "n_frames", 1) > 1:
+                        raise ValueError(
+                            f"image is an animation of {im.n_frames} frames; pass one frame (e.g. im.seek(i); "
+                            "im.convert('RGB')) rather than have the first one taken silently."
+                        )
                     if im.size != (w, h):
                         if not resize:
                             raise ValueError(
@@ -998,6 +1078,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                     im = np.asarray(im.convert("RGB"))
                 if not isinstance(im, np.ndarray):
                     raise ValueError(f"Unsupported image type {type(im).__name__}.")
+                if im.dtype.kind not in "biuf":
+                    raise ValueError(f"image arrays must hold real numbers (uint8 or float), got dtype {im.dtype}.")
                 arrays.append(im)
             image = np.stack([a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrays])
         if isinstance(image, np.ndarray):
@@ -1012,6 +1094,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             image = image[None]
         if image.ndim != 4 or image.shape[1] != self.unet.config.in_channels:
             raise ValueError(f"image tensor must have shape (B, {self.unet.config.in_channels}, H, W), got {tuple(image.shape)}.")
+        check_tensor_values(image, "image", floating=False)
         image = image.float()
         if tuple(image.shape[-2:]) != (h, w):
             if not resize:
@@ -1021,7 +1104,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 )
             image = F.interpolate(image, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
         if image.min() < -1e-3 or image.max() > 1 + 1e-3:
-            raise ValueError("Image tensors must be in [0, 1].")
+            raise ValueError(
+                f"Image tensors must be in [0, 1]; image holds values in [{float(image.min()):.4g}, "
+                f"{float(image.max()):.4g}] (uint8 arrays and PIL images are read as 0..255)."
+            )
         return (image * 2 - 1).to(self._execution_device, self.unet.dtype)
 
     def postprocess(self, x0: torch.Tensor, output_type: str = "pil"):
@@ -1072,6 +1158,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
         `clip_sample` overrides the scheduler's clipping of the predicted x_0 for this call (`None` keeps it); x_T
         from `invert` should be regenerated with `clip_sample=False`, the setting the inversion is exact for."""
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        latents = self._check_latents(latents)
         scheduler = self.scheduler
         if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
             scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
@@ -1126,10 +1214,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         >>> edit = pipe.swap_regions(out.latents[:1], out.latents[1:], "eyes")
         ```
         """
-        self._check_sampling_args(eta, num_inference_steps)
+        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample, eta)
         if latents is None:
-            if not isinstance(batch_size, int) or batch_size < 1:
-                raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+            batch_size = check_int(batch_size, "batch_size", minimum=1)
             if isinstance(generator, list) and len(generator) != batch_size:
                 raise ValueError(
                     f"You passed {len(generator)} generators for a batch of {batch_size} images; give one per image."
@@ -1182,8 +1269,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
         """
+        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
         latents = self._check_latents(latents)
-        m = self.prepare_mask(mask, latents, allow_empty_mask, num_inference_steps=num_inference_steps)
+        # a concept's mask comes from the image these latents make with this call's settings (clip_sample included)
+        m = self.prepare_mask(mask, latents, allow_empty_mask, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
         if new_latents is None:
             new_latents = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         else:
@@ -1227,13 +1316,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
         """
+        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
         latents_a = self._check_latents(latents_a, "latents_a")
         latents_b = self._check_latents(latents_b, "latents_b")
         if latents_a.shape != latents_b.shape:
             raise ValueError(
                 f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} must have the same shape."
             )
-        kw = dict(num_inference_steps=num_inference_steps)
+        kw = dict(num_inference_steps=num_inference_steps, clip_sample=clip_sample)
         if isinstance(mask, str) and mask_from in ("b", "union"):
             mb = self.prepare_mask(mask, latents_b, True, **kw)
             m = mb if mask_from == "b" else torch.maximum(mb, self.prepare_mask(mask, latents_a, True, **kw))
@@ -1285,7 +1375,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Returns:
             [`InversionOutput`] (`latents`, `reconstruction_psnr`) or the latents tensor.
         """
-        self._check_sampling_args(0.0, num_inference_steps)
+        num_inference_steps = self.check_inputs(num_inference_steps)
+        fixed_point_iterations = check_int(fixed_point_iterations, "fixed_point_iterations", minimum=0)
         if self.scheduler.config.thresholding:
             raise ValueError("Inversion needs a scheduler with thresholding=False (dynamic thresholding is not invertible).")
         # The inverse steps are those of *unclipped* DDIM (a clipped step has no exact inverse where the predicted
@@ -1303,6 +1394,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 if _ < fixed_point_iterations:
                     eps = self._eps(x_t, t)
             x = x_t
+        if not torch.isfinite(x).all():  # the input was checked, so this is the model: say so rather than return NaN
+            raise ValueError("DDIM inversion diverged (non-finite x_T); the UNet's noise predictions are not finite.")
         psnr = None
         if check_reconstruction:
             recon = self.denoise(x, num_inference_steps, show_progress=False, clip_sample=False)
@@ -1356,6 +1449,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """What `preprocess` takes -> model space; a tensor is taken as model-space `(B, 3, H, W)` in [-1, 1]."""
         if not isinstance(images, torch.Tensor):
             return self.preprocess(images)
+        check_tensor_values(images, "image")
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.resolution:
             raise ValueError(
@@ -1417,6 +1511,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         dilation: int = 0,
         num_inference_steps: int = 50,
         is_latents: Optional[bool] = None,
+        clip_sample: Optional[bool] = None,
     ) -> torch.Tensor:
         """Mask of a concept for each image, `(B, 1, H, W)` float 0/1 at model resolution.
 
@@ -1430,22 +1525,28 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             dilation (`int`): grows the mask by this many pixels (square structuring element).
             is_latents (`bool`, *optional*): whether a tensor holds latents x_T; when `None`, a tensor with values
                 beyond +-1.5 (Gaussian noise always has some; images never) is taken as latents.
+            clip_sample (`bool`, *optional*): the x_0 clipping of the regeneration of latents (`None`: the
+                scheduler's); an edit passes its own, so its mask comes from the image it starts from.
         """
-        return self._concept_masks(image_or_latents, [concept], dilation, num_inference_steps, is_latents)
+        return self._concept_masks(image_or_latents, [concept], dilation, num_inference_steps, is_latents, clip_sample)
 
     @torch.no_grad()
     def _concept_masks(
         self, image_or_latents, concepts: Sequence[str], dilation: int = 0, num_inference_steps: int = 50,
-        is_latents: Optional[bool] = None,
+        is_latents: Optional[bool] = None, clip_sample: Optional[bool] = None,
     ) -> torch.Tensor:
         """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
         denoised and the images parsed once for all of them."""
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        if is_latents is not None and not isinstance(is_latents, (bool, np.bool_)):
+            raise ValueError(f"is_latents must be True, False or None (guess from the values), got {is_latents!r}.")
         for concept in concepts:
             self._check_concept(concept)
             if self.parser is not None:
                 self._check_parser_covers(concept)
-        if not isinstance(dilation, int) or dilation < 0:
-            raise ValueError(f"dilation must be a non-negative integer (pixels), got {dilation!r}.")
+        dilation = check_int(dilation, "dilation", minimum=0)
+        if isinstance(image_or_latents, torch.Tensor):
+            check_tensor_values(image_or_latents, "image_or_latents")
         if is_latents is None:
             is_latents = isinstance(image_or_latents, torch.Tensor) and bool(image_or_latents.abs().amax() > 1.5)
         if is_latents:
@@ -1459,7 +1560,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             masks = masks.expand(b, -1, -1, -1).clone()
         else:
             if is_latents:
-                x = self.denoise(latents, num_inference_steps, show_progress=False)
+                x = self.denoise(latents, num_inference_steps, show_progress=False, clip_sample=clip_sample)
             labels = self._parse_model_space(x)
             masks = torch.stack(
                 [torch.isin(labels, torch.tensor(self.concepts[c], device=labels.device)) for c in concepts], 1
@@ -1485,6 +1586,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         max_batch_size: Optional[int] = None,
         return_dict: bool = True,
         harmonize_noise: Optional[bool] = None,
+        max_coalitions: int = DEFAULT_MAX_COALITIONS,
     ) -> Union[AttributionOutput, Tuple]:
         r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise, per timestep.
 
@@ -1503,19 +1605,38 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             harmonize_noise (`bool`, *optional*): harmonise the baseline x_T that `"other_sample"` draws, so that
                 absent players get noise of the kind `__call__` draws (default: the pipeline's setting); `latents`
                 are used as given.
+            max_coalitions (`int`): the cost guard. K regions need 2^K UNet evaluations per image and attributed
+                timestep; a game with more coalitions than this (default 64, i.e. K <= 6) raises with its cost
+                unless you raise the limit explicitly (at most 2^10).
 
         Returns:
             [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`) or that tuple.
         """
+        num_inference_steps = self.check_inputs(num_inference_steps)
+        max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
         latents = self._check_latents(latents)
         if max_batch_size is None:
             max_batch_size = 8 if latents.device.type == "cpu" else 64
+        max_batch_size = check_int(max_batch_size, "max_batch_size", minimum=1)
+        if timesteps is not None:
+            if isinstance(timesteps, (int, np.integer)) or (isinstance(timesteps, torch.Tensor) and timesteps.ndim == 0):
+                raise ValueError(f"timesteps must be a sequence of timesteps (e.g. [{int(timesteps)}]), got {timesteps!r}.")
+            timesteps = [check_int(t, f"timesteps[{i}]", minimum=0) for i, t in enumerate(timesteps)]
+            if not timesteps:
+                raise ValueError("timesteps is empty; pass None to attribute at every step of the schedule.")
         b = latents.shape[0]
         regions, names = self._attribution_regions(latents, masks, num_inference_steps)
         k = regions.shape[1]
         if k > 10:
             raise ValueError(f"{k} regions need 2^{k} UNet calls per step; use at most 10 regions.")
-        if isinstance(baseline, torch.Tensor):
+        if 2**k > max_coalitions:
+            steps = num_inference_steps if timesteps is None else len(set(timesteps))
+            raise ValueError(
+                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions: {2**k * steps:,} UNet evaluations "
+                f"per image over {steps} attributed timesteps, more than max_coalitions={max_coalitions} allows. Pass "
+                f"max_coalitions={2**k} to run it anyway, or use fewer regions or timesteps."
+            )
+        if isinstance(baseline, (torch.Tensor, np.ndarray)):
             base = self._check_latents(baseline, "baseline")
             if base.shape != latents.shape:
                 raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
@@ -1581,12 +1702,17 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         b = latents.shape[0]
         if masks is None or (isinstance(masks, (list, tuple)) and all(isinstance(m, str) for m in masks)):
             names = list(self.concepts) if masks is None else list(masks)
+            if not names:
+                raise ValueError("masks is an empty list of concept names; pass None for all the pipeline's concepts.")
             for n in names:
                 self._check_concept(n)
             # one DDIM run and one parse for all concepts
             regions = self._concept_masks(latents, names, num_inference_steps=num_inference_steps, is_latents=True)
             regions = (regions > 0.5).float()
         elif isinstance(masks, (torch.Tensor, np.ndarray)):
+            if isinstance(masks, np.ndarray) and masks.dtype.kind not in "biuf":
+                raise ValueError(f"masks must hold numbers, got a numpy array of dtype {masks.dtype}.")
+            check_mask_values(torch.as_tensor(masks), "masks")
             regions = torch.as_tensor(masks).float().to(latents.device)
             if regions.ndim == 3:
                 regions = regions[None].expand(b, -1, -1, -1)
@@ -1597,15 +1723,32 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 )
             regions = (regions > 0.5).float()
             names = [f"region_{i}" for i in range(regions.shape[1])]
+            overlap = regions.sum(1) > 1
+            if overlap.any():
+                i = int(overlap.flatten(1).any(1).nonzero()[0])
+                both = [names[j] for j in (regions[i] * overlap[i]).flatten(1).any(1).nonzero()[:, 0].tolist()]
+                raise ValueError(
+                    f"masks overlap: {int(overlap[i].sum())} pixels of image {i} lie in more than one region "
+                    f"({', '.join(both)}); pass a partition (each pixel in at most one region)."
+                )
         else:
             raise ValueError("masks must be None, a list of concept names, or a (B, K, H, W) tensor.")
+        empty = regions.sum((-2, -1)) == 0
         cover = regions.sum(1)
         if (cover > 1).any():
             # Concept masks of different concepts may touch; the earlier concept keeps a shared pixel.
             regions = exclusive_partition(regions)[:, :-1]
             cover = regions.sum(1)
-        if (regions.sum((-2, -1)) == 0).any():
-            raise ValueError("A region is empty for at least one image; every player needs at least one pixel.")
+        emptied = regions.sum((-2, -1)) == 0
+        if emptied.any():
+            i, j = emptied.nonzero()[0].tolist()
+            if empty[i, j]:
+                why = "its concept's mask has no pixel" if masks is None or isinstance(masks, (list, tuple)) else "its mask has no pixel"
+            else:
+                why = "every pixel of it also lies in an earlier concept's mask, and the earlier concept keeps shared pixels"
+            raise ValueError(
+                f"Region '{names[j]}' is empty for image {i}: {why}; every player of the game needs at least one pixel."
+            )
         if (cover < 1).any():
             regions = torch.cat([regions, (cover < 1).float()[:, None]], 1)
             names = names + [REST_REGION_NAME]

@@ -42,6 +42,10 @@ logger = logging.getLogger("train_interpretable")
 class SetupError(ValueError):
     """A bad argument or input found before training starts; the command line prints it without a traceback."""
 
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; nothing after the last good checkpoint is saved."""
+
 DEFAULT_BLOCKS = "32,64,64,128"
 DEFAULT_ATTENTION = "0,0,1,0"
 
@@ -161,8 +165,70 @@ def _int_list(text: str, name: str) -> List[int]:
         raise ValueError(f"--{name} must be comma-separated integers, got '{text}'.") from None
 
 
+# Every numeric flag: (name, lower bound, lower bound included?, upper bound, upper bound included?). argparse's
+# float() takes "nan" and "inf", and nan passes every comparison test silently; None means "not given" where the
+# default is None.
+NUMERIC_FLAGS = [
+    ("max_train_samples", 1, True, None, None),
+    ("resolution", 1, True, None, None),
+    ("layers_per_block", 1, True, None, None),
+    ("num_train_timesteps", 1, True, None, None),
+    ("train_batch_size", 1, True, None, None),
+    ("max_train_steps", 1, True, None, None),
+    ("max_train_minutes", 0, False, None, None),
+    ("num_epochs", 1, True, None, None),
+    ("learning_rate", 0, False, None, None),
+    ("lr_warmup_steps", 0, True, None, None),
+    ("adam_beta1", 0, True, 1, False),
+    ("adam_beta2", 0, True, 1, False),
+    ("adam_weight_decay", 0, True, None, None),
+    ("adam_epsilon", 0, False, None, None),
+    ("max_grad_norm", 0, True, None, None),
+    ("gradient_accumulation_steps", 1, True, None, None),
+    ("snr_gamma", 0, True, None, None),
+    ("seed", 0, True, 2**32 - 1, True),  # numpy's seed range (accelerate's set_seed seeds numpy too)
+    ("dataloader_num_workers", 0, True, None, None),
+    ("ema_max_decay", 0, True, 1, True),
+    ("ema_inv_gamma", 0, False, None, None),
+    ("ema_power", 0, False, None, None),
+    ("mask_dilation", 0, True, None, None),
+    ("ie_border", 0, True, None, None),
+    ("lambda_start", 0, True, None, None),
+    ("lambda_end", 0, True, None, None),
+    ("lambda_decay_steps", 1, True, None, None),
+    ("coalition_samples", 1, True, None, None),
+    ("ie_batch_size", 1, True, None, None),
+    ("log_every", 1, True, None, None),
+    ("checkpointing_steps", 1, True, None, None),
+    ("checkpoints_total_limit", 1, True, None, None),
+    ("save_images_steps", 0, True, None, None),
+    ("num_sample_images", 1, True, None, None),
+    ("sample_inference_steps", 1, True, None, None),
+]
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """Each numeric flag is finite and in its range, or a clear `ValueError` names it."""
+    for name, low, low_in, high, high_in in NUMERIC_FLAGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}.")
+        too_low = value < low if low_in else value <= low
+        too_high = high is not None and (value > high if high_in else value >= high)
+        if too_low or too_high:
+            if high is None:
+                want = f"{'>=' if low_in else '>'} {low}"
+            else:
+                want = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise ValueError(f"--{name} must be {want}, got {value}.")
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Fails before any training with a message that names the problem."""
+    check_numeric_flags(args)
     pid.parse_concepts(args.concepts)  # raises on unknown label ids / bad syntax
     if not os.path.isdir(args.train_data_dir):
         raise ValueError(f"--train_data_dir '{args.train_data_dir}' does not exist.")
@@ -170,6 +236,25 @@ def validate_args(args: argparse.Namespace) -> None:
     attention = _int_list(args.attention_levels, "attention_levels")
     if len(blocks) != len(attention):
         raise ValueError(f"--attention_levels has {len(attention)} entries, --block_out_channels {len(blocks)}.")
+    if not blocks or min(blocks) < 1:
+        raise ValueError(f"--block_out_channels must be positive integers, got '{args.block_out_channels}'.")
+    if any(a not in (0, 1) for a in attention):
+        raise ValueError(f"--attention_levels must be 0 or 1 per level, got '{args.attention_levels}'.")
+    if args.beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"--beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got '{args.beta_schedule}'.")
+    if args.sample_inference_steps > args.num_train_timesteps:
+        raise ValueError(
+            f"--sample_inference_steps {args.sample_inference_steps} exceeds --num_train_timesteps {args.num_train_timesteps}."
+        )
+    from diffusers.optimization import SchedulerType
+
+    try:
+        SchedulerType(args.lr_scheduler)
+    except ValueError:
+        raise ValueError(
+            f"--lr_scheduler '{args.lr_scheduler}' is not a diffusers scheduler; use one of "
+            f"{', '.join(t.value for t in SchedulerType)}."
+        ) from None
     if args.lambda_start < 0 or args.lambda_end < 0:
         raise ValueError("--lambda_start and --lambda_end must be >= 0.")
     if args.lambda_start > 0 and args.lambda_end == 0:
@@ -180,8 +265,6 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("--push_to_hub needs --hub_model_id.")
     if args.resolution is not None and args.resolution % 2 ** (len(blocks) - 1) != 0:
         raise ValueError(f"--resolution {args.resolution} must be divisible by {2 ** (len(blocks) - 1)}.")
-    if args.ie_border < 0:
-        raise ValueError(f"--ie_border must be >= 0, got {args.ie_border}.")
     if args.ie_context:
         regions = pid.region_names_of(pid.parse_concepts(args.concepts))
         unknown = [r for r in args.ie_context if r not in regions]
@@ -202,9 +285,6 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--ie_min_timestep must be in [0, {args.num_train_timesteps}) (--num_train_timesteps), got {args.ie_min_timestep}."
         )
-    for name in ("checkpointing_steps", "log_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -883,6 +963,12 @@ def main(args: argparse.Namespace) -> str:
                 ema_model.step(unet.parameters())
             global_step += 1
             progress.update(1)
+            # before anything is logged or saved: a NaN / inf loss or weight stops the run here, so every checkpoint,
+            # sample grid and the final pipeline come from finite weights
+            if (global_step % args.log_every == 0 or global_step % args.checkpointing_steps == 0
+                    or global_step >= args.max_train_steps
+                    or (args.save_images_steps and global_step % args.save_images_steps == 0)):
+                raise_if_diverged(accelerator, unet, log_sums, global_step, args)
 
             out_of_time = False
             if global_step % args.log_every == 0:
@@ -957,6 +1043,27 @@ def write_run_record(output_dir: str, update: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def raise_if_diverged(accelerator, unet, log_sums: torch.Tensor, global_step: int, args) -> None:
+    """Raises `TrainingDiverged` when a loss summed into `log_sums` since the last log step, or a weight, is NaN or
+    infinite (on any process). One host sync; called at log, checkpoint and sample steps only."""
+    ok = torch.isfinite(log_sums[:2]).all()  # loss and loss_ddpm (a lambda = 0 run's L_IE is a probe, not trained)
+    ok = ok & torch.stack([torch.isfinite(p).all() for p in accelerator.unwrap_model(unet).parameters()]).all()
+    bad = (~ok).float()
+    if accelerator.num_processes > 1:  # every process stops at the same step
+        bad = accelerator.reduce(bad, reduction="sum")
+    if float(bad) == 0:
+        return
+    ckpts = list_checkpoints(args.output_dir)
+    last = os.path.join(args.output_dir, ckpts[-1]) if ckpts else None
+    raise TrainingDiverged(
+        f"the training loss or weights became NaN or infinite by step {global_step} (checked every --log_every "
+        f"{args.log_every} steps and before every save). Nothing of it was saved: "
+        + (f"the last good checkpoint is '{last}'; resume from it with --resume_from_checkpoint {last}" if last
+           else "no checkpoint had been saved yet; start again")
+        + " and a lower --learning_rate or --lambda_start/--lambda_end. No final pipeline was written."
+    )
+
+
 def truncate_log(path: str, step: int) -> None:
     """Drops log lines after `step` (a run killed after its last checkpoint logged steps that will be redone)."""
     if not os.path.isfile(path):
@@ -1013,12 +1120,16 @@ def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, f
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """Command line: bad arguments or inputs print `error: ...` and exit with status 2 (like argparse), no traceback."""
+    """Command line: bad arguments or inputs print `error: ...` and exit with status 2 (like argparse), no traceback;
+    a run whose loss becomes non-finite prints `error: ...` and exits with status 1, keeping its good checkpoints."""
     try:
         main(parse_args(argv))
     except SetupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

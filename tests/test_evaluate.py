@@ -47,7 +47,7 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     tiny_pipeline(seed=1).save_pretrained(str(base_dir))  # no templates: borrows the main pipeline's
     args = [
         str(main_dir), "--baseline", str(base_dir), "--output_dir", str(out), "--data_dir", tiny_faces,
-        "--fid_cache_dir", str(tmp_path / "fid_cache"), "--num_pairs", "3", "--num_fid_samples", "3",
+        "--fid_cache_dir", str(tmp_path / "fid_cache"), "--num_pairs", "10", "--num_fid_samples", "3",
         "--num_inference_steps", "2", "--num_attribution_samples", "2", "--attribution_steps", "2",
         "--num_real_pairs", "1", "--batch_size", "4", "--num_threads", "1", "--device", "cpu",
     ]
@@ -68,12 +68,19 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
             for edit in ("swap", "resample"):
                 for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
                     stats = res["locality"][edit][concept][key]
-                    assert stats["n"] == 3 and stats["mean"] > 0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
-            assert res["locality"]["swap"][concept]["mse_ref"]["n"] == 3
+                    assert stats["n"] == 10 and stats["mean"] > 0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
+                    if name in results["config"]["baseline_of"]:  # paired ratio over the same 10 seeded pairs
+                        ratio = stats["ratio_to_baseline"]
+                        assert ratio["n"] == 10 and ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1]
+                        base_name = results["config"]["baseline_of"][name]
+                        base = results["pipelines"][base_name]["locality"][edit][concept][key]
+                        assert ratio["ratio"] == pytest.approx(stats["mean"] / base["mean"])
+            assert res["locality"]["swap"][concept]["mse_ref"]["n"] == 10
         assert res["fid"]["num_samples"] == 3 and res["fid"]["num_reference"] == 8 and res["fid"]["fid"] > 0
         assert np.isfinite(res["fid"]["kid"]) and res["fid"]["subset_size"] == 3
         assert res["fid"]["off_colour"] is None  # no parser in these pipelines
         assert res["attribution"]["num_samples"] == 2 and 0 < res["attribution"]["leakage"]["mean"] < 1
+        assert res["attribution"]["leakage"]["ci95"] is None  # no interval from 2 samples
         assert len(res["attribution"]["leakage_curve"]) == 2
         if name.endswith("plain"):  # real photos are measured once per pipeline, never harmonised
             assert res["real"]["num_pairs"] == 1 and np.isfinite(res["real"]["reconstruction_psnr"]["mean"])
@@ -87,6 +94,8 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     md = (out / "results.md").read_text()
     assert "| swap | eyes | rgb | paper |" in md and "interp_plain / baseline_plain" in md and "0.0295" in md
     assert "| KID x 1000 |" in md and "| swap | eyes | MSE_ref |" in md
+    assert "(n = 2, too few for a CI)" in md and "1 pair of test faces" in md and "10 seeded pairs" in md
+    assert "1 pairs" not in md and "bootstrap-t" in md
     figures = sorted(os.listdir(out / "figures"))
     for name in variants:
         kinds = ("swap_grid", "resample_grid", "samples", "attribution_matrices")
@@ -170,7 +179,8 @@ def test_a_plain_ddpm_pipeline_folder_loads_as_an_interpretable_ddim_pipeline(tm
 
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(tmp_path / "p"))
     pipe = model_files.load_pipeline(str(tmp_path / "p"), "cpu")
-    assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.clip_sample
+    # sampled like the interpretable pipelines: the saved DDPM schedule clips x_0 (its default), so DDIM does too
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.clip_sample
     assert hasattr(pipe, "swap_regions") and pipe.resolution == (16, 16)
 
 
@@ -215,9 +225,15 @@ def test_fid_formula():
 
 
 def test_mean_ci():
-    stats = evaluate.mean_ci([1.0, 2.0, 3.0, 4.0])
-    assert stats["mean"] == 2.5 and stats["n"] == 4 and 1.0 <= stats["ci95"][0] < 2.5 < stats["ci95"][1] <= 4.0
+    stats = evaluate.mean_ci(np.arange(1.0, 13.0))
+    assert stats["mean"] == 6.5 and stats["n"] == 12 and 1.0 <= stats["ci95"][0] < 6.5 < stats["ci95"][1] <= 12.0
+    # no interval from fewer than CI_MIN_SAMPLES values (a "95% CI" from 2 values covers nothing like 95%)
+    few = evaluate.mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert few["mean"] == 2.5 and few["std"] > 0 and few["ci95"] is None
     assert evaluate.mean_ci([])["n"] == 0 and evaluate.mean_ci([0.5])["ci95"] is None
+    assert evaluate.mean_ci([2.0] * 12)["ci95"] == [2.0, 2.0]
+    dropped = evaluate.mean_ci([1.0, float("nan"), 3.0])
+    assert dropped["n"] == 2 and dropped["n_dropped_nonfinite"] == 1
 
 
 def test_load_checkpoint_or_pipeline_puts_checkpoint_ema_weights_into_the_shell(tmp_path):

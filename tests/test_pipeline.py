@@ -581,7 +581,7 @@ def test_bad_attribution_arguments_are_refused(pipe):
     with pytest.raises(ValueError, match=r"masks must have shape \(B, K, H, W\) or \(K, H, W\)"):
         pipe.attribute(noise(1, 0), torch.ones(2, 8, 8), num_inference_steps=2)
     empty_region = torch.stack([torch.ones(SIZE, SIZE), torch.zeros(SIZE, SIZE)])
-    with pytest.raises(ValueError, match="A region is empty"):
+    with pytest.raises(ValueError, match="Region 'region_1' is empty for image 0: its mask has no pixel"):
         pipe.attribute(noise(1, 0), empty_region, num_inference_steps=2)
 
 
