@@ -15,8 +15,11 @@ Every event has an `api_name`, so the Space is scriptable with `gradio_client`:
 
     from gradio_client import Client
     client = Client("http://127.0.0.1:7860/")
-    client.predict(3, 7, 25, False, api_name="/generate")
-    client.predict("eyes", 0, None, 25, False, api_name="/swap")
+    client.predict(3, 7, 25, False, True, api_name="/generate")   # seeds, steps, compare, harmonised noise
+    client.predict("eyes", 0, None, 25, False, True, api_name="/swap")
+
+The harmonised-noise flag, the last argument of generate / resample / swap / attribute, may be left out (it then
+takes the checkbox's default, the pipeline's `harmonize_noise` setting).
 
 The faces of a session (an `app_handlers.Session`) live in a `gr.State`, so edits reuse them; a
 `gradio_client.Client` keeps its own session, so consecutive calls from one client see the same faces.
@@ -84,6 +87,11 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
             steps = gr.Slider(1, MAX_STEPS, value=models.default_steps, step=1, label="DDIM steps (fewer = faster)")
             compare = gr.Checkbox(
                 value=has_baseline, visible=has_baseline, label="Compare with the baseline model (same edit, side by side)"
+            )
+            harmonize = gr.Checkbox(
+                value=bool(models.main.config.harmonize_noise), elem_id="harmonize",
+                label="Harmonised noise: each part takes its colour from the face (off: from its own noise patch; "
+                "never applied to uploaded photos)",
             )
         with gr.Tabs():
             with gr.Tab("Generate & edit"):
@@ -161,7 +169,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
 
         dice.click(handlers.random_seeds, None, [seed_a, seed_b], api_name="random_seeds", queue=False)
         generate_btn.click(
-            handlers.generate, [seed_a, seed_b, steps, compare], [face_a, face_b, editor, session, gen_info],
+            handlers.generate, [seed_a, seed_b, steps, compare, harmonize], [face_a, face_b, editor, session, gen_info],
             api_name="generate", **queue,
         ).success(handlers.show_mask, [region, dilation, editor, steps, session], [overlay, mask_info],
                   api_name="show_mask_after_generate", **queue)
@@ -170,11 +178,11 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         region.change(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_on_region_change",
                       show_progress="hidden", **queue)
         resample_btn.click(
-            handlers.resample, [region, dilation, editor, new_seed, steps, compare, session], panel + [edit_info, session],
+            handlers.resample, [region, dilation, editor, new_seed, steps, compare, harmonize, session], panel + [edit_info, session],
             api_name="resample", **queue,
         )
         swap_btn.click(
-            handlers.swap, [region, dilation, editor, steps, compare, session], panel + [edit_info, session],
+            handlers.swap, [region, dilation, editor, steps, compare, harmonize, session], panel + [edit_info, session],
             api_name="swap", **queue,
         )
         keep_btn.click(handlers.keep_edit, [steps, session], [face_a, face_b, editor, session, gen_info], api_name="keep_edit", **queue)
@@ -183,7 +191,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
             api_name="invert", **queue,
         ).success(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_after_invert", **queue)
         attr_btn.click(
-            handlers.attribute, [attr_face, steps, attr_count, attr_seed, compare, session],
+            handlers.attribute, [attr_face, steps, attr_count, attr_seed, compare, harmonize, session],
             [matrix_main, matrix_base, curve, t_index, attribution, attr_info, attr_json],
             api_name="attribute", **queue,
         )

@@ -166,6 +166,14 @@ def clip_setting(*faces: Face) -> Optional[bool]:
     return False if any(face.clip_sample is False for face in faces) else None
 
 
+def harmonize_setting(harmonize: Any, *faces: Face) -> bool:
+    """Harmonised noise for an edit of these faces: as the toggle says, but never for an uploaded (inverted) face,
+    whose x_T carries the photo's own colours."""
+    if harmonize is not None and not isinstance(harmonize, (bool, np.bool_)):
+        raise gr.Error(f"Harmonised noise must be true or false, got {harmonize!r}.")
+    return bool(harmonize) and clip_setting(*faces) is None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Input checks
 # ----------------------------------------------------------------------------------------------------------------------
@@ -381,16 +389,19 @@ class SpaceApp:
 
     @user_errors
     def generate(
-        self, seed_a: float, seed_b: float, steps: float, compare: bool, progress=gr.Progress()
+        self, seed_a: float, seed_b: float, steps: float, compare: bool, harmonize: bool = True, progress=gr.Progress()
     ) -> Tuple[np.ndarray, np.ndarray, dict, Session, str]:
-        """Faces A and B from two seeds (one DDIM batch per model); returns images, the editor, the state, info."""
+        """Faces A and B from two seeds (one DDIM batch per model, the same x_T for both models); `harmonize` ties
+        each part's noise mean to the face's (`pipe.harmonize`). Returns images, the editor, the state, info."""
+        harmonize = harmonize_setting(harmonize)
         seed_a, seed_b, steps = check_seed(seed_a, "seed A"), check_seed(seed_b, "seed B"), check_steps(steps)
         pipes = self.models.pipes(compare)
         session = Session()
         with self.models.lock:
             progress(0.05, desc="drawing x_T")
             generators = [torch.Generator("cpu").manual_seed(s) for s in (seed_a, seed_b)]
-            out = self.models.main(batch_size=2, generator=generators, num_inference_steps=steps, output_type="pt")
+            out = self.models.main(batch_size=2, generator=generators, num_inference_steps=steps, output_type="pt",
+                                   harmonize_noise=harmonize)
             latents = _np(out.latents)
             for i, (name, seed) in enumerate((("A", seed_a), ("B", seed_b))):
                 face = Face(f"seed {seed}", {"main": latents[i]})
@@ -403,7 +414,8 @@ class SpaceApp:
                     session.faces[name].latents["baseline"] = latents[i]
                     session.faces[name].images[f"baseline@{steps}"] = _hwc(out_b.images[i : i + 1])
         img_a, img_b = (session.faces[f].images[f"main@{steps}"] for f in "AB")
-        info = f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} DDIM steps (eta = 0, reproducible)."
+        info = (f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} DDIM steps (eta = 0, reproducible), "
+                + ("harmonised noise." if harmonize else "plain noise (parts take their colour from their own noise)."))
         return to_display(img_a), to_display(img_b), editor_value(img_a), session, info
 
     @user_errors
@@ -466,6 +478,7 @@ class SpaceApp:
         new_seed: float,
         steps: float,
         compare: bool,
+        harmonize: bool,
         session: Optional[Session],
         progress=gr.Progress(),
     ) -> list:
@@ -474,6 +487,7 @@ class SpaceApp:
         new_seed = check_seed(new_seed, "new seed")
         face_a = session.faces["A"]
         clip_sample = clip_setting(face_a)
+        harmonize = harmonize_setting(harmonize, face_a)
         results, edit = {}, Face(f"A with {region} resampled (seed {new_seed})", clip_sample=clip_sample)
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
@@ -482,7 +496,7 @@ class SpaceApp:
                 mask = self._mask(key, region, dilation, editor, image)
                 out = pipe.resample_region(
                     latents, mask, generator=torch.Generator("cpu").manual_seed(new_seed),
-                    num_inference_steps=steps, output_type="pt", clip_sample=clip_sample,
+                    num_inference_steps=steps, output_type="pt", clip_sample=clip_sample, harmonize_noise=harmonize,
                 )
                 edited = out.images.cpu()
                 results[key] = {
@@ -505,6 +519,7 @@ class SpaceApp:
         editor: Optional[dict],
         steps: float,
         compare: bool,
+        harmonize: bool,
         session: Optional[Session],
         progress=gr.Progress(),
     ) -> list:
@@ -513,6 +528,7 @@ class SpaceApp:
         face_a, face_b = session.faces["A"], session.faces["B"]
         results = {}
         clip_sample = clip_setting(face_a, face_b)
+        harmonize = harmonize_setting(harmonize, face_a, face_b)
         edit = {f: Face(f"{f} after swapping {region}", clip_sample=clip_sample) for f in "AB"}
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
@@ -521,7 +537,7 @@ class SpaceApp:
                 lat_b, img_b = self._render(face_b, key, steps)
                 mask = self._mask(key, region, dilation, editor, img_a)
                 out = pipe.swap_regions(lat_a, lat_b, mask, num_inference_steps=steps, output_type="pt",
-                                        clip_sample=clip_sample)
+                                        clip_sample=clip_sample, harmonize_noise=harmonize)
                 new_a, new_b, used = out.images_a.cpu(), out.images_b.cpu(), out.mask.cpu()
                 results[key] = {"what": f"Swapped **{region}** between faces A and B", "mask": _np(used[0, 0]) > 0.5}
                 for f, before, after, lat in (("A", img_a, new_a, out.latents_a), ("B", img_b, new_b, out.latents_b)):
@@ -582,6 +598,7 @@ class SpaceApp:
         num_timesteps: float,
         seed: float,
         compare: bool,
+        harmonize: bool,
         session: Optional[Session],
         progress=gr.Progress(),
     ) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, dict, dict, str, dict]:
@@ -603,7 +620,9 @@ class SpaceApp:
                 # Absent players get the same-t point of another x_T's trajectory; drawn here (as the pipeline's
                 # "other_sample" would) to refuse a seed that redraws the face's own x_T (every phi would be 0).
                 other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
-                if torch.equal(other, latents):
+                if harmonize_setting(harmonize, session.faces[face_name]):
+                    other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
+                if torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
                     raise gr.Error(f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed.")
                 out = pipe.attribute(latents, masks=regions, timesteps=picks, num_inference_steps=steps, baseline=other)
                 result["models"][key] = {

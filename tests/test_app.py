@@ -152,7 +152,8 @@ def test_resample_matches_the_pipeline_and_reports_locality(served):
 def test_swap_twice_restores_both_faces(served):
     client, _, _ = served
     a, b, _, _ = generate(client, 5, 9, compare=False)
-    out = client.predict("mouth", 1, None, STEPS, False, api_name="/swap")
+    # plain noise: the x_T exchange itself (a harmonised swap re-centres the moved noise, see the next test)
+    out = client.predict("mouth", 1, None, STEPS, False, False, api_name="/swap")
     new_a, new_b, loc_a, loc_b = read(out[0]), read(out[3]), out[2], out[5]
     assert math.isfinite(loc_a) and math.isfinite(loc_b) and loc_a >= 0 and loc_b >= 0
     assert np.abs(new_a.astype(int) - a.astype(int)).max() > 0
@@ -162,9 +163,34 @@ def test_swap_twice_restores_both_faces(served):
     np.testing.assert_array_equal(read(kept_b), new_b)
     assert "after swapping mouth" in info
     # Template masks do not depend on the face, so swapping again exchanges the same x_T back.
-    out = client.predict("mouth", 1, None, STEPS, False, api_name="/swap")
+    out = client.predict("mouth", 1, None, STEPS, False, False, api_name="/swap")
     np.testing.assert_array_equal(read(out[0]), a)
     np.testing.assert_array_equal(read(out[3]), b)
+
+
+def test_harmonised_noise_toggle_follows_the_pipeline_and_leaves_uploads_alone(served, tmp_path):
+    client, models, _ = served
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 7)]  # noqa: E731
+    for harmonize in (True, False):
+        a, _, _, info = client.predict(3, 7, STEPS, False, harmonize, api_name="/generate")
+        ref = models.main(batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="pt",
+                          harmonize_noise=harmonize)
+        np.testing.assert_array_equal(read(a), pipe_image_display(ref.images))
+        assert ("harmonised noise" if harmonize else "plain noise") in info
+        swap = client.predict("nose", 0, None, STEPS, False, harmonize, api_name="/swap")
+        mask = models.main.concept_mask(ref.images[:1] * 2 - 1, "nose", is_latents=False)
+        ref_swap = models.main.swap_regions(ref.latents[:1], ref.latents[1:], mask, num_inference_steps=STEPS,
+                                            output_type="pt", harmonize_noise=harmonize)
+        np.testing.assert_array_equal(read(swap[0]), pipe_image_display(ref_swap.images_a))
+    plain = models.main(batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="pt",
+                        harmonize_noise=False)
+    assert not torch.equal(ref_swap.images_a, plain.images[:1])
+    # an uploaded face is inverted, never harmonised: the toggle does not change its edits
+    Image.fromarray((plain.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "f.png")
+    client.predict(handle_file(str(tmp_path / "f.png")), STEPS, False, api_name="/invert")
+    on = client.predict("eyes", 0, None, 3, STEPS, False, True, api_name="/resample")
+    off = client.predict("eyes", 0, None, 3, STEPS, False, False, api_name="/resample")
+    np.testing.assert_array_equal(read(on[0]), read(off[0]))
 
 
 def test_painted_region(served, tmp_path):
