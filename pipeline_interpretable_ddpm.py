@@ -145,6 +145,12 @@ class InversionOutput(BaseOutput):
     warning: Optional[str] = None
 
 
+def _is_inversion(obj) -> bool:
+    """Whether `obj` is an [`InversionOutput`], also one of another copy of this module (a pipeline loaded with
+    `from_pretrained` runs the copy saved beside its weights, so its class is not this module's)."""
+    return isinstance(obj, InversionOutput) or (type(obj).__name__ == "InversionOutput" and hasattr(obj, "timestep"))
+
+
 @dataclass
 class AttributionOutput(BaseOutput):
     """Output of [`InterpretableDDPMPipeline.attribute`].
@@ -880,7 +886,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     def _trajectory_start(self, latents, num_inference_steps: int, name: str = "latents"):
         """A tensor x_T or an [`InversionOutput`] -> `(latents, start timestep or None, source images or None,
         warning or None)`. `None` as timestep means the whole schedule, as for a plain tensor."""
-        if not isinstance(latents, InversionOutput):
+        if not _is_inversion(latents):
             return self._check_latents(latents, name), None, None, None
         if tuple(latents.latents.shape[-2:]) != self.resolution:
             raise ValueError(
@@ -1096,7 +1102,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 (batch_size, *self.latent_shape), generator=generator, device=self._execution_device, dtype=self.unet.dtype
             )
         else:
-            inverted = isinstance(latents, InversionOutput)
+            inverted = _is_inversion(latents)
             latents, t0, _, _ = self._trajectory_start(latents, num_inference_steps)
             clip_sample = False if inverted and clip_sample is None else clip_sample
         x0 = self.denoise(latents, num_inference_steps, generator, clip_sample=clip_sample,
@@ -1145,7 +1151,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
         """
-        clip_sample = False if isinstance(latents, InversionOutput) and clip_sample is None else clip_sample
+        clip_sample = False if _is_inversion(latents) and clip_sample is None else clip_sample
         latents, t0, sources, warning = self._trajectory_start(latents, num_inference_steps)
         ref, kw = self._mask_source(latents, sources, t0, num_inference_steps) if isinstance(mask, str) else (latents, {})
         m = self.prepare_mask(mask, ref, allow_empty_mask, num_inference_steps=num_inference_steps, **kw)
@@ -1198,7 +1204,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
         """
-        inverted = isinstance(latents_a, InversionOutput) or isinstance(latents_b, InversionOutput)
+        inverted = _is_inversion(latents_a) or _is_inversion(latents_b)
         clip_sample = False if inverted and clip_sample is None else clip_sample
         latents_a, t0, sources_a, warning = self._trajectory_start(latents_a, num_inference_steps, "latents_a")
         latents_b, t0_b, sources_b, warning_b = self._trajectory_start(latents_b, num_inference_steps, "latents_b")
@@ -1519,7 +1525,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`) or that tuple.
         """
         scheduler = self.scheduler
-        if isinstance(latents, InversionOutput) and scheduler.config.clip_sample:
+        if _is_inversion(latents) and scheduler.config.clip_sample:
             scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
         latents, t0, sources, _ = self._trajectory_start(latents, num_inference_steps)
         if max_batch_size is None:
