@@ -1443,7 +1443,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
         Args:
             image_or_latents: PIL image(s) / numpy arrays (as `preprocess` takes them), a model-space image tensor
-                `(B, 3, H, W)` in [-1, 1], or latents x_T `(B, C, H, W)`.
+                `(B, 3, H, W)` in [-1, 1], latents x_T `(B, C, H, W)`, or an [`InversionOutput`] (its photo is parsed).
             concept (`str`): one of `self.concepts`.
             dilation (`int`): grows the mask by this many pixels (square structuring element).
             is_latents (`bool`, *optional*): whether a tensor holds latents x_T; when `None`, a tensor with values
@@ -1464,6 +1464,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 self._check_parser_covers(concept)
         if not isinstance(dilation, int) or dilation < 0:
             raise ValueError(f"dilation must be a non-negative integer (pixels), got {dilation!r}.")
+        if _is_inversion(image_or_latents):  # an inverted photo: the masks are found on the photo itself
+            steps = image_or_latents.num_inference_steps or num_inference_steps
+            x_t, t0, images, _ = self._trajectory_start(image_or_latents, steps)
+            image_or_latents, kw = self._mask_source(x_t, images, t0, steps)
+            is_latents = kw.get("is_latents", True)
         if is_latents is None:
             is_latents = isinstance(image_or_latents, torch.Tensor) and bool(image_or_latents.abs().amax() > 1.5)
         if is_latents:

@@ -239,3 +239,15 @@ def test_documented_real_photo_example_runs_and_the_edit_is_local(monkeypatch):
     inside = ((recon.cpu() - edited) ** 2).sum(1)[0][eyes[0, 0] > 0].mean().item()
     assert inside > 1e-3  # the eyes did change
     assert locality < 1.0, locality  # x_T swaps (strength 1.0) of these models score 5-20
+
+
+def test_concept_mask_of_an_inversion_is_found_on_its_photo():
+    templates = {"eyes": pid.encode_binary_mask(box(4, 3, 2, 10).bool().numpy())}
+    pipe = make_pipe(concepts="eyes=4,5", concept_templates=templates)
+    inv = pipe.invert(photos(2, 0), num_inference_steps=STEPS)
+    seen = []
+    pipe.parser = object()  # a parser is present: the photo is parsed
+    pipe._check_parser_covers = lambda concept: None
+    pipe._parse_model_space = lambda x: seen.append(x.clone()) or torch.full((x.shape[0], SIZE, SIZE), 4)
+    mask = pipe.concept_mask(inv, "eyes")
+    assert torch.equal(seen[0], inv.images) and mask.shape == (2, 1, SIZE, SIZE) and bool(mask.all())
