@@ -1018,7 +1018,7 @@ def markdown_report(results: dict) -> str:
                 lines.append(row([f"resample {c} locality ({cs})"],
                                  lambda n: stage(n, "real").get("resample_locality", {}).get(c, {}).get(f"{cs}/paper")))
             lines.append(row([f"swap {c} donor ratio (rgb)"], lambda n: stage(n, "real").get("donor_ratio", {}).get(c)))
-            for edit, key in (("swap", "locality"), ("resample", "resample_locality")):
+            for edit, key in (("swap", "locality"), ("resample", "resample_locality")) * any(stage(n, "locality") for n in names):
                 def vs_generated(n, edit=edit, key=key):
                     real = stage(n, "real")
                     real = real.get(key, {}).get("reconstruction", {}) if key == "locality" else real.get(key, {})

@@ -55,7 +55,7 @@ REST_REGION_NAME = "rest"
 # Real photos: `invert` goes down to the DDIM step at about strength * T by default (chosen by measurement on the
 # shipped faces models, see docs/real_photos.md); edits of inversions above LOCAL_EDIT_MAX_STRENGTH are not local there.
 DEFAULT_INVERSION_STRENGTH = 0.5
-LOCAL_EDIT_MAX_STRENGTH = 0.7
+LOCAL_EDIT_MAX_STRENGTH = 0.6
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, List[PIL.Image.Image], List[np.ndarray]]
 MaskInput = Union[str, PIL.Image.Image, np.ndarray, torch.Tensor]

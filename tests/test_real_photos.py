@@ -233,7 +233,7 @@ def test_documented_real_photo_example_runs_and_the_edit_is_local(monkeypatch):
     # locality against the unedited continuation, with the photo's own part map (the dataset's label map)
     faces = scope["faces"]
     recon = pipe(latents=inv_a, output_type="pt").images
-    edited = torch.from_numpy(np.asarray(out.images_a[0])).permute(2, 0, 1)[None].float() / 255
+    edited = torch.from_numpy(np.array(out.images_a[0])).permute(2, 0, 1)[None].float() / 255
     eyes = torch.from_numpy(np.isin(faces.labels[scope["a"]], [4, 5])).float()[None, None]
     locality = pid.edit_locality(recon.cpu(), edited, eyes).item()
     inside = ((recon.cpu() - edited) ** 2).sum(1)[0][eyes[0, 0] > 0].mean().item()
