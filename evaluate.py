@@ -21,8 +21,10 @@ Example (quick CPU run):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -740,67 +742,157 @@ def evaluate_attribution(
 # ----------------------------------------------------------------------------------------------------------------------
 # Real images
 # ----------------------------------------------------------------------------------------------------------------------
-def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batch_size=8, num_examples=2, seed=0,
-                  desc="real images") -> Dict[str, object]:
-    """Inverts real test faces (`pipe.invert`), swaps each concept between pairs (faces 2i, 2i+1 among those with a
-    part label map) and scores locality against the reconstruction (the unedited regeneration, so inversion error is
-    not counted as an edit) and against the input image; also the reconstruction PSNR.
+def default_inversion_strength(pipe) -> float:
+    """The strength `pipe.invert` uses when none is given (the pipeline file's default)."""
+    return float(inspect.signature(pipe.invert).parameters["strength"].default)
 
-    Masks are the faces' own part label maps (ground truth), at model resolution; the swap uses the union of A's and
-    B's masks and both edits are scored with it.
-    """
-    device = pipe._execution_device
+
+def _inversion_rows(inv, rows):
+    """The InversionOutput of a subset of the images (same timestep and steps)."""
+    return dataclasses.replace(inv, latents=inv.latents[rows], images=inv.images[rows], reconstruction_psnr=None)
+
+
+def _inside_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared RGB difference (summed over channels) inside the mask, per image `(B,)`."""
+    m = mask.reshape(mask.shape[0], 1, *mask.shape[-2:]).float()
+    return (((x - y) ** 2).sum(1, keepdim=True) * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)
+
+
+def _real_pairs(pipe, faces, num_pairs):
+    """Inputs at model resolution `(2P, 3, H, W)` in [0, 1] (A's of pairs 0..P-1 at rows 2i, B's at 2i+1) and their
+    part label maps `(2P, H, W)`; faces without a label map are skipped."""
     with_mask = np.nonzero(faces.has_mask)[0][: 2 * num_pairs]
     num_pairs = len(with_mask) // 2
     if num_pairs == 0:
         raise ValueError("No pair of test faces with part label maps to evaluate real-image edits on.")
     images = torch.from_numpy(faces.images[with_mask[: 2 * num_pairs]]).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(faces.labels[with_mask[: 2 * num_pairs]]).long()
-    resize = tuple(images.shape[-2:]) != pipe.resolution
-    psnr, psnr_ids, examples = [], [], {c: [] for c in concepts}
-    pair_ids = {c: [] for c in concepts}
-    per_pair = {ref: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts}
-                for ref in ("reconstruction", "input")}
+    if tuple(images.shape[-2:]) != pipe.resolution:
+        images = pipe.postprocess(pipe.preprocess(images, resize=True), "pt").cpu()
+        labels = torch.nn.functional.interpolate(labels[:, None].float(), size=pipe.resolution, mode="nearest")[:, 0].long()
+    return images, labels, num_pairs
+
+
+def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_steps, seed):
+    """Inverts pairs `idx` at `strength`, swaps and resamples every concept (masks: the faces' own part maps) and
+    scores the edits. Returns (psnr list, {edit: {concept: {key: list}}}, donor {concept: list}, examples)."""
+    device = pipe._execution_device
+    b = len(idx)
+    rows = [2 * i for i in idx] + [2 * i + 1 for i in idx]  # A's first, then B's
+    x = inputs[rows].to(device)
+    inv = pipe.invert(x, num_inference_steps=num_inference_steps, strength=strength)
+    # the unedited continuation from t0 (unclipped, as every edit of an InversionOutput): edits are scored against it,
+    # so that inversion error is not counted as an edit; it is also the reconstruction of the PSNR
+    recon = pipe(latents=inv, num_inference_steps=num_inference_steps, output_type="pt").images
+    psnr = (-10 * torch.log10((recon - x).float().pow(2).flatten(1).mean(1).clamp_min(1e-12))).cpu().tolist()
+    inv_a, inv_b = _inversion_rows(inv, list(range(b))), _inversion_rows(inv, list(range(b, 2 * b)))
+    concept_index = {c: i for i, c in enumerate(pipe.concepts)}
+    scores = {e: {c: {} for c in concepts} for e in ("swap", "resample", "swap_vs_input")}
+    ids = {e: {c: [] for c in concepts} for e in ("swap", "resample")}  # the pair index of each value
+    donor, examples, warning = {c: [] for c in concepts}, {c: [] for c in concepts}, None
+    for concept in concepts:
+        ids = torch.tensor(pipe.concepts[concept])
+        masks = pid.to_mask_tensor(torch.isin(labels[rows], ids).float()[:, None], 2 * b, pipe.resolution, device)
+        swap_mask = torch.maximum(masks[:b], masks[b:])
+        keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
+        if not keep.any():
+            continue
+        k = keep.nonzero()[:, 0].tolist()
+        kb = [j + b for j in k]
+        out = pipe.swap_regions(_inversion_rows(inv_a, k), _inversion_rows(inv_b, k), swap_mask[k],
+                                num_inference_steps=num_inference_steps, output_type="pt")
+        warning = warning or out.warning
+        for edit, src in (("swap", recon), ("swap_vs_input", x)):
+            sa, sb = _score_edit(src[k], out.images_a, out.mask), _score_edit(src[kb], out.images_b, out.mask)
+            for key in sa:
+                scores[edit][concept].setdefault(key, []).extend(((sa[key] + sb[key]) / 2).tolist())
+        # the part comes from the donor: inside the region, edited-to-donor vs original-to-donor (input photos)
+        da = _inside_mse(out.images_a, x[kb], out.mask) / _inside_mse(x[k], x[kb], out.mask).clamp_min(1e-12)
+        db = _inside_mse(out.images_b, x[k], out.mask) / _inside_mse(x[kb], x[k], out.mask).clamp_min(1e-12)
+        donor[concept].extend(((da + db) / 2).cpu().tolist())
+        ids["swap"][concept].extend(idx[j] for j in k)
+        # resample: A's own part, new noise seeded per (pair, concept) as in the generated-face evaluation
+        keep_a = (masks[:b].flatten(1).sum(1) > 0).cpu()
+        ka = keep_a.nonzero()[:, 0].tolist()
+        new = _resample_noise(pipe, seed, [idx[j] * len(concept_index) + concept_index[concept] for j in ka])
+        res = pipe.resample_region(_inversion_rows(inv_a, ka), masks[:b][ka], new_latents=new.to(device),
+                                   num_inference_steps=num_inference_steps, output_type="pt")
+        sr = _score_edit(recon[ka], res.images, res.mask)
+        for key in sr:
+            scores["resample"][concept].setdefault(key, []).extend(sr[key].tolist())
+        ids["resample"][concept].extend(idx[j] for j in ka)
+        resampled = dict(zip(ka, res.images))
+        for j in range(len(k)):
+            examples[concept].append(dict(input=x[k[j]].cpu(), reconstruction=recon[k[j]].cpu(), donor=x[kb[j]].cpu(),
+                                          edited=out.images_a[j].cpu(), mask=out.mask[j].cpu(),
+                                          resampled=resampled[k[j]].cpu() if k[j] in resampled else None))
+    return psnr, scores, donor, examples, warning, ids
+
+
+def _resample_noise(pipe, seed, indices):
+    return seeded_latents(pipe.latent_shape, seed, "resample", indices).to(pipe.unet.dtype)
+
+
+def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batch_size=8, num_examples=2, seed=0,
+                  desc="real images", strength=None, sweep_strengths=(), num_sweep_pairs=0) -> Dict[str, object]:
+    """Real photos, the way a user edits them: `inv = pipe.invert(photo, strength=s)` (DDIM inversion down to the step
+    at about s*T; the pipeline's default strength when `strength` is None), then `pipe.swap_regions(inv_a, inv_b,
+    mask)` and `pipe.resample_region(inv_a, mask)` with their defaults (the trajectory continues from t0, unclipped).
+
+    Pairs are test faces 2i, 2i+1 among those with a part label map. Masks are the faces' own part label maps at model
+    resolution: the swap uses the union of A's and B's part and both edits are scored with it; resample redraws A's
+    part (new noise seeded per pair and concept). Reported: reconstruction PSNR (the unedited continuation against the
+    input); locality MSE_out / MSE_in against that reconstruction (so inversion error is not counted as an edit; also
+    against the input for the swap); the donor ratio, inside the region, MSE(edited, donor photo) / MSE(original photo,
+    donor photo) (mean of A and B; < 1: the part moved towards the donor's). `sweep_strengths` repeats the edits on the
+    first `num_sweep_pairs` pairs at each strength (RGB, paper normalisation).
+    """
+    if strength is None:
+        strength = default_inversion_strength(pipe)
+    inputs, labels, num_pairs = _real_pairs(pipe, faces, num_pairs)
+    psnr, examples, warning = [], {c: [] for c in concepts}, None
+    per_pair = {e: {c: {} for c in concepts} for e in ("swap", "resample", "swap_vs_input")}
+    donor = {c: [] for c in concepts}
+    psnr_ids, pair_ids = [], {e: {c: [] for c in concepts} for e in ("swap", "resample")}
     start_time = time.perf_counter()
     for start in tqdm(range(0, num_pairs, batch_size), desc=desc, unit="batch"):
         idx = list(range(start, min(num_pairs, start + batch_size)))
-        b = len(idx)
-        rows = [2 * i for i in idx] + [2 * i + 1 for i in idx]  # A's first, then B's
-        inputs = pipe.postprocess(pipe.preprocess(images[rows], resize=resize), "pt")  # at model resolution, [0, 1]
-        inv = pipe.invert(inputs, num_inference_steps=num_inference_steps, check_reconstruction=True)
-        psnr.extend(inv.reconstruction_psnr.cpu().tolist())
-        psnr_ids.extend(rows)
-        # inverted x_T are regenerated unclipped: the inversion is exact for unclipped DDIM (see pipe.invert)
-        recon = pipe(latents=inv.latents, num_inference_steps=num_inference_steps, output_type="pt",
-                     clip_sample=False).images
-        lat_a, lat_b = inv.latents[:b], inv.latents[b:]
-        for concept in concepts:
-            ids = torch.tensor(pipe.concepts[concept])
-            masks = pid.to_mask_tensor(torch.isin(labels[rows], ids).float()[:, None], 2 * b, pipe.resolution, device)
-            swap_mask = torch.maximum(masks[:b], masks[b:])
-            keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
-            if not keep.any():
-                continue
-            k = keep.nonzero()[:, 0].tolist()
-            out = pipe.swap_regions(lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps,
-                                    output_type="pt", clip_sample=False, harmonize_noise=False)
-            kb = [j + b for j in k]
-            for ref, src in (("reconstruction", recon), ("input", inputs)):
-                sa = _score_edit(src[k], out.images_a, out.mask)
-                sb = _score_edit(src[kb], out.images_b, out.mask)
-                for key in sa:
-                    per_pair[ref][concept][key].extend(((sa[key] + sb[key]) / 2).tolist())
-            pair_ids[concept].extend(idx[j] for j in k)
-            for j in range(min(len(k), num_examples - len(examples[concept]))):
-                examples[concept].append(dict(input=inputs[k[j]].cpu(), reconstruction=recon[k[j]].cpu(),
-                                              edited=out.images_a[j].cpu(), mask=out.mask[j].cpu()))
+        p, sc, dn, ex, w, pi = _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_steps, seed)
+        psnr.extend(p)
+        psnr_ids.extend([2 * i for i in idx] + [2 * i + 1 for i in idx])
+        for e in pi:
+            for c in pi[e]:
+                pair_ids[e][c].extend(pi[e][c])
+        warning = warning or w
+        for e in sc:
+            for c in sc[e]:
+                for key, v in sc[e][c].items():
+                    per_pair[e][c].setdefault(key, []).extend(v)
+        for c in concepts:
+            donor[c].extend(dn[c])
+            examples[c].extend(ex[c][: max(0, num_examples - len(examples[c]))])
     seconds = time.perf_counter() - start_time
+    sweep = []
+    for s in sweep_strengths:
+        n = min(num_sweep_pairs, num_pairs)
+        if n < 1:
+            break
+        p, sc, dn, _, w = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
+        sweep.append({"strength": float(s), "num_pairs": n, "reconstruction_psnr": float(np.mean(p)), "warning": w,
+                      "swap": {c: float(np.mean(sc["swap"][c]["rgb/paper"])) for c in concepts if sc["swap"][c]},
+                      "resample": {c: float(np.mean(sc["resample"][c]["rgb/paper"])) for c in concepts if sc["resample"][c]},
+                      "donor": {c: float(np.mean(dn[c])) for c in concepts if dn[c]}})
     return {
+        "strength": strength,
         "reconstruction_psnr": mean_ci(psnr, seed, psnr_ids),
-        "locality": {ref: {c: {key: mean_ci(v, seed, pair_ids[c]) for key, v in d.items()} for c, d in per_ref.items()}
-                     for ref, per_ref in per_pair.items()},
+        "locality": {"reconstruction": {c: {key: mean_ci(v, seed, pair_ids["swap"][c]) for key, v in per_pair["swap"][c].items()} for c in concepts},
+                     "input": {c: {key: mean_ci(v, seed, pair_ids["swap"][c]) for key, v in per_pair["swap_vs_input"][c].items()} for c in concepts}},
+        "resample_locality": {c: {key: mean_ci(v, seed, pair_ids["resample"][c]) for key, v in per_pair["resample"][c].items()} for c in concepts},
+        "donor_ratio": {c: mean_ci(donor[c], seed, pair_ids["swap"][c]) for c in concepts},
+        "warning": warning,
+        "strength_sweep": sweep,
         "num_pairs": num_pairs,
-        "masks": "part label maps of the test faces (union of A's and B's), resized to model resolution",
+        "masks": "part label maps of the test faces (swap: union of A's and B's; resample: A's), at model resolution",
         "seconds": seconds,
         "examples": examples,
     }
@@ -854,8 +946,10 @@ def plot_edit_grid(examples: Dict[str, List[dict]], path: str, title: str, kind:
         cols = ["original", "{c} resampled", "ΔE Lab"]
         pairs = [("a", "edited_a")]
     else:
-        cols = ["input", "reconstruction", "{c} swapped", "ΔE Lab (vs recon.)"]
-        pairs = [("reconstruction", "edited")]
+        cols = ["photo A", "reconstruction", "photo B (donor)", "A with B's {c}", "ΔE Lab (vs recon.)",
+                "A, {c} resampled", "ΔE Lab (vs recon.)"]
+        pairs = [("reconstruction", "edited")] + [("reconstruction", "resampled")] * all(
+            ex.get("resampled") is not None for _, ex in rows)
     des = [_delta_e(ex[o], ex[e]) for _, ex in rows for o, e in pairs]
     vmax = max(float(np.percentile(np.concatenate([d.ravel() for d in des]), 99.5)), 1e-6)
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.3 * len(cols) + 1.0, 1.35 * len(rows) + 0.5),
@@ -876,11 +970,52 @@ def plot_edit_grid(examples: Dict[str, List[dict]], path: str, title: str, kind:
         else:
             _show(axes[r, 0], ex["input"], t[0])
             _show(axes[r, 1], ex["reconstruction"], t[1])
-            _show(axes[r, 2], ex["edited"], t[2])
-            im = _heat(axes[r, 3], _delta_e(ex["reconstruction"], ex["edited"]), ex["mask"], vmax, t[3])
+            _show(axes[r, 2], ex["donor"], t[2])
+            _show(axes[r, 3], ex["edited"], t[3])
+            im = _heat(axes[r, 4], _delta_e(ex["reconstruction"], ex["edited"]), ex["mask"], vmax, t[4])
+            if ex.get("resampled") is not None:
+                _show(axes[r, 5], ex["resampled"], t[5])
+                _heat(axes[r, 6], _delta_e(ex["reconstruction"], ex["resampled"]), ex["mask"], vmax, t[6])
+            else:
+                axes[r, 5].axis("off")
+                axes[r, 6].axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="ΔE (CIELAB)")
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_strength_sweep(sweeps: Dict[str, List[dict]], path: str) -> Optional[str]:
+    """Real photos: swap / resample locality (RGB, paper normalisation, log scale) and reconstruction PSNR over the
+    inversion strength, one colour per concept, one line style per pipeline."""
+    sweeps = {n: sw for n, sw in sweeps.items() if sw}
+    if not sweeps:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+    styles = ["-", "--", ":", "-."]
+    for (name, sw), ls in zip(sweeps.items(), styles):
+        xs = [p["strength"] for p in sw]
+        for ax, edit in zip(axes[:2], ("swap", "resample")):
+            for i, c in enumerate(sw[0][edit]):
+                ax.plot(xs, [p[edit].get(c, np.nan) for p in sw], ls, marker="o", color=f"C{i}", label=f"{name}: {c}")
+        axes[2].plot(xs, [p["reconstruction_psnr"] for p in sw], ls, marker="o", color="k", label=name)
+    for ax, edit in zip(axes[:2], ("swap", "resample")):
+        ax.set_yscale("log")
+        ax.set_xlabel("inversion strength (t0 / T)")
+        ax.set_ylabel("locality MSE_out / MSE_in (RGB, paper)")
+        ax.set_title(f"real photos: {edit} locality (lower = more local)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=6)
+    axes[2].set_xlabel("inversion strength (t0 / T)")
+    axes[2].set_ylabel("reconstruction PSNR (dB)")
+    axes[2].set_title("unedited reconstruction", fontsize=9)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    n = next(iter(sweeps.values()))[0]["num_pairs"]
+    fig.suptitle(f"Real test faces, {n} pairs per point", fontsize=9)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 
@@ -1109,10 +1244,15 @@ def markdown_report(results: dict) -> str:
     if any(stage(n, "real") for n in names):
         r0 = next(stage(n, "real") for n in names if stage(n, "real"))
         lines += [
-            "## Real images (DDIM inversion, then a swap)",
+            "## Real photos (partial DDIM inversion, then an edit)",
             "",
-            f"{_plural(r0['num_pairs'], 'pair')} of test faces; locality against the reconstruction (the unedited regeneration), "
-            "paper normalisation; masks from the faces' part label maps.",
+            f"{_plural(r0['num_pairs'], 'pair')} of test faces, `inv = pipe.invert(photo, strength={r0.get('strength')})` (DDIM "
+            "inversion down to the step at about strength * T), then `swap_regions(inv_a, inv_b, mask)` / "
+            "`resample_region(inv_a, mask)` with their defaults (the trajectory continues from t0, unclipped). Masks: "
+            "the faces' own part label maps (swap: union of A's and B's; resample: A's). Locality MSE_out / MSE_in, "
+            "paper normalisation, against the unedited reconstruction. Donor ratio: inside the region, MSE(edited, "
+            "donor photo) / MSE(original photo, donor photo) (RGB; goal <= 0.6). Locality on generated faces: the "
+            "table above, same pipeline.",
             "",
         ]
         lines += header(["metric"])
@@ -1121,12 +1261,41 @@ def markdown_report(results: dict) -> str:
             for cs in COLOR_SPACES:
                 lines.append(row([f"swap {c} locality ({cs})"],
                                  lambda n: stage(n, "real").get("locality", {}).get("reconstruction", {}).get(c, {}).get(f"{cs}/paper")))
+            for cs in COLOR_SPACES:
+                lines.append(row([f"resample {c} locality ({cs})"],
+                                 lambda n: stage(n, "real").get("resample_locality", {}).get(c, {}).get(f"{cs}/paper")))
+            lines.append(row([f"swap {c} donor ratio (rgb)"], lambda n: stage(n, "real").get("donor_ratio", {}).get(c)))
+            for edit, key in (("swap", "locality"), ("resample", "resample_locality")) * any(stage(n, "locality") for n in names):
+                def vs_generated(n, edit=edit, key=key):
+                    real = stage(n, "real")
+                    real = real.get(key, {}).get("reconstruction", {}) if key == "locality" else real.get(key, {})
+                    gen = stage(n, "locality").get(edit, {}).get(c, {}).get("rgb/paper")
+                    real = real.get(c, {}).get("rgb/paper")
+                    return {"mean": real["mean"] / gen["mean"]} if real and gen and gen.get("mean") else None
+                lines.append(row([f"{edit} {c}: real / generated locality (rgb)"], vs_generated, digits=2))
+        warnings = {n: stage(n, "real").get("warning") for n in names if stage(n, "real").get("warning")}
+        for n, w in warnings.items():
+            lines.append(f"\nWarning for `{n}`: {w}")
+        sweep = r0.get("strength_sweep") or []
+        if sweep:
+            lines += ["", f"Over the inversion strength ({sweep[0]['num_pairs']} pairs per point; RGB, paper "
+                      "normalisation; `figures/real_strength_sweep.png`):", ""]
+            concepts = list(sweep[0]["swap"])
+            lines += ["| pipeline | strength | PSNR (dB) | " + " | ".join(f"swap {c}" for c in concepts) + " | "
+                      + " | ".join(f"resample {c}" for c in concepts) + " | " + " | ".join(f"donor {c}" for c in concepts)
+                      + " |", "|" + "---|" * (3 + 3 * len(concepts))]
+            for n in names:
+                for p in stage(n, "real").get("strength_sweep") or []:
+                    lines.append(f"| {n} | {p['strength']:g} | {p['reconstruction_psnr']:.2f} | "
+                                 + " | ".join(f"{p['swap'].get(c, float('nan')):.3f}" for c in concepts) + " | "
+                                 + " | ".join(f"{p['resample'].get(c, float('nan')):.3f}" for c in concepts) + " | "
+                                 + " | ".join(f"{p['donor'].get(c, float('nan')):.3f}" for c in concepts) + " |")
         lines.append("")
     lines += ["## Cost", ""]
     lines += header(["stage"])
     for key, label in (("locality", "locality: s per pair (all concepts, swap + resample)"),
                        ("fid", "FID: s per generated sample"), ("fid_inception", "FID: s per Inception feature"),
-                       ("attribution", "attribution: s per sample"), ("real", "real images: s per pair")):
+                       ("attribution", "attribution: s per sample"), ("real", "real photos: s per pair (invert + 3 concepts, swap + resample)")):
         def get(n, key=key):
             t = results["pipelines"][n].get("timings", {}).get(key)
             return None if t is None else {"mean": t}
@@ -1160,7 +1329,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_attribution_samples", type=int, default=16, help="samples for the Shapley attribution")
     p.add_argument("--attribution_steps", type=int, default=10,
                    help="timesteps of the DDIM schedule (evenly spread) at which to play the full game")
-    p.add_argument("--num_real_pairs", type=int, default=16, help="pairs of test faces to invert and swap")
+    p.add_argument("--num_real_pairs", type=int, default=25, help="pairs of test faces to invert and edit")
+    p.add_argument("--real_strength", type=float, default=None,
+                   help="inversion strength of the real-photo edits (default: the pipeline's default of invert)")
+    p.add_argument("--real_sweep_strengths", type=float, nargs="*", default=[0.3, 0.5, 0.7, 1.0],
+                   help="inversion strengths of the real-photo strength sweep (figure real_strength_sweep.png)")
+    p.add_argument("--num_real_sweep_pairs", type=int, default=4, help="pairs of test faces per sweep point")
     p.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps (eta = 0)")
     p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
     p.add_argument("--swap_mask_from", choices=("union", "a"), default="union",
@@ -1185,7 +1359,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "pipeline with and without it (names get the suffix _harmonized / _plain), 'pipeline' uses "
                         "each pipeline's own setting")
     args = p.parse_args(argv)
-    for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs", "mask_dilation"):
+    if args.real_strength is not None and not 0 < args.real_strength <= 1:
+        p.error("--real_strength must be in (0, 1].")
+    if any(not 0 < v <= 1 for v in args.real_sweep_strengths):
+        p.error("--real_sweep_strengths must be in (0, 1].")
+    for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs", "mask_dilation",
+                 "num_real_sweep_pairs"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0.")
     for name in ("attribution_steps", "num_inference_steps", "batch_size"):
@@ -1329,7 +1508,7 @@ def run(args: argparse.Namespace) -> dict:
         if n not in real_variant or mode is False:
             real_variant[n] = key
 
-    attributions = {}
+    attributions, sweeps = {}, {}
     for name, pipe in pipes.items():
         res = results["pipelines"][name]
         timings = res["timings"]
@@ -1369,13 +1548,19 @@ def run(args: argparse.Namespace) -> dict:
             attributions[name] = att
         if faces is not None and real_variant[variants[name][0]] == name:
             real = evaluate_real(pipe, faces, concepts, args.num_real_pairs, args.num_inference_steps,
-                                 max(1, args.batch_size // 2), args.num_examples, args.seed, desc=f"{name}: real images")
+                                 max(1, args.batch_size // 2), args.num_examples, args.seed, desc=f"{name}: real images",
+                                 strength=args.real_strength, sweep_strengths=args.real_sweep_strengths,
+                                 num_sweep_pairs=args.num_real_sweep_pairs)
             timings["real"] = real["seconds"] / max(real["num_pairs"], 1)
             path = plot_edit_grid(real["examples"], os.path.join(fig_dir, f"{name}_real_swap_grid.png"),
-                                  f"{name}: real faces, inverted then swapped", "real")
+                                  f"{name}: real photos, inverted at strength {real['strength']:g}, then edited", "real")
             if path:
                 results["figures"].append(path)
             res["real"] = real
+            sweeps[name] = real["strength_sweep"]
+    path = plot_strength_sweep(sweeps, os.path.join(fig_dir, "real_strength_sweep.png"))
+    if path:
+        results["figures"].append(path)
     # paired ratios (same seeds / faces in every pipeline, each variant against the baseline's same variant) with an
     # interval, for the tables
     for name, base_name in base_of.items():

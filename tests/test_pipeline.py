@@ -240,7 +240,8 @@ def test_invert_then_generate_reproduces_the_image():
     image = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     steps = 20
 
-    inverted = pipe.invert(image, num_inference_steps=steps, fixed_point_iterations=3, check_reconstruction=True)
+    inverted = pipe.invert(image, num_inference_steps=steps, fixed_point_iterations=3, check_reconstruction=True,
+                           strength=1.0)
     redrawn = pipe(latents=inverted.latents, num_inference_steps=steps, output_type="pt").images
     error = (redrawn - image).abs().max().item()
     assert error < 5e-3
@@ -250,7 +251,7 @@ def test_invert_then_generate_reproduces_the_image():
     # x_T is noise-like, not the image: the inversion went all the way.
     assert 0.5 < inverted.latents.std().item() < 3
 
-    plain = pipe.invert(image, num_inference_steps=steps, fixed_point_iterations=0, return_dict=False)
+    plain = pipe.invert(image, num_inference_steps=steps, fixed_point_iterations=0, return_dict=False, strength=1.0)
     plain_error = (pipe(latents=plain, num_inference_steps=steps, output_type="pt").images - image).abs().max().item()
     assert plain_error > 5 * error
 
@@ -274,7 +275,7 @@ def test_invert_with_clipping_scheduler_regenerates_unclipped_and_refuses_thresh
     pipe = make_pipe(GaussianDenoiser(mixing=0.1))
     pipe.scheduler = DDIMScheduler(clip_sample=True)
     image = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 0.8 + 0.1
-    inverted = pipe.invert(image, num_inference_steps=20, check_reconstruction=True)
+    inverted = pipe.invert(image, num_inference_steps=20, check_reconstruction=True, strength=1.0)
     assert (inverted.reconstruction_psnr > 45).all()
     unclipped = pipe(latents=inverted.latents, num_inference_steps=20, output_type="pt", clip_sample=False).images
     psnr = -10 * torch.log10((unclipped - image).pow(2).flatten(1).mean(1))

@@ -51,6 +51,10 @@ FACE_PART_LABELS = {
 FLIP_LABEL_PERMUTATION = (0, 1, 3, 2, 5, 4, 6, 7)
 DEFAULT_CONCEPTS = {"eyes": [4, 5], "nose": [6], "mouth": [7]}
 REST_REGION_NAME = "rest"
+# Real photos: `invert` goes down to the DDIM step at about strength * T by default (chosen by measurement on the
+# shipped faces models, see docs/real_photos.md); edits of inversions above LOCAL_EDIT_MAX_STRENGTH are not local there.
+DEFAULT_INVERSION_STRENGTH = 0.5
+LOCAL_EDIT_MAX_STRENGTH = 0.6
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, List[PIL.Image.Image], List[np.ndarray]]
 MaskInput = Union[str, PIL.Image.Image, np.ndarray, torch.Tensor]
@@ -79,13 +83,16 @@ class RegionResampleOutput(BaseOutput):
 
     Args:
         images: the edited images.
-        latents (`torch.Tensor` of shape `(B, C, H, W)`): the new x_T (old outside the mask, new inside).
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): the new x_T (old outside the mask, new inside); for an
+            `InversionOutput` input, the new x_t at its timestep.
         mask (`torch.Tensor` of shape `(B, 1, H, W)`): the binary mask that was used, at model resolution.
+        warning (`str` or `None`): set where the edit is known not to stay local (see `InversionOutput.warning`).
     """
 
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     latents: torch.Tensor
     mask: torch.Tensor
+    warning: Optional[str] = None
 
 
 @dataclass
@@ -95,8 +102,10 @@ class RegionSwapOutput(BaseOutput):
     Args:
         images_a: image A with B's region.
         images_b: image B with A's region.
-        latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)`): the swapped x_T of each result.
+        latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)`): the swapped x_T (x_t at the inversions'
+            timestep for `InversionOutput` inputs) of each result.
         mask (`torch.Tensor` of shape `(B, 1, H, W)`): the binary mask that was used.
+        warning (`str` or `None`): set where the edit is known not to stay local (see `InversionOutput.warning`).
     """
 
     images_a: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
@@ -104,20 +113,41 @@ class RegionSwapOutput(BaseOutput):
     latents_a: torch.Tensor
     latents_b: torch.Tensor
     mask: torch.Tensor
+    warning: Optional[str] = None
 
 
 @dataclass
 class InversionOutput(BaseOutput):
-    """Output of [`InterpretableDDPMPipeline.invert`].
+    """Output of [`InterpretableDDPMPipeline.invert`]: a point on the DDIM trajectory of real images.
+
+    Pass the whole object (not only `.latents`) to `__call__(latents=...)`, `resample_region`, `swap_regions` or
+    `attribute`: they continue the DDIM trajectory from `timestep` (unclipped, the setting the inversion is exact
+    for) and take masks by concept name from the input `images`, not from a regeneration.
 
     Args:
-        latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T such that `pipe(latents=latents)` redraws the image.
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): x_t at `timestep` (x_T when `strength=1.0`).
         reconstruction_psnr (`torch.Tensor` of shape `(B,)` or `None`): PSNR (dB, images in [0, 1]) of the
             regenerated image against the input, when `check_reconstruction=True`.
+        timestep (`int`): the DDIM timestep t0 of `latents` (the first step a continuation runs).
+        strength (`float`): the strength the inversion was made with (t0 is about `strength * T`).
+        num_inference_steps (`int`): the DDIM steps of the inversion.
+        images (`torch.Tensor` of shape `(B, 3, H, W)`): the input images in model space ([-1, 1]).
+        warning (`str` or `None`): set where edits from this strength are known not to stay local.
     """
 
     latents: torch.Tensor
     reconstruction_psnr: Optional[torch.Tensor] = None
+    timestep: Optional[int] = None
+    strength: float = 1.0
+    num_inference_steps: Optional[int] = None
+    images: Optional[torch.Tensor] = None
+    warning: Optional[str] = None
+
+
+def _is_inversion(obj) -> bool:
+    """Whether `obj` is an [`InversionOutput`], also one of another copy of this module (a pipeline loaded with
+    `from_pretrained` runs the copy saved beside its weights, so its class is not this module's)."""
+    return isinstance(obj, InversionOutput) or (type(obj).__name__ == "InversionOutput" and hasattr(obj, "timestep"))
 
 
 @dataclass
@@ -979,6 +1009,38 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             )
         return latents.to(self._execution_device, self.unet.dtype)
 
+    def _trajectory_start(self, latents, num_inference_steps: int, name: str = "latents"):
+        """A tensor x_T or an [`InversionOutput`] -> `(latents, start timestep or None, source images or None,
+        warning or None)`. `None` as timestep means the whole schedule, as for a plain tensor."""
+        if not _is_inversion(latents):
+            return self._check_latents(latents, name), None, None, None
+        if tuple(latents.latents.shape[-2:]) != self.resolution:
+            raise ValueError(
+                f"{name} is an InversionOutput at {tuple(latents.latents.shape[-2:])}, but this pipeline works at "
+                f"{self.resolution}: invert the image with this pipeline."
+            )
+        x = self._check_latents(latents.latents, name)
+        images = None if latents.images is None else latents.images.to(x.device, x.dtype)
+        t0 = latents.timestep
+        if t0 is not None:
+            self.scheduler.set_timesteps(num_inference_steps)
+            schedule = self.scheduler.timesteps.tolist()
+            if int(t0) not in schedule:
+                raise ValueError(
+                    f"{name} was inverted to timestep {t0} with {latents.num_inference_steps} steps; the "
+                    f"{num_inference_steps}-step schedule has no such step. Pass num_inference_steps="
+                    f"{latents.num_inference_steps}."
+                )
+            t0 = None if int(t0) == schedule[0] else int(t0)
+        return x, t0, images, latents.warning
+
+    def _mask_source(self, latents, images, t0, num_inference_steps: int):
+        """What a mask by concept name is found on: the inverted photos themselves, else the image the latents make
+        (from x_T as before, or from x_t at `t0`). Returns `(tensor, concept_mask kwargs)`."""
+        if images is None and t0 is not None:
+            images = self.denoise(latents, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0)
+        return (latents, {}) if images is None else (images, {"is_latents": False})
+
     def prepare_mask(
         self, mask: MaskInput, latents: torch.Tensor, allow_empty_mask: bool = False, **concept_kwargs
     ) -> torch.Tensor:
@@ -1153,11 +1215,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         generator=None,
         show_progress: bool = True,
         clip_sample: Optional[bool] = None,
+        start_timestep: Optional[int] = None,
     ) -> torch.Tensor:
         """Runs the DDIM (eta = 0) loop from x_T `(B, C, H, W)`; returns x_0 in model space `(B, C, H, W)`.
 
         `clip_sample` overrides the scheduler's clipping of the predicted x_0 for this call (`None` keeps it); x_T
-        from `invert` should be regenerated with `clip_sample=False`, the setting the inversion is exact for."""
+        from `invert` should be regenerated with `clip_sample=False`, the setting the inversion is exact for.
+        `start_timestep` (a timestep of the schedule): `latents` are x_t there, and only the steps from it on run."""
         num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
         latents = self._check_latents(latents)
         scheduler = self.scheduler
@@ -1166,6 +1230,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps)
         image = latents
         timesteps = scheduler.timesteps
+        if start_timestep is not None:
+            timesteps = timesteps[timesteps <= int(start_timestep)]
         for t in self.progress_bar(timesteps) if show_progress else timesteps:
             model_output = self.unet(image, t).sample
             image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
@@ -1189,7 +1255,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Args:
             batch_size (`int`): number of images when `latents` is not given.
             generator (`torch.Generator` or list of them, *optional*): draws x_T.
-            latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): x_T to start from (e.g. from `invert`).
+            latents (`torch.Tensor` of shape `(B, C, H, W)` or [`InversionOutput`], *optional*): x_T to start from,
+                or the output of `invert`, whose DDIM trajectory is continued from its timestep (unclipped unless
+                `clip_sample=True`).
             num_inference_steps (`int`, defaults to 50): DDIM steps.
             eta (`float`): must be 0; present so that a non-zero value fails loudly instead of being ignored.
             output_type (`str`): `"pil"`, `"np"` or `"pt"`.
@@ -1215,6 +1283,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         ```
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample, eta)
+        t0 = None
         if latents is None:
             batch_size = check_int(batch_size, "batch_size", minimum=1)
             if isinstance(generator, list) and len(generator) != batch_size:
@@ -1227,10 +1296,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if self._harmonizes(harmonize_noise):
                 latents = self.harmonize(latents)
         else:
-            latents = self._check_latents(latents)
-            if self._harmonizes(harmonize_noise) and harmonize_noise is not None:
+            inverted = _is_inversion(latents)
+            latents, t0, _, _ = self._trajectory_start(latents, num_inference_steps)
+            clip_sample = False if inverted and clip_sample is None else clip_sample
+            # given x_T are used as they are unless asked; an inverted photo's never (it carries the photo's colours)
+            if self._harmonizes(harmonize_noise) and harmonize_noise is not None and not inverted:
                 latents = self.harmonize(latents)
-        x0 = self.denoise(latents, num_inference_steps, generator, clip_sample=clip_sample)
+        x0 = self.denoise(latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0)
         images = self.postprocess(x0, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -1254,12 +1326,22 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     ) -> Union[RegionResampleOutput, Tuple]:
         r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
 
+        For an [`InversionOutput`] (a real photo inverted to x_t at timestep t0), what is redrawn inside the mask is
+        x_t0 itself, as the forward process would make it from the image predicted there, with new noise:
+        `sqrt(a) * x0_pred + sqrt(1 - a) * z`, a = alpha_bar(t0), x0_pred the model's prediction of x_0 from x_t0
+        (clamped to [-1, 1]), z the new noise. So the part keeps the photo's coarse layout and colour at that noise
+        level and its details are drawn anew; the higher the inversion strength, the more of the part changes.
+        Outside the mask x_t0 is kept and the DDIM trajectory continues from t0 (unclipped unless `clip_sample=True`).
+        The mask by concept name comes from the photo (the parser on the inverted input image).
+
         Args:
-            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the images to edit (from `__call__` or `invert`).
+            latents (`torch.Tensor` of shape `(B, C, H, W)` or [`InversionOutput`]): x_T of the images to edit (from
+                `__call__`), or the output of `invert`.
             mask: a concept name (`"eyes"`), an HxW tensor / array / PIL image, or a `(B, 1, H, W)` batch; resized
                 to the model resolution and binarised.
             generator (`torch.Generator`, *optional*): draws the new noise.
-            new_latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): the new noise, instead of drawing it.
+            new_latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): the new noise, instead of drawing it
+                (x_T inside the mask; for an `InversionOutput`, the z above).
             allow_empty_mask (`bool`): an empty mask raises unless this is `True` (then the image is unchanged).
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping (`False` for inverted real images).
             harmonize_noise (`bool`, *optional*): tie the new noise's mean inside the mask to the surrounding rest
@@ -1270,23 +1352,33 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
-        latents = self._check_latents(latents)
-        # a concept's mask comes from the image these latents make with this call's settings (clip_sample included)
-        m = self.prepare_mask(mask, latents, allow_empty_mask, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
+        inverted = _is_inversion(latents)
+        clip_sample = False if inverted and clip_sample is None else clip_sample
+        latents, t0, sources, warning = self._trajectory_start(latents, num_inference_steps)
+        # a concept's mask comes from the image the edit starts from: the inverted photo itself, else the image these
+        # latents make with this call's settings (clip_sample included)
+        ref, kw = self._mask_source(latents, sources, t0, num_inference_steps) if isinstance(mask, str) else (latents, {})
+        m = self.prepare_mask(
+            mask, ref, allow_empty_mask, num_inference_steps=num_inference_steps, clip_sample=clip_sample, **kw
+        )
         if new_latents is None:
             new_latents = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         else:
             new_latents = self._check_latents(new_latents, "new_latents")
             if new_latents.shape != latents.shape:
                 raise ValueError(f"new_latents has shape {tuple(new_latents.shape)}, latents {tuple(latents.shape)}.")
+        if t0 is not None:  # x_t0 inside the mask: the predicted x_0 forward-noised to t0 with the new noise
+            a = float(self.scheduler.alphas_cumprod[t0])
+            x0_pred = ((latents - math.sqrt(1 - a) * self._eps(latents, t0)) / math.sqrt(a)).clamp(-1, 1)
+            new_latents = math.sqrt(a) * x0_pred + math.sqrt(1 - a) * new_latents
         edited = m * new_latents + (1 - m) * latents
-        if self._harmonizes(harmonize_noise):
+        if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             edited = self.harmonize(edited, m)
-        x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample)
+        x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         images = self.postprocess(x0, output_type)
         if not return_dict:
             return images, edited, m
-        return RegionResampleOutput(images=images, latents=edited, mask=m)
+        return RegionResampleOutput(images=images, latents=edited, mask=m, warning=warning)
 
     @torch.no_grad()
     def swap_regions(
@@ -1304,8 +1396,16 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
+        Real photos: `pipe.swap_regions(pipe.invert(photo_a), pipe.invert(photo_b), "eyes")` exchanges x_t at the
+        inversions' timestep t0 (about strength * T) and continues both DDIM trajectories from there, unclipped; the
+        mask by concept name comes from the photos themselves (the parser on the inverted input images). At the
+        default strength the edit stays local; at high strengths (above `LOCAL_EDIT_MAX_STRENGTH`, e.g. 1.0, i.e.
+        x_T) the inverted noise of these models is not well-behaved enough and the whole face changes: the output's
+        `warning` says so.
+
         Args:
-            latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the two (batches of) images.
+            latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)` or [`InversionOutput`]): x_T of the two
+                (batches of) images, or two outputs of `invert` made with the same strength and steps.
             mask: concept name, HxW tensor / array / PIL image or `(B, 1, H, W)` batch.
             mask_from (`str`): for a concept name, whose face defines the region: `"a"`, `"b"` or `"union"`.
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping (`False` for inverted real images).
@@ -1317,32 +1417,46 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
-        latents_a = self._check_latents(latents_a, "latents_a")
-        latents_b = self._check_latents(latents_b, "latents_b")
+        inverted = _is_inversion(latents_a) or _is_inversion(latents_b)
+        clip_sample = False if inverted and clip_sample is None else clip_sample
+        latents_a, t0, sources_a, warning = self._trajectory_start(latents_a, num_inference_steps, "latents_a")
+        latents_b, t0_b, sources_b, warning_b = self._trajectory_start(latents_b, num_inference_steps, "latents_b")
+        if t0 != t0_b:
+            raise ValueError(
+                f"latents_a and latents_b are at different DDIM timesteps ({t0 or 'x_T'} and {t0_b or 'x_T'}): invert "
+                "both images with the same strength and num_inference_steps."
+            )
+        warning = warning or warning_b
         if latents_a.shape != latents_b.shape:
             raise ValueError(
                 f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} must have the same shape."
             )
         kw = dict(num_inference_steps=num_inference_steps, clip_sample=clip_sample)
+        ref_a, kw_a, ref_b, kw_b = latents_a, kw, latents_b, kw
+        if isinstance(mask, str):
+            ref_a, extra_a = self._mask_source(latents_a, sources_a, t0, num_inference_steps)
+            ref_b, extra_b = self._mask_source(latents_b, sources_b, t0, num_inference_steps)
+            kw_a, kw_b = {**kw, **extra_a}, {**kw, **extra_b}
         if isinstance(mask, str) and mask_from in ("b", "union"):
-            mb = self.prepare_mask(mask, latents_b, True, **kw)
-            m = mb if mask_from == "b" else torch.maximum(mb, self.prepare_mask(mask, latents_a, True, **kw))
+            mb = self.prepare_mask(mask, ref_b, True, **kw_b)
+            m = mb if mask_from == "b" else torch.maximum(mb, self.prepare_mask(mask, ref_a, True, **kw_a))
             if not allow_empty_mask and (m.flatten(1).sum(1) == 0).any():
                 raise ValueError("The mask is empty (no pixel selected) for at least one image.")
         elif mask_from not in ("a", "b", "union"):
             raise ValueError(f"mask_from must be 'a', 'b' or 'union', got '{mask_from}'.")
         else:
-            m = self.prepare_mask(mask, latents_a, allow_empty_mask, **kw)
+            m = self.prepare_mask(mask, ref_a, allow_empty_mask, **kw_a)
         new_a = m * latents_b + (1 - m) * latents_a
         new_b = m * latents_a + (1 - m) * latents_b
-        if self._harmonizes(harmonize_noise):
+        if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             new_a, new_b = self.harmonize(new_a, m), self.harmonize(new_b, m)
-        x0 = self.denoise(torch.cat([new_a, new_b]), num_inference_steps, clip_sample=clip_sample)
+        x0 = self.denoise(torch.cat([new_a, new_b]), num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         n = latents_a.shape[0]
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
         if not return_dict:
             return images_a, images_b, new_a, new_b, m
-        return RegionSwapOutput(images_a=images_a, images_b=images_b, latents_a=new_a, latents_b=new_b, mask=m)
+        return RegionSwapOutput(images_a=images_a, images_b=images_b, latents_a=new_a, latents_b=new_b, mask=m,
+                                warning=warning)
 
     # -- inversion -------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -1354,8 +1468,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         resize: bool = False,
         check_reconstruction: bool = False,
         return_dict: bool = True,
+        strength: float = DEFAULT_INVERSION_STRENGTH,
     ) -> Union[InversionOutput, torch.Tensor]:
-        r"""DDIM inversion: finds x_T such that `pipe(latents=x_T)` redraws `image`.
+        r"""DDIM inversion: finds x_t at the DDIM step at about `strength * T` (x_T for `strength=1.0`) such that
+        continuing DDIM from there redraws `image`.
+
+        Edits of a real photo should start from the returned [`InversionOutput`] as a whole:
+        `pipe.swap_regions(pipe.invert(photo_a), pipe.invert(photo_b), "eyes")`, `pipe.resample_region(inv, "mouth")`,
+        `pipe(latents=inv)`; they continue the trajectory from its timestep, unclipped, with masks from the photo.
+        `strength` is the user's knob: lower keeps more of the photo (the edit changes less, and only fine detail at
+        very low strength), higher lets the edited part change more. The dummy-player loss trains the model on x_t at
+        every t >= 100, so a region exchanged at t0 is local by the same argument as one exchanged at x_T; an inverted
+        x_t0 is much better behaved than an inverted x_T. On the shipped faces models edits stay local up to about
+        `LOCAL_EDIT_MAX_STRENGTH`; above it (x_T at 1.0 in particular) an edit changes the whole face, and the
+        output's `warning` says so (docs/real_photos.md has the measurements).
 
         An explicit loop that runs each DDIM step of `__call__` backwards. The plain inversion evaluates the noise at
         the less noisy point; `fixed_point_iterations` > 0 re-evaluates it at the solution of the step (a fixed point
@@ -1367,16 +1493,25 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             num_inference_steps (`int`): must equal the steps used to regenerate.
             fixed_point_iterations (`int`): extra UNet calls per step that refine the inverse step.
             check_reconstruction (`bool`): also regenerate (unclipped) and report the reconstruction PSNR.
+            strength (`float` in (0, 1]): how far to invert; the last `round(strength * num_inference_steps)` (at
+                least 1) DDIM steps are inverted, so t0 is the timestep of the step at about `strength * T`.
+                Defaults to `DEFAULT_INVERSION_STRENGTH` (0.5), chosen by measurement (docs/real_photos.md).
 
-        The result is exact for unclipped DDIM: pass `clip_sample=False` to `__call__`, `resample_region` and
-        `swap_regions` when editing inverted images (on the shipped faces model: ~49 dB PSNR at 25 steps unclipped,
-        ~13 dB if the clipping scheduler regenerates them).
+        The result is exact for unclipped DDIM, which every method that takes the `InversionOutput` uses by default.
+        Passing only `.latents` (a tensor) treats it as x_T: right only for `strength=1.0`, and then pass
+        `clip_sample=False` too (on the shipped faces model: ~49 dB PSNR at 25 steps unclipped, ~13 dB if the
+        clipping scheduler regenerates them).
 
         Returns:
-            [`InversionOutput`] (`latents`, `reconstruction_psnr`) or the latents tensor.
+            [`InversionOutput`] (`latents`, `reconstruction_psnr`, `timestep`, `strength`, `num_inference_steps`,
+            `images`, `warning`) or the latents tensor.
         """
         num_inference_steps = self.check_inputs(num_inference_steps)
         fixed_point_iterations = check_int(fixed_point_iterations, "fixed_point_iterations", minimum=0)
+        if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.floating, np.integer)) \
+                or not 0 < strength <= 1:
+            raise ValueError(f"strength must be a number in (0, 1] (1.0 inverts to x_T), got {strength!r}.")
+        num_steps = min(num_inference_steps, max(1, math.floor(strength * num_inference_steps + 0.5)))
         if self.scheduler.config.thresholding:
             raise ValueError("Inversion needs a scheduler with thresholding=False (dynamic thresholding is not invertible).")
         # The inverse steps are those of *unclipped* DDIM (a clipped step has no exact inverse where the predicted
@@ -1384,7 +1519,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         # reconstruction check below does: e.g. `pipe(latents=x_T, clip_sample=False)`.
         x0 = self.preprocess(image, resize=resize)
         x = x0
-        pairs = self._alpha_pairs(num_inference_steps)
+        pairs = self._alpha_pairs(num_inference_steps)[-num_steps:]
         for t, a_t, a_prev in self.progress_bar(list(reversed(pairs))):
             # x is at the less noisy level (alpha_prev); solve x_prev = step(x_t, eps(x_t, t)) for x_t.
             eps = self._eps(x, t)
@@ -1396,14 +1531,23 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             x = x_t
         if not torch.isfinite(x).all():  # the input was checked, so this is the model: say so rather than return NaN
             raise ValueError("DDIM inversion diverged (non-finite x_T); the UNet's noise predictions are not finite.")
+        t0 = pairs[0][0]
         psnr = None
         if check_reconstruction:
-            recon = self.denoise(x, num_inference_steps, show_progress=False, clip_sample=False)
+            recon = self.denoise(x, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0)
             mse = ((recon - x0) / 2).float().pow(2).flatten(1).mean(1)
             psnr = -10 * torch.log10(mse.clamp_min(1e-12))
         if not return_dict:
             return x
-        return InversionOutput(latents=x, reconstruction_psnr=psnr)
+        warning = None
+        if strength > LOCAL_EDIT_MAX_STRENGTH:
+            warning = (
+                f"Inversion strength {strength:g} > {LOCAL_EDIT_MAX_STRENGTH:g}: region edits of this photo are not "
+                f"local on the shipped faces models (the whole face may change); use a strength of "
+                f"{DEFAULT_INVERSION_STRENGTH:g} (default) to {LOCAL_EDIT_MAX_STRENGTH:g}."
+            )
+        return InversionOutput(latents=x, reconstruction_psnr=psnr, timestep=t0, strength=float(strength),
+                               num_inference_steps=num_inference_steps, images=x0, warning=warning)
 
     # -- concept masks -----------------------------------------------------------------------------------------------
     def template_mask(self, concept: str) -> torch.Tensor:
@@ -1520,7 +1664,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
         Args:
             image_or_latents: PIL image(s) / numpy arrays (as `preprocess` takes them), a model-space image tensor
-                `(B, 3, H, W)` in [-1, 1], or latents x_T `(B, C, H, W)`.
+                `(B, 3, H, W)` in [-1, 1], latents x_T `(B, C, H, W)`, or an [`InversionOutput`] (its photo is parsed).
             concept (`str`): one of `self.concepts`.
             dilation (`int`): grows the mask by this many pixels (square structuring element).
             is_latents (`bool`, *optional*): whether a tensor holds latents x_T; when `None`, a tensor with values
@@ -1545,6 +1689,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if self.parser is not None:
                 self._check_parser_covers(concept)
         dilation = check_int(dilation, "dilation", minimum=0)
+        if _is_inversion(image_or_latents):  # an inverted photo: the masks are found on the photo itself
+            steps = image_or_latents.num_inference_steps or num_inference_steps
+            x_t, t0, images, _ = self._trajectory_start(image_or_latents, steps)
+            image_or_latents, kw = self._mask_source(x_t, images, t0, steps)
+            is_latents = kw.get("is_latents", True)
         if isinstance(image_or_latents, torch.Tensor):
             check_tensor_values(image_or_latents, "image_or_latents")
         if is_latents is None:
@@ -1594,7 +1743,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         all 2^K coalitions (batched UNet calls of at most `max_batch_size`) and returns the K x K matrices.
 
         Args:
-            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the images to explain.
+            latents (`torch.Tensor` of shape `(B, C, H, W)` or [`InversionOutput`]): x_T of the images to explain,
+                or an inverted photo: its trajectory is followed from its timestep t0 (unclipped), only timesteps
+                <= t0 can be attributed, concept masks come from the photo, and the "other_sample" baseline (or a
+                baseline x_T tensor) is run down to t0 first.
             masks: a `(B, K, H, W)` or `(K, H, W)` partition, a list of concept names, or `None` for all the
                 pipeline's concepts; uncovered pixels become a "rest" region.
             timesteps: DDIM timesteps (members of the schedule) at which to attribute; all steps when `None`.
@@ -1614,7 +1766,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """
         num_inference_steps = self.check_inputs(num_inference_steps)
         max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
-        latents = self._check_latents(latents)
+        inverted = _is_inversion(latents)
+        scheduler = self.scheduler
+        if inverted and scheduler.config.clip_sample:
+            scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+        latents, t0, sources, _ = self._trajectory_start(latents, num_inference_steps)
         if max_batch_size is None:
             max_batch_size = 8 if latents.device.type == "cpu" else 64
         max_batch_size = check_int(max_batch_size, "max_batch_size", minimum=1)
@@ -1625,7 +1781,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if not timesteps:
                 raise ValueError("timesteps is empty; pass None to attribute at every step of the schedule.")
         b = latents.shape[0]
-        regions, names = self._attribution_regions(latents, masks, num_inference_steps)
+        regions, names = self._attribution_regions(latents, masks, num_inference_steps, sources, t0)
         k = regions.shape[1]
         if k > 10:
             raise ValueError(f"{k} regions need 2^{k} UNet calls per step; use at most 10 regions.")
@@ -1642,19 +1798,22 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
         elif baseline == "other_sample":
             base = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-            if self._harmonizes(harmonize_noise):
+            if self._harmonizes(harmonize_noise) and not inverted:
                 base = self.harmonize(base)
         elif baseline == "zero":
             base = None
         else:
             raise ValueError(f"baseline must be 'other_sample', 'zero' or a latents tensor, got {baseline!r}.")
 
-        self.scheduler.set_timesteps(num_inference_steps)
-        schedule = self.scheduler.timesteps.tolist()
-        wanted = schedule if timesteps is None else [int(t) for t in timesteps]
+        scheduler.set_timesteps(num_inference_steps)
+        schedule = scheduler.timesteps.tolist()
+        reachable = schedule if t0 is None else [t for t in schedule if t <= t0]
+        wanted = reachable if timesteps is None else [int(t) for t in timesteps]
         unknown = [t for t in wanted if t not in schedule]
         if unknown:
             raise ValueError(f"timesteps {unknown} are not in the {num_inference_steps}-step DDIM schedule {schedule}.")
+        if any(t not in reachable for t in wanted):
+            raise ValueError(f"The inverted latents start at timestep {t0}; timesteps above it cannot be attributed.")
 
         coalitions = all_coalitions(k, latents.device)
         weights = shapley_weight_matrix(k, latents.device)  # (K, 2^K)
@@ -1662,6 +1821,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         phis, abs_phis, out_t = [], [], []
         x, xb = latents, base
         for t in self.progress_bar(schedule):
+            if t0 is not None and t > t0:  # an inversion's trajectory starts at t0; bring the baseline there first
+                if xb is not None:
+                    xb = scheduler.step(self.unet(xb, t).sample, t, xb, eta=0.0).prev_sample
+                continue
             if t in wanted:
                 baseline_t = torch.zeros_like(x) if xb is None else xb
                 inputs = coalition_inputs(x, baseline_t, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
@@ -1686,7 +1849,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 model_out = reused_out
             else:
                 model_out = self.unet(torch.cat([x, xb]) if xb is not None else x, t).sample
-            stepped = self.scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
+            stepped = scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
             x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
         phi = torch.stack(phis)
         abs_phi = torch.stack(abs_phis)
@@ -1698,7 +1861,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         )
         return out if return_dict else out.to_tuple()
 
-    def _attribution_regions(self, latents, masks, num_inference_steps) -> Tuple[torch.Tensor, List[str]]:
+    def _attribution_regions(self, latents, masks, num_inference_steps, images=None, t0=None) -> Tuple[torch.Tensor, List[str]]:
         b = latents.shape[0]
         if masks is None or (isinstance(masks, (list, tuple)) and all(isinstance(m, str) for m in masks)):
             names = list(self.concepts) if masks is None else list(masks)
@@ -1706,8 +1869,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 raise ValueError("masks is an empty list of concept names; pass None for all the pipeline's concepts.")
             for n in names:
                 self._check_concept(n)
-            # one DDIM run and one parse for all concepts
-            regions = self._concept_masks(latents, names, num_inference_steps=num_inference_steps, is_latents=True)
+            # one DDIM run (none for an inverted photo) and one parse for all concepts
+            src, kw = self._mask_source(latents, images, t0, num_inference_steps)
+            regions = self._concept_masks(src, names, num_inference_steps=num_inference_steps, **{"is_latents": True, **kw})
             regions = (regions > 0.5).float()
         elif isinstance(masks, (torch.Tensor, np.ndarray)):
             if isinstance(masks, np.ndarray) and masks.dtype.kind not in "biuf":

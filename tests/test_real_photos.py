@@ -1,0 +1,253 @@
+"""Real photos: partial DDIM inversion (`invert(strength=...)`) and edits that continue an `InversionOutput`.
+
+Tiny models against brute force (independent DDIM loops written here with the diffusers scheduler), plus the example
+of `docs/real_photos.md` run as written on the shipped model and checked to be local.
+"""
+
+import dataclasses
+import itertools
+import math
+import os
+import re
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+import pipeline_interpretable_ddpm as pid
+from conftest import ROOT, SHARED_DATA, tiny_pipeline
+from denoisers import GaussianDenoiser
+
+STEPS = 10
+SIZE = 16
+
+
+def make_pipe(unet=None, **kw) -> pid.InterpretableDDPMPipeline:
+    pipe = pid.InterpretableDDPMPipeline(unet=unet or GaussianDenoiser(mixing=0.1), scheduler=DDIMScheduler(clip_sample=False), **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def photos(batch: int, seed: int) -> torch.Tensor:
+    return torch.rand(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 0.8 + 0.1
+
+
+def box(top: int, left: int, height: int, width: int) -> torch.Tensor:
+    m = torch.zeros(SIZE, SIZE)
+    m[top : top + height, left : left + width] = 1
+    return m
+
+
+def ddim_from(unet, x: torch.Tensor, t0, steps: int, clip_sample: bool = False) -> torch.Tensor:
+    """Brute force: the diffusers DDIM loop (eta = 0) run from x at timestep t0 (None = the whole schedule)."""
+    scheduler = DDIMScheduler(clip_sample=clip_sample)
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            if t0 is None or int(t) <= t0:
+                x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+def test_strength_sets_the_timestep_and_strength_one_is_the_full_inversion():
+    pipe = make_pipe()
+    image = photos(2, 0)
+    sched = DDIMScheduler()
+    sched.set_timesteps(STEPS)
+    timesteps = sched.timesteps.tolist()  # 900, 800, ..., 0
+    for strength, n in ((1.0, 10), (0.5, 5), (0.34, 3), (0.01, 1)):
+        inv = pipe.invert(image, num_inference_steps=STEPS, strength=strength)
+        assert inv.timestep == timesteps[-n] and inv.strength == strength and inv.num_inference_steps == STEPS
+        torch.testing.assert_close(inv.images, image * 2 - 1)
+    # strength 1.0 is today's path exactly: x_T, and continuing the InversionOutput is the unclipped x_T regeneration
+    full = pipe.invert(image, num_inference_steps=STEPS, strength=1.0)
+    pipe.scheduler = DDIMScheduler(clip_sample=True)
+    a = pipe(latents=full, num_inference_steps=STEPS, output_type="pt").images
+    b = pipe(latents=full.latents, num_inference_steps=STEPS, output_type="pt", clip_sample=False).images
+    assert torch.equal(a, b)
+    m = box(4, 3, 3, 10)
+    one = dataclasses.replace(full, latents=full.latents[:1], images=full.images[:1])
+    two = dataclasses.replace(full, latents=full.latents[1:], images=full.images[1:])
+    swapped = pipe.swap_regions(one, two, m, num_inference_steps=STEPS, output_type="pt")
+    plain = pipe.swap_regions(full.latents[:1], full.latents[1:], m, num_inference_steps=STEPS, output_type="pt",
+                              clip_sample=False)
+    assert torch.equal(swapped.images_a, plain.images_a) and torch.equal(swapped.images_b, plain.images_b)
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.5, 1.0])
+def test_continuing_an_inversion_reproduces_the_photo_and_equals_brute_force(strength):
+    pipe = make_pipe()
+    image = photos(2, 1)
+    inv = pipe.invert(image, num_inference_steps=STEPS, strength=strength, check_reconstruction=True)
+    out = pipe(latents=inv, num_inference_steps=STEPS, output_type="pt")
+    psnr = -10 * torch.log10((out.images - image).pow(2).flatten(1).mean(1))
+    assert (psnr > 40).all()  # 10 steps; fewer inverted steps are more exact
+    torch.testing.assert_close(inv.reconstruction_psnr, psnr, atol=0.05, rtol=0)
+    brute = ddim_from(pipe.unet, inv.latents, inv.timestep, STEPS)
+    torch.testing.assert_close(out.images, brute, atol=1e-6, rtol=0)
+    assert torch.equal(out.latents, inv.latents)
+
+
+def test_swap_at_t0_equals_brute_force_and_takes_masks_from_the_photos():
+    templates = {"eyes": pid.encode_binary_mask(box(4, 3, 2, 10).bool().numpy())}
+    pipe = make_pipe(concepts="eyes=4,5", concept_templates=templates)
+    inv = pipe.invert(photos(2, 2), num_inference_steps=STEPS, strength=0.5)
+    inv_a = dataclasses.replace(inv, latents=inv.latents[:1], images=inv.images[:1])
+    inv_b = dataclasses.replace(inv, latents=inv.latents[1:], images=inv.images[1:])
+    m = box(3, 2, 5, 8)
+    out = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt")
+    xa = m * inv.latents[1:] + (1 - m) * inv.latents[:1]
+    xb = m * inv.latents[:1] + (1 - m) * inv.latents[1:]
+    torch.testing.assert_close(out.images_a, ddim_from(pipe.unet, xa, inv.timestep, STEPS), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.images_b, ddim_from(pipe.unet, xb, inv.timestep, STEPS), atol=1e-6, rtol=0)
+    assert out.warning is None
+    # a mask by concept name is found on the inverted photos, not on a regeneration from the latents
+    seen = []
+    original = pipe._concept_masks
+
+    def spy(image_or_latents, concepts, *args, **kw):
+        seen.append((image_or_latents.clone(), kw.get("is_latents", args[2] if len(args) > 2 else None)))
+        return original(image_or_latents, concepts, *args, **kw)
+
+    pipe._concept_masks = spy
+    by_name = pipe.swap_regions(inv_a, inv_b, "eyes", num_inference_steps=STEPS, output_type="pt")
+    assert len(seen) == 1 and torch.equal(seen[0][0], inv.images[:1]) and seen[0][1] is False
+    assert torch.equal(by_name.mask[0, 0], box(4, 3, 2, 10))
+    seen.clear()
+    pipe.resample_region(inv_b, "eyes", generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS)
+    assert torch.equal(seen[0][0], inv.images[1:])
+
+
+def test_resample_at_t0_draws_the_predicted_image_forward_noised_inside_the_mask():
+    pipe = make_pipe()
+    inv = pipe.invert(photos(1, 3), num_inference_steps=STEPS, strength=0.5)
+    t0 = inv.timestep
+    m = box(5, 5, 6, 6)
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    out = pipe.resample_region(inv, m, new_latents=z, num_inference_steps=STEPS, output_type="pt")
+    a = float(pipe.scheduler.alphas_cumprod[t0])
+    with torch.no_grad():
+        eps = pipe.unet(inv.latents, t0).sample
+    x0_pred = ((inv.latents - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
+    expected = m * (math.sqrt(a) * x0_pred + math.sqrt(1 - a) * z) + (1 - m) * inv.latents
+    torch.testing.assert_close(out.latents, expected, atol=1e-6, rtol=0)
+    assert torch.equal(out.latents * (1 - m), inv.latents * (1 - m))
+    torch.testing.assert_close(out.images, ddim_from(pipe.unet, expected, t0, STEPS), atol=1e-6, rtol=0)
+    # with the noise the inversion found there, x_t0 is unchanged (the predicted x_0 of this photo is in range)
+    same = pipe.resample_region(inv, m, new_latents=eps, num_inference_steps=STEPS, output_type="pt")
+    torch.testing.assert_close(same.latents, inv.latents, atol=1e-5, rtol=0)
+    # a generator draws z reproducibly
+    g1 = pipe.resample_region(inv, m, generator=torch.Generator().manual_seed(9), num_inference_steps=STEPS).latents
+    g2 = pipe.resample_region(inv, m, generator=torch.Generator().manual_seed(9), num_inference_steps=STEPS).latents
+    assert torch.equal(g1, g2) and not torch.equal(g1, inv.latents)
+
+
+def test_attribute_from_an_inversion_equals_brute_force_shapley_at_t0():
+    pipe = make_pipe()
+    inv = pipe.invert(photos(1, 5), num_inference_steps=STEPS, strength=0.5)
+    regions = torch.stack([box(0, 0, 8, 16), box(8, 0, 8, 16)])[None]
+    att = pipe.attribute(inv, regions, timesteps=[inv.timestep], num_inference_steps=STEPS, baseline="zero")
+    x, k = inv.latents, 2
+    with torch.no_grad():
+        eps = {s: pipe.unet(sum((regions[:, j : j + 1] for j in s), torch.zeros_like(x[:, :1])) * x, inv.timestep).sample
+               for n in range(k + 1) for s in itertools.combinations(range(k), n)}
+    for out_k in range(k):
+        inside = regions[0, out_k] > 0.5
+        for j in range(k):
+            other = 1 - j  # K = 2: phi_j = (v({j}) - v({})) / 2 + (v(N) - v({other})) / 2
+            phi = 0.5 * (eps[(j,)] - eps[()]) + 0.5 * (eps[(0, 1)] - eps[(other,)])
+            assert abs(att.phi[0, 0, out_k, j].item() - phi[0][:, inside].mean().item()) < 1e-5
+    assert att.timesteps.tolist() == [inv.timestep]
+    full = pipe.attribute(inv, regions, num_inference_steps=STEPS, baseline="zero")
+    assert full.timesteps.max().item() == inv.timestep and len(full.timesteps) == 5
+    with pytest.raises(ValueError, match=f"start at timestep {inv.timestep}; timesteps above it cannot be attributed"):
+        pipe.attribute(inv, regions, timesteps=[900], num_inference_steps=STEPS)
+    other = pipe.attribute(inv, regions, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(other.phi).all()
+
+
+def test_warning_where_edits_are_not_local():
+    pipe = make_pipe()
+    image = photos(2, 6)
+    assert pipe.invert(image, num_inference_steps=STEPS).warning is None
+    assert pipe.invert(image, num_inference_steps=STEPS).strength == pid.DEFAULT_INVERSION_STRENGTH
+    high = pipe.invert(image, num_inference_steps=STEPS, strength=1.0)
+    assert "not local" in high.warning
+    a = dataclasses.replace(high, latents=high.latents[:1], images=high.images[:1])
+    b = dataclasses.replace(high, latents=high.latents[1:], images=high.images[1:])
+    assert pipe.swap_regions(a, b, box(0, 0, 4, 4), num_inference_steps=STEPS).warning == high.warning
+    assert pipe.resample_region(a, box(0, 0, 4, 4), num_inference_steps=STEPS).warning == high.warning
+    assert pipe.swap_regions(high.latents[:1], high.latents[1:], box(0, 0, 4, 4), num_inference_steps=STEPS).warning is None
+
+
+@pytest.mark.parametrize("strength", [0, -0.1, 1.5, True, "0.5", float("nan")])
+def test_bad_strength_is_refused(strength):
+    with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
+        make_pipe().invert(photos(1, 0), num_inference_steps=2, strength=strength)
+
+
+def test_inversions_that_do_not_fit_are_refused():
+    pipe = make_pipe()
+    image = photos(1, 0)
+    half = pipe.invert(image, num_inference_steps=STEPS, strength=0.5)
+    low = pipe.invert(image, num_inference_steps=STEPS, strength=0.3)
+    m = box(0, 0, 4, 4)
+    with pytest.raises(ValueError, match=r"different DDIM timesteps \(400 and 200\).*same strength"):
+        pipe.swap_regions(half, low, m, num_inference_steps=STEPS)
+    with pytest.raises(ValueError, match=r"different DDIM timesteps \(400 and x_T\)"):
+        pipe.swap_regions(half, torch.randn(1, 3, SIZE, SIZE), m, num_inference_steps=STEPS)
+    # an inversion from a pipeline of another resolution
+    big = make_pipe(GaussianDenoiser(sample_size=32, mixing=0.1)).invert(torch.rand(1, 3, 32, 32), num_inference_steps=2)
+    for call in (lambda: pipe(latents=big, num_inference_steps=2),
+                 lambda: pipe.resample_region(big, m, num_inference_steps=2),
+                 lambda: pipe.swap_regions(big, big, m, num_inference_steps=2),
+                 lambda: pipe.attribute(big, torch.stack([m, 1 - m])[None], num_inference_steps=2)):
+        with pytest.raises(ValueError, match=r"InversionOutput at \(32, 32\), but this pipeline works at \(16, 16\)"):
+            call()
+    # continuing with a schedule that lacks the inversion's timestep (10 steps: t0 = 400; 3 steps: 666, 333, 0)
+    with pytest.raises(ValueError, match=r"inverted to timestep 400 with 10 steps.*num_inference_steps=10"):
+        pipe(latents=half, num_inference_steps=3)
+    # a schedule that contains it is fine (20 steps: ..., 450, 400, 350, ...)
+    assert pipe(latents=half, num_inference_steps=20, output_type="pt").images.shape == (1, 3, SIZE, SIZE)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The documented example, as written, on the shipped model
+# ----------------------------------------------------------------------------------------------------------------------
+DOC = os.path.join(ROOT, "docs", "real_photos.md")
+SHIPPED = os.path.join(ROOT, "models", "interpretable-ddpm-faces64")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA)) or not os.path.isdir(SHIPPED),
+                    reason="needs the shipped model and the face data")
+def test_documented_real_photo_example_runs_and_the_edit_is_local(monkeypatch):
+    code = re.search(r"```python\n(.*?)```", open(DOC).read(), re.S).group(1)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(PIL.Image.Image, "save", lambda self, *a, **k: None)  # the example saves its results
+    scope = {}
+    exec(compile(code, DOC, "exec"), scope)
+    pipe, out, inv_a = scope["pipe"], scope["out"], scope["inv_a"]
+    assert out.warning is None and inv_a.warning is None and inv_a.timestep < 1000 * 0.6
+    # locality against the unedited continuation, with the photo's own part map (the dataset's label map)
+    faces = scope["faces"]
+    recon = pipe(latents=inv_a, output_type="pt").images
+    edited = torch.from_numpy(np.array(out.images_a[0])).permute(2, 0, 1)[None].float() / 255
+    eyes = torch.from_numpy(np.isin(faces.labels[scope["a"]], [4, 5])).float()[None, None]
+    locality = pid.edit_locality(recon.cpu(), edited, eyes).item()
+    inside = ((recon.cpu() - edited) ** 2).sum(1)[0][eyes[0, 0] > 0].mean().item()
+    assert inside > 1e-3  # the eyes did change
+    assert locality < 1.0, locality  # x_T swaps (strength 1.0) of these models score 5-20
+
+
+def test_concept_mask_of_an_inversion_is_found_on_its_photo():
+    templates = {"eyes": pid.encode_binary_mask(box(4, 3, 2, 10).bool().numpy())}
+    pipe = make_pipe(concepts="eyes=4,5", concept_templates=templates)
+    inv = pipe.invert(photos(2, 0), num_inference_steps=STEPS)
+    seen = []
+    pipe.parser = object()  # a parser is present: the photo is parsed
+    pipe._check_parser_covers = lambda concept: None
+    pipe._parse_model_space = lambda x: seen.append(x.clone()) or torch.full((x.shape[0], SIZE, SIZE), 4)
+    mask = pipe.concept_mask(inv, "eyes")
+    assert torch.equal(seen[0], inv.images) and mask.shape == (2, 1, SIZE, SIZE) and bool(mask.all())
