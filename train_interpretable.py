@@ -128,6 +128,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--value", choices=["pixel", "mean"], default="pixel")
     g.add_argument("--baseline", choices=["other_image", "noise", "zero"], default="other_image")
     g.add_argument("--ie_batch_size", type=int, default=None, help="Examples per batch that also get L_IE (default: all).")
+    g.add_argument("--harmonize_noise", action=argparse.BooleanOptionalAction, default=False,
+                   help="Train on harmonised noise: each concept region's noise mean (its --mask_dilation mask) is "
+                        "tied to the mean over the rest band around it, as the pipeline's harmonize_noise draws x_T "
+                        "(pid.harmonize_regions), so the model samples from the noise it was trained on.")
 
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", required=True)
@@ -527,6 +531,10 @@ def training_losses(
         x0, labels = flip_batch(x0, labels, generator, flip_perm)
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
+    if getattr(args, "harmonize_noise", False):
+        # faces without a part map have empty concept regions, which harmonize_regions leaves as drawn
+        concept_regions = pid.region_partition(labels, concepts, args.mask_dilation)[:, :-1]
+        noise = pid.harmonize_regions(noise, concept_regions, pid.harmonization_reference(concept_regions))
     timesteps = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator, device=generator.device
     ).to(device)

@@ -464,3 +464,47 @@ def test_regression_target_and_min_snr_weights_follow_the_prediction_type():
         # every weighting puts min(SNR, gamma) on the x_0 error: eps error = SNR * x_0 error, v error = (SNR + 1) * x_0 error
         scale = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[kind]
         torch.testing.assert_close(w * scale, snr.clamp(max=5.0))
+
+
+def test_harmonize_noise_trains_on_noise_whose_part_means_follow_the_band_around_them(monkeypatch):
+    """--harmonize_noise: the DDPM target noise has each concept region's mean tied to the rest band around the
+    regions (as the pipeline draws x_T), per example from its own part map; without the flag the noise is as drawn."""
+    from diffusers import DDPMScheduler
+
+    import pipeline_interpretable_ddpm as pid
+    import train_interpretable as ti
+
+    targets = []
+    original = ti.regression_target
+    monkeypatch.setattr(ti, "regression_target", lambda sched, x0, noise, t: targets.append(noise) or original(sched, x0, noise, t))
+
+    class RecordingUNet(torch.nn.Module):
+        def forward(self, x, t):
+            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
+
+    b = 4
+    labels = torch.ones(b, 16, 16, dtype=torch.long)
+    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
+    labels[1] = 0  # a face without a part map: its noise stays as drawn
+    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="epsilon")
+    concepts = {"eyes": [4, 5], "mouth": [7]}
+    for flag in ("--no-harmonize_noise", "--harmonize_noise"):
+        args = ti.parse_args(["--train_data_dir", ROOT, "--output_dir", "unused", "--concepts", "eyes=4,5 mouth=7",
+                              "--no-random_flip", "--lambda_start", "0", "--snr_gamma", "0", flag])
+        ti.training_losses(RecordingUNet(), images, labels, torch.ones(b, dtype=torch.bool),
+                           noise_scheduler=scheduler, concepts=concepts, args=args, lam=0.0,
+                           generator=torch.Generator().manual_seed(0))
+    drawn, harmonized = targets
+    regions = pid.region_partition(labels, concepts, args.mask_dilation)[:, :-1]
+    band = pid.harmonization_reference(regions)
+
+    def mean(x, m):
+        return (x * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)
+    for i in (0, 2, 3):
+        for k in range(regions.shape[1]):
+            torch.testing.assert_close(mean(harmonized[i], regions[i, k]), mean(harmonized[i], band[i, 0]))
+        assert not torch.allclose(mean(drawn[i], regions[i, 0]), mean(drawn[i], band[i, 0]))
+    torch.testing.assert_close(harmonized[1], drawn[1])
+    outside = (regions.sum(1, keepdim=True) == 0).expand_as(drawn)
+    torch.testing.assert_close(harmonized[outside], drawn[outside])
