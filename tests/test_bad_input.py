@@ -309,7 +309,16 @@ def out_of_range(name, low, low_in, high, high_in):
 
 
 NUMERIC_CASES = [(name, v) for name, *rng in ti.NUMERIC_FLAGS for v in ["nan", "inf", "-inf", *map(str, out_of_range(name, *rng))]]
-FLAG_TYPES = {action.dest: action.type for action in ti.build_parser()._actions}
+
+def run_evaluate(argv) -> int:
+    """evaluate.py's command line in-process: parse_args (argparse exits 2 on a bad flag), then main."""
+    try:
+        return evaluate.main(evaluate.parse_args(argv))
+    except SystemExit as stop:
+        return stop.code
+
+
+FLAG_TYPES = {action.dest: action.type for action in ti.build_arg_parser()._actions}
 
 
 @pytest.mark.parametrize("name, value", NUMERIC_CASES)
@@ -429,7 +438,7 @@ def test_evaluate_command_line_refuses_bad_input_and_overwrites_nothing(tmp_path
     results = {}
     for name, (argv, _, real) in cases.items():
         if not real:
-            results[name] = (evaluate.main([*argv, "--device", "cpu"]), capsys.readouterr().err)
+            results[name] = (run_evaluate([*argv, "--device", "cpu"]), capsys.readouterr().err)
     for name, proc in procs.items():
         results[name] = (proc.wait(timeout=400), proc.communicate()[1])
     for name, (code, err) in results.items():
