@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import pipeline_interpretable_ddpm as pid
-from conftest import ROOT, SHARED_DATA, tiny_pipeline
+from conftest import ROOT, SHARED_DATA
 from denoisers import GaussianDenoiser
 
 STEPS = 10
