@@ -716,9 +716,10 @@ class SpaceApp:
                     self._photo(session.faces["B"], key, steps, strength)
         session.faces["A"], session.edited = face, {}
         recon_a = face.images[f"main@{steps}@{strength:g}"]
-        n = round(strength * steps)
+        self.models.main.scheduler.set_timesteps(steps)
+        n = sum(int(t) <= inv.timestep for t in self.models.main.scheduler.timesteps)  # the steps inverted
         info = (
-            f"{note}\n\nInverted with DDIM at strength **{strength:g}**: {max(1, min(steps, n))} of {steps} steps, down "
+            f"{note}\n\nInverted with DDIM at strength **{strength:g}**: {n} of {steps} steps, down "
             f"to t0 = {inv.timestep}; the reconstruction redraws it from there (PSNR " + ", ".join(psnrs) + "). It "
             "is now face A: edit it on the *Generate & edit* tab (edits run from t0, so they keep more of the photo "
             "at a lower strength)."

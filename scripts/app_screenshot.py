@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000 if photo else 1800})
             page.set_default_timeout(180_000)
             expect.set_options(timeout=180_000)
             page.goto(demo.local_url, wait_until="domcontentloaded")

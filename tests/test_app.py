@@ -228,7 +228,7 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
     np.testing.assert_array_equal(read(small), to_display(expected_input))
     # the default strength (the pipeline's): the whole InversionOutput continues from its timestep
     inv = models.main.invert(torch.from_numpy(expected_input).permute(2, 0, 1)[None], num_inference_steps=STEPS)
-    assert inv.strength == pid.DEFAULT_INVERSION_STRENGTH and f"t0 = {inv.timestep}" in info
+    assert inv.strength == pid.DEFAULT_INVERSION_STRENGTH and f"t0 = {inv.timestep}" in info and "2 of 4 steps" in info
     ref = models.main(latents=inv, num_inference_steps=STEPS, output_type="pt").images
     np.testing.assert_array_equal(read(recon), pipe_image_display(ref))
     out = client.predict("eyes", 0, None, 3, STEPS, True, api_name="/resample")
@@ -268,7 +268,7 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     _, recon, _, _, info = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
     inv_a = pipe.invert(_as_photo(photo), num_inference_steps=STEPS, strength=strength)
     inv_b = pipe.invert(orig.images[1:], num_inference_steps=STEPS, strength=strength)
-    assert inv_a.timestep == inv_b.timestep and f"t0 = {inv_a.timestep}" in info and "strength **0.3**" in info
+    assert inv_a.timestep == inv_b.timestep and f"t0 = {inv_a.timestep}" in info and "strength **0.3**: 1 of 4 steps" in info
     np.testing.assert_array_equal(
         read(recon), pipe_image_display(pipe(latents=inv_a, num_inference_steps=STEPS, output_type="pt").images))
     overlay, mask_info = client.predict("mouth", 0, None, STEPS, strength, api_name="/show_mask")

@@ -73,6 +73,9 @@ def image_src(page, elem_id: str) -> str:
 
 
 def test_generate_edit_and_screenshot(page):
+    compare = page.locator("#compare input")
+    assert not compare.is_checked()  # off at start (an edit then runs one model); switched on for this test
+    compare.check()
     page.locator("#generate").click()
     sync_api.expect(page.locator("#gen-info")).to_contain_text("seed **0**".replace("**", ""))
     first_a = image_src(page, "face-a")
@@ -104,6 +107,7 @@ def test_generate_edit_and_screenshot(page):
     )
     page.screenshot(path=os.path.join(screenshot_dir(), "app_attribution.png"), full_page=True)
     page.get_by_role("tab", name="Generate & edit").click()
+    compare.uncheck()
 
 
 def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
