@@ -600,8 +600,8 @@ class SpaceApp:
 
     def _kept_face(self, source: str, kept: Dict[str, Tuple[np.ndarray, np.ndarray]], steps: int, photo: bool) -> Face:
         """The face an edit leaves for "Keep the edit": for a photo, the edited image (the main model's) as a new
-        photo, inverted again when it is edited (its x_t0 after the edit is not the inversion of any image with
-        its own t0 mask map, and the baseline's edit differs); for a generated face, the edited x_T per model."""
+        photo, inverted again before the next edit (so that its masks come from the edited image and any strength
+        or step count can follow); for a generated face, the edited x_T per model."""
         if photo:
             return Face(f"{source}, kept as a photo", upload=kept["main"][1])
         face = Face(source)
