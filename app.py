@@ -17,9 +17,13 @@ Every event has an `api_name`, so the Space is scriptable with `gradio_client`:
     client = Client("http://127.0.0.1:7860/")
     client.predict(3, 7, 25, False, True, api_name="/generate")   # seeds, steps, compare, harmonised noise
     client.predict("eyes", 0, None, 25, False, True, api_name="/swap")
+    client.predict(handle_file("me.png"), 25, False, 0.5, api_name="/invert")  # upload, steps, compare, strength
+    client.predict("mouth", 0, None, 3, 25, False, True, 0.5, api_name="/resample")
 
-The harmonised-noise flag, the last argument of generate / resample / swap / attribute, may be left out (it then
-takes the checkbox's default, the pipeline's `harmonize_noise` setting).
+Arguments added later sit at the end of an event's inputs and may be left out; they then take the control's default:
+the harmonised-noise flag (generate / resample / swap / attribute; the pipeline's `harmonize_noise` setting) and the
+strength of a photo's inversion (invert / resample / swap / keep_edit / show_mask / attribute; the pipeline's
+default, 0.5). The baseline comparison starts off (an edit then costs one model run, not two).
 
 The faces of a session (an `app_handlers.Session`) live in a `gr.State`, so edits reuse them; a
 `gradio_client.Client` keeps its own session, so consecutive calls from one client see the same faces.
@@ -48,6 +52,7 @@ from app_handlers import (
     PAINTED,
     SpaceApp,
     SpaceModels,
+    default_strength,
     load_models,
     min_upload_side,
 )
@@ -70,6 +75,8 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
     has_baseline = models.baseline is not None
     regions = models.concepts + [PAINTED]
     masks_from = "a face parser" if getattr(models.main, "parser", None) is not None else "template masks"
+    strength0 = default_strength(models.main)
+    local_max = getattr(models.lib, "LOCAL_EDIT_MAX_STRENGTH", None)
     queue = dict(concurrency_id="model", concurrency_limit=concurrency_limit)
 
     with gr.Blocks(title="Interpretable DDPM: region edits") as demo:
@@ -85,8 +92,9 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         )
         with gr.Row():
             steps = gr.Slider(1, MAX_STEPS, value=models.default_steps, step=1, label="DDIM steps (fewer = faster)")
-            compare = gr.Checkbox(
-                value=has_baseline, visible=has_baseline, label="Compare with the baseline model (same edit, side by side)"
+            compare = gr.Checkbox(  # off at start: with it an edit runs both models (twice the time)
+                value=False, visible=has_baseline, elem_id="compare",
+                label="Compare with the baseline model (same edit, side by side; about twice the time)",
             )
             harmonize = gr.Checkbox(
                 value=bool(models.main.config.harmonize_noise), elem_id="harmonize",
@@ -137,16 +145,30 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 gr.Markdown(
                     f"Upload a photo of a face (PNG/JPEG, at least {min_upload_side((h, w))} pixels on its shorter side, at most "
                     f"{MAX_FILE_SIZE} and {MAX_UPLOAD_PIXELS // 1_000_000} megapixels; of an animated image the first "
-                    f"frame is used). It is centre-cropped and resized to {w}x{h}, inverted to x_T with DDIM, and "
-                    "becomes face A: edit it on the first tab."
+                    f"frame is used). It is centre-cropped and resized to {w}x{h}, DDIM-inverted part of the way (to "
+                    "the step at about strength x T), and becomes face A: edit it on the *Generate & edit* tab. Edits "
+                    "continue the photo's trajectory from there. A swap with a generated face B inverts B's image at "
+                    "the same strength (both must be at the same step); \"Keep the edit\" makes the edited photo a "
+                    "new photo, inverted again."
                 )
                 with gr.Row():
                     upload = gr.File(label="Face photo", elem_id="upload", file_types=["image"], type="filepath")
-                    invert_btn = gr.Button("Invert and use as face A", variant="primary", elem_id="invert")
+                    with gr.Column():
+                        strength = gr.Slider(
+                            0.1, 1.0, value=strength0, step=0.05, elem_id="strength",
+                            label="Edit strength: more change (higher) vs more faithful to the photo (lower)",
+                            info=f"How far the photo is inverted (about strength x T; 1.0 = all the way to x_T). Default "
+                            f"{strength0:g}." + (f" Above {local_max:g} edits are not local on these models (the whole "
+                                                 "face may change); a warning is shown." if local_max else ""),
+                        )
+                        invert_btn = gr.Button("Invert and use as face A", variant="primary", elem_id="invert")
                 with gr.Row():
                     upload_small = gr.Image(label=f"Your face at {w}x{h}", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
                     recon = gr.Image(label="Its inversion, regenerated", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    real_edit = gr.Image(label="Last edit of face A (model above)", elem_id="real-edited", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    real_locality = gr.Number(label="Its locality (MSE_out / MSE_in, Lab; lower = more local)", interactive=False, elem_id="real-locality")
                 upload_info = gr.Markdown(elem_id="upload-info")
+                real_info = gr.Markdown(elem_id="real-edit-info")
 
             with gr.Tab("Attribution explorer"):
                 gr.Markdown(
@@ -167,31 +189,33 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 curve = gr.Image(label="Leakage over t", elem_id="leakage-curve", type="numpy", format="png", interactive=False, height=340)
                 attr_json = gr.JSON(label="Leakage per timestep")
 
+        # edits: the panel, its details, and the Real face tab's copy of face A's result (image, locality, note)
+        edit_outputs = panel + [edit_info, real_edit, real_locality, real_info, session]
         dice.click(handlers.random_seeds, None, [seed_a, seed_b], api_name="random_seeds", queue=False)
         generate_btn.click(
             handlers.generate, [seed_a, seed_b, steps, compare, harmonize], [face_a, face_b, editor, session, gen_info],
             api_name="generate", **queue,
-        ).success(handlers.show_mask, [region, dilation, editor, steps, session], [overlay, mask_info],
+        ).success(handlers.show_mask, [region, dilation, editor, steps, strength, session], [overlay, mask_info],
                   api_name="show_mask_after_generate", **queue)
-        mask_inputs = [region, dilation, editor, steps, session]
+        mask_inputs = [region, dilation, editor, steps, strength, session]
         mask_btn.click(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask", **queue)
         region.change(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_on_region_change",
                       show_progress="hidden", **queue)
         resample_btn.click(
-            handlers.resample, [region, dilation, editor, new_seed, steps, compare, harmonize, session], panel + [edit_info, session],
+            handlers.resample, [region, dilation, editor, new_seed, steps, compare, harmonize, strength, session], edit_outputs,
             api_name="resample", **queue,
         )
         swap_btn.click(
-            handlers.swap, [region, dilation, editor, steps, compare, harmonize, session], panel + [edit_info, session],
+            handlers.swap, [region, dilation, editor, steps, compare, harmonize, strength, session], edit_outputs,
             api_name="swap", **queue,
         )
-        keep_btn.click(handlers.keep_edit, [steps, session], [face_a, face_b, editor, session, gen_info], api_name="keep_edit", **queue)
+        keep_btn.click(handlers.keep_edit, [steps, strength, session], [face_a, face_b, editor, session, gen_info], api_name="keep_edit", **queue)
         invert_btn.click(
-            handlers.invert_upload, [upload, steps, compare, session], [upload_small, recon, face_a, editor, session, upload_info],
+            handlers.invert_upload, [upload, steps, compare, strength, session], [upload_small, recon, face_a, editor, session, upload_info],
             api_name="invert", **queue,
         ).success(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_after_invert", **queue)
         attr_btn.click(
-            handlers.attribute, [attr_face, steps, attr_count, attr_seed, compare, harmonize, session],
+            handlers.attribute, [attr_face, steps, attr_count, attr_seed, compare, harmonize, strength, session],
             [matrix_main, matrix_base, curve, t_index, attribution, attr_info, attr_json],
             api_name="attribute", **queue,
         )

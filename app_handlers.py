@@ -130,24 +130,31 @@ def load_models(model: Optional[str], baseline: Optional[str], default_steps: in
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
 class Face:
-    """One face of a session: its x_T per model and the images they render to.
+    """One face of a session: a generated face (its x_T per model) or a photo (an upload, or a kept edit of one).
 
-    `latents` maps a model key ("main", "baseline") to x_T `(C, H, W)`; None until an uploaded face is inverted
-    on that model. `upload` is an uploaded face `(H, W, 3)` in [0, 1], inverted lazily per model and step count
-    (`inverted_at`: model key -> steps). `images` caches rendered faces `(H, W, 3)` under "model@steps".
-    `clip_sample` is False for uploaded faces and edits of them (DDIM inversion is exact only unclipped), else None
-    (the scheduler's own setting)."""
+    `latents` maps a model key ("main", "baseline") to x_T `(C, H, W)` of a generated face. `upload` is a photo
+    `(H, W, 3)` in [0, 1] (an uploaded face, or the result of an edit of one that was kept); it is DDIM-inverted
+    lazily, per model, step count and strength, and `inversions` keeps each whole `InversionOutput` (x_t at its
+    timestep t0, the photo, the warning) under "model@steps@strength". A generated face that is swapped with a
+    photo is inverted from its rendering the same way (both inputs of a swap must be at the same t0).
+    `images` caches rendered faces `(H, W, 3)`: "model@steps" for x_T, "model@steps@strength" for the unedited
+    reconstruction `pipe(latents=inversion)`. `clip_sample` is False for photos (DDIM inversion is exact only
+    unclipped), else None (the scheduler's own setting)."""
 
     source: str
     latents: Dict[str, Optional[np.ndarray]] = field(default_factory=dict)
     upload: Optional[np.ndarray] = None
-    inverted_at: Dict[str, int] = field(default_factory=dict)
+    inversions: Dict[str, Any] = field(default_factory=dict)
     images: Dict[str, np.ndarray] = field(default_factory=dict)
     clip_sample: Optional[bool] = None
 
     def __post_init__(self):
         if self.upload is not None:
             self.clip_sample = False
+
+    @property
+    def is_photo(self) -> bool:
+        return self.upload is not None
 
 
 @dataclass
@@ -215,6 +222,30 @@ def check_steps(steps: Any) -> int:
     if not math.isfinite(value) or value != int(value) or not 1 <= value <= MAX_STEPS:
         raise gr.Error(f"Steps must be an integer between 1 and {MAX_STEPS}, got {steps!r}.")
     return int(value)
+
+
+def check_strength(strength: Any) -> float:
+    """The inversion strength of a photo: a number in (0, 1] (1.0 inverts all the way to x_T)."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(strength, (bool, np.bool_)) or not math.isfinite(value) or not 0 < value <= 1:
+        raise gr.Error(f"The strength must be a number in (0, 1] (1.0 inverts the photo to x_T), got {strength!r}.")
+    return value
+
+
+def default_strength(pipe: Any) -> float:
+    """The pipeline's default inversion strength (its `DEFAULT_INVERSION_STRENGTH`, else `invert`'s default)."""
+    module = inspect.getmodule(type(pipe))
+    value = getattr(module, "DEFAULT_INVERSION_STRENGTH", None)
+    if value is None:
+        value = inspect.signature(pipe.invert).parameters["strength"].default
+    return float(value)
+
+
+def _is_inversion(obj: Any) -> bool:
+    return not isinstance(obj, torch.Tensor) and hasattr(obj, "timestep") and hasattr(obj, "latents")
 
 
 def check_whole(value: Any, name: str, low: int, high: int) -> int:
@@ -317,16 +348,18 @@ class SpaceApp:
         self.models = models
 
     # -- faces -----------------------------------------------------------------------------------------------------
+    @property
+    def default_strength(self) -> float:
+        return default_strength(self.models.main)
+
+    def _strength(self, strength: Any) -> float:
+        """`strength` checked; None (a Python caller that leaves it out) is the pipeline's default."""
+        return self.default_strength if strength is None else check_strength(strength)
+
     def _render(self, face: Face, key: str, steps: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x_T `(1, C, H, W)` and image `(1, 3, H, W)` in [0, 1] of a face under model `key` at `steps`."""
+        """x_T `(1, C, H, W)` and image `(1, 3, H, W)` in [0, 1] of a generated face under model `key` at `steps`."""
         pipe = self.models.pipes(True)[key]
         cache_key = f"{key}@{steps}"
-        if face.upload is not None and face.inverted_at.get(key) != steps:
-            # An uploaded face: its x_T depends on the model and the number of steps, so invert for this pair.
-            inv = pipe.invert(_chw(face.upload), num_inference_steps=steps)
-            face.latents[key] = _np(inv.latents[0])
-            face.inverted_at[key] = steps
-            face.images.pop(cache_key, None)
         latents = face.latents.get(key)
         if latents is None:  # e.g. a kept edit made without the baseline: x_T live in the same space
             latents = face.latents["main"]
@@ -335,6 +368,32 @@ class SpaceApp:
                        clip_sample=face.clip_sample)
             face.images[cache_key] = _hwc(out.images)
         return _pt(latents)[None], _chw(face.images[cache_key])
+
+    def _photo(self, face: Face, key: str, steps: int, strength: float) -> Tuple[Any, torch.Tensor]:
+        """The face as a photo on model `key`: its `InversionOutput` (at `steps` and `strength`, inverted once and
+        kept) and the unedited reconstruction `pipe(latents=inversion)` `(1, 3, H, W)` in [0, 1]. A generated face
+        is inverted from its rendering."""
+        pipe = self.models.pipes(True)[key]
+        cache_key = f"{key}@{steps}@{strength:g}"
+        if cache_key not in face.inversions:
+            photo = face.upload if face.is_photo else _hwc(self._render(face, key, steps)[1])
+            face.inversions[cache_key] = pipe.invert(_chw(photo), num_inference_steps=steps, strength=strength)
+            face.images.pop(cache_key, None)
+        inv = face.inversions[cache_key]
+        if cache_key not in face.images:
+            face.images[cache_key] = _hwc(pipe(latents=inv, num_inference_steps=steps, output_type="pt").images)
+        return inv, _chw(face.images[cache_key])
+
+    def _start(self, face: Face, key: str, steps: int, strength: float, as_photo: bool) -> Tuple[Any, torch.Tensor]:
+        """Where an edit of `face` starts: x_T of a generated face, or the `InversionOutput` of a photo (and of a
+        generated face edited together with a photo, `as_photo`); with the unedited image it renders to."""
+        if face.is_photo or as_photo:
+            return self._photo(face, key, steps, strength)
+        return self._render(face, key, steps)
+
+    @staticmethod
+    def _from_photo_note(inv: Any, steps: int) -> str:
+        return f"inverted at strength {inv.strength:g} down to t0 = {inv.timestep} ({steps}-step schedule)"
 
     @staticmethod
     def _require_faces(session: Optional[Session], need_b: bool = False) -> Session:
@@ -362,8 +421,11 @@ class SpaceApp:
             )
         return mask
 
-    def _mask(self, key: str, region: str, dilation: Any, editor: Optional[dict], image: torch.Tensor) -> torch.Tensor:
-        """`(1, 1, H, W)` mask of `region` on `image` (model `key`'s own concept mask), or the painted mask."""
+    def _mask(
+        self, key: str, region: str, dilation: Any, editor: Optional[dict], image: torch.Tensor, start: Any = None
+    ) -> torch.Tensor:
+        """`(1, 1, H, W)` mask of `region` on `image` (model `key`'s own concept mask), or the painted mask. For a
+        photo (`start` an `InversionOutput`) the concept mask is found on the photo itself (`concept_mask(inv)`)."""
         dilation = check_whole(dilation, "Dilation (pixels)", 0, MAX_DILATION)
         if region == PAINTED:
             mask = self._painted_mask(editor)
@@ -371,13 +433,14 @@ class SpaceApp:
         if region not in self.models.concepts:
             raise gr.Error(f"Unknown region '{region}'; choose one of {', '.join(self.models.concepts + [PAINTED])}.")
         pipe = self.models.pipes(True)[key]
+        source = (start, {}) if _is_inversion(start) else (image * 2 - 1, {"is_latents": False})
         try:
-            mask = pipe.concept_mask(image * 2 - 1, region, dilation=dilation, is_latents=False)
+            mask = pipe.concept_mask(source[0], region, dilation=dilation, **source[1])
         except ValueError:
             if key == "main":
                 raise
-            # A baseline without parser or templates: use the interpretable model's mask of the same x_T.
-            mask = self.models.main.concept_mask(image * 2 - 1, region, dilation=dilation, is_latents=False)
+            # A baseline without parser or templates: use the interpretable model's mask of the same face.
+            mask = self.models.main.concept_mask(source[0], region, dilation=dilation, **source[1])
         if mask.sum() == 0:
             raise gr.Error(f"No '{region}' pixels were found on this face; paint the region instead.")
         return mask.float().cpu()
@@ -420,21 +483,27 @@ class SpaceApp:
 
     @user_errors
     def show_mask(
-        self, region: str, dilation: float, editor: Optional[dict], steps: float, session: Optional[Session]
+        self, region: str, dilation: float, editor: Optional[dict], steps: float, strength: Optional[float] = None,
+        session: Optional[Session] = None,
     ) -> Tuple[np.ndarray, str]:
-        """Face A with the chosen region (concept mask or painted) as a red overlay."""
+        """Face A with the chosen region (concept mask or painted) as a red overlay; for a photo the concept mask is
+        found on the photo itself and drawn over its reconstruction at `strength`."""
         session, steps = self._require_faces(session), check_steps(steps)
+        strength = self._strength(strength)
+        face_a = session.faces["A"]
         with self.models.lock:
-            _, image = self._render(session.faces["A"], "main", steps)
-            mask = self._mask("main", region, dilation, editor, image)
+            start, image = self._start(face_a, "main", steps, strength, face_a.is_photo)
+            mask = self._mask("main", region, dilation, editor, image, start)
         pixels = int(mask.sum())
         h, w = self.models.resolution
+        where = " (found on your photo)" if face_a.is_photo and region != PAINTED else ""
         return mask_overlay(_hwc(image), _np(mask[0, 0]) > 0.5), (
-            f"Region **{region}** on face A: {pixels} of {h * w} pixels ({100 * pixels / (h * w):.1f}%)."
+            f"Region **{region}** on face A{where}: {pixels} of {h * w} pixels ({100 * pixels / (h * w):.1f}%)."
         )
 
     def _edit_outputs(self, results: Dict[str, dict], steps: int) -> list:
-        """Flattens edit results into the edit panel: per model (A', dA, locA, B', dB, locB), then details."""
+        """Flattens edit results into the edit panel: per model (A', dA, locA, B', dB, locB), then details, then the
+        Real face tab's copy of the main model's A (image, locality, note with any warning)."""
         delta = {key: {f: np.sqrt(r[f"diff_{f}"]) for f in "AB" if r.get(f"diff_{f}") is not None} for key, r in results.items()}
         vmax = max([float(d.max()) for dd in delta.values() for d in dd.values()] + [1e-6])
         outputs = []
@@ -453,12 +522,21 @@ class SpaceApp:
                     f"| {self.models.label(key)} | {f} | {loc['lab_paper']:.4f} | {loc['lab_area']:.4f} | "
                     f"{loc['rgb_paper']:.4f} | {int(mask.sum())} | {delta[key][f].max():.1f} |"
                 )
+        warnings = list(dict.fromkeys(r["warning"] for r in results.values() if r.get("warning")))
+        warning = "".join(f"**Warning: {w}**\n\n" for w in warnings)
+        main = results["main"]
         details = (
-            f"{results['main']['what']} ({steps} steps). Locality = MSE_out / MSE_in (lower = more local). "
-            f"Heatmaps: CIELAB distance dE from black (0) to white ({vmax:.1f}), shared scale; cyan outline = edited "
-            "region.\n\n" + "\n".join(rows)
+            warning + f"{main['what']} ({steps} steps). Locality = MSE_out / MSE_in (lower = more local)"
+            + (", against the unedited reconstruction of the photo" if main.get("photo") else "")
+            + f". Heatmaps: CIELAB distance dE from black (0) to white ({vmax:.1f}), shared scale; cyan outline = "
+            "edited region.\n\n" + "\n".join(rows)
         )
-        return outputs + [details]
+        real = [
+            to_display(main["image_A"]), round(main["loc_A"]["lab_paper"], 4),
+            warning + f"{main['what']}: locality {main['loc_A']['lab_paper']:.4f} (MSE_out / MSE_in, Lab; lower = "
+            "more local). All results are on the *Generate & edit* tab.",
+        ]
+        return outputs + [details] + real
 
     def _locality(self, before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> Dict[str, float]:
         lib = self.models.lib
@@ -479,37 +557,58 @@ class SpaceApp:
         steps: float,
         compare: bool,
         harmonize: bool,
-        session: Optional[Session],
+        strength: Optional[float] = None,
+        session: Optional[Session] = None,
         progress=gr.Progress(),
     ) -> list:
-        """Redraws x_T of face A inside the region with noise from `new_seed` (the same noise on both models)."""
+        """Redraws face A inside the region with noise from `new_seed` (the same noise on both models): x_T of a
+        generated face; x_t0 of a photo's `InversionOutput` at `strength` (`pipe.resample_region(inv, ...)`)."""
         session, steps = self._require_faces(session), check_steps(steps)
         new_seed = check_seed(new_seed, "new seed")
+        strength = self._strength(strength)
         face_a = session.faces["A"]
+        photo = face_a.is_photo
         clip_sample = clip_setting(face_a)
         harmonize = harmonize_setting(harmonize, face_a)
-        results, edit = {}, Face(f"A with {region} resampled (seed {new_seed})", clip_sample=clip_sample)
+        results, kept = {}, {}
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
                 progress(0.1 + 0.45 * i, desc=f"resampling on the {self.models.label(key)} model")
-                latents, image = self._render(face_a, key, steps)
-                mask = self._mask(key, region, dilation, editor, image)
-                out = pipe.resample_region(
-                    latents, mask, generator=torch.Generator("cpu").manual_seed(new_seed),
-                    num_inference_steps=steps, output_type="pt", clip_sample=clip_sample, harmonize_noise=harmonize,
-                )
+                start, image = self._start(face_a, key, steps, strength, photo)
+                mask = self._mask(key, region, dilation, editor, image, start)
+                gen = torch.Generator("cpu").manual_seed(new_seed)
+                if photo:  # continues the photo's DDIM trajectory from t0, unclipped (never harmonised)
+                    out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt")
+                else:
+                    out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt",
+                                               clip_sample=clip_sample, harmonize_noise=harmonize)
                 edited = out.images.cpu()
+                what = f"Resampled **{region}** of face A with seed {new_seed}"
                 results[key] = {
-                    "what": f"Resampled **{region}** of face A with seed {new_seed}",
+                    "what": what + (f" (your photo, {self._from_photo_note(start, steps)})" if photo else ""),
                     "image_A": _hwc(edited),
                     "diff_A": _np(self.models.lib.difference_map(image, edited, "lab")[0]),
                     "loc_A": self._locality(image, edited, out.mask.cpu()),
                     "mask": _np(out.mask[0, 0]) > 0.5,
+                    "warning": getattr(out, "warning", None),
+                    "photo": photo,
                 }
-                edit.latents[key] = _np(out.latents[0])
-                edit.images[f"{key}@{steps}"] = _hwc(edited)
-        session.edited = {"A": edit}
+                kept[key] = (_np(out.latents[0]), _hwc(edited))
+        source = f"A with {region} resampled (seed {new_seed})"
+        session.edited = {"A": self._kept_face(source, kept, steps, photo)}
         return self._edit_outputs(results, steps) + [session]
+
+    def _kept_face(self, source: str, kept: Dict[str, Tuple[np.ndarray, np.ndarray]], steps: int, photo: bool) -> Face:
+        """The face an edit leaves for "Keep the edit": for a photo, the edited image (the main model's) as a new
+        photo, inverted again before the next edit (so that its masks come from the edited image and any strength
+        or step count can follow); for a generated face, the edited x_T per model."""
+        if photo:
+            return Face(f"{source}, kept as a photo", upload=kept["main"][1])
+        face = Face(source)
+        for key, (latents, image) in kept.items():
+            face.latents[key] = latents
+            face.images[f"{key}@{steps}"] = image
+        return face
 
     @user_errors
     def swap(
@@ -520,74 +619,113 @@ class SpaceApp:
         steps: float,
         compare: bool,
         harmonize: bool,
-        session: Optional[Session],
+        strength: Optional[float] = None,
+        session: Optional[Session] = None,
         progress=gr.Progress(),
     ) -> list:
-        """Exchanges x_T inside the region (defined on face A) between faces A and B, on each model."""
+        """Exchanges the region (defined on face A) between faces A and B, on each model. Generated faces exchange
+        x_T; when either face is a photo, both are taken at the same inversion (`strength`, t0) and the
+        `InversionOutput`s are swapped (`pipe.swap_regions(inv_a, inv_b, mask)`): a generated face is inverted from
+        its rendering for that."""
         session, steps = self._require_faces(session, need_b=True), check_steps(steps)
+        strength = self._strength(strength)
         face_a, face_b = session.faces["A"], session.faces["B"]
+        photo = face_a.is_photo or face_b.is_photo
         results = {}
         clip_sample = clip_setting(face_a, face_b)
         harmonize = harmonize_setting(harmonize, face_a, face_b)
-        edit = {f: Face(f"{f} after swapping {region}", clip_sample=clip_sample) for f in "AB"}
+        kept = {"A": {}, "B": {}}
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
                 progress(0.1 + 0.45 * i, desc=f"swapping on the {self.models.label(key)} model")
-                lat_a, img_a = self._render(face_a, key, steps)
-                lat_b, img_b = self._render(face_b, key, steps)
-                mask = self._mask(key, region, dilation, editor, img_a)
-                out = pipe.swap_regions(lat_a, lat_b, mask, num_inference_steps=steps, output_type="pt",
-                                        clip_sample=clip_sample, harmonize_noise=harmonize)
+                start_a, img_a = self._start(face_a, key, steps, strength, photo)
+                start_b, img_b = self._start(face_b, key, steps, strength, photo)
+                mask = self._mask(key, region, dilation, editor, img_a, start_a)
+                if photo:  # both at the same t0; continued unclipped (never harmonised)
+                    out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt")
+                else:
+                    out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt",
+                                            clip_sample=clip_sample, harmonize_noise=harmonize)
                 new_a, new_b, used = out.images_a.cpu(), out.images_b.cpu(), out.mask.cpu()
-                results[key] = {"what": f"Swapped **{region}** between faces A and B", "mask": _np(used[0, 0]) > 0.5}
+                what = f"Swapped **{region}** between faces A and B"
+                if photo:
+                    generated = [f for f, face in (("A", face_a), ("B", face_b)) if not face.is_photo]
+                    what += f" (photos {self._from_photo_note(start_a, steps)}" + (
+                        f"; generated face {generated[0]} was inverted from its image the same way, so that both "
+                        "are at the same timestep)" if generated else ")"
+                    )
+                results[key] = {"what": what, "mask": _np(used[0, 0]) > 0.5, "warning": getattr(out, "warning", None),
+                                "photo": photo}
                 for f, before, after, lat in (("A", img_a, new_a, out.latents_a), ("B", img_b, new_b, out.latents_b)):
                     results[key][f"image_{f}"] = _hwc(after)
                     results[key][f"diff_{f}"] = _np(self.models.lib.difference_map(before, after, "lab")[0])
                     results[key][f"loc_{f}"] = self._locality(before, after, used)
-                    edit[f].latents[key] = _np(lat[0])
-                    edit[f].images[f"{key}@{steps}"] = _hwc(after)
-        session.edited = edit
+                    kept[f][key] = (_np(lat[0]), _hwc(after))
+        session.edited = {f: self._kept_face(f"{f} after swapping {region}", kept[f], steps, photo) for f in "AB"}
         return self._edit_outputs(results, steps) + [session]
 
+    def _shown(self, face: Face, steps: int, strength: float) -> np.ndarray:
+        """The image of a face shown as face A or B: its rendering, or a photo's reconstruction at `strength`."""
+        return _hwc(self._start(face, "main", steps, strength, face.is_photo)[1])
+
     @user_errors
-    def keep_edit(self, steps: float, session: Optional[Session]) -> Tuple[np.ndarray, np.ndarray, dict, Session, str]:
-        """Makes the last edit's result(s) the new face A (and B after a swap), to chain edits."""
+    def keep_edit(
+        self, steps: float, strength: Optional[float] = None, session: Optional[Session] = None
+    ) -> Tuple[np.ndarray, np.ndarray, dict, Session, str]:
+        """Makes the last edit's result(s) the new face A (and B after a swap), to chain edits. An edited photo
+        becomes a new photo: it is inverted again (at `strength`) and shown as its reconstruction."""
         session, steps = self._require_faces(session), check_steps(steps)
+        strength = self._strength(strength)
         if not session.edited:
             raise gr.Error("There is no edit to keep yet: resample or swap a region first.")
         session.faces.update(session.edited)
         session.edited = {}
         with self.models.lock:
-            _, img_a = self._render(session.faces["A"], "main", steps)
-            img_b = self._render(session.faces["B"], "main", steps)[1] if "B" in session.faces else None
+            img_a = self._shown(session.faces["A"], steps, strength)
+            img_b = self._shown(session.faces["B"], steps, strength) if "B" in session.faces else None
         info = f"Face A is now: {session.faces['A'].source}" + (
             f"; face B: {session.faces['B'].source}" if "B" in session.faces else ""
         )
-        return (
-            to_display(_hwc(img_a)), None if img_b is None else to_display(_hwc(img_b)),
-            editor_value(_hwc(img_a)), session, info,
-        )
+        if session.faces["A"].is_photo:
+            info += f". Edited photos are inverted again (strength {strength:g}) before the next edit."
+        return to_display(img_a), None if img_b is None else to_display(img_b), editor_value(img_a), session, info
 
     @user_errors
     def invert_upload(
-        self, path: Optional[str], steps: float, compare: bool, session: Optional[Session], progress=gr.Progress()
+        self, path: Optional[str], steps: float, compare: bool, strength: Optional[float] = None,
+        session: Optional[Session] = None, progress=gr.Progress(),
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict, Session, str]:
-        """Uploaded face -> model resolution -> DDIM inversion -> becomes face A (B is kept)."""
+        """Uploaded face -> model resolution -> DDIM inversion at `strength` (`pipe.invert`) -> becomes face A (B is
+        kept, and a generated B is inverted at the same strength now, so a swap with it answers quickly)."""
         steps = check_steps(steps)
+        strength = self._strength(strength)
         image, note = load_upload(path, self.models.resolution)
         session = copy.copy(session) if session is not None else Session()
         session.faces = dict(session.faces)
-        face = Face("uploaded face", {"main": None}, upload=image)
-        psnrs = []
+        face = Face("uploaded face", upload=image)
+        psnrs, inv = [], None
         with self.models.lock:
-            for i, key in enumerate(self.models.pipes(compare)):
-                progress(0.1 + 0.45 * i, desc=f"inverting on the {self.models.label(key)} model")
-                _, recon = self._render(face, key, steps)
+            pipes = self.models.pipes(compare)
+            for i, key in enumerate(pipes):
+                progress(0.1 + 0.8 * i / len(pipes), desc=f"inverting on the {self.models.label(key)} model")
+                inv_k, recon = self._photo(face, key, steps, strength)
+                inv = inv if inv is not None else inv_k
                 mse = float(((recon - _chw(image)) ** 2).mean())
                 psnrs.append(f"{self.models.label(key)}: {-10 * math.log10(max(mse, 1e-12)):.1f} dB")
+                if "B" in session.faces:  # ready for a swap: B at the same timestep (cached on the face)
+                    self._photo(session.faces["B"], key, steps, strength)
         session.faces["A"], session.edited = face, {}
-        recon_a = face.images[f"main@{steps}"]
-        info = f"{note}\n\nInverted with {steps} DDIM steps; reconstruction PSNR " + ", ".join(psnrs) + ". It is now face A."
+        recon_a = face.images[f"main@{steps}@{strength:g}"]
+        self.models.main.scheduler.set_timesteps(steps)
+        n = sum(int(t) <= inv.timestep for t in self.models.main.scheduler.timesteps)  # the steps inverted
+        info = (
+            f"{note}\n\nInverted with DDIM at strength **{strength:g}**: {n} of {steps} steps, down "
+            f"to t0 = {inv.timestep}; the reconstruction redraws it from there (PSNR " + ", ".join(psnrs) + "). It "
+            "is now face A: edit it on the *Generate & edit* tab (edits run from t0, so they keep more of the photo "
+            "at a lower strength)."
+        )
+        if inv.warning:
+            info = f"**Warning: {inv.warning}**\n\n" + info
         return to_display(image), to_display(recon_a), to_display(recon_a), editor_value(recon_a), session, info
 
     @user_errors
@@ -599,32 +737,41 @@ class SpaceApp:
         seed: float,
         compare: bool,
         harmonize: bool,
-        session: Optional[Session],
+        strength: Optional[float] = None,
+        session: Optional[Session] = None,
         progress=gr.Progress(),
     ) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, dict, dict, str, dict]:
-        """Exact K x K Shapley attribution of a face at `num_timesteps` timesteps spread over the schedule."""
+        """Exact K x K Shapley attribution of a face at `num_timesteps` timesteps spread over the schedule; for a
+        photo over the part of the schedule its inversion covers (t <= t0), on its trajectory (`attribute(inv)`)."""
         session, steps = self._require_faces(session), check_steps(steps)
         seed = check_seed(seed, "attribution seed")
+        strength = self._strength(strength)
         if face_name not in ("A", "B") or face_name not in session.faces:
             raise gr.Error(f"Face must be 'A' or 'B' (and exist), got {face_name!r}.")
         n = check_whole(num_timesteps, "Number of timesteps", 1, MAX_ATTRIBUTION_TIMESTEPS)
-        result = {"steps": steps, "models": {}}
+        face = session.faces[face_name]
+        result = {"steps": steps, "models": {}, "note": ""}
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
                 progress(0.1 + 0.45 * i, desc=f"Shapley attribution on the {self.models.label(key)} model")
-                latents, image = self._render(session.faces[face_name], key, steps)
+                start, image = self._start(face, key, steps, strength, face.is_photo)
                 pipe.scheduler.set_timesteps(steps)
                 schedule = pipe.scheduler.timesteps.tolist()
+                if face.is_photo:  # the photo's trajectory starts at t0: only t <= t0 can be attributed
+                    schedule = [t for t in schedule if t <= start.timestep]
+                    result["note"] = f" Face {face_name} is a photo {self._from_photo_note(start, steps)}: t <= t0 only."
                 picks = sorted({schedule[j] for j in np.linspace(0, len(schedule) - 1, min(n, len(schedule))).round().astype(int)}, reverse=True)
-                regions = pipe.region_masks(image * 2 - 1, is_latents=False)
+                regions = pipe.region_masks(start if face.is_photo else image * 2 - 1,
+                                            **({} if face.is_photo else {"is_latents": False}))
+                latents = start.latents if face.is_photo else start
                 # Absent players get the same-t point of another x_T's trajectory; drawn here (as the pipeline's
                 # "other_sample" would) to refuse a seed that redraws the face's own x_T (every phi would be 0).
                 other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
-                if harmonize_setting(harmonize, session.faces[face_name]):
+                if harmonize_setting(harmonize, face):
                     other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
-                if torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
+                if not face.is_photo and torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
                     raise gr.Error(f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed.")
-                out = pipe.attribute(latents, masks=regions, timesteps=picks, num_inference_steps=steps, baseline=other)
+                out = pipe.attribute(start, masks=regions, timesteps=picks, num_inference_steps=steps, baseline=other)
                 result["models"][key] = {
                     "label": self.models.label(key),
                     "region_names": list(pipe.region_names),
@@ -658,7 +805,7 @@ class SpaceApp:
         curve = leakage_figure({m["label"]: (m["timesteps"], m["leakage"]) for m in models.values()}, t)
         md = f"t = **{t}** (timestep {index + 1} of {len(models['main']['timesteps'])} analysed, {result['steps']}-step schedule). " + ", ".join(
             f"{m['label']}: leakage {m['leakage'][index]:.3f} here, {m['mean_leakage']:.3f} on average" for m in models.values()
-        )
+        ) + result.get("note", "")
         return mats["main"], mats.get("baseline"), curve, md
 
     @user_errors

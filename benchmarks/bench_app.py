@@ -1,6 +1,6 @@
 # Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
 """Latency of the Space: one swap and one resample (the app's handlers, locality and heatmaps included) at several
-step counts, and the time from launching `python app.py` to the first HTTP 200 of the page.
+step counts, of generated faces and of an uploaded photo (inverted at the default strength), and the time from launching `python app.py` to the first HTTP 200 of the page.
 
     python -m benchmarks.bench_app                       # the default model (models/interpretable-ddpm-faces64)
     python -m benchmarks.bench_app --model <dir>         # another pipeline folder
@@ -69,25 +69,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def time_edits(model_path: str, step_counts, repeats: int):
-    models = app.load_models(model_path, baseline="")
+def _photo_path(folder: str, models) -> str:
+    """A face photo for the photo rows: a test face of the data set when present, else a generated face."""
+    from PIL import Image
+
+    from face_data import default_data_dir, load_faces
+
+    path = os.path.join(folder, "photo.png")
+    try:
+        image = load_faces(default_data_dir(), "test", limit=8).images[4]
+        Image.fromarray(image).save(path)
+    except Exception:  # no data here: a generated face stands in for the photo
+        out = models.main(generator=torch.Generator().manual_seed(4), num_inference_steps=10, output_type="pil")
+        out.images[0].save(path)
+    return path
+
+
+def time_edits(model_path: str, step_counts, repeats: int, baseline: str = "", compare: bool = False):
+    """Median seconds of a swap and a resample at each step count: of generated faces (x_T) and of an uploaded
+    photo (face A inverted at the default strength, swapped with generated face B, whose inversion at the same
+    strength is made when the photo is inverted). Every call is the app's whole handler."""
+    models = app.load_models(model_path, baseline=baseline)
     handlers = app.SpaceApp(models)
     rows = []
-    for steps in step_counts:
-        faces = handlers.generate(0, 1, steps, False)[3]
-        timings = {"swap": [], "resample": [], "swap_cpu": [], "resample_cpu": []}
-        for r in range(repeats + 1):  # the first call warms up
-            t0, c0 = time.perf_counter(), time.process_time()
-            faces = handlers.swap("eyes", 1, None, steps, False, faces)[-1]
-            t1, c1 = time.perf_counter(), time.process_time()
-            faces = handlers.resample("mouth", 1, None, 100 + r, steps, False, faces)[-1]
-            t2, c2 = time.perf_counter(), time.process_time()
-            if r:
-                timings["swap"].append(t1 - t0)
-                timings["resample"].append(t2 - t1)
-                timings["swap_cpu"].append(c1 - c0)
-                timings["resample_cpu"].append(c2 - c1)
-        rows.append((steps, *(statistics.median(timings[k]) for k in ("swap", "resample", "swap_cpu", "resample_cpu"))))
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = _photo_path(tmp, models)
+        for steps in step_counts:
+            for kind in ("generated", "photo"):
+                faces = handlers.generate(0, 1, steps, compare)[3]
+                if kind == "photo":
+                    faces = handlers.invert_upload(photo, steps, compare, None, faces)[4]
+                timings = {"swap": [], "resample": [], "swap_cpu": [], "resample_cpu": []}
+                for r in range(repeats + 1):  # the first call warms up
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    handlers.swap("eyes", 1, None, steps, compare, True, None, faces)
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    handlers.resample("mouth", 1, None, 100 + r, steps, compare, True, None, faces)
+                    t2, c2 = time.perf_counter(), time.process_time()
+                    if r:
+                        timings["swap"].append(t1 - t0)
+                        timings["resample"].append(t2 - t1)
+                        timings["swap_cpu"].append(c1 - c0)
+                        timings["resample_cpu"].append(c2 - c1)
+                rows.append((steps, kind, *(statistics.median(timings[k]) for k in ("swap", "resample", "swap_cpu", "resample_cpu"))))
     return rows
 
 
@@ -123,6 +147,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", default="10,25,50", help="Comma-separated step counts.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--baseline", default="", help="Baseline pipeline folder for --compare (default: none).")
+    parser.add_argument("--compare", action="store_true", help="Time the edits with the baseline comparison on.")
+    parser.add_argument("--skip-page", action="store_true", help="Do not time python app.py to its first page.")
     return parser.parse_args(argv)
 
 
@@ -138,18 +165,22 @@ def main(args: argparse.Namespace) -> None:
             raise SystemExit("No default model yet; pass --model <dir> or --random-weights.")
         print(f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}   "
               f"load average: {os.getloadavg()[0]:.1f}")
-        ttfp = time_to_first_page(model, args.num_threads)
-        print(f"time to first page (python app.py -> HTTP 200): {ttfp:.1f} s")
+        if not args.skip_page:
+            ttfp = time_to_first_page(model, args.num_threads)
+            print(f"time to first page (python app.py -> HTTP 200): {ttfp:.1f} s")
         print("wall = elapsed seconds (depends on the machine's load); cpu = CPU seconds of this process, which with "
               "--num-threads 1 is what one idle core would take")
-        print(f"{'steps':>5} | {'swap wall':>9} | {'swap cpu':>8} | {'resample wall':>13} | {'resample cpu':>12} | "
+        print("faces: generated = x_T edits; photo = an uploaded face A at the default strength with generated B"
+              + ("; baseline comparison ON" if args.compare else "; baseline comparison off"))
+        print(f"{'steps':>5} | {'faces':>9} | {'swap wall':>9} | {'swap cpu':>8} | {'resample wall':>13} | {'resample cpu':>12} | "
               "swap / goal | resample / goal (wall)")
-        for steps, swap_s, resample_s, swap_c, resample_c in time_edits(
-            model, [int(s) for s in args.steps.split(",")], args.repeats
+        for steps, kind, swap_s, resample_s, swap_c, resample_c in time_edits(
+            model, [int(s) for s in args.steps.split(",")], args.repeats, args.baseline, args.compare
         ):
             default = "  <- app default" if steps == app.DEFAULT_STEPS else ""
-            print(f"{steps:>5} | {swap_s:9.2f} | {swap_c:8.2f} | {resample_s:13.2f} | {resample_c:12.2f} | "
+            print(f"{steps:>5} | {kind:>9} | {swap_s:9.2f} | {swap_c:8.2f} | {resample_s:13.2f} | {resample_c:12.2f} | "
                   f"{swap_s / GOAL_SECONDS:11.2f} | {resample_s / GOAL_SECONDS:15.2f}{default}")
+
 
 if __name__ == "__main__":
     main(parse_args())

@@ -226,11 +226,126 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
         Image.open(tmp_path / "face.png").convert("RGB").crop((5, 0, 35, 30)).resize((16, 16), Image.BICUBIC), np.float32
     ) / 255
     np.testing.assert_array_equal(read(small), to_display(expected_input))
-    x_t = models.main.invert(torch.from_numpy(expected_input).permute(2, 0, 1)[None], num_inference_steps=STEPS).latents
-    ref = models.main(latents=x_t, num_inference_steps=STEPS, output_type="pt", clip_sample=False).images
+    # the default strength (the pipeline's): the whole InversionOutput continues from its timestep
+    inv = models.main.invert(torch.from_numpy(expected_input).permute(2, 0, 1)[None], num_inference_steps=STEPS)
+    assert inv.strength == pid.DEFAULT_INVERSION_STRENGTH and f"t0 = {inv.timestep}" in info and "2 of 4 steps" in info
+    ref = models.main(latents=inv, num_inference_steps=STEPS, output_type="pt").images
     np.testing.assert_array_equal(read(recon), pipe_image_display(ref))
     out = client.predict("eyes", 0, None, 3, STEPS, True, api_name="/resample")
     assert math.isfinite(out[2]) and math.isfinite(out[8])
+    mask = models.main.concept_mask(inv, "eyes")
+    ref_edit = models.main.resample_region(inv, mask, generator=torch.Generator().manual_seed(3),
+                                           num_inference_steps=STEPS, output_type="pt")
+    np.testing.assert_array_equal(read(out[0]), pipe_image_display(ref_edit.images))
+    # locality against the unedited reconstruction from the same inversion
+    expected = float(pid.edit_locality(ref, ref_edit.images, ref_edit.mask, color_space="lab")[0])
+    assert out[2] == pytest.approx(expected, abs=1e-4)
+    assert "Warning" not in out[12] and "strength 0.5" in out[12]
+    # the Real face tab shows the same result and locality
+    np.testing.assert_array_equal(read(out[13]), read(out[0]))
+    assert out[14] == out[2] and "locality" in out[15]
+
+
+def _save_face(path, image_chw: torch.Tensor) -> str:
+    Image.fromarray((image_chw.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    return str(path)
+
+
+def _as_photo(path) -> torch.Tensor:
+    return torch.from_numpy(read(path).astype(np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path):
+    """Photo A (inverted at strength 0.3) swapped with generated B (inverted from its image at the same strength),
+    kept, then swapped again as two photos: each result equals the pipeline's own calls on InversionOutputs."""
+    client, models, _ = served
+    pipe, strength = models.main, 0.3
+    generate(client, 3, 7, compare=False)
+    gens = [torch.Generator().manual_seed(s) for s in (3, 7)]
+    orig = pipe(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
+    photo = _save_face(tmp_path / "a.png", pipe(batch_size=1, generator=torch.Generator().manual_seed(40),
+                                                  num_inference_steps=STEPS, output_type="pt").images[0])
+    _, recon, _, _, info = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
+    inv_a = pipe.invert(_as_photo(photo), num_inference_steps=STEPS, strength=strength)
+    inv_b = pipe.invert(orig.images[1:], num_inference_steps=STEPS, strength=strength)
+    assert inv_a.timestep == inv_b.timestep and f"t0 = {inv_a.timestep}" in info and "strength **0.3**: 1 of 4 steps" in info
+    np.testing.assert_array_equal(
+        read(recon), pipe_image_display(pipe(latents=inv_a, num_inference_steps=STEPS, output_type="pt").images))
+    overlay, mask_info = client.predict("mouth", 0, None, STEPS, strength, api_name="/show_mask")
+    assert "found on your photo" in mask_info
+    out = client.predict("mouth", 0, None, STEPS, False, False, strength, api_name="/swap")
+    mask = pipe.concept_mask(inv_a, "mouth")
+    ref = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt")
+    np.testing.assert_array_equal(read(out[0]), pipe_image_display(ref.images_a))
+    np.testing.assert_array_equal(read(out[3]), pipe_image_display(ref.images_b))
+    rec_b = pipe(latents=inv_b, num_inference_steps=STEPS, output_type="pt").images
+    expected_b = float(pid.edit_locality(rec_b, ref.images_b, ref.mask, color_space="lab")[0])
+    assert out[5] == pytest.approx(expected_b, abs=1e-4)
+    assert "generated face B was inverted" in out[12] and "Warning" not in out[12]
+    # keep: both edited images become photos, inverted again; a second swap is photo with photo
+    kept_a, kept_b, _, keep_info = client.predict(STEPS, strength, api_name="/keep_edit")
+    assert "inverted again" in keep_info
+    inv_a2 = pipe.invert(ref.images_a, num_inference_steps=STEPS, strength=strength)
+    inv_b2 = pipe.invert(ref.images_b, num_inference_steps=STEPS, strength=strength)
+    np.testing.assert_array_equal(
+        read(kept_a), pipe_image_display(pipe(latents=inv_a2, num_inference_steps=STEPS, output_type="pt").images))
+    out2 = client.predict("eyes", 0, None, STEPS, False, False, strength, api_name="/swap")
+    ref2 = pipe.swap_regions(inv_a2, inv_b2, pipe.concept_mask(inv_a2, "eyes"), num_inference_steps=STEPS,
+                             output_type="pt")
+    np.testing.assert_array_equal(read(out2[0]), pipe_image_display(ref2.images_a))
+    np.testing.assert_array_equal(read(out2[3]), pipe_image_display(ref2.images_b))
+    assert "generated face" not in out2[12]
+
+
+def test_strength_one_edits_carry_the_pipelines_warning(served, tmp_path):
+    client, models, _ = served
+    generate(client, 3, 7, compare=False)
+    photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    _, _, _, _, info = client.predict(handle_file(photo), STEPS, False, 1.0, api_name="/invert")
+    inv = models.main.invert(_as_photo(photo), num_inference_steps=STEPS, strength=1.0)
+    assert inv.warning and f"**Warning: {inv.warning}**" in info
+    out = client.predict("nose", 0, None, STEPS, False, False, 1.0, api_name="/swap")
+    assert f"**Warning: {inv.warning}**" in out[12] and "Warning" in out[15]
+    out = client.predict("nose", 0, None, 5, STEPS, False, False, 1.0, api_name="/resample")
+    assert "not local" in out[12]
+    # back at the default strength (left out by this client call) the warning is gone
+    out = client.predict("nose", 0, None, 5, STEPS, False, False, api_name="/resample")
+    assert "Warning" not in out[12]
+
+
+def test_photo_attribution_covers_only_its_inversion(served, tmp_path):
+    client, models, _ = served
+    photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2)))
+    client.predict(handle_file(photo), STEPS, False, 0.5, api_name="/invert")
+    _, _, _, _, info, summary = client.predict("A", STEPS, 4, 0, False, False, 0.5, api_name="/attribute")
+    inv = models.main.invert(_as_photo(photo), num_inference_steps=STEPS, strength=0.5)
+    ts = summary["main"]["timesteps"]
+    assert ts and all(t <= inv.timestep for t in ts) and inv.timestep in ts and "t <= t0 only" in info
+    other = torch.randn(inv.latents.shape, generator=torch.Generator().manual_seed(0))
+    ref = models.main.attribute(inv, masks=models.main.region_masks(inv), timesteps=ts, num_inference_steps=STEPS,
+                                baseline=other)
+    np.testing.assert_allclose(summary["main"]["leakage"], ref.leakage[:, 0].numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("strength", [0, 1.5, -0.2])
+def test_bad_strength_is_refused_and_the_app_keeps_serving(served, tmp_path, strength):
+    client, _, _ = served
+    photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(AppError, match="(?i)strength|minimum value|maximum value"):
+        client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
+    still_serving(client)
+    with pytest.raises(AppError, match="(?i)strength|minimum value|maximum value"):
+        client.predict("eyes", 0, None, 3, STEPS, False, False, strength, api_name="/resample")
+    still_serving(client)
+
+
+def test_handler_refuses_a_strength_outside_0_1(served):
+    _, models, _ = served
+    handlers = app.SpaceApp(models)
+    for bad in (0, 1.01, float("nan"), True, "x"):
+        with pytest.raises(Exception, match="strength must be a number in \\(0, 1\\]"):
+            app_handlers.check_strength(bad)
+    assert handlers.default_strength == pid.DEFAULT_INVERSION_STRENGTH
 
 
 def test_bad_uploads_are_refused_and_the_app_keeps_serving(served, tmp_path):

@@ -73,6 +73,9 @@ def image_src(page, elem_id: str) -> str:
 
 
 def test_generate_edit_and_screenshot(page):
+    compare = page.locator("#compare input")
+    assert not compare.is_checked()  # off at start (an edit then runs one model); switched on for this test
+    compare.check()
     page.locator("#generate").click()
     sync_api.expect(page.locator("#gen-info")).to_contain_text("seed **0**".replace("**", ""))
     first_a = image_src(page, "face-a")
@@ -104,6 +107,7 @@ def test_generate_edit_and_screenshot(page):
     )
     page.screenshot(path=os.path.join(screenshot_dir(), "app_attribution.png"), full_page=True)
     page.get_by_role("tab", name="Generate & edit").click()
+    compare.uncheck()
 
 
 def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
@@ -143,3 +147,43 @@ def test_a_fractional_seed_is_refused_with_a_message_and_the_app_keeps_serving(p
     seed_a.fill("2")
     page.locator("#generate").click()
     sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 2")
+
+
+def test_photo_strength_slider_warning_and_locality_on_the_real_face_tab(page, tmp_path):
+    page.get_by_role("tab", name="Generate & edit").click()
+    page.locator("#seed-a input").fill("0")
+    page.locator("#generate").click()  # face B, for the swap
+    sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 0")
+    page.get_by_role("tab", name="Real face").click()
+    slider = page.locator("#strength")
+    sync_api.expect(slider).to_contain_text("more faithful")
+    number = page.locator("#strength input[type=number]")
+    assert float(number.input_value()) == 0.5  # the pipeline's default
+    number.fill("1")
+    number.blur()
+    clear = page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I))
+    if clear.count():
+        clear.first.click()
+    good = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good)
+    page.locator("#upload input[type=file]").set_input_files(str(good))
+    page.locator("#invert").click()
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("strength 1")
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("not local")
+    page.get_by_role("tab", name="Generate & edit").click()
+    page.locator("#swap").click()
+    sync_api.expect(page.locator("#edit-info")).to_contain_text("Warning")
+    sync_api.expect(page.locator("#edit-info")).to_contain_text("generated face B was inverted")
+    page.get_by_role("tab", name="Real face").click()
+    sync_api.expect(page.locator("#real-edit-info")).to_contain_text("Warning")
+    assert np.isfinite(float(page.locator("#real-locality input").input_value()))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#real-edited img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    page.screenshot(path=os.path.join(screenshot_dir(), "app_real_face.png"), full_page=True)
+    # back to the default: the warning goes away
+    number.fill("0.5")
+    number.blur()
+    page.locator("#invert").click()
+    sync_api.expect(page.locator("#upload-info")).not_to_contain_text("not local")
+    page.get_by_role("tab", name="Generate & edit").click()
