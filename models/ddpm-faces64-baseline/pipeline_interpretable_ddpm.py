@@ -1493,8 +1493,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             num_inference_steps (`int`): must equal the steps used to regenerate.
             fixed_point_iterations (`int`): extra UNet calls per step that refine the inverse step.
             check_reconstruction (`bool`): also regenerate (unclipped) and report the reconstruction PSNR.
-            strength (`float` in (0, 1]): how far to invert; the last `round(strength * num_inference_steps)` (at
-                least 1) DDIM steps are inverted, so t0 is the timestep of the step at about `strength * T`.
+            strength (`float` in (0, 1]): how far to invert; the last `floor(strength * num_inference_steps + 0.5)`
+                (halves round up; at least 1) DDIM steps are inverted, so t0 is the timestep of the step at about
+                `strength * T`.
                 Defaults to `DEFAULT_INVERSION_STRENGTH` (0.5), chosen by measurement (docs/real_photos.md).
 
         The result is exact for unclipped DDIM, which every method that takes the `InversionOutput` uses by default.
