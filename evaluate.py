@@ -791,8 +791,8 @@ def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_ste
     ids = {e: {c: [] for c in concepts} for e in ("swap", "resample")}  # the pair index of each value
     donor, examples, warning = {c: [] for c in concepts}, {c: [] for c in concepts}, None
     for concept in concepts:
-        ids = torch.tensor(pipe.concepts[concept])
-        masks = pid.to_mask_tensor(torch.isin(labels[rows], ids).float()[:, None], 2 * b, pipe.resolution, device)
+        label_ids = torch.tensor(pipe.concepts[concept])
+        masks = pid.to_mask_tensor(torch.isin(labels[rows], label_ids).float()[:, None], 2 * b, pipe.resolution, device)
         swap_mask = torch.maximum(masks[:b], masks[b:])
         keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
         if not keep.any():
@@ -877,7 +877,7 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
         n = min(num_sweep_pairs, num_pairs)
         if n < 1:
             break
-        p, sc, dn, _, w = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
+        p, sc, dn, _, w, _ = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
         sweep.append({"strength": float(s), "num_pairs": n, "reconstruction_psnr": float(np.mean(p)), "warning": w,
                       "swap": {c: float(np.mean(sc["swap"][c]["rgb/paper"])) for c in concepts if sc["swap"][c]},
                       "resample": {c: float(np.mean(sc["resample"][c]["rgb/paper"])) for c in concepts if sc["resample"][c]},
@@ -1014,7 +1014,7 @@ def plot_strength_sweep(sweeps: Dict[str, List[dict]], path: str) -> Optional[st
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=7)
     n = next(iter(sweeps.values()))[0]["num_pairs"]
-    fig.suptitle(f"Real test faces, {n} pairs per point", fontsize=9)
+    fig.suptitle(f"Real test faces, {_plural(n, 'pair')} per point", fontsize=9)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
@@ -1278,7 +1278,7 @@ def markdown_report(results: dict) -> str:
             lines.append(f"\nWarning for `{n}`: {w}")
         sweep = r0.get("strength_sweep") or []
         if sweep:
-            lines += ["", f"Over the inversion strength ({sweep[0]['num_pairs']} pairs per point; RGB, paper "
+            lines += ["", f"Over the inversion strength ({_plural(sweep[0]['num_pairs'], 'pair')} per point; RGB, paper "
                       "normalisation; `figures/real_strength_sweep.png`):", ""]
             concepts = list(sweep[0]["swap"])
             lines += ["| pipeline | strength | PSNR (dB) | " + " | ".join(f"swap {c}" for c in concepts) + " | "
