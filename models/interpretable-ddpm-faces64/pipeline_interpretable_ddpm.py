@@ -1237,6 +1237,61 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
         return image
 
+    def denoise_blended(
+        self,
+        edited: torch.Tensor,
+        original: torch.Tensor,
+        mask: torch.Tensor,
+        num_inference_steps: int = 50,
+        clip_sample: Optional[bool] = None,
+        start_timestep: Optional[int] = None,
+        max_batch_size: Optional[int] = None,
+    ) -> torch.Tensor:
+        r"""Blended DDIM (eta = 0), the masking of RePaint / blended diffusion / DiffEdit, for any model.
+
+        Runs the unedited trajectory from `original` and the edited one from `edited` in one batch; after every DDIM
+        step t -> t_prev the edited trajectory is reset outside the mask to the unedited one:
+
+            x_edit(t_prev) = m * step(x_edit(t)) + (1 - m) * step(x_orig(t)),
+
+        and before the first step `x_edit = m * edited + (1 - m) * original`. So outside the mask the result equals the
+        unedited x_0 exactly (it is the same tensor), and inside it follows the edit while its context at every step is
+        the unedited image's. With `m` all ones it is the plain edit `denoise(edited)`.
+
+        Args:
+            edited, original (`torch.Tensor` of shape `(B, C, H, W)`): x_T (or x_t at `start_timestep`) of the edited
+                and of the unedited images.
+            mask (`torch.Tensor` of shape `(B, 1, H, W)`): 0/1 region of the edit (fractional values blend linearly).
+            start_timestep (`int`, *optional*): as in `denoise`: the inputs are x_t there.
+            max_batch_size (`int`, *optional*): images per UNet call (default: all 2B at once).
+
+        Returns:
+            `torch.Tensor` of shape `(B, C, H, W)`: the blended x_0 in model space.
+        """
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        edited = self._check_latents(edited, "edited")
+        original = self._check_latents(original, "original")
+        if edited.shape != original.shape:
+            raise ValueError(f"edited {tuple(edited.shape)} and original {tuple(original.shape)} must have the same shape.")
+        m = mask.to(edited.device, edited.dtype)
+        if m.ndim != 4 or m.shape[1] != 1 or m.shape[0] not in (1, edited.shape[0]) or m.shape[-2:] != edited.shape[-2:]:
+            raise ValueError(f"mask must have shape (B, 1, H, W) matching the latents, got {tuple(mask.shape)}.")
+        scheduler = self.scheduler
+        if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
+            scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps
+        if start_timestep is not None:
+            timesteps = timesteps[timesteps <= int(start_timestep)]
+        b = edited.shape[0]
+        x = torch.cat([m * edited + (1 - m) * original, original])
+        chunk = x.shape[0] if max_batch_size is None else check_int(max_batch_size, "max_batch_size", minimum=1)
+        for t in timesteps:
+            model_output = torch.cat([self.unet(part, t).sample for part in x.split(chunk)])
+            x = scheduler.step(model_output, t, x, eta=0.0).prev_sample
+            x = torch.cat([m * x[:b] + (1 - m) * x[b:], x[b:]])
+        return x[:b]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -1323,6 +1378,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
+        blend: bool = False,
     ) -> Union[RegionResampleOutput, Tuple]:
         r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
 
@@ -1347,6 +1403,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             harmonize_noise (`bool`, *optional*): tie the new noise's mean inside the mask to the surrounding rest
                 region's (`harmonize`), so the redrawn part takes its colour from the face; x_T changes inside the
                 mask only either way. Default: the pipeline's `harmonize_noise` setting.
+            blend (`bool`): the training-free masked edit any model allows (RePaint / blended-diffusion style, see
+                `denoise_blended`): the unedited and the edited trajectories run in one batch and after every DDIM
+                step the edited x_t takes the unedited one outside the mask. Outside the mask the result is then
+                exactly the unedited image; `False` (default) lets the model alone keep the edit local.
 
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
@@ -1374,7 +1434,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         edited = m * new_latents + (1 - m) * latents
         if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             edited = self.harmonize(edited, m)
-        x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+        if not isinstance(blend, (bool, np.bool_)):
+            raise ValueError(f"blend must be True or False, got {blend!r}.")
+        if blend:
+            x0 = self.denoise_blended(edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+        else:
+            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         images = self.postprocess(x0, output_type)
         if not return_dict:
             return images, edited, m
@@ -1393,6 +1458,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
+        blend: bool = False,
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
@@ -1412,6 +1478,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             harmonize_noise (`bool`, *optional*): re-centre the moved noise on its new face: its mean inside the mask
                 becomes the receiving image's rest-region mean (`harmonize`), so the donor's part takes the
                 receiver's colouring; `False` moves the noise as it is. Default: the pipeline's setting.
+            blend (`bool`): the training-free masked edit any model allows (RePaint / blended-diffusion style, see
+                `denoise_blended`): each result's trajectory takes, after every DDIM step, the unedited trajectory
+                of its own image (A for `images_a`, B for `images_b`) outside the mask, so outside the mask each
+                result is exactly its unedited image. `False` (default): plain DDIM from the swapped latents.
 
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
@@ -1450,7 +1520,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         new_b = m * latents_a + (1 - m) * latents_b
         if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             new_a, new_b = self.harmonize(new_a, m), self.harmonize(new_b, m)
-        x0 = self.denoise(torch.cat([new_a, new_b]), num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+        if not isinstance(blend, (bool, np.bool_)):
+            raise ValueError(f"blend must be True or False, got {blend!r}.")
+        edited = torch.cat([new_a, new_b])
+        if blend:
+            x0 = self.denoise_blended(edited, torch.cat([latents_a, latents_b]), torch.cat([m, m]), num_inference_steps,
+                                      clip_sample=clip_sample, start_timestep=t0)
+        else:
+            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         n = latents_a.shape[0]
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
         if not return_dict:
