@@ -5,6 +5,8 @@ Brute force here means DDIM loops written with the diffusers scheduler, independ
 """
 
 import dataclasses
+import itertools
+import math
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from diffusers import DDIMScheduler
 
 import pipeline_interpretable_ddpm as pid
 from conftest import tiny_pipeline
-from denoisers import GaussianDenoiser
+from denoisers import GaussianDenoiser, PerPixelDenoiser
 
 STEPS = 6
 SIZE = 16
@@ -137,3 +139,140 @@ def test_bad_blend_is_refused():
     pipe = tiny_pipeline()
     with pytest.raises(ValueError, match="blend"):
         pipe.swap_regions(noise(1, 0), noise(1, 1), box(2, 2, 4, 4), num_inference_steps=2, blend="yes")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# End-to-end attribution
+# ----------------------------------------------------------------------------------------------------------------------
+def final_image(unet, x, steps):
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+def three_regions(batch: int) -> torch.Tensor:
+    r = torch.zeros(batch, 3, SIZE, SIZE)
+    r[:, 0] = box(2, 2, 5, 6)
+    r[:, 1] = box(9, 4, 4, 8)
+    r[:, 2] = 1 - r[:, 0] - r[:, 1]
+    return r
+
+
+def test_end_to_end_attribution_equals_brute_force_shapley():
+    pipe = tiny_pipeline()
+    x, base = noise(2, 10), noise(2, 11)
+    regions = three_regions(2)
+    out = pipe.attribute_end_to_end(x, masks=regions, baseline=base, num_inference_steps=STEPS, max_batch_size=5)
+    k = 3
+    # v_k(S): region-mean of output region k of the image from x on S, base elsewhere
+    value = {}
+    for s in itertools.product([0, 1], repeat=k):
+        keep = sum(s[j] * regions[:, j] for j in range(k))[:, None]
+        img = final_image(pipe.unet, keep * x + (1 - keep) * base, STEPS).double()
+        value[s] = torch.stack([(img * regions[:, j, None]).sum((1, 2, 3)) / (3 * regions[:, j].sum((1, 2))) for j in range(k)], 1)
+    phi = torch.zeros(2, k, k, dtype=torch.float64)
+    for j in range(k):
+        for s in itertools.product([0, 1], repeat=k):
+            if s[j]:
+                continue
+            size = sum(s)
+            w = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
+            with_j = tuple(1 if i == j else s[i] for i in range(k))
+            phi[:, :, j] += w * (value[with_j] - value[s])
+    torch.testing.assert_close(out.phi.double(), phi, atol=1e-5, rtol=0)
+    # efficiency: each row sums to v(N) - v(empty)
+    torch.testing.assert_close(out.phi.sum(-1).double(), value[(1, 1, 1)] - value[(0, 0, 0)], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.images.double(), final_image(pipe.unet, x, STEPS).double(), atol=1e-5, rtol=0)
+    assert out.leakage.shape == (2,) and (out.leakage > 0).all() and (out.leakage < 1).all()
+    assert out.region_names == ["region_0", "region_1", "region_2"]
+
+
+def test_end_to_end_attribution_two_regions_by_hand():
+    pipe = make_pipe()
+    x, base = noise(1, 12), noise(1, 13)
+    r = torch.zeros(1, 2, SIZE, SIZE)
+    r[:, 0] = box(0, 0, 8, SIZE)
+    r[:, 1] = 1 - r[:, 0]
+    out = pipe.attribute_end_to_end(x, masks=r, baseline=base, num_inference_steps=STEPS)
+    img = {}
+    for s0, s1 in itertools.product([0, 1], repeat=2):
+        keep = (s0 * r[:, 0] + s1 * r[:, 1])[:, None]
+        img[s0, s1] = final_image(pipe.unet, keep * x + (1 - keep) * base, STEPS).double()
+    top = lambda im: im[..., :8, :].mean()  # noqa: E731
+    # phi_top(player 0) = 1/2 [v(0) - v(empty)] + 1/2 [v(N) - v(1)]
+    expected = 0.5 * (top(img[1, 0]) - top(img[0, 0])) + 0.5 * (top(img[1, 1]) - top(img[0, 1]))
+    assert abs(float(out.phi[0, 0, 0]) - float(expected)) < 1e-5
+
+
+def test_per_pixel_model_has_zero_end_to_end_leakage():
+    pipe = make_pipe(PerPixelDenoiser())
+    out = pipe.attribute_end_to_end(noise(2, 14), masks=three_regions(2), generator=torch.Generator().manual_seed(0),
+                                    num_inference_steps=STEPS, harmonize_noise=False)
+    assert float(out.leakage.abs().max()) < 1e-6
+    assert (torch.diagonal(out.abs_phi, dim1=-2, dim2=-1) > 0).all()
+
+
+def test_end_to_end_attribution_refuses_an_inversion_and_too_many_coalitions():
+    pipe = make_pipe()
+    inv = pipe.invert(torch.rand(1, 3, SIZE, SIZE), num_inference_steps=STEPS, strength=0.5)
+    with pytest.raises(ValueError, match="x_T"):
+        pipe.attribute_end_to_end(inv, masks=three_regions(1), num_inference_steps=STEPS)
+    with pytest.raises(ValueError, match="max_coalitions"):
+        pipe.attribute_end_to_end(noise(1, 0), masks=three_regions(1), num_inference_steps=STEPS, max_coalitions=4)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Emergence curve
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["trajectory", "noise"])
+def test_emergence_curve_equals_brute_force(mode):
+    pipe = make_pipe()
+    a, b = noise(2, 15), noise(2, 16)
+    m = box(3, 2, 6, 8)
+    out = pipe.emergence_curve(a, b, m, num_inference_steps=STEPS, step_indices=[2, 4], mode=mode, max_batch_size=1)
+    assert out.step_indices.tolist() == [0, 2, 4]
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(STEPS)
+    ts = scheduler.timesteps.tolist()
+    xa, xb, traj = a, b, []
+    with torch.no_grad():
+        for t in ts:
+            traj.append((xa, xb, pipe.unet(xa, t).sample, pipe.unet(xb, t).sample))
+            xa = scheduler.step(traj[-1][2], t, xa, eta=0.0).prev_sample
+            xb = scheduler.step(traj[-1][3], t, xb, eta=0.0).prev_sample
+    image_a = (xa / 2 + 0.5).clamp(0, 1).double()
+
+    def continue_from(x, i):
+        with torch.no_grad():
+            for t in ts[i:]:
+                x = scheduler.step(pipe.unet(x, t).sample, t, x, eta=0.0).prev_sample
+        return (x / 2 + 0.5).clamp(0, 1).double()
+
+    d = []
+    for i in out.step_indices.tolist():
+        ya, yb, ea, eb = traj[i]
+        if mode == "noise" and i > 0:
+            al = float(scheduler.alphas_cumprod[ts[i]])
+            inside = math.sqrt(al) * (ya - math.sqrt(1 - al) * ea) / math.sqrt(al) + math.sqrt(1 - al) * eb
+        else:
+            inside = yb
+        d.append(continue_from(m * inside + (1 - m) * ya, i) - image_a)
+    full = pipe.swap_regions(a, b, m, num_inference_steps=STEPS, output_type="pt", harmonize_noise=False).images_a
+    torch.testing.assert_close(d[0] + image_a, full.double(), atol=1e-5, rtol=0)
+    expected = torch.stack([(di * d[0] * m).sum((1, 2, 3)) / (d[0] * d[0] * m).sum((1, 2, 3)) for di in d])
+    torch.testing.assert_close(out.fraction.double(), expected, atol=1e-4, rtol=0)
+    assert torch.allclose(out.fraction[0], torch.ones(2))
+    below = [[float(f) < 0.5 for f in col] for col in expected.T]
+    for j in range(2):
+        first = next((s for s, bl in zip(out.step_indices.tolist(), below[j]) if bl), STEPS)
+        assert float(out.emergence_step[j]) == first
+
+
+def test_emergence_with_a_per_pixel_model_in_noise_mode_moves_less_late():
+    pipe = make_pipe()
+    out = pipe.emergence_curve(noise(1, 17), noise(1, 18), box(3, 2, 6, 8), num_inference_steps=STEPS, mode="noise")
+    assert out.fraction.shape == (STEPS, 1)
+    assert float(out.fraction[-1, 0]) < float(out.fraction[0, 0])
