@@ -40,6 +40,8 @@ MAX_ATTRIBUTION_TIMESTEPS = 25
 MAX_FILE_SIZE = "10mb"  # uploads over this are refused by the server before they reach a handler
 MAX_UPLOAD_PIXELS = 4096 * 4096  # decoded size limit (a small PNG can decode to gigabytes)
 MAX_SEED = 2**63 - 1
+BLENDED_NOTE = (" — blended edit (the training-free peer: RePaint-style masked DDIM, outside the region the unedited "
+                "image is kept at every step)")
 MAX_DILATION = 8
 PAINTED = "painted"
 
@@ -454,7 +456,10 @@ class SpaceApp:
                     f"{loc['rgb_paper']:.4f} | {int(mask.sum())} | {delta[key][f].max():.1f} |"
                 )
         details = (
-            f"{results['main']['what']} ({steps} steps). Locality = MSE_out / MSE_in (lower = more local). "
+            f"{results['main']['what']} ({steps} steps)"
+            + "".join(f". {self.models.label(k)}: {r['what'].split(' — ', 1)[1]}" for k, r in results.items()
+                      if k != "main" and " — " in r.get("what", ""))
+            + ". Locality = MSE_out / MSE_in (lower = more local). "
             f"Heatmaps: CIELAB distance dE from black (0) to white ({vmax:.1f}), shared scale; cyan outline = edited "
             "region.\n\n" + "\n".join(rows)
         )
@@ -480,9 +485,11 @@ class SpaceApp:
         compare: bool,
         harmonize: bool,
         session: Optional[Session],
+        peer: bool = False,
         progress=gr.Progress(),
     ) -> list:
-        """Redraws x_T of face A inside the region with noise from `new_seed` (the same noise on both models)."""
+        """Redraws x_T of face A inside the region with noise from `new_seed` (the same noise on both models). With
+        `peer`, the comparison model's edit is the blended one (`blend=True`, the training-free masked edit)."""
         session, steps = self._require_faces(session), check_steps(steps)
         new_seed = check_seed(new_seed, "new seed")
         face_a = session.faces["A"]
@@ -494,13 +501,15 @@ class SpaceApp:
                 progress(0.1 + 0.45 * i, desc=f"resampling on the {self.models.label(key)} model")
                 latents, image = self._render(face_a, key, steps)
                 mask = self._mask(key, region, dilation, editor, image)
+                blend = bool(peer) and key != "main"
                 out = pipe.resample_region(
                     latents, mask, generator=torch.Generator("cpu").manual_seed(new_seed),
                     num_inference_steps=steps, output_type="pt", clip_sample=clip_sample, harmonize_noise=harmonize,
+                    blend=blend,
                 )
                 edited = out.images.cpu()
                 results[key] = {
-                    "what": f"Resampled **{region}** of face A with seed {new_seed}",
+                    "what": f"Resampled **{region}** of face A with seed {new_seed}" + (BLENDED_NOTE if blend else ""),
                     "image_A": _hwc(edited),
                     "diff_A": _np(self.models.lib.difference_map(image, edited, "lab")[0]),
                     "loc_A": self._locality(image, edited, out.mask.cpu()),
@@ -521,9 +530,11 @@ class SpaceApp:
         compare: bool,
         harmonize: bool,
         session: Optional[Session],
+        peer: bool = False,
         progress=gr.Progress(),
     ) -> list:
-        """Exchanges x_T inside the region (defined on face A) between faces A and B, on each model."""
+        """Exchanges x_T inside the region (defined on face A) between faces A and B, on each model. With `peer`, the
+        comparison model's edit is the blended one (`blend=True`, the training-free masked edit)."""
         session, steps = self._require_faces(session, need_b=True), check_steps(steps)
         face_a, face_b = session.faces["A"], session.faces["B"]
         results = {}
@@ -536,10 +547,12 @@ class SpaceApp:
                 lat_a, img_a = self._render(face_a, key, steps)
                 lat_b, img_b = self._render(face_b, key, steps)
                 mask = self._mask(key, region, dilation, editor, img_a)
+                blend = bool(peer) and key != "main"
                 out = pipe.swap_regions(lat_a, lat_b, mask, num_inference_steps=steps, output_type="pt",
-                                        clip_sample=clip_sample, harmonize_noise=harmonize)
+                                        clip_sample=clip_sample, harmonize_noise=harmonize, blend=blend)
                 new_a, new_b, used = out.images_a.cpu(), out.images_b.cpu(), out.mask.cpu()
-                results[key] = {"what": f"Swapped **{region}** between faces A and B", "mask": _np(used[0, 0]) > 0.5}
+                results[key] = {"what": f"Swapped **{region}** between faces A and B" + (BLENDED_NOTE if blend else ""),
+                                "mask": _np(used[0, 0]) > 0.5}
                 for f, before, after, lat in (("A", img_a, new_a, out.latents_a), ("B", img_b, new_b, out.latents_b)):
                     results[key][f"image_{f}"] = _hwc(after)
                     results[key][f"diff_{f}"] = _np(self.models.lib.difference_map(before, after, "lab")[0])
