@@ -1065,7 +1065,7 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
         n = min(num_sweep_pairs, num_pairs)
         if n < 1:
             break
-        p, sc, dn, _, w = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
+        p, sc, dn, _, w, _ = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
         sweep.append({"strength": float(s), "num_pairs": n, "reconstruction_psnr": float(np.mean(p)), "warning": w,
                       "swap": {c: float(np.mean(sc["swap"][c]["rgb/paper"])) for c in concepts if sc["swap"][c]},
                       "resample": {c: float(np.mean(sc["resample"][c]["rgb/paper"])) for c in concepts if sc["resample"][c]},
