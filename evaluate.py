@@ -1584,7 +1584,7 @@ def markdown_report(results: dict) -> str:
             lines.append(f"\nWarning for `{n}`: {w}")
         sweep = r0.get("strength_sweep") or []
         if sweep:
-            lines += ["", f"Over the inversion strength ({sweep[0]['num_pairs']} pairs per point; RGB, paper "
+            lines += ["", f"Over the inversion strength ({_plural(sweep[0]['num_pairs'], 'pair')} per point; RGB, paper "
                       "normalisation; `figures/real_strength_sweep.png`):", ""]
             concepts = list(sweep[0]["swap"])
             lines += ["| pipeline | strength | PSNR (dB) | " + " | ".join(f"swap {c}" for c in concepts) + " | "
