@@ -96,6 +96,10 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 value=False, visible=has_baseline, elem_id="compare",
                 label="Compare with the baseline model (same edit, side by side; about twice the time)",
             )
+            peer = gr.Checkbox(
+                value=False, visible=has_baseline, elem_id="peer",
+                label="Comparison as the peer: the baseline's edit blended (RePaint-style masked DDIM)",
+            )
             harmonize = gr.Checkbox(
                 value=bool(models.main.config.harmonize_noise), elem_id="harmonize",
                 label="Harmonised noise: each part takes its colour from the face (off: from its own noise patch; "
@@ -202,11 +206,11 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         region.change(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_on_region_change",
                       show_progress="hidden", **queue)
         resample_btn.click(
-            handlers.resample, [region, dilation, editor, new_seed, steps, compare, harmonize, strength, session], edit_outputs,
-            api_name="resample", **queue,
+            handlers.resample, [region, dilation, editor, new_seed, steps, compare, harmonize, strength, peer, session],
+            edit_outputs, api_name="resample", **queue,
         )
         swap_btn.click(
-            handlers.swap, [region, dilation, editor, steps, compare, harmonize, strength, session], edit_outputs,
+            handlers.swap, [region, dilation, editor, steps, compare, harmonize, strength, peer, session], edit_outputs,
             api_name="swap", **queue,
         )
         keep_btn.click(handlers.keep_edit, [steps, strength, session], [face_a, face_b, editor, session, gen_info], api_name="keep_edit", **queue)

@@ -40,6 +40,8 @@ MAX_ATTRIBUTION_TIMESTEPS = 25
 MAX_FILE_SIZE = "10mb"  # uploads over this are refused by the server before they reach a handler
 MAX_UPLOAD_PIXELS = 4096 * 4096  # decoded size limit (a small PNG can decode to gigabytes)
 MAX_SEED = 2**63 - 1
+BLENDED_NOTE = (" — blended edit (the training-free peer: RePaint-style masked DDIM, outside the region the unedited "
+                "image is kept at every step)")
 MAX_DILATION = 8
 PAINTED = "painted"
 
@@ -526,7 +528,10 @@ class SpaceApp:
         warning = "".join(f"**Warning: {w}**\n\n" for w in warnings)
         main = results["main"]
         details = (
-            warning + f"{main['what']} ({steps} steps). Locality = MSE_out / MSE_in (lower = more local)"
+            warning + f"{main['what']} ({steps} steps)"
+            + "".join(f". {self.models.label(k)}: {r['what'].split(' — ', 1)[1]}" for k, r in results.items()
+                      if k != "main" and " — " in r.get("what", ""))
+            + ". Locality = MSE_out / MSE_in (lower = more local)"
             + (", against the unedited reconstruction of the photo" if main.get("photo") else "")
             + f". Heatmaps: CIELAB distance dE from black (0) to white ({vmax:.1f}), shared scale; cyan outline = "
             "edited region.\n\n" + "\n".join(rows)
@@ -558,11 +563,13 @@ class SpaceApp:
         compare: bool,
         harmonize: bool,
         strength: Optional[float] = None,
+        peer: bool = False,
         session: Optional[Session] = None,
         progress=gr.Progress(),
     ) -> list:
         """Redraws face A inside the region with noise from `new_seed` (the same noise on both models): x_T of a
-        generated face; x_t0 of a photo's `InversionOutput` at `strength` (`pipe.resample_region(inv, ...)`)."""
+        generated face; x_t0 of a photo's `InversionOutput` at `strength` (`pipe.resample_region(inv, ...)`). With
+        `peer`, the comparison model's edit is the blended one (`blend=True`, the training-free masked edit)."""
         session, steps = self._require_faces(session), check_steps(steps)
         new_seed = check_seed(new_seed, "new seed")
         strength = self._strength(strength)
@@ -577,15 +584,18 @@ class SpaceApp:
                 start, image = self._start(face_a, key, steps, strength, photo)
                 mask = self._mask(key, region, dilation, editor, image, start)
                 gen = torch.Generator("cpu").manual_seed(new_seed)
+                blend = bool(peer) and key != "main"
                 if photo:  # continues the photo's DDIM trajectory from t0, unclipped (never harmonised)
-                    out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt")
+                    out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt",
+                                               blend=blend)
                 else:
                     out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt",
-                                               clip_sample=clip_sample, harmonize_noise=harmonize)
+                                               clip_sample=clip_sample, harmonize_noise=harmonize, blend=blend)
                 edited = out.images.cpu()
                 what = f"Resampled **{region}** of face A with seed {new_seed}"
                 results[key] = {
-                    "what": what + (f" (your photo, {self._from_photo_note(start, steps)})" if photo else ""),
+                    "what": what + (f" (your photo, {self._from_photo_note(start, steps)})" if photo else "")
+                    + (BLENDED_NOTE if blend else ""),
                     "image_A": _hwc(edited),
                     "diff_A": _np(self.models.lib.difference_map(image, edited, "lab")[0]),
                     "loc_A": self._locality(image, edited, out.mask.cpu()),
@@ -620,13 +630,14 @@ class SpaceApp:
         compare: bool,
         harmonize: bool,
         strength: Optional[float] = None,
+        peer: bool = False,
         session: Optional[Session] = None,
         progress=gr.Progress(),
     ) -> list:
         """Exchanges the region (defined on face A) between faces A and B, on each model. Generated faces exchange
         x_T; when either face is a photo, both are taken at the same inversion (`strength`, t0) and the
         `InversionOutput`s are swapped (`pipe.swap_regions(inv_a, inv_b, mask)`): a generated face is inverted from
-        its rendering for that."""
+        its rendering for that. With `peer`, the comparison model's edit is the blended one (`blend=True`)."""
         session, steps = self._require_faces(session, need_b=True), check_steps(steps)
         strength = self._strength(strength)
         face_a, face_b = session.faces["A"], session.faces["B"]
@@ -641,11 +652,13 @@ class SpaceApp:
                 start_a, img_a = self._start(face_a, key, steps, strength, photo)
                 start_b, img_b = self._start(face_b, key, steps, strength, photo)
                 mask = self._mask(key, region, dilation, editor, img_a, start_a)
+                blend = bool(peer) and key != "main"
                 if photo:  # both at the same t0; continued unclipped (never harmonised)
-                    out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt")
+                    out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt",
+                                            blend=blend)
                 else:
                     out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt",
-                                            clip_sample=clip_sample, harmonize_noise=harmonize)
+                                            clip_sample=clip_sample, harmonize_noise=harmonize, blend=blend)
                 new_a, new_b, used = out.images_a.cpu(), out.images_b.cpu(), out.mask.cpu()
                 what = f"Swapped **{region}** between faces A and B"
                 if photo:
@@ -654,8 +667,8 @@ class SpaceApp:
                         f"; generated face {generated[0]} was inverted from its image the same way, so that both "
                         "are at the same timestep)" if generated else ")"
                     )
-                results[key] = {"what": what, "mask": _np(used[0, 0]) > 0.5, "warning": getattr(out, "warning", None),
-                                "photo": photo}
+                results[key] = {"what": what + (BLENDED_NOTE if blend else ""), "mask": _np(used[0, 0]) > 0.5,
+                                "warning": getattr(out, "warning", None), "photo": photo}
                 for f, before, after, lat in (("A", img_a, new_a, out.latents_a), ("B", img_b, new_b, out.latents_b)):
                     results[key][f"image_{f}"] = _hwc(after)
                     results[key][f"diff_{f}"] = _np(self.models.lib.difference_map(before, after, "lab")[0])

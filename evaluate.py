@@ -42,10 +42,15 @@ from face_data import DATA_ENV, default_data_dir, load_faces
 from model_files import ROOT, check_pipeline_path, load_pipeline
 
 DEFAULT_FID_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "interpretable-ddpm", "fid_stats")
-STAGES = ("locality", "fid", "attribution", "real")
+STAGES = ("locality", "fid", "attribution", "end_to_end", "emergence", "real")
 COLOR_SPACES = ("rgb", "lab")
 NORMALIZATIONS = ("paper", "area")
 EDITS = ("swap", "resample")
+# the peer: the same edits with blend=True (RePaint / blended-diffusion style masked DDIM, `denoise_blended`)
+BLEND_SUFFIX = "_blend"
+BLEND_MODES = {"both": (False, True), "on": (True,), "off": (False,)}
+ALL_EDITS = EDITS + tuple(e + BLEND_SUFFIX for e in EDITS)
+SEAM_WIDTH = 2
 
 # Liu et al. 2025, Table 1: locality MSE_out / MSE_in (paper normalisation), CelebA 64x64, lower is better.
 PAPER_TABLE1 = {
@@ -58,7 +63,8 @@ PAPER_FID = {"DDPM": "12.86", "interpretable DDPM": "18.44-19.42"}
 
 # Independent random streams for the seeded draws; element i of a stream depends only on (--seed, stream, i), so
 # results do not depend on the batch size or the device, and every pipeline sees the same x_T.
-SEED_STREAMS = {"pair_a": 0, "pair_b": 1, "resample": 2, "fid": 3, "attribution": 4, "attribution_baseline": 5}
+SEED_STREAMS = {"pair_a": 0, "pair_b": 1, "resample": 2, "fid": 3, "attribution": 4, "attribution_baseline": 5,
+                "emergence_a": 6, "emergence_b": 7}
 BOOTSTRAP_RESAMPLES = 2000
 # Below this many values no interval is reported: with skewed per-pair values (locality ratios are positive and
 # right-skewed) no 95% interval of a mean from so few values covers anywhere near 95%.
@@ -279,6 +285,37 @@ def donor_distance_ratio(image: torch.Tensor, edited: torch.Tensor, donor: torch
     return (to_donor / before.clamp_min(1e-12)).double().cpu().numpy()
 
 
+def border_band(mask: torch.Tensor, width: int = SEAM_WIDTH) -> torch.Tensor:
+    """The `width`-px band straddling the border of each mask `(B, 1, H, W)`: `width // 2` px outside it (dilation)
+    and `width - width // 2` px inside it (erosion), as a 0/1 float mask `(B, 1, H, W)`."""
+    m = (mask > 0.5).float()
+    outer = pid.dilate_masks(m, width // 2) if width // 2 else m
+    inner = 1 - pid.dilate_masks(1 - m, width - width // 2)
+    return (outer - inner).clamp(0, 1)
+
+
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel colour gradient magnitude `(B, H, W)` of images `(B, 3, H, W)` in [0, 1]: the Euclidean norm over the
+    channels of the forward differences in x and y (replicated at the last row / column, where they are 0)."""
+    x = images.double()
+    gx = torch.cat([x[..., :, 1:] - x[..., :, :-1], torch.zeros_like(x[..., :, :1])], -1)
+    gy = torch.cat([x[..., 1:, :] - x[..., :-1, :], torch.zeros_like(x[..., :1, :])], -2)
+    return (gx**2 + gy**2).sum(1).sqrt()
+
+
+def seam_score(image: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor, width: int = SEAM_WIDTH) -> np.ndarray:
+    """The colour jump across the border of an edited region: mean gradient magnitude (`gradient_magnitude`) on the
+    `width`-px band at the mask's border (`border_band`) of the edited image, divided by the same mean on the same
+    band of the unedited image. 1: as smooth as the unedited face; above 1: a seam. Images `(B, 3, H, W)` in [0, 1],
+    mask `(B, 1, H, W)`; returns `(B,)` (NaN where the band is empty)."""
+    band = border_band(mask, width)[:, 0].double()
+    area = band.sum((1, 2))
+    after = (gradient_magnitude(edited) * band).sum((1, 2)) / area
+    before = (gradient_magnitude(image) * band).sum((1, 2)) / area
+    ratio = after / before.clamp_min(1e-12)
+    return torch.where(area > 0, ratio, torch.full_like(ratio, float("nan"))).cpu().numpy()
+
+
 def evaluate_locality(
     pipe,
     concepts: Sequence[str],
@@ -291,6 +328,7 @@ def evaluate_locality(
     desc: str = "locality",
     mask_dilation: int = 0,
     harmonize_noise: Optional[bool] = None,
+    blend: Sequence[bool] = (False,),
 ) -> Dict[str, object]:
     """Locality MSE_out / MSE_in of `swap_regions` and `resample_region` over `num_pairs` seeded pairs.
 
@@ -303,26 +341,38 @@ def evaluate_locality(
     concept mask by that many pixels first (0: the parsed part itself; the training script's `--mask_dilation`: the
     region the dummy-player game gave the concept's player). `harmonize_noise` (None: the pipeline's setting)
     harmonises the seeded x_T of A and B and the edits' noise (`pipe.harmonize`). Swaps also get MSE_ref
-    (`donor_distance_ratio`, key "mse_ref", each edited image against its donor).
+    (`donor_distance_ratio`, key "mse_ref", each edited image against its donor). Every edit also gets the seam
+    score (`seam_score`, key "seam", against the unedited image on the same band).
+
+    `blend` lists the edit variants: `False` the plain edits (keys "swap", "resample"), `True` the peer, the same
+    edits with `blend=True` (keys "swap_blend", "resample_blend"), on the same pairs, masks and noise.
 
     Returns:
-        `{"swap"|"resample": {concept: {"rgb/paper": stats, ..., "num_skipped_empty_mask": int}}, "examples": ...,
-        "seconds": float}`, stats from `mean_ci` over pairs.
+        `{edit: {concept: {"rgb/paper": stats, ..., "seam": stats, "num_skipped_empty_mask": int}}, "examples": ...,
+        "edited_uint8": {edit: uint8 images (N, 3, H, W)}, "seconds": float}`, stats from `mean_ci` over pairs.
     """
     if swap_mask_from not in ("union", "a"):
         raise ValueError(f"swap_mask_from must be 'union' or 'a', got '{swap_mask_from}'.")
     if not isinstance(mask_dilation, int) or mask_dilation < 0:
         raise ValueError(f"mask_dilation must be a non-negative integer (pixels), got {mask_dilation!r}.")
     device = pipe._execution_device
-    per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in EDITS}
-    for c in concepts:
-        per_pair["swap"][c]["mse_ref"] = []
-    pair_ids = {e: {c: [] for c in concepts} for e in EDITS}  # the pair index of each value (pairs ratios to a baseline)
+    blend = [bool(b) for b in blend]
+    if not blend:
+        raise ValueError("blend must list at least one edit variant (False: plain, True: blended).")
+    edits = [e + (BLEND_SUFFIX if b else "") for b in blend for e in EDITS]
+    per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in edits}
+    for e in edits:
+        for c in concepts:
+            per_pair[e][c]["seam"] = []
+            if e.startswith("swap"):
+                per_pair[e][c]["mse_ref"] = []
+    edited_uint8 = {e: [] for e in edits}
+    pair_ids = {e: {c: [] for c in concepts} for e in edits}  # the pair index of each value (pairs ratios to a baseline)
     if harmonize_noise is None:
         harmonize_noise = pipe._harmonizes(None)
     hn = dict(harmonize_noise=bool(harmonize_noise))
-    skipped = {e: {c: 0 for c in concepts} for e in EDITS}
-    examples = {e: {c: [] for c in concepts} for e in EDITS}
+    skipped = {e: {c: 0 for c in concepts} for e in edits}
+    examples = {e: {c: [] for c in concepts} for e in edits}
     start_time = time.perf_counter()
     concept_index = {c: i for i, c in enumerate(pipe.concepts)}
     for start in tqdm(range(0, num_pairs, batch_size), desc=desc, unit="batch"):
@@ -340,49 +390,58 @@ def evaluate_locality(
             mask_a, mask_b = masks[:b], masks[b:]
             swap_mask = torch.maximum(mask_a, mask_b) if swap_mask_from == "union" else mask_a
 
-            keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
-            skipped["swap"][concept] += int((~keep).sum())
-            if keep.any():
-                k = keep.nonzero()[:, 0].tolist()
-                out = pipe.swap_regions(
-                    lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps, output_type="pt", **hn
-                )
-                score_a = _score_edit(img_a[k], out.images_a, out.mask)
-                score_b = _score_edit(img_b[k], out.images_b, out.mask)
-                for key in score_a:
-                    per_pair["swap"][concept][key].extend(((score_a[key] + score_b[key]) / 2).tolist())
-                ref_a = donor_distance_ratio(img_a[k], out.images_a, img_b[k], out.mask)
-                ref_b = donor_distance_ratio(img_b[k], out.images_b, img_a[k], out.mask)
-                per_pair["swap"][concept]["mse_ref"].extend(((ref_a + ref_b) / 2).tolist())
-                pair_ids["swap"][concept].extend(idx[j] for j in k)
-                for j in range(min(len(k), num_examples - len(examples["swap"][concept]))):
-                    examples["swap"][concept].append(
-                        dict(a=img_a[k[j]].cpu(), b=img_b[k[j]].cpu(), edited_a=out.images_a[j].cpu(),
-                             edited_b=out.images_b[j].cpu(), mask=out.mask[j].cpu())
+            for blended in blend:
+                swap, resample = (e + (BLEND_SUFFIX if blended else "") for e in EDITS)
+                keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
+                skipped[swap][concept] += int((~keep).sum())
+                if keep.any():
+                    k = keep.nonzero()[:, 0].tolist()
+                    out = pipe.swap_regions(
+                        lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps, output_type="pt",
+                        blend=blended, **hn
                     )
+                    score_a = _score_edit(img_a[k], out.images_a, out.mask)
+                    score_b = _score_edit(img_b[k], out.images_b, out.mask)
+                    for key in score_a:
+                        per_pair[swap][concept][key].extend(((score_a[key] + score_b[key]) / 2).tolist())
+                    ref_a = donor_distance_ratio(img_a[k], out.images_a, img_b[k], out.mask)
+                    ref_b = donor_distance_ratio(img_b[k], out.images_b, img_a[k], out.mask)
+                    per_pair[swap][concept]["mse_ref"].extend(((ref_a + ref_b) / 2).tolist())
+                    seam_a = seam_score(img_a[k], out.images_a, out.mask)
+                    seam_b = seam_score(img_b[k], out.images_b, out.mask)
+                    per_pair[swap][concept]["seam"].extend(((seam_a + seam_b) / 2).tolist())
+                    edited_uint8[swap].extend([to_uint8(out.images_a), to_uint8(out.images_b)])
+                    pair_ids[swap][concept].extend(idx[j] for j in k)
+                    for j in range(min(len(k), num_examples - len(examples[swap][concept]))):
+                        examples[swap][concept].append(
+                            dict(a=img_a[k[j]].cpu(), b=img_b[k[j]].cpu(), edited_a=out.images_a[j].cpu(),
+                                 edited_b=out.images_b[j].cpu(), mask=out.mask[j].cpu())
+                        )
 
-            keep = (mask_a.flatten(1).sum(1) > 0).cpu()
-            skipped["resample"][concept] += int((~keep).sum())
-            if keep.any():
-                k = keep.nonzero()[:, 0].tolist()
-                # new noise per (pair, concept): stream index interleaves the concepts of the pipeline
-                new_idx = [idx[j] * len(concept_index) + concept_index[concept] for j in k]
-                new = seeded_latents(pipe.latent_shape, seed, "resample", new_idx).to(device, pipe.unet.dtype)
-                out = pipe.resample_region(
-                    lat_a[k], mask_a[k], new_latents=new, num_inference_steps=num_inference_steps, output_type="pt",
-                    **hn
-                )
-                score = _score_edit(img_a[k], out.images, out.mask)
-                for key in score:
-                    per_pair["resample"][concept][key].extend(score[key].tolist())
-                pair_ids["resample"][concept].extend(idx[j] for j in k)
-                for j in range(min(len(k), num_examples - len(examples["resample"][concept]))):
-                    examples["resample"][concept].append(
-                        dict(a=img_a[k[j]].cpu(), edited_a=out.images[j].cpu(), mask=out.mask[j].cpu())
+                keep = (mask_a.flatten(1).sum(1) > 0).cpu()
+                skipped[resample][concept] += int((~keep).sum())
+                if keep.any():
+                    k = keep.nonzero()[:, 0].tolist()
+                    # new noise per (pair, concept): stream index interleaves the concepts of the pipeline
+                    new_idx = [idx[j] * len(concept_index) + concept_index[concept] for j in k]
+                    new = seeded_latents(pipe.latent_shape, seed, "resample", new_idx).to(device, pipe.unet.dtype)
+                    out = pipe.resample_region(
+                        lat_a[k], mask_a[k], new_latents=new, num_inference_steps=num_inference_steps,
+                        output_type="pt", blend=blended, **hn
                     )
+                    score = _score_edit(img_a[k], out.images, out.mask)
+                    for key in score:
+                        per_pair[resample][concept][key].extend(score[key].tolist())
+                    per_pair[resample][concept]["seam"].extend(seam_score(img_a[k], out.images, out.mask).tolist())
+                    edited_uint8[resample].append(to_uint8(out.images))
+                    pair_ids[resample][concept].extend(idx[j] for j in k)
+                    for j in range(min(len(k), num_examples - len(examples[resample][concept]))):
+                        examples[resample][concept].append(
+                            dict(a=img_a[k[j]].cpu(), edited_a=out.images[j].cpu(), mask=out.mask[j].cpu())
+                        )
     seconds = time.perf_counter() - start_time
     result: Dict[str, object] = {}
-    for e in EDITS:
+    for e in edits:
         result[e] = {}
         for c in concepts:
             stats = {key: mean_ci(vals, seed, pair_ids[e][c]) for key, vals in per_pair[e][c].items()}
@@ -392,6 +451,8 @@ def evaluate_locality(
     result["seconds_per_pair"] = seconds / max(num_pairs, 1)
     result["per_pair_values"] = per_pair
     result["examples"] = examples
+    result["edited_uint8"] = {e: torch.cat(v) if v else torch.zeros(0, 3, *pipe.resolution, dtype=torch.uint8)
+                              for e, v in edited_uint8.items()}
     return result
 
 
@@ -739,6 +800,133 @@ def evaluate_attribution(
     }
 
 
+def evaluate_end_to_end(pipe, num_samples, seed, num_inference_steps=50, batch_size=16, desc="end-to-end attribution",
+                        harmonize_noise=None) -> Dict[str, object]:
+    """Exact end-to-end Shapley attribution (`pipe.attribute_end_to_end`: players the regions of x_T, values the regions
+    of the final image, all 2^K full DDIM runs) of the same seeded samples and baselines as `evaluate_attribution`.
+
+    Returns:
+        mean leakage with CI (per-sample values kept for the paired ratio to a baseline), per-region leakage, the mean
+        row-normalised |phi| matrix, seconds per image.
+    """
+    device = pipe._execution_device
+    leak, region_leak, abs_phi, sample_ids = [], [], [], []
+    skipped = 0
+    per_call = max(1, batch_size // 16) if batch_size >= 16 else 1
+    start_time = time.perf_counter()
+    for start in tqdm(range(0, num_samples, per_call), desc=desc, unit="sample"):
+        idx = list(range(start, min(num_samples, start + per_call)))
+        latents = seeded_latents(pipe.latent_shape, seed, "attribution", idx).to(device, pipe.unet.dtype)
+        base = seeded_latents(pipe.latent_shape, seed, "attribution_baseline", idx).to(device, pipe.unet.dtype)
+        if pipe._harmonizes(harmonize_noise):
+            latents, base = pipe.harmonize(latents), pipe.harmonize(base)
+        if getattr(pipe, "parser", None) is not None:
+            images = pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
+            regions = pipe.region_masks(images * 2 - 1, is_latents=False)
+        else:
+            regions = pipe.region_masks(latents, is_latents=True)
+        keep = (regions.sum((-2, -1)) > 0).all(1).cpu()
+        skipped += int((~keep).sum())
+        if not keep.any():
+            continue
+        k = keep.nonzero()[:, 0].tolist()
+        out = pipe.attribute_end_to_end(latents[k], masks=regions[k], num_inference_steps=num_inference_steps,
+                                        baseline=base[k], max_batch_size=batch_size)
+        leak.append(out.leakage)
+        region_leak.append(out.region_leakage)
+        abs_phi.append(out.abs_phi)
+        sample_ids.extend(idx[j] for j in k)
+    seconds = time.perf_counter() - start_time
+    names = pipe.region_names
+    if not leak:
+        return {"num_samples": 0, "num_skipped_empty_region": skipped, "region_names": names}
+    leak = torch.cat(leak).double().numpy()
+    region_leak = torch.cat(region_leak).double().numpy()
+    abs_phi = torch.cat(abs_phi).double().numpy()
+    share = abs_phi / np.clip(abs_phi.sum(-1, keepdims=True), 1e-20, None)
+    return {
+        "leakage": mean_ci(leak, seed, sample_ids),
+        "region_leakage": {n: mean_ci(region_leak[:, j], seed, sample_ids) for j, n in enumerate(names)},
+        "attribution_share": share.mean(0).tolist(),
+        "region_names": names,
+        "num_samples": int(leak.shape[0]),
+        "num_skipped_empty_region": skipped,
+        "num_full_ddim_runs_per_sample": 2 ** len(names),
+        "baseline": "another seeded x_T (other_sample), the same as the per-step attribution's",
+        "seconds": seconds,
+        "seconds_per_sample": seconds / max(num_samples, 1),
+    }
+
+
+def emergence_step_indices(num_inference_steps: int, num_points: int) -> List[int]:
+    """`num_points` DDIM step indices spread evenly over [0, num_inference_steps - 1], 0 included."""
+    n = max(1, min(num_points, num_inference_steps))
+    return sorted(set(np.linspace(0, num_inference_steps - 1, n).round().astype(int).tolist()))
+
+
+def evaluate_emergence(pipe, concepts, num_pairs, seed, num_inference_steps=50, num_points=6, batch_size=16,
+                       modes=("trajectory", "noise"), desc="emergence", harmonize_noise=None,
+                       mask_dilation: int = 0) -> Dict[str, object]:
+    """When each concept is decided (`pipe.emergence_curve`): for seeded pairs (streams "emergence_a"/"emergence_b"),
+    A receives B's region (A's concept mask, as found on A's image) at step s instead of at x_T; the fraction of the full
+    swap's change inside the region that still happens, per step s and mode, and the emergence step (first s where
+    it is below one half).
+
+    Returns:
+        `{mode: {concept: {"curve": [{"step", "t", "mean", "ci95", ...}], "emergence_step": stats}}}`, plus
+        `step_indices`, `timesteps`, `num_pairs`, `seconds`.
+    """
+    device = pipe._execution_device
+    steps = emergence_step_indices(num_inference_steps, num_points)
+    idx = list(range(num_pairs))
+    lat_a = seeded_latents(pipe.latent_shape, seed, "emergence_a", idx).to(device, pipe.unet.dtype)
+    lat_b = seeded_latents(pipe.latent_shape, seed, "emergence_b", idx).to(device, pipe.unet.dtype)
+    if pipe._harmonizes(harmonize_noise):
+        lat_a, lat_b = pipe.harmonize(lat_a), pipe.harmonize(lat_b)
+    images = pipe(latents=lat_a, num_inference_steps=num_inference_steps, output_type="pt").images
+    result: Dict[str, object] = {m: {} for m in modes}
+    timesteps = None
+    start_time = time.perf_counter()
+    for concept in tqdm(concepts, desc=desc, unit="concept"):
+        masks = pipe.concept_mask(images * 2 - 1, concept, dilation=mask_dilation, is_latents=False)
+        keep = (masks.flatten(1).sum(1) > 0).cpu()
+        k = keep.nonzero()[:, 0].tolist()
+        for mode in modes:
+            if not k:
+                result[mode][concept] = {"curve": [], "emergence_step": mean_ci([]), "num_skipped_empty_mask": num_pairs}
+                continue
+            out = pipe.emergence_curve(lat_a[k], lat_b[k], masks[k], num_inference_steps=num_inference_steps,
+                                       step_indices=steps, mode=mode, max_batch_size=batch_size)
+            timesteps = out.timesteps.tolist()
+            frac = out.fraction.double().numpy()
+            ids = [idx[j] for j in k]
+            result[mode][concept] = {
+                "curve": [dict(step=int(s), t=int(t), **mean_ci(frac[i], seed, ids))
+                          for i, (s, t) in enumerate(zip(out.step_indices.tolist(), timesteps))],
+                "emergence_step": mean_ci(out.emergence_step.double().numpy(), seed, ids),
+                "num_skipped_empty_mask": num_pairs - len(k),
+            }
+    seconds = time.perf_counter() - start_time
+    result.update(step_indices=steps, timesteps=timesteps, num_pairs=num_pairs, modes=list(modes), seconds=seconds,
+                  seconds_per_pair=seconds / max(num_pairs, 1), num_inference_steps=num_inference_steps)
+    return result
+
+
+def evaluate_edit_realism(edited_uint8: Dict[str, torch.Tensor], inception, reference: np.ndarray,
+                          seed: int = 0) -> Dict[str, Dict[str, object]]:
+    """Realism of edited faces: KID and FID of each edit's images (every edited image of the locality pairs, all
+    concepts) against the reference real faces' Inception features."""
+    out = {}
+    for edit, images in edited_uint8.items():
+        if len(images) < 2:
+            continue
+        feats = np.concatenate([inception(chunk) for chunk in images.split(64)])
+        kid = kid_from_features(feats, reference, seed=seed)
+        out[edit] = {"fid": fid_from_features(feats, reference), "kid": kid["kid"], "kid_std": kid["kid_std"],
+                     "subset_size": kid["subset_size"], "num_images": int(len(images))}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Real images
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1020,7 +1208,9 @@ def plot_strength_sweep(sweeps: Dict[str, List[dict]], path: str) -> Optional[st
     return path
 
 
-def plot_attribution_matrices(att: Dict[str, object], path: str, title: str, num_panels: int = 4) -> Optional[str]:
+def plot_attribution_matrices(att: Dict[str, object], path: str, title: str, num_panels: int = 4,
+                              xlabel: str = "input region of x_t", ylabel: str = "output region of ε",
+                              panel_title: str = "t = {}") -> Optional[str]:
     """Row-normalised mean |phi| (share of output region k's attribution from input region j) at a few timesteps."""
     if not att.get("num_samples"):
         return None
@@ -1036,9 +1226,9 @@ def plot_attribution_matrices(att: Dict[str, object], path: str, title: str, num
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
         ax.set_xticks(range(len(names)), names, rotation=45, fontsize=6)
         ax.set_yticks(range(len(names)), names, fontsize=6)
-        ax.set_xlabel("input region of x_t", fontsize=7)
-        ax.set_title(f"t = {ts[i]}", fontsize=8)
-    axes[0, 0].set_ylabel("output region of ε", fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_title(panel_title.format(ts[i]), fontsize=8)
+    axes[0, 0].set_ylabel(ylabel, fontsize=7)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of |φ|")
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=150)
@@ -1073,6 +1263,48 @@ def plot_leakage_curves(attributions: Dict[str, Dict[str, object]], path: str) -
     ax1.set_ylabel("leakage")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_end_to_end_matrices(e2e: Dict[str, Dict[str, object]], path: str) -> Optional[str]:
+    """Row-normalised mean |phi| of the end-to-end game (x_T regions -> final image regions), one panel per pipeline."""
+    e2e = {n: a for n, a in e2e.items() if a.get("num_samples")}
+    if not e2e:
+        return None
+    att = {"num_samples": 1, "timesteps": list(e2e), "region_names": next(iter(e2e.values()))["region_names"],
+           "attribution_share": [a["attribution_share"] for a in e2e.values()]}
+    return plot_attribution_matrices(att, path, "end-to-end attribution: mean share of |φ| (row = output region)",
+                                     num_panels=len(e2e), xlabel="input region of x_T",
+                                     ylabel="output region of the final image", panel_title="{}")
+
+
+def plot_emergence_curves(emergences: Dict[str, Dict[str, object]], path: str) -> Optional[str]:
+    """Fraction of the full swap's change that still happens when the swap is made at step s, per mode (panels),
+    concept (colour) and pipeline (line style); the dotted line is one half (the emergence step)."""
+    emergences = {n: e for n, e in emergences.items() if e.get("timesteps")}
+    if not emergences:
+        return None
+    plt = _plt()
+    modes = next(iter(emergences.values()))["modes"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.6), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, mode in zip(axes[0], modes):
+        for i, (name, em) in enumerate(emergences.items()):
+            for j, (concept, res) in enumerate(em.get(mode, {}).items()):
+                curve = res["curve"]
+                if not curve:
+                    continue
+                ax.plot([p["step"] for p in curve], [p["mean"] for p in curve], linestyle=styles[i % len(styles)],
+                        color=f"C{j}", marker="o", ms=3, label=f"{name}: {concept}")
+        ax.axhline(0.5, color="k", linestyle=":", lw=0.8)
+        ax.set_xlabel(f"DDIM step s at which the region is swapped (0 = x_T, of {em['num_inference_steps']})")
+        ax.set_ylabel("share of the full swap's change")
+        ax.set_title(f"mode = {mode}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -1162,7 +1394,8 @@ def markdown_report(results: dict) -> str:
 
     if any(stage(n, "locality") for n in names):
         loc0 = next(stage(n, "locality") for n in names if stage(n, "locality"))
-        concepts = [c for c in loc0.get("swap", {})]
+        loc_edits = [e for e in ALL_EDITS if any(e in stage(n, "locality") for n in names)]
+        concepts = [c for c in loc0.get(loc_edits[0], {})]
         lines += [
             "## Locality of edits (MSE_out / MSE_in, lower is better)",
             "",
@@ -1173,11 +1406,15 @@ def markdown_report(results: dict) -> str:
             + f"; swaps exchange x_T in the {cfg['swap_mask_from']} of A's and B's masks and "
             "both edits are scored with that mask; a pair's value is the mean of its two edits. Resample redraws x_T "
             "inside A's mask. Paper columns: Liu et al. 2025 Table 1 (CelebA 64, paper normalisation, colour space "
-            "not stated; heatmaps in CIELAB), for reference only: different data.",
+            "not stated; heatmaps in CIELAB), for reference only: different data."
+            + (" Edits ending in `_blend` are the peer: the same edit with `blend=True` (RePaint / blended-diffusion "
+               "style masked DDIM: after every step the pixels outside the region take the unedited trajectory's "
+               "x_t), local outside the region by construction (its locality is 0 up to float error), so the "
+               "tables below (MSE_ref, seam, realism) are where it differs." if any(e.endswith(BLEND_SUFFIX) for e in loc_edits) else ""),
             "",
         ]
         lines += header(["edit", "concept", "colour", "norm."], ["paper: interp. DDPM", "paper: DDPM"])
-        for edit in EDITS:
+        for edit in loc_edits:
             for c in concepts:
                 for cs in COLOR_SPACES:
                     for norm in NORMALIZATIONS:
@@ -1195,8 +1432,38 @@ def markdown_report(results: dict) -> str:
             "",
         ]
         lines += header(["edit", "concept", "measure", ""])
-        for c in concepts:
-            lines.append(row(["swap", c, "MSE_ref", ""], lambda n: stage(n, "locality").get("swap", {}).get(c, {}).get("mse_ref")))
+        for edit in [e for e in loc_edits if e.startswith("swap")]:
+            for c in concepts:
+                lines.append(row([edit, c, "MSE_ref", ""],
+                                 lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get("mse_ref")))
+        if any(stage(n, "locality").get(e, {}).get(c, {}).get("seam") for n in names for e in loc_edits for c in concepts):
+            lines += [
+                "",
+                f"Seam score: mean colour gradient magnitude on the {SEAM_WIDTH}-px band straddling the region's border "
+                "in the edited image, divided by the same on the same band of the unedited image (1 = as smooth as "
+                "the unedited face, above 1 = a seam); a pair's value is the mean of its edits.",
+                "",
+            ]
+            lines += header(["edit", "concept", "measure", ""])
+            for edit in loc_edits:
+                for c in concepts:
+                    lines.append(row([edit, c, "seam", ""],
+                                     lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get("seam"), digits=3))
+        if any(stage(n, "edit_realism") for n in names):
+            r0 = next(stage(n, "edit_realism") for n in names if stage(n, "edit_realism"))
+            lines += [
+                "",
+                "Realism of the edited faces: KID (x 1000) and FID of every edited image of the locality pairs (all "
+                f"concepts; {next(iter(r0.values()))['num_images']} images per edit) against the real test faces, "
+                "as the FID table below (few images: FID is biased upwards, compare it between rows only).",
+                "",
+            ]
+            lines += header(["edit", "measure"])
+            for edit in loc_edits:
+                lines.append(row([edit, "KID x 1000"], lambda n: {"mean": 1000 * stage(n, "edit_realism")[edit]["kid"]}
+                                 if edit in stage(n, "edit_realism") else None, digits=2))
+                lines.append(row([edit, "FID"], lambda n: {"mean": stage(n, "edit_realism")[edit]["fid"]}
+                                 if edit in stage(n, "edit_realism") else None, digits=1))
         lines.append("")
     if any(stage(n, "fid") for n in names):
         f0 = next(stage(n, "fid") for n in names if stage(n, "fid"))
@@ -1240,6 +1507,45 @@ def markdown_report(results: dict) -> str:
         lines.append(row(["leakage (all regions)"], lambda n: stage(n, "attribution").get("leakage")))
         for r in a0["region_names"]:
             lines.append(row([f"leakage into {r}"], lambda n: stage(n, "attribution").get("region_leakage", {}).get(r)))
+        lines.append("")
+    if any(stage(n, "end_to_end").get("num_samples") for n in names):
+        e0 = next(stage(n, "end_to_end") for n in names if stage(n, "end_to_end").get("num_samples"))
+        lines += [
+            "## End-to-end attribution (what the edits do; leakage, lower is better)",
+            "",
+            f"Players: the K = {len(e0['region_names'])} regions of x_T (absent = that region of another seeded x_T); "
+            f"values: the regions of the final image; exact Shapley values from all {e0['num_full_ddim_runs_per_sample']} "
+            f"full DDIM runs per sample, {_plural(e0['num_samples'], 'sample')}. Leakage = off-diagonal share of the "
+            "area-weighted |φ| matrix, as above. Figure: `figures/end_to_end_attribution.png`.",
+            "",
+        ]
+        lines += header(["metric"])
+        lines.append(row(["end-to-end leakage (all regions)"], lambda n: stage(n, "end_to_end").get("leakage")))
+        for r in e0["region_names"]:
+            lines.append(row([f"end-to-end leakage into {r}"],
+                             lambda n: stage(n, "end_to_end").get("region_leakage", {}).get(r)))
+        lines.append(row(["seconds per image"], lambda n: {"mean": stage(n, "end_to_end").get("seconds_per_sample")},
+                         digits=1))
+        lines.append("")
+    if any(stage(n, "emergence").get("timesteps") for n in names):
+        m0 = next(stage(n, "emergence") for n in names if stage(n, "emergence").get("timesteps"))
+        lines += [
+            "## When each part is decided (emergence)",
+            "",
+            f"{_plural(m0['num_pairs'], 'seeded pair')} per concept; A receives B's region (A's concept mask) at DDIM "
+            f"step s (of {m0['num_inference_steps']}; s in {m0['step_indices']}) instead of at x_T. Fraction = "
+            "projection of the change it makes inside the region on the full swap's change (1 at s = 0). Mode "
+            "`trajectory`: the region gets B's x_t at that step; `noise`: A's predicted x_0 with B's predicted noise "
+            "at that step (only what the noise still carries moves). Emergence step: the first computed s at which "
+            "the fraction is below one half (the number of steps where it never is). Figure: "
+            "`figures/emergence_curves.png`.",
+            "",
+        ]
+        lines += header(["mode", "concept", "measure"])
+        for mode in m0["modes"]:
+            for c in m0[mode]:
+                lines.append(row([mode, c, "emergence step"],
+                                 lambda n: stage(n, "emergence").get(mode, {}).get(c, {}).get("emergence_step"), digits=1))
         lines.append("")
     if any(stage(n, "real") for n in names):
         r0 = next(stage(n, "real") for n in names if stage(n, "real"))
@@ -1295,7 +1601,9 @@ def markdown_report(results: dict) -> str:
     lines += header(["stage"])
     for key, label in (("locality", "locality: s per pair (all concepts, swap + resample)"),
                        ("fid", "FID: s per generated sample"), ("fid_inception", "FID: s per Inception feature"),
-                       ("attribution", "attribution: s per sample"), ("real", "real photos: s per pair (invert + 3 concepts, swap + resample)")):
+                       ("attribution", "attribution: s per sample"),
+                       ("end_to_end", "end-to-end attribution: s per sample"),
+                       ("emergence", "emergence: s per pair (all concepts and modes)"), ("real", "real photos: s per pair (invert + 3 concepts, swap + resample)")):
         def get(n, key=key):
             t = results["pipelines"][n].get("timings", {}).get(key)
             return None if t is None else {"mean": t}
@@ -1307,7 +1615,7 @@ def markdown_report(results: dict) -> str:
 def _strip_for_json(obj):
     """Drops tensors (figure examples, previews) from a result tree."""
     if isinstance(obj, dict):
-        return {k: _strip_for_json(v) for k, v in obj.items() if k not in ("examples", "preview", "per_pair_values", "units")}
+        return {k: _strip_for_json(v) for k, v in obj.items() if k not in ("examples", "preview", "per_pair_values", "units", "edited_uint8")}
     if isinstance(obj, list):
         return [_strip_for_json(v) for v in obj]
     return obj
@@ -1358,16 +1666,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="harmonised noise (pipe.harmonize) for the generated x_T and edits: 'both' evaluates every "
                         "pipeline with and without it (names get the suffix _harmonized / _plain), 'pipeline' uses "
                         "each pipeline's own setting")
+    p.add_argument("--blend", choices=("both", "on", "off"), default="both",
+                   help="the peer edit (blend=True: RePaint / blended-diffusion style masked DDIM) in the locality "
+                        "tables: 'both' measures every edit plain and blended (keys swap / swap_blend, ...), 'on' "
+                        "blended only, 'off' plain only")
+    p.add_argument("--num_end_to_end_samples", type=int, default=16,
+                   help="samples for the end-to-end attribution (2^K full DDIM runs each; 0 skips it)")
+    p.add_argument("--num_emergence_pairs", type=int, default=8, help="seeded pairs per concept for the emergence curves")
+    p.add_argument("--emergence_points", type=int, default=6,
+                   help="DDIM steps (spread evenly, x_T included) at which the emergence swap is made")
     args = p.parse_args(argv)
     if args.real_strength is not None and not 0 < args.real_strength <= 1:
         p.error("--real_strength must be in (0, 1].")
     if any(not 0 < v <= 1 for v in args.real_sweep_strengths):
         p.error("--real_sweep_strengths must be in (0, 1].")
     for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs", "mask_dilation",
-                 "num_real_sweep_pairs"):
+                 "num_real_sweep_pairs", "num_end_to_end_samples", "num_emergence_pairs"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0.")
-    for name in ("attribution_steps", "num_inference_steps", "batch_size"):
+    for name in ("attribution_steps", "num_inference_steps", "batch_size", "emergence_points"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1.")
     if args.num_fid_samples == 1:
@@ -1508,7 +1825,7 @@ def run(args: argparse.Namespace) -> dict:
         if n not in real_variant or mode is False:
             real_variant[n] = key
 
-    attributions, sweeps = {}, {}
+    attributions, sweeps, end_to_ends, emergences = {}, {}, {}, {}
     for name, pipe in pipes.items():
         res = results["pipelines"][name]
         timings = res["timings"]
@@ -1517,11 +1834,15 @@ def run(args: argparse.Namespace) -> dict:
         if "locality" not in args.skip and args.num_pairs > 0:
             loc = evaluate_locality(pipe, concepts, args.num_pairs, args.seed, args.num_inference_steps, args.batch_size,
                                     args.swap_mask_from, args.num_examples, desc=f"{name}: locality",
-                                    mask_dilation=args.mask_dilation, harmonize_noise=harmonize)
+                                    mask_dilation=args.mask_dilation, harmonize_noise=harmonize,
+                                    blend=BLEND_MODES[getattr(args, "blend", "off")])
             timings["locality"] = loc["seconds_per_pair"]
-            for kind in EDITS:
+            if inception is not None:
+                res["edit_realism"] = evaluate_edit_realism(loc["edited_uint8"], inception, reference, args.seed)
+            for kind in [e for e in ALL_EDITS if e in loc]:
                 path = plot_edit_grid(loc["examples"][kind], os.path.join(fig_dir, f"{name}_{kind}_grid.png"),
-                                      f"{name}: {kind} (ΔE in CIELAB; cyan = edited region)", kind)
+                                      f"{name}: {kind} (ΔE in CIELAB; cyan = edited region)",
+                                      kind.removesuffix(BLEND_SUFFIX))
                 if path:
                     results["figures"].append(path)
             res["locality"] = loc
@@ -1546,6 +1867,19 @@ def run(args: argparse.Namespace) -> dict:
                 results["figures"].append(path)
             res["attribution"] = att
             attributions[name] = att
+        if "end_to_end" not in args.skip and getattr(args, "num_end_to_end_samples", 0) > 0:
+            e2e = evaluate_end_to_end(pipe, args.num_end_to_end_samples, args.seed, args.num_inference_steps,
+                                      args.batch_size, desc=f"{name}: end-to-end attribution", harmonize_noise=harmonize)
+            timings["end_to_end"] = e2e.get("seconds_per_sample")
+            res["end_to_end"] = e2e
+            end_to_ends[name] = e2e
+        if "emergence" not in args.skip and getattr(args, "num_emergence_pairs", 0) > 0:
+            em = evaluate_emergence(pipe, concepts, args.num_emergence_pairs, args.seed, args.num_inference_steps,
+                                    getattr(args, "emergence_points", 6), args.batch_size, desc=f"{name}: emergence",
+                                    harmonize_noise=harmonize, mask_dilation=args.mask_dilation)
+            timings["emergence"] = em["seconds_per_pair"]
+            res["emergence"] = em
+            emergences[name] = em
         if faces is not None and real_variant[variants[name][0]] == name:
             real = evaluate_real(pipe, faces, concepts, args.num_real_pairs, args.num_inference_steps,
                                  max(1, args.batch_size // 2), args.num_examples, args.seed, desc=f"{name}: real images",
@@ -1567,6 +1901,10 @@ def run(args: argparse.Namespace) -> dict:
         attach_ratios(results["pipelines"][name], results["pipelines"][base_name], args.seed)
     if attributions:
         path = plot_leakage_curves(attributions, os.path.join(fig_dir, "leakage_over_t.png"))
+        if path:
+            results["figures"].append(path)
+    for path in (plot_end_to_end_matrices(end_to_ends, os.path.join(fig_dir, "end_to_end_attribution.png")),
+                 plot_emergence_curves(emergences, os.path.join(fig_dir, "emergence_curves.png"))):
         if path:
             results["figures"].append(path)
 

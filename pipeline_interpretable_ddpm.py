@@ -185,6 +185,65 @@ class AttributionOutput(BaseOutput):
         return (total - own) / total.clamp_min(1e-20)
 
 
+@dataclass
+class EndToEndAttributionOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.attribute_end_to_end`].
+
+    Args:
+        phi (`torch.Tensor` of shape `(B, K, K)`): exact Shapley value of input region j of x_T (last axis) for the
+            region-mean of output region k of the final image (in [0, 1], all channels), `(B, K_out, K_in)`. Rows
+            satisfy efficiency: `phi[b, k].sum() == v_k(N) - v_k(empty)`.
+        abs_phi (`torch.Tensor` of shape `(B, K, K)`): mean over the pixels and channels of output region k of the
+            absolute per-element Shapley value (what leakage is built on, as in `attribute`).
+        leakage (`torch.Tensor` of shape `(B,)`): off-diagonal share of `abs_phi` weighted by region area, in [0, 1].
+        region_names (`List[str]`): the K region names.
+        images (`torch.Tensor` of shape `(B, 3, H, W)`): the image of the full coalition (x_T itself), in [0, 1].
+        baseline_images (`torch.Tensor` of shape `(B, 3, H, W)`): the image of the empty coalition (the baseline x_T).
+    """
+
+    phi: torch.Tensor
+    abs_phi: torch.Tensor
+    leakage: torch.Tensor
+    region_names: List[str]
+    images: torch.Tensor
+    baseline_images: torch.Tensor
+
+    @property
+    def mean_leakage(self) -> float:
+        return float(self.leakage.mean())
+
+    @property
+    def region_leakage(self) -> torch.Tensor:
+        """Off-diagonal share of each output region's row of `abs_phi`, `(B, K)` in [0, 1]."""
+        own = torch.diagonal(self.abs_phi, dim1=-2, dim2=-1)
+        total = self.abs_phi.sum(-1)
+        return (total - own) / total.clamp_min(1e-20)
+
+
+@dataclass
+class EmergenceOutput(BaseOutput):
+    """Output of [`InterpretableDDPMPipeline.emergence_curve`].
+
+    Args:
+        fraction (`torch.Tensor` of shape `(S, B)`): for each swap step, the share of the full swap's change inside
+            the region that still happens: `<d_s, d_0>_M / <d_0, d_0>_M`, with d_s the result of the swap at step s
+            minus the unedited image and M the mask (1 at step index 0, the swap at x_T).
+        step_indices (`torch.Tensor` of shape `(S,)`): the DDIM step index of each swap (0 = x_T, before any step).
+        timesteps (`torch.Tensor` of shape `(S,)`): the timestep t of the x_t that was swapped.
+        emergence_step (`torch.Tensor` of shape `(B,)`): the first step index (of those computed) whose fraction is
+            below one half (as a float; `num_inference_steps` where it never falls below one half).
+        num_inference_steps (`int`): the DDIM steps of the trajectory.
+        mode (`str`): what region k of x_t receives at step s, see `emergence_curve`.
+    """
+
+    fraction: torch.Tensor
+    step_indices: torch.Tensor
+    timesteps: torch.Tensor
+    emergence_step: torch.Tensor
+    num_inference_steps: int
+    mode: str
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Concepts and masks
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1237,6 +1296,61 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
         return image
 
+    def denoise_blended(
+        self,
+        edited: torch.Tensor,
+        original: torch.Tensor,
+        mask: torch.Tensor,
+        num_inference_steps: int = 50,
+        clip_sample: Optional[bool] = None,
+        start_timestep: Optional[int] = None,
+        max_batch_size: Optional[int] = None,
+    ) -> torch.Tensor:
+        r"""Blended DDIM (eta = 0), the masking of RePaint / blended diffusion / DiffEdit, for any model.
+
+        Runs the unedited trajectory from `original` and the edited one from `edited` in one batch; after every DDIM
+        step t -> t_prev the edited trajectory is reset outside the mask to the unedited one:
+
+            x_edit(t_prev) = m * step(x_edit(t)) + (1 - m) * step(x_orig(t)),
+
+        and before the first step `x_edit = m * edited + (1 - m) * original`. So outside the mask the result equals the
+        unedited x_0 exactly (it is the same tensor), and inside it follows the edit while its context at every step is
+        the unedited image's. With `m` all ones it is the plain edit `denoise(edited)`.
+
+        Args:
+            edited, original (`torch.Tensor` of shape `(B, C, H, W)`): x_T (or x_t at `start_timestep`) of the edited
+                and of the unedited images.
+            mask (`torch.Tensor` of shape `(B, 1, H, W)`): 0/1 region of the edit (fractional values blend linearly).
+            start_timestep (`int`, *optional*): as in `denoise`: the inputs are x_t there.
+            max_batch_size (`int`, *optional*): images per UNet call (default: all 2B at once).
+
+        Returns:
+            `torch.Tensor` of shape `(B, C, H, W)`: the blended x_0 in model space.
+        """
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        edited = self._check_latents(edited, "edited")
+        original = self._check_latents(original, "original")
+        if edited.shape != original.shape:
+            raise ValueError(f"edited {tuple(edited.shape)} and original {tuple(original.shape)} must have the same shape.")
+        m = mask.to(edited.device, edited.dtype)
+        if m.ndim != 4 or m.shape[1] != 1 or m.shape[0] not in (1, edited.shape[0]) or m.shape[-2:] != edited.shape[-2:]:
+            raise ValueError(f"mask must have shape (B, 1, H, W) matching the latents, got {tuple(mask.shape)}.")
+        scheduler = self.scheduler
+        if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
+            scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps
+        if start_timestep is not None:
+            timesteps = timesteps[timesteps <= int(start_timestep)]
+        b = edited.shape[0]
+        x = torch.cat([m * edited + (1 - m) * original, original])
+        chunk = x.shape[0] if max_batch_size is None else check_int(max_batch_size, "max_batch_size", minimum=1)
+        for t in timesteps:
+            model_output = torch.cat([self.unet(part, t).sample for part in x.split(chunk)])
+            x = scheduler.step(model_output, t, x, eta=0.0).prev_sample
+            x = torch.cat([m * x[:b] + (1 - m) * x[b:], x[b:]])
+        return x[:b]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -1323,6 +1437,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
+        blend: bool = False,
     ) -> Union[RegionResampleOutput, Tuple]:
         r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
 
@@ -1347,6 +1462,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             harmonize_noise (`bool`, *optional*): tie the new noise's mean inside the mask to the surrounding rest
                 region's (`harmonize`), so the redrawn part takes its colour from the face; x_T changes inside the
                 mask only either way. Default: the pipeline's `harmonize_noise` setting.
+            blend (`bool`): the training-free masked edit any model allows (RePaint / blended-diffusion style, see
+                `denoise_blended`): the unedited and the edited trajectories run in one batch and after every DDIM
+                step the edited x_t takes the unedited one outside the mask. Outside the mask the result is then
+                exactly the unedited image; `False` (default) lets the model alone keep the edit local.
 
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
@@ -1374,7 +1493,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         edited = m * new_latents + (1 - m) * latents
         if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             edited = self.harmonize(edited, m)
-        x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+        if not isinstance(blend, (bool, np.bool_)):
+            raise ValueError(f"blend must be True or False, got {blend!r}.")
+        if blend:
+            x0 = self.denoise_blended(edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+        else:
+            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         images = self.postprocess(x0, output_type)
         if not return_dict:
             return images, edited, m
@@ -1393,6 +1517,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
+        blend: bool = False,
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
@@ -1412,6 +1537,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             harmonize_noise (`bool`, *optional*): re-centre the moved noise on its new face: its mean inside the mask
                 becomes the receiving image's rest-region mean (`harmonize`), so the donor's part takes the
                 receiver's colouring; `False` moves the noise as it is. Default: the pipeline's setting.
+            blend (`bool`): the training-free masked edit any model allows (RePaint / blended-diffusion style, see
+                `denoise_blended`): each result's trajectory takes, after every DDIM step, the unedited trajectory
+                of its own image (A for `images_a`, B for `images_b`) outside the mask, so outside the mask each
+                result is exactly its unedited image. `False` (default): plain DDIM from the swapped latents.
 
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
@@ -1450,7 +1579,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         new_b = m * latents_a + (1 - m) * latents_b
         if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             new_a, new_b = self.harmonize(new_a, m), self.harmonize(new_b, m)
-        x0 = self.denoise(torch.cat([new_a, new_b]), num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+        if not isinstance(blend, (bool, np.bool_)):
+            raise ValueError(f"blend must be True or False, got {blend!r}.")
+        edited = torch.cat([new_a, new_b])
+        if blend:
+            x0 = self.denoise_blended(edited, torch.cat([latents_a, latents_b]), torch.cat([m, m]), num_inference_steps,
+                                      clip_sample=clip_sample, start_timestep=t0)
+        else:
+            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         n = latents_a.shape[0]
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
         if not return_dict:
@@ -1859,6 +1995,192 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         leakage = weighted.masked_fill(eye, 0).sum((-2, -1)) / weighted.sum((-2, -1)).clamp_min(1e-20)
         out = AttributionOutput(
             phi=phi.cpu(), abs_phi=abs_phi.cpu(), leakage=leakage.cpu(), timesteps=torch.tensor(out_t), region_names=names
+        )
+        return out if return_dict else out.to_tuple()
+
+    def _baseline_latents(self, baseline, latents, generator, harmonize_noise) -> torch.Tensor:
+        if isinstance(baseline, (torch.Tensor, np.ndarray)):
+            base = self._check_latents(torch.as_tensor(baseline), "baseline")
+            if base.shape != latents.shape:
+                raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
+            return base
+        if isinstance(baseline, str) and baseline == "other_sample":
+            base = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            return self.harmonize(base) if self._harmonizes(harmonize_noise) else base
+        raise ValueError(f"baseline must be 'other_sample' or a latents tensor, got {baseline!r}.")
+
+    @torch.no_grad()
+    def attribute_end_to_end(
+        self,
+        latents: torch.Tensor,
+        masks: Optional[Union[torch.Tensor, Sequence[str]]] = None,
+        num_inference_steps: int = 50,
+        baseline: Union[str, torch.Tensor] = "other_sample",
+        generator: Optional[torch.Generator] = None,
+        max_batch_size: Optional[int] = None,
+        return_dict: bool = True,
+        harmonize_noise: Optional[bool] = None,
+        clip_sample: Optional[bool] = None,
+        max_coalitions: int = DEFAULT_MAX_COALITIONS,
+    ) -> Union[EndToEndAttributionOutput, Tuple]:
+        r"""Exact Shapley attribution of the regions of x_T to the regions of the *final* image (what the edits do).
+
+        Players: the K regions of x_T. A coalition S generates, with the full DDIM loop (eta = 0), the image of
+        `x_T^S` = x_T on the regions of S and the baseline x_T on the others (a swap of the regions outside S). The
+        value of output region k is that image restricted to region k (in [0, 1]); the K x K Shapley matrix, its
+        absolute per-element version and the leakage (off-diagonal share, area weighted) follow the conventions of
+        `attribute`. Cost: 2^K full DDIM runs per image (K = 4: 16 runs), batched.
+
+        Args:
+            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the images to explain (an `InversionOutput` is
+                refused: the game is played on x_T).
+            masks: a `(B, K, H, W)` or `(K, H, W)` partition, a list of concept names, or `None` for all the
+                pipeline's concepts (found on the images the latents generate); uncovered pixels become "rest".
+            baseline: `"other_sample"` (another random x_T, harmonised as `__call__` draws it unless
+                `harmonize_noise=False`) or a tensor of baseline x_T `(B, C, H, W)`.
+            max_batch_size (`int`, *optional*): images per DDIM loop; 64 on an accelerator, 16 on CPU by default.
+            clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping.
+            max_coalitions (`int`): cost guard, as in `attribute`.
+
+        Returns:
+            [`EndToEndAttributionOutput`] (`phi`, `abs_phi`, `leakage`, `region_names`, `images`, `baseline_images`)
+            or that tuple.
+        """
+        if _is_inversion(latents):
+            raise ValueError("attribute_end_to_end plays the game on x_T; pass x_T (a tensor), not an InversionOutput.")
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
+        latents = self._check_latents(latents)
+        if max_batch_size is None:
+            max_batch_size = 16 if latents.device.type == "cpu" else 64
+        max_batch_size = check_int(max_batch_size, "max_batch_size", minimum=1)
+        b = latents.shape[0]
+        regions, names = self._attribution_regions(latents, masks, num_inference_steps)
+        k = regions.shape[1]
+        if k > 10 or 2**k > max_coalitions:
+            raise ValueError(
+                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full DDIM runs per "
+                f"image, more than max_coalitions={max_coalitions} allows (at most 2^10). Pass max_coalitions={2**k} "
+                "to run it anyway, or use fewer regions."
+            )
+        base = self._baseline_latents(baseline, latents, generator, harmonize_noise)
+        coalitions = all_coalitions(k, latents.device)
+        inputs = coalition_inputs(latents, base, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
+        x0 = torch.cat([
+            self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample)
+            for chunk in self.progress_bar(list(inputs.split(max_batch_size)))
+        ])
+        values = self.postprocess(x0, "pt").reshape(b, 2**k, *x0.shape[1:]).double()
+        weights = shapley_weight_matrix(k, latents.device)
+        phi_elem = torch.einsum("js,bschw->bjchw", weights, values)  # (B, K_in, C, H, W)
+        reg = regions.double()
+        norm = (regions.sum((-2, -1)).double()[:, :, None] * values.shape[2]).clamp_min(1)
+        phi = torch.einsum("bjchw,bkhw->bkj", phi_elem, reg) / norm
+        abs_phi = torch.einsum("bjchw,bkhw->bkj", phi_elem.abs(), reg) / norm
+        weighted = abs_phi * regions.sum((-2, -1)).double()[:, :, None]
+        eye = torch.eye(k, dtype=torch.bool, device=phi.device)
+        leakage = weighted.masked_fill(eye, 0).sum((-2, -1)) / weighted.sum((-2, -1)).clamp_min(1e-20)
+        out = EndToEndAttributionOutput(
+            phi=phi.float().cpu(), abs_phi=abs_phi.float().cpu(), leakage=leakage.float().cpu(), region_names=names,
+            images=values[:, -1].float().cpu(), baseline_images=values[:, 0].float().cpu(),
+        )
+        return out if return_dict else out.to_tuple()
+
+    @torch.no_grad()
+    def emergence_curve(
+        self,
+        latents_a: torch.Tensor,
+        latents_b: torch.Tensor,
+        mask: MaskInput,
+        num_inference_steps: int = 50,
+        step_indices: Optional[Sequence[int]] = None,
+        mode: str = "trajectory",
+        clip_sample: Optional[bool] = None,
+        max_batch_size: Optional[int] = None,
+        return_dict: bool = True,
+    ) -> Union[EmergenceOutput, Tuple]:
+        r"""When a part is decided: the swap of a region moved from x_T to step s of the trajectory.
+
+        Image A receives B's region (the mask; a concept name is found on A's image). Both unedited trajectories
+        x_t^A, x_t^B are run; for each step index s (0 = x_T, s = the x_t entering the s-th DDIM step) region M of
+        x_t^A is replaced, and DDIM continues from there to x_0:
+
+        - `mode="trajectory"`: M gets x_t^B (B's own trajectory at that step; s = 0 is `swap_regions`);
+        - `mode="noise"`: M gets sqrt(a_t) x0_A + sqrt(1 - a_t) eps_B, A's predicted clean image with B's predicted
+          noise at that step (x_t = sqrt(a_t) x0_pred + sqrt(1 - a_t) eps_pred for either trajectory): only the part
+          still carried by the noise moves, so the curve falls as the content of M gets decided.
+
+        With d_s = x_0(swap at s) - x_0(A) and d_0 that of the swap at x_T, the fraction of the full swap's change
+        that still happens is the projection `sum_M d_s . d_0 / sum_M d_0 . d_0` (images in [0, 1]); the emergence
+        step is the first step index at which it is below one half.
+
+        Args:
+            latents_a, latents_b (`torch.Tensor` of shape `(B, C, H, W)`): x_T of receivers and donors.
+            mask: a concept name or any mask `resample_region` takes.
+            step_indices (`Sequence[int]`, *optional*): the step indices s to swap at (default all; 0 is always
+                computed as the reference).
+            mode (`str`): `"trajectory"` or `"noise"`, see above.
+
+        Returns:
+            [`EmergenceOutput`] or the tuple `(fraction, step_indices, timesteps, emergence_step, num_inference_steps,
+            mode)`.
+        """
+        if _is_inversion(latents_a) or _is_inversion(latents_b):
+            raise ValueError("emergence_curve follows trajectories from x_T; pass x_T tensors, not InversionOutputs.")
+        if mode not in ("trajectory", "noise"):
+            raise ValueError(f"mode must be 'trajectory' or 'noise', got {mode!r}.")
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        latents_a = self._check_latents(latents_a, "latents_a")
+        latents_b = self._check_latents(latents_b, "latents_b")
+        if latents_a.shape != latents_b.shape:
+            raise ValueError(f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} differ in shape.")
+        n = latents_a.shape[0]
+        if max_batch_size is None:
+            max_batch_size = 16 if latents_a.device.type == "cpu" else 64
+        max_batch_size = check_int(max_batch_size, "max_batch_size", minimum=1)
+        if step_indices is None:
+            step_indices = list(range(num_inference_steps))
+        step_indices = sorted({0, *[check_int(s, "step_indices", minimum=0) for s in step_indices]})
+        if step_indices[-1] >= num_inference_steps:
+            raise ValueError(f"step_indices must be below num_inference_steps={num_inference_steps}, got {step_indices[-1]}.")
+        m = self.prepare_mask(mask, latents_a, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
+        scheduler = self.scheduler
+        if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
+            scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps.tolist()
+        # the unedited trajectories, and each swapped x_t
+        x = torch.cat([latents_a, latents_b])
+        starts = []
+        for i, t in enumerate(timesteps):
+            eps = self.unet(x, t).sample
+            if i in step_indices:
+                xa, xb = x[:n], x[n:]
+                if mode == "trajectory" or i == 0:
+                    inside = xb
+                else:
+                    a = float(scheduler.alphas_cumprod[t])
+                    eps_pred = self._eps(x, t)  # the predicted noise, whatever the model's prediction type
+                    x0_a = (xa - math.sqrt(1 - a) * eps_pred[:n]) / math.sqrt(a)
+                    inside = math.sqrt(a) * x0_a + math.sqrt(1 - a) * eps_pred[n:]
+                starts.append((i, t, m * inside + (1 - m) * xa))
+            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        image_a = self.postprocess(x[:n], "pt").double()
+        results = []
+        for _i, t, start in starts:
+            outs = [self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample, start_timestep=t)
+                    for chunk in start.split(max_batch_size)]
+            results.append(self.postprocess(torch.cat(outs), "pt").double() - image_a)
+        d0 = results[0]
+        ref = (d0 * d0 * m).sum((1, 2, 3))
+        fraction = torch.stack([(d * d0 * m).sum((1, 2, 3)) / ref.clamp_min(1e-20) for d in results])  # (S, B)
+        below = fraction < 0.5
+        idx = torch.tensor(step_indices, dtype=torch.float64, device=fraction.device)
+        first = torch.where(below, idx[:, None], torch.full_like(fraction, float(num_inference_steps))).amin(0)
+        out = EmergenceOutput(
+            fraction=fraction.float().cpu(), step_indices=torch.tensor(step_indices),
+            timesteps=torch.tensor([t for _, t, _ in starts]), emergence_step=first.float().cpu(),
+            num_inference_steps=num_inference_steps, mode=mode,
         )
         return out if return_dict else out.to_tuple()
 

@@ -524,3 +524,16 @@ def test_python_app_py_serves_the_page(tmp_path, tiny_faces):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_peer_comparison_blends_the_baseline_edit_only(served):
+    client, _, _ = served
+    generate(client, 3, 7)
+    # region, dilation, editor, steps, compare, harmonised noise, strength (photos only), peer
+    plain = client.predict("nose", 0, None, STEPS, True, False, 0.5, False, api_name="/swap")
+    peer = client.predict("nose", 0, None, STEPS, True, False, 0.5, True, api_name="/swap")
+    np.testing.assert_array_equal(read(peer[0]), read(plain[0]))  # this model: the same plain edit
+    assert np.abs(read(peer[6]).astype(int) - read(plain[6]).astype(int)).max() > 0  # the baseline: blended
+    assert "blended edit" in peer[12] and "blended edit" not in plain[12]
+    res = client.predict("nose", 0, None, 11, STEPS, True, False, 0.5, True, api_name="/resample")
+    assert "blended edit" in res[12]

@@ -50,6 +50,7 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         "--fid_cache_dir", str(tmp_path / "fid_cache"), "--num_pairs", "10", "--num_fid_samples", "3",
         "--num_inference_steps", "2", "--num_attribution_samples", "2", "--attribution_steps", "2",
         "--num_real_pairs", "1", "--batch_size", "4", "--num_threads", "1", "--device", "cpu",
+        "--num_end_to_end_samples", "2", "--num_emergence_pairs", "2", "--emergence_points", "2",
     ]
     proc = subprocess.run([sys.executable, EVALUATE, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,6 +77,23 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
                         base = results["pipelines"][base_name]["locality"][edit][concept][key]
                         assert ratio["ratio"] == pytest.approx(stats["mean"] / base["mean"])
             assert res["locality"]["swap"][concept]["mse_ref"]["n"] == 10
+            # the peer (--blend both, the default): the same edits blended, on the same pairs
+            for edit in ("swap_blend", "resample_blend"):
+                stats = res["locality"][edit][concept]
+                assert stats["rgb/paper"]["n"] == 10 and stats["rgb/paper"]["mean"] < 1e-6  # local by construction
+                assert stats["seam"]["n"] == 10 and stats["seam"]["mean"] > 0
+            assert res["locality"]["swap_blend"][concept]["mse_ref"]["n"] == 10
+            assert res["locality"]["swap"][concept]["seam"]["n"] == 10
+        for edit in ("swap", "resample", "swap_blend", "resample_blend"):
+            assert res["edit_realism"][edit]["kid"] is not None and res["edit_realism"][edit]["fid"] > 0
+        e2e = res["end_to_end"]
+        assert e2e["num_samples"] == 2 and 0 < e2e["leakage"]["mean"] < 1 and e2e["num_full_ddim_runs_per_sample"] == 16
+        assert res["timings"]["end_to_end"] > 0
+        em = res["emergence"]
+        assert em["step_indices"] == [0, 1] and em["modes"] == ["trajectory", "noise"]
+        for mode in em["modes"]:
+            curve = em[mode]["eyes"]["curve"]
+            assert len(curve) == 2 and curve[0]["mean"] == pytest.approx(1.0)
         assert res["fid"]["num_samples"] == 3 and res["fid"]["num_reference"] == 8 and res["fid"]["fid"] > 0
         assert np.isfinite(res["fid"]["kid"]) and res["fid"]["subset_size"] == 3
         assert res["fid"]["off_colour"] is None  # no parser in these pipelines
@@ -102,6 +120,11 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         for kind in kinds + (("real_swap_grid",) if name.endswith("plain") else ()):
             assert f"{name}_{kind}.png" in figures
     assert "leakage_over_t.png" in figures
+    assert "end_to_end_attribution.png" in figures and "emergence_curves.png" in figures
+    assert "interp_plain_swap_blend_grid.png" in figures
+    assert "| swap_blend | eyes | rgb | paper |" in md and "| swap_blend | eyes | MSE_ref |" in md
+    assert "| swap_blend | eyes | seam |" in md and "| resample_blend | KID x 1000 |" in md
+    assert "| end-to-end leakage (all regions) |" in md and "| noise | eyes | emergence step |" in md
     for f in figures:
         with PIL.Image.open(out / "figures" / f) as im:
             assert min(im.size) >= 16
@@ -296,3 +319,69 @@ def test_off_colour_rate_flags_a_part_far_from_the_skin_colour():
     assert rate["rate"]["mean"] == pytest.approx(0.25) and rate["per_part"]["nose"] == pytest.approx(0.25)
     assert rate["unmeasured"] == pytest.approx(0.25)
     assert evaluate.off_colour_thresholds(d, list(concepts))["nose"] == pytest.approx(np.nanpercentile(d[:, 1], 99))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The peer's measures: seam score, blended locality, end-to-end attribution and emergence on known models
+# ----------------------------------------------------------------------------------------------------------------------
+def test_seam_score_against_brute_force_and_known_cases():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 12, 12)
+    mask = torch.zeros(2, 1, 12, 12)
+    mask[:, :, 3:8, 4:9] = 1
+    # the band by hand: 1 px outside (dilation by 1) and 1 px inside (the mask minus its erosion by 1)
+    m = mask[0, 0].bool()
+    band = torch.zeros(12, 12, dtype=torch.bool)
+    for y in range(12):
+        for x in range(12):
+            near = mask[0, 0, max(0, y - 1):y + 2, max(0, x - 1):x + 2]
+            band[y, x] = bool(near.max() > 0) and bool(near.min() == 0)
+    assert torch.equal(evaluate.border_band(mask)[0, 0].bool(), band)
+    assert band[m].sum() == 16 and band[~m].sum() == 24  # inner ring of the 5x5 box; outer ring
+    # gradient magnitude by hand at one pixel
+    g = evaluate.gradient_magnitude(image)
+    dx, dy = image[0, :, 2, 3] - image[0, :, 2, 2], image[0, :, 3, 2] - image[0, :, 2, 2]
+    assert float(g[0, 2, 2]) == pytest.approx(float((dx**2 + dy**2).sum().sqrt()), abs=1e-6)
+    # unedited: 1; a flat paste into a flat face: a seam (> 1); the same paste smoothed away: below the pasted one
+    np.testing.assert_allclose(evaluate.seam_score(image, image, mask), 1.0)
+    flat = torch.full((2, 3, 12, 12), 0.5) + 0.01 * torch.rand(2, 3, 12, 12)
+    pasted = mask * 0.9 + (1 - mask) * flat
+    blurred = torch.nn.functional.avg_pool2d(pasted, 3, stride=1, padding=1, count_include_pad=False)
+    assert (evaluate.seam_score(flat, pasted, mask) > 10).all()
+    assert (evaluate.seam_score(flat, blurred, mask) < evaluate.seam_score(flat, pasted, mask)).all()
+
+
+def test_blended_edits_are_local_by_construction_and_scored_on_the_same_pairs(templates):
+    pipe = tiny_pipeline(concept_templates=templates)
+    loc = evaluate.evaluate_locality(pipe, ["nose"], num_pairs=3, seed=0, num_inference_steps=3, batch_size=3,
+                                     num_examples=1, blend=(False, True), harmonize_noise=False)
+    for edit in ("swap", "resample"):
+        assert loc[edit]["nose"]["rgb/paper"]["mean"] > 1e-4  # the random UNet mixes everything
+        assert loc[edit + "_blend"]["nose"]["rgb/paper"]["mean"] < 1e-8
+        assert loc[edit + "_blend"]["nose"]["rgb/paper"]["units"]["ids"] == [0, 1, 2]
+    assert loc["edited_uint8"]["swap_blend"].shape == (6, 3, 16, 16)
+    assert loc["edited_uint8"]["resample"].shape == (3, 3, 16, 16)
+    only = evaluate.evaluate_locality(pipe, ["nose"], num_pairs=3, seed=0, num_inference_steps=3, batch_size=3,
+                                      num_examples=0, blend=(False,), harmonize_noise=False)
+    assert "swap_blend" not in only
+    assert only["swap"]["nose"]["seam"]["mean"] == pytest.approx(loc["swap"]["nose"]["seam"]["mean"])
+
+
+def test_end_to_end_leakage_of_a_per_pixel_model_is_zero_and_of_a_mixing_unet_is_not(templates):
+    local = evaluate.evaluate_end_to_end(per_pixel_pipeline(templates), 2, seed=0, num_inference_steps=2, batch_size=16)
+    mixing = evaluate.evaluate_end_to_end(tiny_pipeline(concept_templates=templates), 2, seed=0, num_inference_steps=2)
+    assert local["num_samples"] == 2 and local["leakage"]["mean"] < 1e-6
+    assert mixing["leakage"]["mean"] > 1e-3
+    share = np.asarray(local["attribution_share"])
+    np.testing.assert_allclose(share, np.eye(len(local["region_names"])), atol=1e-6)
+
+
+def test_emergence_of_a_per_pixel_model(templates):
+    em = evaluate.evaluate_emergence(per_pixel_pipeline(templates), ["mouth"], num_pairs=2, seed=0,
+                                     num_inference_steps=4, num_points=4)
+    assert em["step_indices"] == [0, 1, 2, 3] and len(em["timesteps"]) == 4
+    # a per-pixel model: the region of B's trajectory carries B's part whatever the step
+    for p in em["trajectory"]["mouth"]["curve"]:
+        assert p["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert em["trajectory"]["mouth"]["emergence_step"]["mean"] == 4
+    assert em["noise"]["mouth"]["curve"][0]["mean"] == pytest.approx(1.0, abs=1e-5)
