@@ -93,15 +93,20 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         with gr.Row():
             steps = gr.Slider(1, MAX_STEPS, value=models.default_steps, step=1, label="DDIM steps (fewer = faster)")
             compare = gr.Checkbox(  # off at start: with it an edit runs both models (twice the time)
-                value=False, visible=has_baseline, elem_id="compare",
+                value=False,
+                visible=has_baseline,
+                elem_id="compare",
                 label="Compare with the baseline model (same edit, side by side; about twice the time)",
             )
             peer = gr.Checkbox(
-                value=False, visible=has_baseline, elem_id="peer",
+                value=False,
+                visible=has_baseline,
+                elem_id="peer",
                 label="Comparison as the peer: the baseline's edit blended (RePaint-style masked DDIM)",
             )
             harmonize = gr.Checkbox(
-                value=bool(models.main.config.harmonize_noise), elem_id="harmonize",
+                value=bool(models.main.config.harmonize_noise),
+                elem_id="harmonize",
                 label="Harmonised noise: each part takes its colour from the face (off: from its own noise patch; "
                 "never applied to uploaded photos)",
             )
@@ -114,16 +119,47 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     generate_btn = gr.Button("Generate A and B", variant="primary", elem_id="generate")
                 gen_info = gr.Markdown(elem_id="gen-info")
                 with gr.Row():
-                    face_a = gr.Image(label="Face A", elem_id="face-a", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
-                    face_b = gr.Image(label="Face B", elem_id="face-b", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    face_a = gr.Image(
+                        label="Face A",
+                        elem_id="face-a",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_classes="face",
+                        height=260,
+                    )
+                    face_b = gr.Image(
+                        label="Face B",
+                        elem_id="face-b",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_classes="face",
+                        height=260,
+                    )
                     editor = gr.ImageEditor(
                         label="Paint a region on face A (used when region = painted)",
-                        type="numpy", image_mode="RGBA", sources=(), layers=False, transforms=(), format="png",
+                        type="numpy",
+                        image_mode="RGBA",
+                        sources=(),
+                        layers=False,
+                        transforms=(),
+                        format="png",
                         brush=gr.Brush(default_size=14, colors=["#ff3030"], color_mode="fixed"),
-                        eraser=gr.Eraser(default_size=14), canvas_size=(DISPLAY_SIZE, DISPLAY_SIZE),
-                        elem_classes="face", height=360,
+                        eraser=gr.Eraser(default_size=14),
+                        canvas_size=(DISPLAY_SIZE, DISPLAY_SIZE),
+                        elem_classes="face",
+                        height=360,
                     )
-                    overlay = gr.Image(label="Region on face A", elem_id="overlay", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
+                    overlay = gr.Image(
+                        label="Region on face A",
+                        elem_id="overlay",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_classes="face",
+                        height=260,
+                    )
                 with gr.Row():
                     region = gr.Radio(regions, value=regions[0], label="Region")
                     dilation = gr.Slider(0, MAX_DILATION, value=1, step=1, label="Grow region by (pixels)")
@@ -135,14 +171,43 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     swap_btn = gr.Button("Swap region between A and B", variant="primary", elem_id="swap")
                     keep_btn = gr.Button("Keep the edit as the new face(s)")
                 panel = []
-                for key, title, visible in (("main", models.main_name, True), ("baseline", models.baseline_name, has_baseline)):
+                for key, title, visible in (
+                    ("main", models.main_name, True),
+                    ("baseline", models.baseline_name, has_baseline),
+                ):
                     with gr.Row(visible=visible):
                         for f in "AB":
                             with gr.Column():
                                 with gr.Row():
-                                    panel.append(gr.Image(label=f"{title}: edited {f}", type="numpy", format="png", interactive=False, elem_classes="face", height=220, elem_id=f"{key}-edited-{f.lower()}"))
-                                    panel.append(gr.Image(label=f"{title}: CIELAB change {f}", type="numpy", format="png", interactive=False, elem_classes="face", height=220, elem_id=f"{key}-heatmap-{f.lower()}"))
-                                panel.append(gr.Number(label=f"{title}: locality {f} (MSE_out / MSE_in, Lab; lower = more local)", interactive=False, elem_id=f"{key}-locality-{f.lower()}"))
+                                    panel.append(
+                                        gr.Image(
+                                            label=f"{title}: edited {f}",
+                                            type="numpy",
+                                            format="png",
+                                            interactive=False,
+                                            elem_classes="face",
+                                            height=220,
+                                            elem_id=f"{key}-edited-{f.lower()}",
+                                        )
+                                    )
+                                    panel.append(
+                                        gr.Image(
+                                            label=f"{title}: CIELAB change {f}",
+                                            type="numpy",
+                                            format="png",
+                                            interactive=False,
+                                            elem_classes="face",
+                                            height=220,
+                                            elem_id=f"{key}-heatmap-{f.lower()}",
+                                        )
+                                    )
+                                panel.append(
+                                    gr.Number(
+                                        label=f"{title}: locality {f} (MSE_out / MSE_in, Lab; lower = more local)",
+                                        interactive=False,
+                                        elem_id=f"{key}-locality-{f.lower()}",
+                                    )
+                                )
                 edit_info = gr.Markdown(elem_id="edit-info")
 
             with gr.Tab("Real face"):
@@ -152,25 +217,60 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     f"frame is used). It is centre-cropped and resized to {w}x{h}, DDIM-inverted part of the way (to "
                     "the step at about strength x T), and becomes face A: edit it on the *Generate & edit* tab. Edits "
                     "continue the photo's trajectory from there. A swap with a generated face B inverts B's image at "
-                    "the same strength (both must be at the same step); \"Keep the edit\" makes the edited photo a "
+                    'the same strength (both must be at the same step); "Keep the edit" makes the edited photo a '
                     "new photo, inverted again."
                 )
                 with gr.Row():
                     upload = gr.File(label="Face photo", elem_id="upload", file_types=["image"], type="filepath")
                     with gr.Column():
                         strength = gr.Slider(
-                            0.1, 1.0, value=strength0, step=0.05, elem_id="strength",
+                            0.1,
+                            1.0,
+                            value=strength0,
+                            step=0.05,
+                            elem_id="strength",
                             label="Edit strength: more change (higher) vs more faithful to the photo (lower)",
                             info=f"How far the photo is inverted (about strength x T; 1.0 = all the way to x_T). Default "
-                            f"{strength0:g}." + (f" Above {local_max:g} edits are not local on these models (the whole "
-                                                 "face may change); a warning is shown." if local_max else ""),
+                            f"{strength0:g}."
+                            + (
+                                f" Above {local_max:g} edits are not local on these models (the whole "
+                                "face may change); a warning is shown."
+                                if local_max
+                                else ""
+                            ),
                         )
                         invert_btn = gr.Button("Invert and use as face A", variant="primary", elem_id="invert")
                 with gr.Row():
-                    upload_small = gr.Image(label=f"Your face at {w}x{h}", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
-                    recon = gr.Image(label="Its inversion, regenerated", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
-                    real_edit = gr.Image(label="Last edit of face A (model above)", elem_id="real-edited", type="numpy", format="png", interactive=False, elem_classes="face", height=260)
-                    real_locality = gr.Number(label="Its locality (MSE_out / MSE_in, Lab; lower = more local)", interactive=False, elem_id="real-locality")
+                    upload_small = gr.Image(
+                        label=f"Your face at {w}x{h}",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_classes="face",
+                        height=260,
+                    )
+                    recon = gr.Image(
+                        label="Its inversion, regenerated",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_classes="face",
+                        height=260,
+                    )
+                    real_edit = gr.Image(
+                        label="Last edit of face A (model above)",
+                        elem_id="real-edited",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_classes="face",
+                        height=260,
+                    )
+                    real_locality = gr.Number(
+                        label="Its locality (MSE_out / MSE_in, Lab; lower = more local)",
+                        interactive=False,
+                        elem_id="real-locality",
+                    )
                 upload_info = gr.Markdown(elem_id="upload-info")
                 real_info = gr.Markdown(elem_id="real-edit-info")
 
@@ -183,63 +283,137 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 with gr.Row():
                     attr_face = gr.Radio(["A", "B"], value="A", label="Face")
                     attr_count = gr.Slider(1, MAX_ATTRIBUTION_TIMESTEPS, value=8, step=1, label="Timesteps to analyse")
-                    attr_seed = gr.Number(value=999, minimum=0, step=1, label="Seed of the other x_T (absent players' values)")
+                    attr_seed = gr.Number(
+                        value=999, minimum=0, step=1, label="Seed of the other x_T (absent players' values)"
+                    )
                     attr_btn = gr.Button("Compute attribution", variant="primary", elem_id="attribute")
-                t_index = gr.Slider(0, 1, value=0, step=1, label="Timestep (index over the analysed t, left = noisy)", interactive=False)
+                t_index = gr.Slider(
+                    0,
+                    1,
+                    value=0,
+                    step=1,
+                    label="Timestep (index over the analysed t, left = noisy)",
+                    interactive=False,
+                )
                 attr_info = gr.Markdown(elem_id="attr-info")
                 with gr.Row():
-                    matrix_main = gr.Image(label=f"{models.main_name}: |phi|", elem_id="matrix-main", type="numpy", format="png", interactive=False, height=380)
-                    matrix_base = gr.Image(label=f"{models.baseline_name}: |phi|", type="numpy", format="png", interactive=False, height=380, visible=has_baseline)
-                curve = gr.Image(label="Leakage over t", elem_id="leakage-curve", type="numpy", format="png", interactive=False, height=340)
+                    matrix_main = gr.Image(
+                        label=f"{models.main_name}: |phi|",
+                        elem_id="matrix-main",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        height=380,
+                    )
+                    matrix_base = gr.Image(
+                        label=f"{models.baseline_name}: |phi|",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        height=380,
+                        visible=has_baseline,
+                    )
+                curve = gr.Image(
+                    label="Leakage over t",
+                    elem_id="leakage-curve",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=340,
+                )
                 attr_json = gr.JSON(label="Leakage per timestep")
 
         # edits: the panel, its details, and the Real face tab's copy of face A's result (image, locality, note)
         edit_outputs = panel + [edit_info, real_edit, real_locality, real_info, session]
         dice.click(handlers.random_seeds, None, [seed_a, seed_b], api_name="random_seeds", queue=False)
         generate_btn.click(
-            handlers.generate, [seed_a, seed_b, steps, compare, harmonize], [face_a, face_b, editor, session, gen_info],
-            api_name="generate", **queue,
-        ).success(handlers.show_mask, [region, dilation, editor, steps, strength, session], [overlay, mask_info],
-                  api_name="show_mask_after_generate", **queue)
+            handlers.generate,
+            [seed_a, seed_b, steps, compare, harmonize],
+            [face_a, face_b, editor, session, gen_info],
+            api_name="generate",
+            **queue,
+        ).success(
+            handlers.show_mask,
+            [region, dilation, editor, steps, strength, session],
+            [overlay, mask_info],
+            api_name="show_mask_after_generate",
+            **queue,
+        )
         mask_inputs = [region, dilation, editor, steps, strength, session]
         mask_btn.click(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask", **queue)
-        region.change(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_on_region_change",
-                      show_progress="hidden", **queue)
+        region.change(
+            handlers.show_mask,
+            mask_inputs,
+            [overlay, mask_info],
+            api_name="show_mask_on_region_change",
+            show_progress="hidden",
+            **queue,
+        )
         resample_btn.click(
-            handlers.resample, [region, dilation, editor, new_seed, steps, compare, harmonize, strength, peer, session],
-            edit_outputs, api_name="resample", **queue,
+            handlers.resample,
+            [region, dilation, editor, new_seed, steps, compare, harmonize, strength, peer, session],
+            edit_outputs,
+            api_name="resample",
+            **queue,
         )
         swap_btn.click(
-            handlers.swap, [region, dilation, editor, steps, compare, harmonize, strength, peer, session], edit_outputs,
-            api_name="swap", **queue,
+            handlers.swap,
+            [region, dilation, editor, steps, compare, harmonize, strength, peer, session],
+            edit_outputs,
+            api_name="swap",
+            **queue,
         )
-        keep_btn.click(handlers.keep_edit, [steps, strength, session], [face_a, face_b, editor, session, gen_info], api_name="keep_edit", **queue)
+        keep_btn.click(
+            handlers.keep_edit,
+            [steps, strength, session],
+            [face_a, face_b, editor, session, gen_info],
+            api_name="keep_edit",
+            **queue,
+        )
         invert_btn.click(
-            handlers.invert_upload, [upload, steps, compare, strength, session], [upload_small, recon, face_a, editor, session, upload_info],
-            api_name="invert", **queue,
+            handlers.invert_upload,
+            [upload, steps, compare, strength, session],
+            [upload_small, recon, face_a, editor, session, upload_info],
+            api_name="invert",
+            **queue,
         ).success(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_after_invert", **queue)
         attr_btn.click(
-            handlers.attribute, [attr_face, steps, attr_count, attr_seed, compare, harmonize, strength, session],
+            handlers.attribute,
+            [attr_face, steps, attr_count, attr_seed, compare, harmonize, strength, session],
             [matrix_main, matrix_base, curve, t_index, attribution, attr_info, attr_json],
-            api_name="attribute", **queue,
+            api_name="attribute",
+            **queue,
         )
         t_index.release(
-            handlers.attribution_at, [t_index, attribution], [matrix_main, matrix_base, curve, attr_info],
-            api_name="attribution_at_t", **queue,
+            handlers.attribution_at,
+            [t_index, attribution],
+            [matrix_main, matrix_base, curve, attr_info],
+            api_name="attribution_at_t",
+            **queue,
         )
     demo.queue(max_size=max_queue_size, default_concurrency_limit=concurrency_limit)
     return demo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    arg_parser = argparse.ArgumentParser(description="Gradio Space: interactive region edits of an interpretable DDPM.")
-    arg_parser.add_argument("--model", default=None, help=f"Pipeline folder or Hub id (env {MODEL_ENV}; default {DEFAULT_MODEL}).")
-    arg_parser.add_argument("--baseline", default=None, help=f"Baseline pipeline (env {BASELINE_ENV}; default {DEFAULT_BASELINE} if present; '' for none).")
+    arg_parser = argparse.ArgumentParser(
+        description="Gradio Space: interactive region edits of an interpretable DDPM."
+    )
+    arg_parser.add_argument(
+        "--model", default=None, help=f"Pipeline folder or Hub id (env {MODEL_ENV}; default {DEFAULT_MODEL})."
+    )
+    arg_parser.add_argument(
+        "--baseline",
+        default=None,
+        help=f"Baseline pipeline (env {BASELINE_ENV}; default {DEFAULT_BASELINE} if present; '' for none).",
+    )
     arg_parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Default DDIM steps in the UI.")
     arg_parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     arg_parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     arg_parser.add_argument("--concurrency", type=int, default=1, help="Model calls running at once (2 CPU cores: 1).")
-    arg_parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    arg_parser.add_argument(
+        "--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."
+    )
     arg_parser.add_argument("--share", action="store_true")
     args = arg_parser.parse_args(argv)
     if not 1 <= args.steps <= MAX_STEPS:

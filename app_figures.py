@@ -85,8 +85,15 @@ def attribution_figure(matrix: np.ndarray, names: List[str], title: str, vmax: f
     ax.set_ylabel("output region k of noise", fontsize=8)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] < 0.6 * vmax else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.2g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] < 0.6 * vmax else "black",
+            )
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the title
     fig.tight_layout()

@@ -40,8 +40,10 @@ MAX_ATTRIBUTION_TIMESTEPS = 25
 MAX_FILE_SIZE = "10mb"  # uploads over this are refused by the server before they reach a handler
 MAX_UPLOAD_PIXELS = 4096 * 4096  # decoded size limit (a small PNG can decode to gigabytes)
 MAX_SEED = 2**63 - 1
-BLENDED_NOTE = (" — blended edit (the training-free peer: RePaint-style masked DDIM, outside the region the unedited "
-                "image is kept at every step)")
+BLENDED_NOTE = (
+    " — blended edit (the training-free peer: RePaint-style masked DDIM, outside the region the unedited "
+    "image is kept at every step)"
+)
 MAX_DILATION = 8
 PAINTED = "painted"
 
@@ -118,10 +120,16 @@ def load_models(model: Optional[str], baseline: Optional[str], default_steps: in
         baseline = DEFAULT_BASELINE
     if baseline:  # an empty string (--baseline "") switches the comparison off
         base_pipe, base_name = load_pipeline(baseline), baseline
-    print(f"Loaded {model}" + (f" and baseline {baseline}" if baseline else " (no baseline)") +
-          f" in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(
+        f"Loaded {model}"
+        + (f" and baseline {baseline}" if baseline else " (no baseline)")
+        + f" in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     return SpaceModels(
-        main=main, baseline=base_pipe, main_name=os.path.basename(str(model).rstrip("/")),
+        main=main,
+        baseline=base_pipe,
+        main_name=os.path.basename(str(model).rstrip("/")),
         baseline_name=os.path.basename(str(base_name).rstrip("/")) if base_name else "baseline",
         default_steps=default_steps,
     )
@@ -366,8 +374,9 @@ class SpaceApp:
         if latents is None:  # e.g. a kept edit made without the baseline: x_T live in the same space
             latents = face.latents["main"]
         if cache_key not in face.images:
-            out = pipe(latents=_pt(latents)[None], num_inference_steps=steps, output_type="pt",
-                       clip_sample=face.clip_sample)
+            out = pipe(
+                latents=_pt(latents)[None], num_inference_steps=steps, output_type="pt", clip_sample=face.clip_sample
+            )
             face.images[cache_key] = _hwc(out.images)
         return _pt(latents)[None], _chw(face.images[cache_key])
 
@@ -411,7 +420,11 @@ class SpaceApp:
         alpha = None
         for layer in layers:
             layer = np.asarray(layer)
-            a = layer[..., 3] if layer.ndim == 3 and layer.shape[-1] == 4 else (layer.reshape(*layer.shape[:2], -1).max(-1))
+            a = (
+                layer[..., 3]
+                if layer.ndim == 3 and layer.shape[-1] == 4
+                else (layer.reshape(*layer.shape[:2], -1).max(-1))
+            )
             alpha = a if alpha is None else np.maximum(alpha, a)
         if alpha is None or alpha.max() == 0:
             raise gr.Error("The painted mask is empty: choose the brush and paint over the region to edit first.")
@@ -465,8 +478,13 @@ class SpaceApp:
         with self.models.lock:
             progress(0.05, desc="drawing x_T")
             generators = [torch.Generator("cpu").manual_seed(s) for s in (seed_a, seed_b)]
-            out = self.models.main(batch_size=2, generator=generators, num_inference_steps=steps, output_type="pt",
-                                   harmonize_noise=harmonize)
+            out = self.models.main(
+                batch_size=2,
+                generator=generators,
+                num_inference_steps=steps,
+                output_type="pt",
+                harmonize_noise=harmonize,
+            )
             latents = _np(out.latents)
             for i, (name, seed) in enumerate((("A", seed_a), ("B", seed_b))):
                 face = Face(f"seed {seed}", {"main": latents[i]})
@@ -479,13 +497,20 @@ class SpaceApp:
                     session.faces[name].latents["baseline"] = latents[i]
                     session.faces[name].images[f"baseline@{steps}"] = _hwc(out_b.images[i : i + 1])
         img_a, img_b = (session.faces[f].images[f"main@{steps}"] for f in "AB")
-        info = (f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} DDIM steps (eta = 0, reproducible), "
-                + ("harmonised noise." if harmonize else "plain noise (parts take their colour from their own noise)."))
+        info = (
+            f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} DDIM steps (eta = 0, reproducible), "
+            + ("harmonised noise." if harmonize else "plain noise (parts take their colour from their own noise).")
+        )
         return to_display(img_a), to_display(img_b), editor_value(img_a), session, info
 
     @user_errors
     def show_mask(
-        self, region: str, dilation: float, editor: Optional[dict], steps: float, strength: Optional[float] = None,
+        self,
+        region: str,
+        dilation: float,
+        editor: Optional[dict],
+        steps: float,
+        strength: Optional[float] = None,
         session: Optional[Session] = None,
     ) -> Tuple[np.ndarray, str]:
         """Face A with the chosen region (concept mask or painted) as a red overlay; for a photo the concept mask is
@@ -506,11 +531,16 @@ class SpaceApp:
     def _edit_outputs(self, results: Dict[str, dict], steps: int) -> list:
         """Flattens edit results into the edit panel: per model (A', dA, locA, B', dB, locB), then details, then the
         Real face tab's copy of the main model's A (image, locality, note with any warning)."""
-        delta = {key: {f: np.sqrt(r[f"diff_{f}"]) for f in "AB" if r.get(f"diff_{f}") is not None} for key, r in results.items()}
+        delta = {
+            key: {f: np.sqrt(r[f"diff_{f}"]) for f in "AB" if r.get(f"diff_{f}") is not None}
+            for key, r in results.items()
+        }
         vmax = max([float(d.max()) for dd in delta.values() for d in dd.values()] + [1e-6])
         outputs = []
-        rows = ["| model | face | locality (Lab, paper) | locality (Lab, per area) | locality (RGB, paper) | region px | max dE |",
-                "|---|---|---|---|---|---|---|"]
+        rows = [
+            "| model | face | locality (Lab, paper) | locality (Lab, per area) | locality (RGB, paper) | region px | max dE |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key in ("main", "baseline"):
             r = results.get(key)
             for f in "AB":
@@ -518,7 +548,11 @@ class SpaceApp:
                     outputs += [None, None, None]
                     continue
                 mask = r["mask"]
-                outputs += [to_display(r[f"image_{f}"]), heatmap(delta[key][f], mask, vmax), round(r[f"loc_{f}"]["lab_paper"], 4)]
+                outputs += [
+                    to_display(r[f"image_{f}"]),
+                    heatmap(delta[key][f], mask, vmax),
+                    round(r[f"loc_{f}"]["lab_paper"], 4),
+                ]
                 loc = r[f"loc_{f}"]
                 rows.append(
                     f"| {self.models.label(key)} | {f} | {loc['lab_paper']:.4f} | {loc['lab_area']:.4f} | "
@@ -528,16 +562,21 @@ class SpaceApp:
         warning = "".join(f"**Warning: {w}**\n\n" for w in warnings)
         main = results["main"]
         details = (
-            warning + f"{main['what']} ({steps} steps)"
-            + "".join(f". {self.models.label(k)}: {r['what'].split(' — ', 1)[1]}" for k, r in results.items()
-                      if k != "main" and " — " in r.get("what", ""))
+            warning
+            + f"{main['what']} ({steps} steps)"
+            + "".join(
+                f". {self.models.label(k)}: {r['what'].split(' — ', 1)[1]}"
+                for k, r in results.items()
+                if k != "main" and " — " in r.get("what", "")
+            )
             + ". Locality = MSE_out / MSE_in (lower = more local)"
             + (", against the unedited reconstruction of the photo" if main.get("photo") else "")
             + f". Heatmaps: CIELAB distance dE from black (0) to white ({vmax:.1f}), shared scale; cyan outline = "
             "edited region.\n\n" + "\n".join(rows)
         )
         real = [
-            to_display(main["image_A"]), round(main["loc_A"]["lab_paper"], 4),
+            to_display(main["image_A"]),
+            round(main["loc_A"]["lab_paper"], 4),
             warning + f"{main['what']}: locality {main['loc_A']['lab_paper']:.4f} (MSE_out / MSE_in, Lab; lower = "
             "more local). All results are on the *Generate & edit* tab.",
         ]
@@ -586,15 +625,25 @@ class SpaceApp:
                 gen = torch.Generator("cpu").manual_seed(new_seed)
                 blend = bool(peer) and key != "main"
                 if photo:  # continues the photo's DDIM trajectory from t0, unclipped (never harmonised)
-                    out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt",
-                                               blend=blend)
+                    out = pipe.resample_region(
+                        start, mask, generator=gen, num_inference_steps=steps, output_type="pt", blend=blend
+                    )
                 else:
-                    out = pipe.resample_region(start, mask, generator=gen, num_inference_steps=steps, output_type="pt",
-                                               clip_sample=clip_sample, harmonize_noise=harmonize, blend=blend)
+                    out = pipe.resample_region(
+                        start,
+                        mask,
+                        generator=gen,
+                        num_inference_steps=steps,
+                        output_type="pt",
+                        clip_sample=clip_sample,
+                        harmonize_noise=harmonize,
+                        blend=blend,
+                    )
                 edited = out.images.cpu()
                 what = f"Resampled **{region}** of face A with seed {new_seed}"
                 results[key] = {
-                    "what": what + (f" (your photo, {self._from_photo_note(start, steps)})" if photo else "")
+                    "what": what
+                    + (f" (your photo, {self._from_photo_note(start, steps)})" if photo else "")
                     + (BLENDED_NOTE if blend else ""),
                     "image_A": _hwc(edited),
                     "diff_A": _np(self.models.lib.difference_map(image, edited, "lab")[0]),
@@ -654,21 +703,36 @@ class SpaceApp:
                 mask = self._mask(key, region, dilation, editor, img_a, start_a)
                 blend = bool(peer) and key != "main"
                 if photo:  # both at the same t0; continued unclipped (never harmonised)
-                    out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt",
-                                            blend=blend)
+                    out = pipe.swap_regions(
+                        start_a, start_b, mask, num_inference_steps=steps, output_type="pt", blend=blend
+                    )
                 else:
-                    out = pipe.swap_regions(start_a, start_b, mask, num_inference_steps=steps, output_type="pt",
-                                            clip_sample=clip_sample, harmonize_noise=harmonize, blend=blend)
+                    out = pipe.swap_regions(
+                        start_a,
+                        start_b,
+                        mask,
+                        num_inference_steps=steps,
+                        output_type="pt",
+                        clip_sample=clip_sample,
+                        harmonize_noise=harmonize,
+                        blend=blend,
+                    )
                 new_a, new_b, used = out.images_a.cpu(), out.images_b.cpu(), out.mask.cpu()
                 what = f"Swapped **{region}** between faces A and B"
                 if photo:
                     generated = [f for f, face in (("A", face_a), ("B", face_b)) if not face.is_photo]
                     what += f" (photos {self._from_photo_note(start_a, steps)}" + (
                         f"; generated face {generated[0]} was inverted from its image the same way, so that both "
-                        "are at the same timestep)" if generated else ")"
+                        "are at the same timestep)"
+                        if generated
+                        else ")"
                     )
-                results[key] = {"what": what + (BLENDED_NOTE if blend else ""), "mask": _np(used[0, 0]) > 0.5,
-                                "warning": getattr(out, "warning", None), "photo": photo}
+                results[key] = {
+                    "what": what + (BLENDED_NOTE if blend else ""),
+                    "mask": _np(used[0, 0]) > 0.5,
+                    "warning": getattr(out, "warning", None),
+                    "photo": photo,
+                }
                 for f, before, after, lat in (("A", img_a, new_a, out.latents_a), ("B", img_b, new_b, out.latents_b)):
                     results[key][f"image_{f}"] = _hwc(after)
                     results[key][f"diff_{f}"] = _np(self.models.lib.difference_map(before, after, "lab")[0])
@@ -705,8 +769,13 @@ class SpaceApp:
 
     @user_errors
     def invert_upload(
-        self, path: Optional[str], steps: float, compare: bool, strength: Optional[float] = None,
-        session: Optional[Session] = None, progress=gr.Progress(),
+        self,
+        path: Optional[str],
+        steps: float,
+        compare: bool,
+        strength: Optional[float] = None,
+        session: Optional[Session] = None,
+        progress=gr.Progress(),
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict, Session, str]:
         """Uploaded face -> model resolution -> DDIM inversion at `strength` (`pipe.invert`) -> becomes face A (B is
         kept, and a generated B is inverted at the same strength now, so a swap with it answers quickly)."""
@@ -772,10 +841,19 @@ class SpaceApp:
                 schedule = pipe.scheduler.timesteps.tolist()
                 if face.is_photo:  # the photo's trajectory starts at t0: only t <= t0 can be attributed
                     schedule = [t for t in schedule if t <= start.timestep]
-                    result["note"] = f" Face {face_name} is a photo {self._from_photo_note(start, steps)}: t <= t0 only."
-                picks = sorted({schedule[j] for j in np.linspace(0, len(schedule) - 1, min(n, len(schedule))).round().astype(int)}, reverse=True)
-                regions = pipe.region_masks(start if face.is_photo else image * 2 - 1,
-                                            **({} if face.is_photo else {"is_latents": False}))
+                    result["note"] = (
+                        f" Face {face_name} is a photo {self._from_photo_note(start, steps)}: t <= t0 only."
+                    )
+                picks = sorted(
+                    {
+                        schedule[j]
+                        for j in np.linspace(0, len(schedule) - 1, min(n, len(schedule))).round().astype(int)
+                    },
+                    reverse=True,
+                )
+                regions = pipe.region_masks(
+                    start if face.is_photo else image * 2 - 1, **({} if face.is_photo else {"is_latents": False})
+                )
                 latents = start.latents if face.is_photo else start
                 # Absent players get the same-t point of another x_T's trajectory; drawn here (as the pipeline's
                 # "other_sample" would) to refuse a seed that redraws the face's own x_T (every phi would be 0).
@@ -783,7 +861,9 @@ class SpaceApp:
                 if harmonize_setting(harmonize, face):
                     other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
                 if not face.is_photo and torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
-                    raise gr.Error(f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed.")
+                    raise gr.Error(
+                        f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed."
+                    )
                 out = pipe.attribute(start, masks=regions, timesteps=picks, num_inference_steps=steps, baseline=other)
                 result["models"][key] = {
                     "label": self.models.label(key),
@@ -810,19 +890,28 @@ class SpaceApp:
         vmax = max(float(np.max(m["abs_phi"][index])) for m in models.values())
         mats = {
             key: attribution_figure(
-                np.asarray(m["abs_phi"][index]), m["region_names"],
-                f"{m['label']}\n|phi| at t = {t}, leakage {m['leakage'][index]:.3f}", vmax,
+                np.asarray(m["abs_phi"][index]),
+                m["region_names"],
+                f"{m['label']}\n|phi| at t = {t}, leakage {m['leakage'][index]:.3f}",
+                vmax,
             )
             for key, m in models.items()
         }
         curve = leakage_figure({m["label"]: (m["timesteps"], m["leakage"]) for m in models.values()}, t)
-        md = f"t = **{t}** (timestep {index + 1} of {len(models['main']['timesteps'])} analysed, {result['steps']}-step schedule). " + ", ".join(
-            f"{m['label']}: leakage {m['leakage'][index]:.3f} here, {m['mean_leakage']:.3f} on average" for m in models.values()
-        ) + result.get("note", "")
+        md = (
+            f"t = **{t}** (timestep {index + 1} of {len(models['main']['timesteps'])} analysed, {result['steps']}-step schedule). "
+            + ", ".join(
+                f"{m['label']}: leakage {m['leakage'][index]:.3f} here, {m['mean_leakage']:.3f} on average"
+                for m in models.values()
+            )
+            + result.get("note", "")
+        )
         return mats["main"], mats.get("baseline"), curve, md
 
     @user_errors
-    def attribution_at(self, index: float, result: Optional[dict]) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, str]:
+    def attribution_at(
+        self, index: float, result: Optional[dict]
+    ) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, str]:
         """Re-renders the stored attribution at timestep `index` (no model call)."""
         if not result or not result.get("models"):
             raise gr.Error("Compute the attribution first.")

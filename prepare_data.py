@@ -175,8 +175,15 @@ def _part_landmarks() -> List[Tuple[int, List[int]]]:
     order: later parts overwrite earlier ones)."""
     from mediapipe.python.solutions import face_mesh as fm
 
-    parts = [(1, fm.FACEMESH_FACE_OVAL), (2, fm.FACEMESH_LEFT_EYEBROW), (3, fm.FACEMESH_RIGHT_EYEBROW),
-             (4, fm.FACEMESH_LEFT_EYE), (5, fm.FACEMESH_RIGHT_EYE), (6, fm.FACEMESH_NOSE), (7, fm.FACEMESH_LIPS)]
+    parts = [
+        (1, fm.FACEMESH_FACE_OVAL),
+        (2, fm.FACEMESH_LEFT_EYEBROW),
+        (3, fm.FACEMESH_RIGHT_EYEBROW),
+        (4, fm.FACEMESH_LEFT_EYE),
+        (5, fm.FACEMESH_RIGHT_EYE),
+        (6, fm.FACEMESH_NOSE),
+        (7, fm.FACEMESH_LIPS),
+    ]
     return [(label, sorted({i for edge in edges for i in edge})) for label, edges in parts]
 
 
@@ -202,8 +209,9 @@ class FaceFinder:
             ) from e
         self.parts = _part_landmarks()
         self.detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
-        self.mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
-                                       min_detection_confidence=min_confidence)
+        self.mesh = face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=min_confidence
+        )
 
     def close(self):
         self.detector.close()
@@ -233,7 +241,7 @@ class FaceFinder:
             x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
             size = max(1, int(round(side)))
             pad = [max(0, -y0), max(0, y0 + size - h), max(0, -x0), max(0, x0 + size - w)]
-            crop = image[max(0, y0):min(h, y0 + size), max(0, x0):min(w, x0 + size)]
+            crop = image[max(0, y0) : min(h, y0 + size), max(0, x0) : min(w, x0 + size)]
             if crop.size == 0:
                 continue
             crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
@@ -303,7 +311,7 @@ class FaceParser:
         out = []
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 255
+                x = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255
                 res = x.shape[-1]
                 if res != self.size:
                     x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -334,7 +342,7 @@ def measure_part_centroids(data_dir: str, split: str = "train") -> Dict[int, Tup
 
     faces = load_faces(data_dir, split)
     labels = faces.labels[faces.has_mask]
-    ys, xs = np.mgrid[0:labels.shape[1], 0:labels.shape[2]]
+    ys, xs = np.mgrid[0 : labels.shape[1], 0 : labels.shape[2]]
     out = {}
     for p in (4, 5, 6, 7):
         m = labels == p
@@ -387,18 +395,22 @@ def split_faces(file_names: Sequence[str], test_fraction: float) -> List[str]:
 
 
 # Colours of the part labels in preview.png (background, skin, brows, eyes, nose, mouth).
-PREVIEW_COLOURS = np.array([[0, 0, 0], [220, 190, 160], [140, 70, 0], [200, 100, 0], [0, 60, 255], [0, 170, 255],
-                            [0, 200, 0], [255, 0, 0]], np.uint8)
+PREVIEW_COLOURS = np.array(
+    [[0, 0, 0], [220, 190, 160], [140, 70, 0], [200, 100, 0], [0, 60, 255], [0, 170, 255], [0, 200, 0], [255, 0, 0]],
+    np.uint8,
+)
 
 
 def preview_grid(images: np.ndarray, labels: np.ndarray, max_faces: int = 48, per_row: int = 12) -> Image.Image:
     """A grid of the first `max_faces` aligned faces, each above its label map blended onto it."""
     images, labels = images[:max_faces], labels[:max_faces]
     res = images.shape[1]
-    tiles = [np.concatenate([im, (0.5 * im + 0.5 * PREVIEW_COLOURS[lab]).astype(np.uint8)], 0)
-             for im, lab in zip(images, labels)]
+    tiles = [
+        np.concatenate([im, (0.5 * im + 0.5 * PREVIEW_COLOURS[lab]).astype(np.uint8)], 0)
+        for im, lab in zip(images, labels)
+    ]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % per_row)
-    rows = [np.concatenate(tiles[i:i + per_row], 1) for i in range(0, len(tiles), per_row)]
+    rows = [np.concatenate(tiles[i : i + per_row], 1) for i in range(0, len(tiles), per_row)]
     grid = Image.fromarray(np.concatenate(rows, 0))
     zoom = max(1, 128 // res)
     return grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST)
@@ -425,14 +437,28 @@ def write_parquet(rows: List[dict], path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    feats = {"file_name": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
-             "mask": {"_type": "Image"}, "has_mask": {"dtype": "bool", "_type": "Value"},
-             "age": {"dtype": "int32", "_type": "Value"}, "gender": {"dtype": "int32", "_type": "Value"},
-             "race": {"dtype": "int32", "_type": "Value"}}
+    feats = {
+        "file_name": {"dtype": "string", "_type": "Value"},
+        "image": {"_type": "Image"},
+        "mask": {"_type": "Image"},
+        "has_mask": {"dtype": "bool", "_type": "Value"},
+        "age": {"dtype": "int32", "_type": "Value"},
+        "gender": {"dtype": "int32", "_type": "Value"},
+        "race": {"dtype": "int32", "_type": "Value"},
+    }
     img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema([("file_name", pa.string()), ("image", img_t), ("mask", img_t), ("has_mask", pa.bool_()),
-                        ("age", pa.int32()), ("gender", pa.int32()), ("race", pa.int32())],
-                       metadata={"huggingface": json.dumps({"info": {"features": feats}})})
+    schema = pa.schema(
+        [
+            ("file_name", pa.string()),
+            ("image", img_t),
+            ("mask", img_t),
+            ("has_mask", pa.bool_()),
+            ("age", pa.int32()),
+            ("gender", pa.int32()),
+            ("race", pa.int32()),
+        ],
+        metadata={"huggingface": json.dumps({"info": {"features": feats}})},
+    )
     cols = {
         "file_name": [r["file_name"] for r in rows],
         "image": [{"bytes": r["image"], "path": r["file_name"]} for r in rows],
@@ -464,8 +490,10 @@ def prepare(args: argparse.Namespace) -> dict:
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
+
             def tqdm(x, **_):
                 return x
+
         for name in tqdm(photos, desc="photos", disable=args.quiet):
             try:
                 image = load_photo(os.path.join(args.input_dir, name))
@@ -477,8 +505,10 @@ def prepare(args: argparse.Namespace) -> dict:
                     raise PhotoError("no face found")
                 usable = [f for f in found if f.eye_distance >= args.min_eye_distance]
                 if not usable:
-                    raise PhotoError(f"face too small (eyes {found[0].eye_distance:.1f} px apart, "
-                                     f"--min_eye_distance is {args.min_eye_distance:g})")
+                    raise PhotoError(
+                        f"face too small (eyes {found[0].eye_distance:.1f} px apart, "
+                        f"--min_eye_distance is {args.min_eye_distance:g})"
+                    )
             except PhotoError as e:
                 failures.append({"file": name, "reason": str(e)})
                 logger.warning("%s: %s", name, e)
@@ -488,14 +518,16 @@ def prepare(args: argparse.Namespace) -> dict:
                 matrix = fit_similarity(src, dst)
                 aligned = warp_face(image, matrix, res)
                 residual = np.linalg.norm(apply_affine(matrix, src) - dst, axis=1).max()
-                faces.append({
-                    "file_name": name if k == 0 else f"{name}#{k}",
-                    "pixels": aligned,
-                    "eye_distance_px": round(face.eye_distance, 2),
-                    "scale": round(float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))), 4),
-                    "rotation_deg": round(float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0]))), 2),
-                    "fit_residual_px": round(float(residual), 3),
-                })
+                faces.append(
+                    {
+                        "file_name": name if k == 0 else f"{name}#{k}",
+                        "pixels": aligned,
+                        "eye_distance_px": round(face.eye_distance, 2),
+                        "scale": round(float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))), 4),
+                        "rotation_deg": round(float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0]))), 2),
+                        "fit_residual_px": round(float(residual), 3),
+                    }
+                )
                 if args.label_source == "landmarks":
                     landmark_maps.append(finder.landmark_labels(apply_affine(matrix, face.landmarks), res))
     finally:
@@ -514,10 +546,18 @@ def prepare(args: argparse.Namespace) -> dict:
         face["split"] = split
         face["has_mask"] = has_face_parts(labels[i], min_pixels)
         lab = labels[i] if face["has_mask"] else np.zeros_like(labels[i])
-        face["part_centroids"] = {str(p): None if c is None else [round(c[0], 2), round(c[1], 2)]
-                                  for p, c in label_centroids(labels[i]).items()}
-        rows[split].append({"file_name": face["file_name"], "image": _encode(images[i], "JPEG"),
-                            "mask": _encode(lab, "PNG"), "has_mask": face["has_mask"]})
+        face["part_centroids"] = {
+            str(p): None if c is None else [round(c[0], 2), round(c[1], 2)]
+            for p, c in label_centroids(labels[i]).items()
+        }
+        rows[split].append(
+            {
+                "file_name": face["file_name"],
+                "image": _encode(images[i], "JPEG"),
+                "mask": _encode(lab, "PNG"),
+                "has_mask": face["has_mask"],
+            }
+        )
     summary = {
         "input_dir": os.path.abspath(args.input_dir),
         "resolution": res,
@@ -529,8 +569,10 @@ def prepare(args: argparse.Namespace) -> dict:
         "faces_with_mask": sum(f["has_mask"] for f in faces),
         "train": len(rows["train"]),
         "test": len(rows["test"]),
-        "template_px": {str(p): [round(x * res / TEMPLATE_RESOLUTION, 3), round(y * res / TEMPLATE_RESOLUTION, 3)]
-                        for p, (x, y) in PART_TEMPLATE.items()},
+        "template_px": {
+            str(p): [round(x * res / TEMPLATE_RESOLUTION, 3), round(y * res / TEMPLATE_RESOLUTION, 3)]
+            for p, (x, y) in PART_TEMPLATE.items()
+        },
         "failures": failures,
         "face_details": faces,
     }
@@ -561,30 +603,56 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """
     p = argparse.ArgumentParser(
         description="Find, align and crop the faces in a folder of photos, label their parts with the shipped face "
-                    "parser and write train.parquet / test.parquet for train_interpretable.py --train_data_dir.",
+        "parser and write train.parquet / test.parquet for train_interpretable.py --train_data_dir.",
     )
     p.add_argument("--input_dir", required=True, help="Folder of photos (sub-folders included; any file is tried).")
-    p.add_argument("--output_dir", required=True,
-                   help="Where train.parquet, test.parquet, prepare_summary.json and preview.png go (created if "
-                        "missing); pass it to train_interpretable.py as --train_data_dir.")
-    p.add_argument("--overwrite", action="store_true",
-                   help="Replace train.parquet, test.parquet, prepare_summary.json and preview.png if --output_dir "
-                        "holds them "
-                        "(other files there are never touched). Without it, the command refuses.")
-    p.add_argument("--resolution", type=int, default=TEMPLATE_RESOLUTION,
-                   help="Side of the aligned faces in pixels; the shipped models are 64.")
-    p.add_argument("--test_fraction", type=float, default=0.05,
-                   help="Share of faces for test.parquet (chosen by a hash of the file name; at least one when > 0 "
-                        "and there are 2 faces or more).")
-    p.add_argument("--label_source", choices=LABEL_SOURCES, default="parser",
-                   help="'parser': the shipped face parser labels the aligned faces; 'landmarks': the FaceMesh hulls, "
-                        "drawn as the shipped data set's were.")
+    p.add_argument(
+        "--output_dir",
+        required=True,
+        help="Where train.parquet, test.parquet, prepare_summary.json and preview.png go (created if "
+        "missing); pass it to train_interpretable.py as --train_data_dir.",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace train.parquet, test.parquet, prepare_summary.json and preview.png if --output_dir "
+        "holds them "
+        "(other files there are never touched). Without it, the command refuses.",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=TEMPLATE_RESOLUTION,
+        help="Side of the aligned faces in pixels; the shipped models are 64.",
+    )
+    p.add_argument(
+        "--test_fraction",
+        type=float,
+        default=0.05,
+        help="Share of faces for test.parquet (chosen by a hash of the file name; at least one when > 0 "
+        "and there are 2 faces or more).",
+    )
+    p.add_argument(
+        "--label_source",
+        choices=LABEL_SOURCES,
+        default="parser",
+        help="'parser': the shipped face parser labels the aligned faces; 'landmarks': the FaceMesh hulls, "
+        "drawn as the shipped data set's were.",
+    )
     p.add_argument("--parser_dir", default=DEFAULT_PARSER_DIR, help="Face parser to label the parts with.")
-    p.add_argument("--max_faces_per_photo", type=int, default=1,
-                   help="Faces kept per photo, largest first; extra faces are named 'FILE#1', 'FILE#2', ...")
-    p.add_argument("--min_eye_distance", type=float, default=12.0,
-                   help="Faces whose eye centres are closer than this in the photo (pixels) are skipped as too small "
-                        "(the aligned 64x64 face has them ~25 px apart).")
+    p.add_argument(
+        "--max_faces_per_photo",
+        type=int,
+        default=1,
+        help="Faces kept per photo, largest first; extra faces are named 'FILE#1', 'FILE#2', ...",
+    )
+    p.add_argument(
+        "--min_eye_distance",
+        type=float,
+        default=12.0,
+        help="Faces whose eye centres are closer than this in the photo (pixels) are skipped as too small "
+        "(the aligned 64x64 face has them ~25 px apart).",
+    )
     p.add_argument("--min_confidence", type=float, default=0.5, help="Face detection confidence threshold.")
     p.add_argument("--batch_size", type=int, default=64, help="Faces per face-parser batch.")
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads.")
@@ -609,8 +677,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--output_dir '{args.output_dir}' exists and is not a folder.")
     existing = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(args.output_dir, n))]
     if existing and not args.overwrite:
-        p.error(f"--output_dir '{args.output_dir}' already holds {', '.join(existing)}; pass --overwrite to replace "
-                "them, or choose another folder.")
+        p.error(
+            f"--output_dir '{args.output_dir}' already holds {', '.join(existing)}; pass --overwrite to replace "
+            "them, or choose another folder."
+        )
     if args.label_source == "parser" and not os.path.isfile(os.path.join(args.parser_dir, "config.json")):
         p.error(f"--parser_dir '{args.parser_dir}' holds no saved parser (config.json).")
     return args
@@ -628,8 +698,10 @@ def main(args: argparse.Namespace) -> dict:
     for failure in summary["failures"]:
         print(f"skipped {failure['file']}: {failure['reason']}")
     if not summary["faces"]:
-        print(f"No face found in any of the {summary['photos']} files of '{args.input_dir}'; nothing written.",
-              file=sys.stderr)
+        print(
+            f"No face found in any of the {summary['photos']} files of '{args.input_dir}'; nothing written.",
+            file=sys.stderr,
+        )
         sys.exit(1)
     print(
         f"{summary['photos']} files: {summary['photos_with_a_face']} with a face, {len(summary['failures'])} skipped; "

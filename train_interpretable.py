@@ -46,6 +46,7 @@ class SetupError(ValueError):
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; nothing after the last good checkpoint is saved."""
 
+
 DEFAULT_BLOCKS = "32,64,64,128"
 DEFAULT_ATTENTION = "0,0,1,0"
 
@@ -54,37 +55,70 @@ DEFAULT_ATTENTION = "0,0,1,0"
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------------
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("data")
-    g.add_argument("--train_data_dir", default=default_data_dir(),
-                   help=f"Folder with train.parquet (utkface64 layout) or an image folder (images/ + masks/); "
-                        f"default ${DATA_ENV} or ../shared/data/utkface64.")
+    g.add_argument(
+        "--train_data_dir",
+        default=default_data_dir(),
+        help=f"Folder with train.parquet (utkface64 layout) or an image folder (images/ + masks/); "
+        f"default ${DATA_ENV} or ../shared/data/utkface64.",
+    )
     g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training faces.")
-    g.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True, help="Horizontal flips (left/right labels swapped).")
+    g.add_argument(
+        "--random_flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Horizontal flips (left/right labels swapped).",
+    )
 
     g = p.add_argument_group("model")
-    g.add_argument("--pretrained_model_name_or_path", default=None, help="Pipeline folder or Hub id to fine-tune (the paper's protocol).")
+    g.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Pipeline folder or Hub id to fine-tune (the paper's protocol).",
+    )
     g.add_argument("--resolution", type=int, default=None, help="Image size (default 64, or the pretrained model's).")
     g.add_argument("--block_out_channels", default=DEFAULT_BLOCKS, help="UNet channels per level (new model only).")
     g.add_argument("--layers_per_block", type=int, default=2)
-    g.add_argument("--attention_levels", default=DEFAULT_ATTENTION, help="1 where a level has self-attention, e.g. 0,0,1,0.")
+    g.add_argument(
+        "--attention_levels", default=DEFAULT_ATTENTION, help="1 where a level has self-attention, e.g. 0,0,1,0."
+    )
     g.add_argument("--num_train_timesteps", type=int, default=1000)
     g.add_argument("--beta_schedule", default="linear", help="New model only; a pretrained model keeps its schedule.")
-    g.add_argument("--prediction_type", choices=["epsilon", "v_prediction", "sample"], default=None,
-                   help="What the UNet regresses (default: the pretrained model's, epsilon for a new model). "
-                        "Changing it on a pretrained model retrains the output head.")
-    g.add_argument("--rescale_betas_zero_snr", action=argparse.BooleanOptionalAction, default=None,
-                   help="Zero terminal SNR (Lin et al. 2024): x_T carries nothing of the image, so the model cannot "
-                        "read colour from the noise's low frequencies. Needs v_prediction or sample "
-                        "(default: the pretrained model's setting, off for a new model).")
-    g.add_argument("--timestep_spacing", choices=["leading", "trailing", "linspace"], default=None,
-                   help="DDIM step spacing of the saved pipeline (default: the pretrained model's, leading for a "
-                        "new model); trailing starts sampling at t = T - 1, as zero terminal SNR needs.")
+    g.add_argument(
+        "--prediction_type",
+        choices=["epsilon", "v_prediction", "sample"],
+        default=None,
+        help="What the UNet regresses (default: the pretrained model's, epsilon for a new model). "
+        "Changing it on a pretrained model retrains the output head.",
+    )
+    g.add_argument(
+        "--rescale_betas_zero_snr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Zero terminal SNR (Lin et al. 2024): x_T carries nothing of the image, so the model cannot "
+        "read colour from the noise's low frequencies. Needs v_prediction or sample "
+        "(default: the pretrained model's setting, off for a new model).",
+    )
+    g.add_argument(
+        "--timestep_spacing",
+        choices=["leading", "trailing", "linspace"],
+        default=None,
+        help="DDIM step spacing of the saved pipeline (default: the pretrained model's, leading for a "
+        "new model); trailing starts sampling at t = T - 1, as zero terminal SNR needs.",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
     g.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
-    g.add_argument("--max_train_minutes", type=float, default=None, help="Also stop (checkpoint and save) after this much wall time.")
+    g.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Also stop (checkpoint and save) after this much wall time.",
+    )
     g.add_argument("--num_epochs", type=int, default=10)
     g.add_argument("--learning_rate", type=float, default=2e-4)
     g.add_argument("--lr_scheduler", default="constant_with_warmup", help="Any diffusers get_scheduler name.")
@@ -95,7 +129,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="bf16 autocast also works on CPUs with AVX-512 bf16.")
+    g.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default="no",
+        help="bf16 autocast also works on CPUs with AVX-512 bf16.",
+    )
     g.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 disables it.")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -107,31 +146,59 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema_power", type=float, default=3 / 4)
 
     g = p.add_argument_group("method")
-    g.add_argument("--concepts", default="eyes=4,5 nose=6 mouth=7", help="Concepts as name=label,ids; the rest region is implied.")
+    g.add_argument(
+        "--concepts", default="eyes=4,5 nose=6 mouth=7", help="Concepts as name=label,ids; the rest region is implied."
+    )
     g.add_argument("--mask_dilation", type=int, default=1, help="Pixels each concept mask is dilated by.")
-    g.add_argument("--ie_border", type=int, default=0,
-                   help="Leave output pixels within this many pixels of another region out of L_IE (0: the exact loss).")
-    g.add_argument("--ie_context", nargs="*", default=[], metavar="REGION",
-                   help="Context regions (e.g. rest): every region may depend on them, the others only on themselves. "
-                        "Default: none, the paper's symmetric game. Needs --estimator pair.")
-    g.add_argument("--ie_presence", nargs="*", default=[], metavar="REGION=P",
-                   help="Probability that a player is in a drawn coalition (default 0.5 each), e.g. eyes=0.9: the "
-                        "eyes are asked more often to leave the other regions alone. Needs --estimator pair or sampled.")
-    g.add_argument("--ie_min_timestep", type=int, default=0,
-                   help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
-                        "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.")
+    g.add_argument(
+        "--ie_border",
+        type=int,
+        default=0,
+        help="Leave output pixels within this many pixels of another region out of L_IE (0: the exact loss).",
+    )
+    g.add_argument(
+        "--ie_context",
+        nargs="*",
+        default=[],
+        metavar="REGION",
+        help="Context regions (e.g. rest): every region may depend on them, the others only on themselves. "
+        "Default: none, the paper's symmetric game. Needs --estimator pair.",
+    )
+    g.add_argument(
+        "--ie_presence",
+        nargs="*",
+        default=[],
+        metavar="REGION=P",
+        help="Probability that a player is in a drawn coalition (default 0.5 each), e.g. eyes=0.9: the "
+        "eyes are asked more often to leave the other regions alone. Needs --estimator pair or sampled.",
+    )
+    g.add_argument(
+        "--ie_min_timestep",
+        type=int,
+        default=0,
+        help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
+        "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.",
+    )
     g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
     g.add_argument("--lambda_end", type=float, default=1.0)
-    g.add_argument("--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps).")
+    g.add_argument(
+        "--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps)."
+    )
     g.add_argument("--estimator", choices=["exact", "sampled", "pair"], default="pair")
     g.add_argument("--coalition_samples", type=int, default=4, help="C of the sampled estimator.")
     g.add_argument("--value", choices=["pixel", "mean"], default="pixel")
     g.add_argument("--baseline", choices=["other_image", "noise", "zero"], default="other_image")
-    g.add_argument("--ie_batch_size", type=int, default=None, help="Examples per batch that also get L_IE (default: all).")
-    g.add_argument("--harmonize_noise", action=argparse.BooleanOptionalAction, default=False,
-                   help="Train on harmonised noise: each concept region's noise mean (its --mask_dilation mask) is "
-                        "tied to the mean over the rest band around it, as the pipeline's harmonize_noise draws x_T "
-                        "(pid.harmonize_regions), so the model samples from the noise it was trained on.")
+    g.add_argument(
+        "--ie_batch_size", type=int, default=None, help="Examples per batch that also get L_IE (default: all)."
+    )
+    g.add_argument(
+        "--harmonize_noise",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Train on harmonised noise: each concept region's noise mean (its --mask_dilation mask) is "
+        "tied to the mean over the rest band around it, as the pipeline's harmonize_noise draws x_T "
+        "(pid.harmonize_regions), so the model samples from the noise it was trained on.",
+    )
 
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", required=True)
@@ -264,7 +331,9 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.lambda_start > 0 and args.lambda_end == 0:
         raise ValueError("--lambda_end must be > 0 for an exponential decay (use --lambda_start 0 for a plain DDPM).")
     if args.train_batch_size < 2 and args.baseline == "other_image":
-        raise ValueError("--baseline other_image needs --train_batch_size >= 2 (the baseline is another image of the batch).")
+        raise ValueError(
+            "--baseline other_image needs --train_batch_size >= 2 (the baseline is another image of the batch)."
+        )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id.")
     if args.resolution is not None and args.resolution % 2 ** (len(blocks) - 1) != 0:
@@ -331,7 +400,9 @@ def load_pretrained(args):
         unet = UNet2DModel.from_pretrained(path, subfolder="unet")
         sched_cfg = DDPMScheduler.load_config(path, subfolder="scheduler")
     except (OSError, ValueError) as err:
-        raise ValueError(f"Cannot load a UNet2DModel pipeline from --pretrained_model_name_or_path '{path}': {err}") from None
+        raise ValueError(
+            f"Cannot load a UNet2DModel pipeline from --pretrained_model_name_or_path '{path}': {err}"
+        ) from None
     return unet.float(), sched_cfg
 
 
@@ -404,7 +475,9 @@ def schedule_config(config: dict, args) -> dict:
     return config
 
 
-def flip_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, perm: Optional[torch.Tensor] = None):
+def flip_batch(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, perm: Optional[torch.Tensor] = None
+):
     """Flips a random half of the batch horizontally; a flip exchanges the left and right part labels.
 
     Draws on `generator`'s device; `perm` is `pid.FLIP_LABEL_PERMUTATION` as a tensor on the labels' device (pass it
@@ -551,7 +624,10 @@ def training_losses(
             # its timesteps from [min, T) puts the pressure where the image's layout, and most of a swap's leakage,
             # is decided, and leaves detail denoising free.
             ie_t = torch.randint(
-                args.ie_min_timestep, noise_scheduler.config.num_train_timesteps, (b,), generator=generator,
+                args.ie_min_timestep,
+                noise_scheduler.config.num_train_timesteps,
+                (b,),
+                generator=generator,
                 device=generator.device,
             ).to(device)
             ie_noisy = noise_scheduler.add_noise(x0, noise, ie_t)
@@ -632,7 +708,12 @@ def free_output_dir_check(args) -> None:
 def save_sample_grid(pipeline, path: str, num_images: int, steps: int, seed: int) -> None:
     from PIL import Image
 
-    out = pipeline(batch_size=num_images, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps, output_type="np")
+    out = pipeline(
+        batch_size=num_images,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+        output_type="np",
+    )
     images = (out.images * 255).round().astype(np.uint8)
     cols = int(math.ceil(math.sqrt(num_images)))
     rows = int(math.ceil(num_images / cols))
@@ -692,17 +773,21 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "datasets:",
         "- UTKFace",
     ]
-    if base_model_id(base):  # the Hub validates base_model as a model id: a local folder without one is only named below
+    if base_model_id(
+        base
+    ):  # the Hub validates base_model as a model id: a local folder without one is only named below
         lines += [f"base_model: {base_model_id(base)}", "base_model_relation: finetune"]
     lines += ["---", ""]
     title = "Plain DDPM (baseline)" if is_plain else "Interpretable DDPM"
     lines += [
         f"# {title} — {os.path.basename(os.path.abspath(output_dir))}",
         "",
-        ("Trained with lambda = 0: the same recipe as the interpretable model without the dummy-player loss."
-         if is_plain else
-         "A DDPM fine-tuned with the Shapley dummy-player loss (Liu et al. 2025) so that each region of x_T is the "
-         f"only cause of the same region of the image. Concepts: `{args.concepts}` (+ rest)."),
+        (
+            "Trained with lambda = 0: the same recipe as the interpretable model without the dummy-player loss."
+            if is_plain
+            else "A DDPM fine-tuned with the Shapley dummy-player loss (Liu et al. 2025) so that each region of x_T is the "
+            f"only cause of the same region of the image. Concepts: `{args.concepts}` (+ rest)."
+        ),
         "",
     ]
     if base:
@@ -722,10 +807,28 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
         "| setting | value |",
         "|---|---|",
     ]
-    for key in ("pretrained_model_name_or_path", "resolution", "block_out_channels", "train_batch_size", "learning_rate",
-                "mixed_precision", "snr_gamma", "ema_max_decay", "concepts", "mask_dilation", "ie_border", "ie_context", "ie_presence", "ie_min_timestep",
-                "lambda_start", "lambda_end",
-                "lambda_decay_steps", "estimator", "value", "baseline"):
+    for key in (
+        "pretrained_model_name_or_path",
+        "resolution",
+        "block_out_channels",
+        "train_batch_size",
+        "learning_rate",
+        "mixed_precision",
+        "snr_gamma",
+        "ema_max_decay",
+        "concepts",
+        "mask_dilation",
+        "ie_border",
+        "ie_context",
+        "ie_presence",
+        "ie_min_timestep",
+        "lambda_start",
+        "lambda_end",
+        "lambda_decay_steps",
+        "estimator",
+        "value",
+        "baseline",
+    ):
         lines.append(f"| {key} | `{getattr(args, key)}` |")
     for key, val in metrics.items():
         lines.append(f"| {key} | `{val}` |")
@@ -760,7 +863,9 @@ def setup_model_and_data(args):
     except (ValueError, FileNotFoundError) as err:
         raise SetupError(str(err)) from err
     if args.lambda_start > 0 and not faces.has_mask.any():
-        raise SetupError(f"No face in '{args.train_data_dir}' has a part label map; the dummy-player loss needs masks.")
+        raise SetupError(
+            f"No face in '{args.train_data_dir}' has a part label map; the dummy-player loss needs masks."
+        )
     args.resolution = resolution
     return unet, noise_scheduler, faces
 
@@ -795,7 +900,9 @@ def main(args: argparse.Namespace) -> str:
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
         # the epoch's shuffle is a function of (seed, epoch), so a resumed run sees the batches an uninterrupted one
         # would; batches are copied to the GPU without a host sync
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=on_cuda),
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=args.seed, non_blocking=on_cuda
+        ),
     )
     if launched > 1 and accelerator.num_processes != launched:
         raise SetupError(
@@ -900,13 +1007,19 @@ def main(args: argparse.Namespace) -> str:
             resume_path = os.path.join(args.output_dir, ckpts[-1])
         else:
             resume_path = args.resume_from_checkpoint
-            if not os.path.isdir(resume_path) or not os.path.basename(os.path.normpath(resume_path)).split("-")[-1].isdigit():
+            if (
+                not os.path.isdir(resume_path)
+                or not os.path.basename(os.path.normpath(resume_path)).split("-")[-1].isdigit()
+            ):
                 raise SetupError(f"--resume_from_checkpoint '{resume_path}' is not a checkpoint-STEP folder.")
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     if ema_model is not None:
         ema_model.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_interpretable", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "train_interpretable",
+            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+        )
 
     if resume_path:
         accelerator.print(f"Resuming from {resume_path}")
@@ -923,7 +1036,9 @@ def main(args: argparse.Namespace) -> str:
     micro_step = global_step * args.gradient_accumulation_steps
     flip_perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=device)
     game = game_settings(args, concepts)
-    progress = tqdm(range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train"
+    )
     done = global_step >= args.max_train_steps
     step_start = train_start = time.time()
     # running sums (loss, loss_ddpm, loss_ie, #micro-steps, #micro-steps with L_IE) kept on the device: the host
@@ -936,23 +1051,41 @@ def main(args: argparse.Namespace) -> str:
         batches = dataloader
         if epoch == first_epoch and global_step > 0:
             # resume mid-epoch where the checkpoint left off
-            batches = accelerator.skip_first_batches(dataloader, (global_step * args.gradient_accumulation_steps) % len(dataloader))
+            batches = accelerator.skip_first_batches(
+                dataloader, (global_step * args.gradient_accumulation_steps) % len(dataloader)
+            )
         for images_u8, labels, has_mask in batches:
             generator.manual_seed(step_seed(args.seed, accelerator.process_index, micro_step))
             micro_step += 1
             lam = lambda_at(global_step, args)
             with accelerator.accumulate(unet):
                 step = training_losses(
-                    unet, images_u8.to(device), labels.to(device), has_mask.to(device),
-                    noise_scheduler=noise_scheduler, concepts=concepts, args=args, lam=lam, generator=generator,
-                    probe_ie=(global_step + 1) % args.log_every == 0, flip_perm=flip_perm, game=game,
+                    unet,
+                    images_u8.to(device),
+                    labels.to(device),
+                    has_mask.to(device),
+                    noise_scheduler=noise_scheduler,
+                    concepts=concepts,
+                    args=args,
+                    lam=lam,
+                    generator=generator,
+                    probe_ie=(global_step + 1) % args.log_every == 0,
+                    flip_perm=flip_perm,
+                    game=game,
                 )
                 if global_step == 0 and micro_step == 1 and accelerator.is_main_process:
-                    write_run_record(args.output_dir, {"first_batch": {
-                        "images": tensor_digest(images_u8), "labels": tensor_digest(labels),
-                        "noise": tensor_digest(step.draws["noise"]), "timesteps": tensor_digest(step.draws["timesteps"]),
-                        "loss": float(step.loss.detach()),
-                    }})
+                    write_run_record(
+                        args.output_dir,
+                        {
+                            "first_batch": {
+                                "images": tensor_digest(images_u8),
+                                "labels": tensor_digest(labels),
+                                "noise": tensor_digest(step.draws["noise"]),
+                                "timesteps": tensor_digest(step.draws["timesteps"]),
+                                "loss": float(step.loss.detach()),
+                            }
+                        },
+                    )
                 accelerator.backward(step.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -961,10 +1094,15 @@ def main(args: argparse.Namespace) -> str:
                 optimizer.zero_grad(set_to_none=True)
 
             with torch.no_grad():
-                log_sums += torch.stack([
-                    step.loss.detach().float(), step.loss_ddpm.detach().float(), step.loss_ie.detach().float(),
-                    torch.ones((), device=device), torch.full((), float(step.ie_computed), device=device),
-                ])
+                log_sums += torch.stack(
+                    [
+                        step.loss.detach().float(),
+                        step.loss_ddpm.detach().float(),
+                        step.loss_ie.detach().float(),
+                        torch.ones((), device=device),
+                        torch.full((), float(step.ie_computed), device=device),
+                    ]
+                )
             if not accelerator.sync_gradients:
                 continue
             if ema_model is not None:
@@ -973,9 +1111,12 @@ def main(args: argparse.Namespace) -> str:
             progress.update(1)
             # before anything is logged or saved: a NaN / inf loss or weight stops the run here, so every checkpoint,
             # sample grid and the final pipeline come from finite weights
-            if (global_step % args.log_every == 0 or global_step % args.checkpointing_steps == 0
-                    or global_step >= args.max_train_steps
-                    or (args.save_images_steps and global_step % args.save_images_steps == 0)):
+            if (
+                global_step % args.log_every == 0
+                or global_step % args.checkpointing_steps == 0
+                or global_step >= args.max_train_steps
+                or (args.save_images_steps and global_step % args.save_images_steps == 0)
+            ):
                 raise_if_diverged(accelerator, unet, log_sums, global_step, args)
 
             out_of_time = False
@@ -1026,8 +1167,15 @@ def main(args: argparse.Namespace) -> str:
     if accelerator.is_main_process:
         pipeline = build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16=args.save_fp16)
         pipeline.save_pretrained(args.output_dir)
-        summary = {"train_steps": global_step, "train_images": len(faces), "images_seen": global_step * args.train_batch_size
-                   * accelerator.num_processes * args.gradient_accumulation_steps, "train_minutes": round((time.time() - train_start) / 60, 2)}
+        summary = {
+            "train_steps": global_step,
+            "train_images": len(faces),
+            "images_seen": global_step
+            * args.train_batch_size
+            * accelerator.num_processes
+            * args.gradient_accumulation_steps,
+            "train_minutes": round((time.time() - train_start) / 60, 2),
+        }
         with open(os.path.join(args.output_dir, "train_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         write_model_card(args, args.output_dir, summary)
@@ -1066,8 +1214,11 @@ def raise_if_diverged(accelerator, unet, log_sums: torch.Tensor, global_step: in
     raise TrainingDiverged(
         f"the training loss or weights became NaN or infinite by step {global_step} (checked every --log_every "
         f"{args.log_every} steps and before every save). Nothing of it was saved: "
-        + (f"the last good checkpoint is '{last}'; resume from it with --resume_from_checkpoint {last}" if last
-           else "no checkpoint had been saved yet; start again")
+        + (
+            f"the last good checkpoint is '{last}'; resume from it with --resume_from_checkpoint {last}"
+            if last
+            else "no checkpoint had been saved yet; start again"
+        )
         + " and a lower --learning_rate or --lambda_start/--lambda_end. No final pipeline was written."
     )
 
@@ -1118,11 +1269,19 @@ def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, f
     if fp16:
         model = model.half()
     masked = faces.labels[faces.has_mask]
-    templates = pid.compute_concept_templates(torch.from_numpy(masked.astype(np.int64)), pid.parse_concepts(args.concepts)) if len(masked) else None
+    templates = (
+        pid.compute_concept_templates(torch.from_numpy(masked.astype(np.int64)), pid.parse_concepts(args.concepts))
+        if len(masked)
+        else None
+    )
     # same noise schedule as training; the predicted x_0 is clipped (per pixel, so edits stay local) because
     # unclipped DDIM makes pixel models that are not fully trained saturate their colours
-    ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=True, set_alpha_to_one=True, thresholding=False)
-    pipeline = pid.InterpretableDDPMPipeline(unet=model, scheduler=ddim, concepts=args.concepts, concept_templates=templates)
+    ddim = DDIMScheduler.from_config(
+        noise_scheduler.config, clip_sample=True, set_alpha_to_one=True, thresholding=False
+    )
+    pipeline = pid.InterpretableDDPMPipeline(
+        unet=model, scheduler=ddim, concepts=args.concepts, concept_templates=templates
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

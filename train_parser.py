@@ -68,13 +68,46 @@ NUM_FACE_PART_LABELS = len(FACE_PART_LABELS)
 # 2/3 in the mapping. Concepts that pool both sides (the default `eyes=4,5`) are unaffected either way, and
 # `benchmarks/bench_parser.py` prints left and right eye IoU separately, which shows a swap at once.
 CELEBAMASK_HQ_LABELS = {
-    0: "background", 1: "skin", 2: "nose", 3: "eye_g", 4: "l_eye", 5: "r_eye", 6: "l_brow", 7: "r_brow",
-    8: "l_ear", 9: "r_ear", 10: "mouth", 11: "u_lip", 12: "l_lip", 13: "hair", 14: "hat", 15: "ear_r",
-    16: "neck_l", 17: "neck", 18: "cloth",
+    0: "background",
+    1: "skin",
+    2: "nose",
+    3: "eye_g",
+    4: "l_eye",
+    5: "r_eye",
+    6: "l_brow",
+    7: "r_brow",
+    8: "l_ear",
+    9: "r_ear",
+    10: "mouth",
+    11: "u_lip",
+    12: "l_lip",
+    13: "hair",
+    14: "hat",
+    15: "ear_r",
+    16: "neck_l",
+    17: "neck",
+    18: "cloth",
 }
 CELEBAMASK_HQ_TO_FACE_PARTS = {
-    0: 0, 1: 1, 2: 6, 3: 0, 4: 4, 5: 5, 6: 2, 7: 3, 8: 0, 9: 0, 10: 7, 11: 7, 12: 7, 13: 0, 14: 0, 15: 0,
-    16: 0, 17: 0, 18: 0,
+    0: 0,
+    1: 1,
+    2: 6,
+    3: 0,
+    4: 4,
+    5: 5,
+    6: 2,
+    7: 3,
+    8: 0,
+    9: 0,
+    10: 7,
+    11: 7,
+    12: 7,
+    13: 0,
+    14: 0,
+    15: 0,
+    16: 0,
+    17: 0,
+    18: 0,
 }
 LABEL_MAPPINGS = {"identity": None, "celebamask-hq": CELEBAMASK_HQ_TO_FACE_PARTS}
 
@@ -82,19 +115,35 @@ LABEL_MAPPINGS = {"identity": None, "celebamask-hq": CELEBAMASK_HQ_TO_FACE_PARTS
 # Its first stage has stride 2 (not SegFormer's usual 4) so that the logits are at 1/2 resolution (32x32 for a 64x64
 # face): eyes are only ~10x4 pixels at 64x64, and 1/4-resolution logits blur them away. "tiny" is for tests.
 PARSER_PRESETS = {
-    "small": dict(hidden_sizes=[16, 32, 64, 128], depths=[2, 2, 2, 2], decoder_hidden_size=64,
-                  num_attention_heads=[1, 1, 2, 4], sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3],
-                  strides=[2, 2, 2, 2], mlp_ratios=[4, 4, 4, 4]),
-    "tiny": dict(hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], decoder_hidden_size=16,
-                 num_attention_heads=[1, 1, 1, 1], sr_ratios=[4, 2, 1, 1], patch_sizes=[3, 3, 3, 3],
-                 strides=[2, 2, 2, 2], mlp_ratios=[2, 2, 2, 2]),
+    "small": dict(
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[2, 2, 2, 2],
+        decoder_hidden_size=64,
+        num_attention_heads=[1, 1, 2, 4],
+        sr_ratios=[8, 4, 2, 1],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[2, 2, 2, 2],
+        mlp_ratios=[4, 4, 4, 4],
+    ),
+    "tiny": dict(
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        decoder_hidden_size=16,
+        num_attention_heads=[1, 1, 1, 1],
+        sr_ratios=[4, 2, 1, 1],
+        patch_sizes=[3, 3, 3, 3],
+        strides=[2, 2, 2, 2],
+        mlp_ratios=[2, 2, 2, 2],
+    ),
 }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------------
-def make_face_parser(preset: str = "small", seed: Optional[int] = None, id2label: Optional[Mapping[int, str]] = None, **overrides):
+def make_face_parser(
+    preset: str = "small", seed: Optional[int] = None, id2label: Optional[Mapping[int, str]] = None, **overrides
+):
     """A randomly initialised `SegformerForSemanticSegmentation` with our (or the given) labels.
 
     Args:
@@ -141,7 +190,10 @@ def save_parser(parser, output_dir: str, dtype: torch.dtype = torch.float16, met
     copy.deepcopy(parser).to(dtype).save_pretrained(output_dir, safe_serialization=True)
     size = int(getattr(parser.config, "image_size", 64) or 64)
     SegformerImageProcessor(
-        do_resize=True, size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_resize=True,
+        size={"height": size, "width": size},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
         do_reduce_labels=False,
     ).save_pretrained(output_dir)
     if metrics is not None:
@@ -169,8 +221,14 @@ def to_parser_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
-def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, max_shift: int = 3,
-            flip: bool = True, color: bool = True):
+def augment(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    max_shift: int = 3,
+    flip: bool = True,
+    color: bool = True,
+):
     """Random augmentation of a batch: horizontal flip (left/right part labels swapped with
     `FLIP_LABEL_PERMUTATION`), a shift of up to `max_shift` pixels, brightness/contrast/saturation jitter and light
     noise. `images` are `(B, 3, H, W)` in [-1, 1], `labels` `(B, H, W)` long; returns new tensors."""
@@ -189,8 +247,10 @@ def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generat
         padded_img = F.pad(images, (s, s, s, s), mode="replicate")
         padded_lab = F.pad(labels, (s, s, s, s), value=0)
         offsets = torch.randint(0, 2 * s + 1, (b, 2), generator=generator)
-        images = torch.stack([padded_img[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
-        labels = torch.stack([padded_lab[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+        images = torch.stack(
+            [padded_img[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+        )
+        labels = torch.stack([padded_lab[i, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
     if color:
         x = (images + 1) / 2
         brightness = 1 + (rand(b, 1, 1, 1) - 0.5) * 0.4
@@ -260,9 +320,15 @@ def iou_from_confusion(conf: torch.Tensor) -> Dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_parser(parser, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
-                    label_mapping: Optional[Mapping[int, int]] = None, normalization: str = "minus_one_one",
-                    resolution: Optional[int] = None) -> Dict[str, float]:
+def evaluate_parser(
+    parser,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 128,
+    label_mapping: Optional[Mapping[int, int]] = None,
+    normalization: str = "minus_one_one",
+    resolution: Optional[int] = None,
+) -> Dict[str, float]:
     """Per-class IoU of a parser against label maps. `images` uint8 `(N, 3, H, W)`, `labels` `(N, H, W)`.
 
     The image goes through the same steps as in the pipeline (resize to `resolution`, normalisation, logits upsampled
@@ -279,7 +345,7 @@ def evaluate_parser(parser, images: torch.Tensor, labels: torch.Tensor, batch_si
             lut[int(k)] = int(v)
     conf = torch.zeros(NUM_FACE_PART_LABELS, NUM_FACE_PART_LABELS, dtype=torch.long)
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float() / 255.0
+        x = images[start : start + batch_size].float() / 255.0
         if resolution and resolution != h:
             x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
         if normalization == "imagenet":
@@ -291,7 +357,7 @@ def evaluate_parser(parser, images: torch.Tensor, labels: torch.Tensor, batch_si
         pred = parser_logits(parser, x.to(dtype), size=h).argmax(1)
         if lut is not None:
             pred = lut[pred]
-        conf += confusion_matrix(pred, labels[start:start + batch_size])
+        conf += confusion_matrix(pred, labels[start : start + batch_size])
     parser.train(was_training)
     return iou_from_confusion(conf)
 
@@ -299,17 +365,30 @@ def evaluate_parser(parser, images: torch.Tensor, labels: torch.Tensor, batch_si
 # ----------------------------------------------------------------------------------------------------------------------
 # Templates and attaching to a pipeline
 # ----------------------------------------------------------------------------------------------------------------------
-def compute_templates_from_data(data_dir: str, concepts=None, split: str = "train", threshold: float = 0.5,
-                                dilation: int = 0, limit: Optional[int] = None) -> Dict[str, str]:
+def compute_templates_from_data(
+    data_dir: str,
+    concepts=None,
+    split: str = "train",
+    threshold: float = 0.5,
+    dilation: int = 0,
+    limit: Optional[int] = None,
+) -> Dict[str, str]:
     """Template mask per concept (`compute_concept_templates` over the label maps of `split`, faces without a map
     skipped), encoded for the pipeline's `concept_templates` config."""
     _, labels = load_labelled_faces(data_dir, split, limit=limit)
     return compute_concept_templates(labels.long(), parse_concepts(concepts), threshold=threshold, dilation=dilation)
 
 
-def attach_parser(pipeline_dir: str, parser_dir: Optional[str] = None, data_dir: Optional[str] = None,
-                  templates: Optional[Dict[str, str]] = None, label_mapping: Optional[Mapping[int, int]] = None,
-                  normalization: str = "minus_one_one", resolution: Optional[int] = None, verify: bool = True) -> dict:
+def attach_parser(
+    pipeline_dir: str,
+    parser_dir: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    templates: Optional[Dict[str, str]] = None,
+    label_mapping: Optional[Mapping[int, int]] = None,
+    normalization: str = "minus_one_one",
+    resolution: Optional[int] = None,
+    verify: bool = True,
+) -> dict:
     """Adds a parser and concept templates to a pipeline folder saved by `InterpretableDDPMPipeline.save_pretrained`.
 
     The parser is copied into `pipeline_dir/parser/` (its safetensors and configs as they are, so an fp16 parser stays
@@ -354,7 +433,9 @@ def attach_parser(pipeline_dir: str, parser_dir: Optional[str] = None, data_dir:
             label_mapping = {str(int(k)): int(v) for k, v in label_mapping.items()}
             bad = [k for k in label_mapping if not 0 <= int(k) < num_labels]
             if bad:
-                raise ValueError(f"label_mapping names parser label ids {bad}, but the parser has {num_labels} labels.")
+                raise ValueError(
+                    f"label_mapping names parser label ids {bad}, but the parser has {num_labels} labels."
+                )
         elif num_labels != NUM_FACE_PART_LABELS:
             raise ValueError(
                 f"The parser in '{parser_dir}' has {num_labels} labels, not the {NUM_FACE_PART_LABELS} face-part "
@@ -427,7 +508,9 @@ def train(args) -> dict:
     val_idx, train_idx = order[:num_val], order[num_val:]
     val_images, val_labels = images[val_idx], labels[val_idx]
     images, labels = images[train_idx], labels[train_idx]
-    logger.info("%d training faces, %d validation faces, %dx%d", len(images), num_val, images.shape[-2], images.shape[-1])
+    logger.info(
+        "%d training faces, %d validation faces, %dx%d", len(images), num_val, images.shape[-2], images.shape[-1]
+    )
 
     weights = class_weights(labels, NUM_FACE_PART_LABELS, args.class_weight_power)
     logger.info("class weights: %s", [round(float(w), 3) for w in weights])
@@ -465,7 +548,7 @@ def train(args) -> dict:
     while step < args.max_train_steps:
         if pos + args.train_batch_size > n:
             perm, pos = torch.randperm(n, generator=generator), 0
-        idx = perm[pos:pos + args.train_batch_size]
+        idx = perm[pos : pos + args.train_batch_size]
         pos += args.train_batch_size
         x, y = augment(to_parser_pixels(images[idx]), labels[idx].long(), generator, max_shift=args.max_shift)
         for group in optimizer.param_groups:
@@ -484,12 +567,24 @@ def train(args) -> dict:
         running += loss.item()
         if step % args.logging_steps == 0:
             elapsed = time.time() - t0
-            logger.info("step %d/%d loss %.4f lr %.2e %.3f s/step", step, args.max_train_steps,
-                        running / args.logging_steps, _lr_at(step, args), elapsed / (step - start_step))
+            logger.info(
+                "step %d/%d loss %.4f lr %.2e %.3f s/step",
+                step,
+                args.max_train_steps,
+                running / args.logging_steps,
+                _lr_at(step, args),
+                elapsed / (step - start_step),
+            )
             running = 0.0
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < args.max_train_steps:
-            _save_checkpoint(args.output_dir, step, parser, optimizer,
-                             {"generator": generator.get_state(), "perm": perm, "pos": pos}, args.checkpoints_total_limit)
+            _save_checkpoint(
+                args.output_dir,
+                step,
+                parser,
+                optimizer,
+                {"generator": generator.get_state(), "perm": perm, "pos": pos},
+                args.checkpoints_total_limit,
+            )
             metrics = evaluate_parser(parser, val_images, val_labels)
             logger.info("step %d validation IoU: %s", step, _fmt(metrics))
         if args.max_train_minutes and (time.time() - t0) / 60 > args.max_train_minutes:
@@ -497,15 +592,20 @@ def train(args) -> dict:
             break
 
     parser.eval()
-    metrics = {"steps": step, "train_seconds": round(time.time() - t0, 1),
-               "validation_iou": evaluate_parser(parser, val_images, val_labels)}
+    metrics = {
+        "steps": step,
+        "train_seconds": round(time.time() - t0, 1),
+        "validation_iou": evaluate_parser(parser, val_images, val_labels),
+    }
     try:
         test_images, test_labels = load_labelled_faces(args.data_dir, "test")
         metrics["test_iou"] = evaluate_parser(parser, test_images, test_labels)
     except FileNotFoundError:
         logger.info("no test split in %s", args.data_dir)
     metrics["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    save_parser(parser, args.output_dir, dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, metrics=metrics)
+    save_parser(
+        parser, args.output_dir, dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, metrics=metrics
+    )
     logger.info("validation IoU: %s", _fmt(metrics["validation_iou"]))
     if "test_iou" in metrics:
         logger.info("test IoU: %s", _fmt(metrics["test_iou"]))
@@ -521,11 +621,15 @@ def _fmt(metrics: Mapping[str, float]) -> str:
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--mode", choices=["train", "attach", "templates"], default="train")
-    p.add_argument("--data_dir", default=default_data_dir(),
-                   help=f"utkface64-layout data (train.parquet/test.parquet or image folders); ${DATA_ENV} sets the "
-                        "default.")
+    p.add_argument(
+        "--data_dir",
+        default=default_data_dir(),
+        help=f"utkface64-layout data (train.parquet/test.parquet or image folders); ${DATA_ENV} sets the default.",
+    )
     # train
     p.add_argument("--output_dir", default="models/face-parser-64", help="where the trained parser is saved.")
     p.add_argument("--preset", choices=sorted(PARSER_PRESETS), default="small", help="parser architecture.")
@@ -536,8 +640,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
     p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--class_weight_power", type=float, default=0.3,
-                   help="cross-entropy class weights freq^-power (0: unweighted); helps the small eyes.")
+    p.add_argument(
+        "--class_weight_power",
+        type=float,
+        default=0.3,
+        help="cross-entropy class weights freq^-power (0: unweighted); helps the small eyes.",
+    )
     p.add_argument("--dice_weight", type=float, default=0.5, help="weight of a soft Dice loss over the parts 2..7.")
     p.add_argument("--max_shift", type=int, default=3, help="random shift augmentation, pixels.")
     p.add_argument("--mixed_precision", choices=["no", "bf16"], default="no", help="bf16 autocast on CPU.")
@@ -548,17 +656,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--checkpoints_total_limit", type=int, default=2)
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'.")
-    p.add_argument("--init_from", default=None, help="start from a saved parser's weights (a second, fine-tuning stage).")
+    p.add_argument(
+        "--init_from", default=None, help="start from a saved parser's weights (a second, fine-tuning stage)."
+    )
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     # attach / templates
     p.add_argument("--pipeline_dir", default=None, help="attach: the saved pipeline folder to update.")
-    p.add_argument("--parser_dir", default=None,
-                   help="attach: the saved parser (default: --output_dir); 'none' writes only the templates.")
-    p.add_argument("--label_mapping", default="identity",
-                   help="attach: 'identity', 'celebamask-hq', or a JSON object {parser id: face part id}.")
+    p.add_argument(
+        "--parser_dir",
+        default=None,
+        help="attach: the saved parser (default: --output_dir); 'none' writes only the templates.",
+    )
+    p.add_argument(
+        "--label_mapping",
+        default="identity",
+        help="attach: 'identity', 'celebamask-hq', or a JSON object {parser id: face part id}.",
+    )
     p.add_argument("--parser_normalization", choices=["minus_one_one", "imagenet"], default="minus_one_one")
     p.add_argument("--parser_resolution", type=int, default=None)
-    p.add_argument("--concepts", default=None, help="templates: concepts (default: the pipeline's or eyes/nose/mouth).")
+    p.add_argument(
+        "--concepts", default=None, help="templates: concepts (default: the pipeline's or eyes/nose/mouth)."
+    )
     p.add_argument("--template_threshold", type=float, default=0.5)
     p.add_argument("--template_dilation", type=int, default=0)
     p.add_argument("--templates_out", default=None, help="templates: JSON output file (default: stdout).")
@@ -588,8 +706,9 @@ def main(args: argparse.Namespace):
         if concepts is None and args.pipeline_dir:
             with open(os.path.join(args.pipeline_dir, "model_index.json")) as f:
                 concepts = json.load(f).get("concepts")
-        templates = compute_templates_from_data(args.data_dir, concepts, threshold=args.template_threshold,
-                                                dilation=args.template_dilation)
+        templates = compute_templates_from_data(
+            args.data_dir, concepts, threshold=args.template_threshold, dilation=args.template_dilation
+        )
         text = json.dumps(templates, indent=2)
         if args.templates_out:
             with open(args.templates_out, "w") as f:
@@ -607,13 +726,23 @@ def main(args: argparse.Namespace):
     if args.data_dir:
         with open(os.path.join(args.pipeline_dir, "model_index.json")) as f:
             concepts = json.load(f).get("concepts")
-        templates = compute_templates_from_data(args.data_dir, concepts, threshold=args.template_threshold,
-                                                dilation=args.template_dilation)
-    index = attach_parser(args.pipeline_dir, parser_dir, templates=templates,
-                          label_mapping=_label_mapping_arg(args.label_mapping),
-                          normalization=args.parser_normalization, resolution=args.parser_resolution)
-    logger.info("updated %s: parser=%s, templates for %s", args.pipeline_dir, index.get("parser"),
-                sorted(index.get("concept_templates") or {}))
+        templates = compute_templates_from_data(
+            args.data_dir, concepts, threshold=args.template_threshold, dilation=args.template_dilation
+        )
+    index = attach_parser(
+        args.pipeline_dir,
+        parser_dir,
+        templates=templates,
+        label_mapping=_label_mapping_arg(args.label_mapping),
+        normalization=args.parser_normalization,
+        resolution=args.parser_resolution,
+    )
+    logger.info(
+        "updated %s: parser=%s, templates for %s",
+        args.pipeline_dir,
+        index.get("parser"),
+        sorted(index.get("concept_templates") or {}),
+    )
     return index
 
 

@@ -111,7 +111,13 @@ def time_edits(model_path: str, step_counts, repeats: int, baseline: str = "", c
                         timings["resample"].append(t2 - t1)
                         timings["swap_cpu"].append(c1 - c0)
                         timings["resample_cpu"].append(c2 - c1)
-                rows.append((steps, kind, *(statistics.median(timings[k]) for k in ("swap", "resample", "swap_cpu", "resample_cpu"))))
+                rows.append(
+                    (
+                        steps,
+                        kind,
+                        *(statistics.median(timings[k]) for k in ("swap", "resample", "swap_cpu", "resample_cpu")),
+                    )
+                )
     return rows
 
 
@@ -122,7 +128,10 @@ def time_to_first_page(model_path: str, num_threads=None, timeout: float = 300.0
     proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "app.py"), "--model", model_path, "--baseline", "", "--port", str(port)]
         + (["--num-threads", str(num_threads)] if num_threads else []),
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         while time.perf_counter() - start < timeout:
@@ -143,7 +152,9 @@ def time_to_first_page(model_path: str, num_threads=None, timeout: float = 300.0
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the app's default model).")
-    parser.add_argument("--random-weights", action="store_true", help="Benchmark a random-weight shipped-size pipeline.")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="Benchmark a random-weight shipped-size pipeline."
+    )
     parser.add_argument("--steps", default="10,25,50", help="Comma-separated step counts.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
@@ -163,23 +174,33 @@ def main(args: argparse.Namespace) -> None:
         model = model or app_handlers.find_default_model()
         if model is None:
             raise SystemExit("No default model yet; pass --model <dir> or --random-weights.")
-        print(f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}   "
-              f"load average: {os.getloadavg()[0]:.1f}")
+        print(
+            f"model: {model}   torch threads: {torch.get_num_threads()}   cpus: {os.cpu_count()}   "
+            f"load average: {os.getloadavg()[0]:.1f}"
+        )
         if not args.skip_page:
             ttfp = time_to_first_page(model, args.num_threads)
             print(f"time to first page (python app.py -> HTTP 200): {ttfp:.1f} s")
-        print("wall = elapsed seconds (depends on the machine's load); cpu = CPU seconds of this process, which with "
-              "--num-threads 1 is what one idle core would take")
-        print("faces: generated = x_T edits; photo = an uploaded face A at the default strength with generated B"
-              + ("; baseline comparison ON" if args.compare else "; baseline comparison off"))
-        print(f"{'steps':>5} | {'faces':>9} | {'swap wall':>9} | {'swap cpu':>8} | {'resample wall':>13} | {'resample cpu':>12} | "
-              "swap / goal | resample / goal (wall)")
+        print(
+            "wall = elapsed seconds (depends on the machine's load); cpu = CPU seconds of this process, which with "
+            "--num-threads 1 is what one idle core would take"
+        )
+        print(
+            "faces: generated = x_T edits; photo = an uploaded face A at the default strength with generated B"
+            + ("; baseline comparison ON" if args.compare else "; baseline comparison off")
+        )
+        print(
+            f"{'steps':>5} | {'faces':>9} | {'swap wall':>9} | {'swap cpu':>8} | {'resample wall':>13} | {'resample cpu':>12} | "
+            "swap / goal | resample / goal (wall)"
+        )
         for steps, kind, swap_s, resample_s, swap_c, resample_c in time_edits(
             model, [int(s) for s in args.steps.split(",")], args.repeats, args.baseline, args.compare
         ):
             default = "  <- app default" if steps == app.DEFAULT_STEPS else ""
-            print(f"{steps:>5} | {kind:>9} | {swap_s:9.2f} | {swap_c:8.2f} | {resample_s:13.2f} | {resample_c:12.2f} | "
-                  f"{swap_s / GOAL_SECONDS:11.2f} | {resample_s / GOAL_SECONDS:15.2f}{default}")
+            print(
+                f"{steps:>5} | {kind:>9} | {swap_s:9.2f} | {swap_c:8.2f} | {resample_s:13.2f} | {resample_c:12.2f} | "
+                f"{swap_s / GOAL_SECONDS:11.2f} | {resample_s / GOAL_SECONDS:15.2f}{default}"
+            )
 
 
 if __name__ == "__main__":

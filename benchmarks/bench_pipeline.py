@@ -91,7 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--clock", choices=sorted(CLOCKS), default="wall",
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
         help="'cpu' (process CPU time) is steadier than 'wall' on a machine shared with other jobs; use it with --threads 1",
     )
     return parser.parse_args(argv)
@@ -115,12 +117,21 @@ def main(args: argparse.Namespace) -> None:
 
     # 1. __call__ vs DDIMPipeline (same noise: both draw it with randn_tensor from the same seed).
     def ours():
-        pipe(batch_size=args.batch_size, generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps,
-             output_type="np")
+        pipe(
+            batch_size=args.batch_size,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=args.steps,
+            output_type="np",
+        )
 
     def theirs():
-        reference(batch_size=args.batch_size, generator=torch.Generator().manual_seed(0),
-                  num_inference_steps=args.steps, eta=0.0, output_type="np")
+        reference(
+            batch_size=args.batch_size,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=args.steps,
+            eta=0.0,
+            output_type="np",
+        )
 
     t = interleaved({"ours": ours, "ddim": theirs}, args.repeats)
     ratio = t["ours"] / t["ddim"]

@@ -87,8 +87,17 @@ def worker(cfg: dict) -> dict:
     def step(i):
         generator.manual_seed(i)
         with autocast:
-            losses = ti.training_losses(unet, images, labels, has_mask, noise_scheduler=scheduler, concepts=concepts,
-                                        args=args, lam=lam, generator=generator)
+            losses = ti.training_losses(
+                unet,
+                images,
+                labels,
+                has_mask,
+                noise_scheduler=scheduler,
+                concepts=concepts,
+                args=args,
+                lam=lam,
+                generator=generator,
+            )
         losses.loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
@@ -117,8 +126,12 @@ def worker(cfg: dict) -> dict:
 
 
 def run_worker(cfg: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", "--worker", json.dumps(cfg)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_train", "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -138,12 +151,23 @@ def bench_steps(opts) -> None:
     exact_ks = [int(k) for k in opts.exact_ks.split(",") if k]
     rows = []
     base = None
-    print(f"device={opts.device} precision={opts.precision} batch={opts.batch_size} threads={opts.threads} "
-          f"steps={opts.steps} (median), UNet 32,64,64,128 x2 layers, attention at level 3, 64x64", flush=True)
+    print(
+        f"device={opts.device} precision={opts.precision} batch={opts.batch_size} threads={opts.threads} "
+        f"steps={opts.steps} (median), UNet 32,64,64,128 x2 layers, attention at level 3, 64x64",
+        flush=True,
+    )
     print(f"{'configuration':34s} {'images/step':>11s} {'s/step':>8s} {'x plain':>8s} {'peak MB':>9s} {'x plain':>8s}")
     for name, estimator, k, ie in configurations(ks, exact_ks):
-        cfg = {"estimator": estimator, "k": k, "ie_batch_size": ie, "batch_size": opts.batch_size, "steps": opts.steps,
-               "device": opts.device, "precision": opts.precision, "threads": opts.threads}
+        cfg = {
+            "estimator": estimator,
+            "k": k,
+            "ie_batch_size": ie,
+            "batch_size": opts.batch_size,
+            "steps": opts.steps,
+            "device": opts.device,
+            "precision": opts.precision,
+            "threads": opts.threads,
+        }
         res = run_worker(cfg)
         n_in = step_inputs(estimator, k, opts.batch_size, opts.batch_size // 2 if ie == "half" else None)
         if "error" in res:
@@ -152,13 +176,18 @@ def bench_steps(opts) -> None:
         if base is None:
             base = res
         rows.append({"name": name, **res})
-        print(f"{name:34s} {n_in:11d} {res['seconds']:8.3f} {res['seconds'] / base['seconds']:8.2f} "
-              f"{res['memory_mb']:9.0f} {res['memory_mb'] / max(base['memory_mb'], 1):8.2f}", flush=True)
+        print(
+            f"{name:34s} {n_in:11d} {res['seconds']:8.3f} {res['seconds'] / base['seconds']:8.2f} "
+            f"{res['memory_mb']:9.0f} {res['memory_mb'] / max(base['memory_mb'], 1):8.2f}",
+            flush=True,
+        )
     by = {r["name"]: r for r in rows}
     if all(f"pair K={k}" in by for k in ks) and base:
         ratios = [by[f"pair K={k}"]["seconds"] / base["seconds"] for k in ks]
-        print(f"pair estimator time ratio over K={ks}: {', '.join(f'{r:.2f}' for r in ratios)} "
-              f"(goal <= 3.0: {'met' if max(ratios) <= 3.0 else 'NOT met'})")
+        print(
+            f"pair estimator time ratio over K={ks}: {', '.join(f'{r:.2f}' for r in ratios)} "
+            f"(goal <= 3.0: {'met' if max(ratios) <= 3.0 else 'NOT met'})"
+        )
 
 
 def bench_loop(opts) -> None:
@@ -176,12 +205,34 @@ def bench_loop(opts) -> None:
         data = make_synthetic_faces(os.path.join(tmp, "data"), num_train=4 * opts.batch_size, num_test=2, size=64)
         env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads))
         print(f"loop: {script}, batch {opts.batch_size}, {opts.loop_steps} steps, precision {opts.precision}")
-        for name, extra in (("plain DDPM", ["--lambda_start", "0"]), ("pair K=4", ["--lambda_start", "10", "--estimator", "pair"])):
+        for name, extra in (
+            ("plain DDPM", ["--lambda_start", "0"]),
+            ("pair K=4", ["--lambda_start", "10", "--estimator", "pair"]),
+        ):
             out = os.path.join(tmp, name.split()[0])
-            cmd = [sys.executable, script, "--train_data_dir", data, "--output_dir", out, "--report_to", "none",
-                   "--save_images_steps", "0", "--train_batch_size", str(opts.batch_size), "--max_train_steps",
-                   str(opts.loop_steps), "--log_every", str(max(opts.loop_steps // 3, 1)), "--checkpointing_steps",
-                   "100000", "--mixed_precision", "bf16" if opts.precision == "bf16" else "no", *extra]
+            cmd = [
+                sys.executable,
+                script,
+                "--train_data_dir",
+                data,
+                "--output_dir",
+                out,
+                "--report_to",
+                "none",
+                "--save_images_steps",
+                "0",
+                "--train_batch_size",
+                str(opts.batch_size),
+                "--max_train_steps",
+                str(opts.loop_steps),
+                "--log_every",
+                str(max(opts.loop_steps // 3, 1)),
+                "--checkpointing_steps",
+                "100000",
+                "--mixed_precision",
+                "bf16" if opts.precision == "bf16" else "no",
+                *extra,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
                 print(f"{name}: failed: {proc.stderr[-800:]}")
@@ -189,7 +240,9 @@ def bench_loop(opts) -> None:
             with open(os.path.join(out, "train_log.jsonl")) as f:
                 logs = [json.loads(line) for line in f]
             times = [r["step_time"] for r in logs[1:]] or [logs[-1]["step_time"]]  # first window has warm-up
-            print(f"{name:12s} {sum(times) / len(times):.3f} s/step (log windows after the first: {[round(t, 3) for t in times]})")
+            print(
+                f"{name:12s} {sum(times) / len(times):.3f} s/step (log windows after the first: {[round(t, 3) for t in times]})"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

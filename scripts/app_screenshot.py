@@ -29,8 +29,12 @@ def free_port() -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out_path", help="the PNG to write, e.g. docs/figures/app_screenshot.png")
-    p.add_argument("--photo", default=None, help="a face photo: upload it on the Real face tab, invert it at the "
-                   "default strength, swap its eyes with face B and screenshot the Real face tab")
+    p.add_argument(
+        "--photo",
+        default=None,
+        help="a face photo: upload it on the Real face tab, invert it at the "
+        "default strength, swap its eyes with face B and screenshot the Real face tab",
+    )
     p.add_argument("--region", default="eyes", help="the region to swap")
     return p.parse_args(argv)
 

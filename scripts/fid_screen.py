@@ -27,8 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_dir", default=default_data_dir(), help=f"face data (${DATA_ENV} sets the default)")
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--out", required=True)
-    p.add_argument("--preview_dir", default=None,
-                   help="also save each pipeline's first 64 samples as <preview_dir>/<name>_samples.png (as evaluate.py)")
+    p.add_argument(
+        "--preview_dir",
+        default=None,
+        help="also save each pipeline's first 64 samples as <preview_dir>/<name>_samples.png (as evaluate.py)",
+    )
     return p.parse_args(argv)
 
 
@@ -40,11 +43,26 @@ def main(args: argparse.Namespace) -> None:
     for path in args.pipelines:
         pipe = load_pipeline(path, "cpu")
         with torch.no_grad():
-            r = ev.evaluate_fid(pipe, args.num_samples, args.seed, args.num_inference_steps, args.batch_size, inception,
-                                reference, desc=os.path.basename(path))
-        results.append({"pipeline": path, "fid": round(r["fid"], 2), "num_samples": args.num_samples,
-                        "num_reference": r["num_reference"], "num_inference_steps": args.num_inference_steps,
-                        "seed": args.seed})
+            r = ev.evaluate_fid(
+                pipe,
+                args.num_samples,
+                args.seed,
+                args.num_inference_steps,
+                args.batch_size,
+                inception,
+                reference,
+                desc=os.path.basename(path),
+            )
+        results.append(
+            {
+                "pipeline": path,
+                "fid": round(r["fid"], 2),
+                "num_samples": args.num_samples,
+                "num_reference": r["num_reference"],
+                "num_inference_steps": args.num_inference_steps,
+                "seed": args.seed,
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
         if args.preview_dir:
             name = os.path.basename(os.path.normpath(path))

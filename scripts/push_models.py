@@ -26,7 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     for name in args.models:
         folder = os.path.join(ROOT, "models", name)
-        if not os.path.isfile(os.path.join(folder, "config.json")) and not os.path.isfile(os.path.join(folder, "model_index.json")):
+        if not os.path.isfile(os.path.join(folder, "config.json")) and not os.path.isfile(
+            os.path.join(folder, "model_index.json")
+        ):
             p.error(f"{folder} holds no saved model")
     return args
 

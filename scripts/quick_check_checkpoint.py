@@ -39,7 +39,9 @@ def main(args: argparse.Namespace) -> None:
         latents = ev.seeded_latents(pipe.latent_shape, 0, "fid", list(range(16)))
         images = pipe(latents=latents, num_inference_steps=20, output_type="pt").images
         ev.save_image_grid(ev.to_uint8(images), os.path.join(args.out_dir, "samples.png"), ncol=8)
-        res = ev.evaluate_locality(pipe, CONCEPTS, args.num_pairs, 0, num_inference_steps=20, batch_size=args.num_pairs)
+        res = ev.evaluate_locality(
+            pipe, CONCEPTS, args.num_pairs, 0, num_inference_steps=20, batch_size=args.num_pairs
+        )
     summary = {c: round(res["swap"][c]["lab/paper"]["mean"], 4) for c in CONCEPTS}
     print(json.dumps({"checkpoint": args.checkpoint, "swap_lab_paper": summary}))
     with open(os.path.join(args.out_dir, "locality.json"), "w") as f:

@@ -28,8 +28,18 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 STEPS = 4
 EXPECTED_ENDPOINTS = {
-    "/random_seeds", "/generate", "/show_mask", "/resample", "/swap", "/keep_edit", "/invert", "/attribute",
-    "/attribution_at_t", "/show_mask_after_generate", "/show_mask_on_region_change", "/show_mask_after_invert",
+    "/random_seeds",
+    "/generate",
+    "/show_mask",
+    "/resample",
+    "/swap",
+    "/keep_edit",
+    "/invert",
+    "/attribute",
+    "/attribution_at_t",
+    "/show_mask_after_generate",
+    "/show_mask_on_region_change",
+    "/show_mask_after_invert",
 }
 
 
@@ -99,8 +109,10 @@ def test_generate_is_the_pipeline_output_and_reproducible(served):
     assert a.shape == b.shape == (256, 256, 3)  # 16x16 faces shown at 16x
     assert "seed **3**" in info and "seed **7**" in info
     ref = models.main(
-        batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (3, 7)],
-        num_inference_steps=STEPS, output_type="pt",
+        batch_size=2,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 7)],
+        num_inference_steps=STEPS,
+        output_type="pt",
     ).images
     np.testing.assert_array_equal(a, pipe_image_display(ref, 0))
     np.testing.assert_array_equal(b, pipe_image_display(ref, 1))
@@ -136,7 +148,11 @@ def test_resample_matches_the_pipeline_and_reports_locality(served):
     orig = models.main(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
     mask = models.main.concept_mask(orig.images[:1] * 2 - 1, "nose", is_latents=False)
     ref = models.main.resample_region(
-        orig.latents[:1], mask, generator=torch.Generator().manual_seed(11), num_inference_steps=STEPS, output_type="pt"
+        orig.latents[:1],
+        mask,
+        generator=torch.Generator().manual_seed(11),
+        num_inference_steps=STEPS,
+        output_type="pt",
     )
     np.testing.assert_array_equal(edited_a, pipe_image_display(ref.images))
     expected = float(pid.edit_locality(orig.images[:1], ref.images, ref.mask, color_space="lab")[0])
@@ -173,17 +189,25 @@ def test_harmonised_noise_toggle_follows_the_pipeline_and_leaves_uploads_alone(s
     gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 7)]  # noqa: E731
     for harmonize in (True, False):
         a, _, _, info = client.predict(3, 7, STEPS, False, harmonize, api_name="/generate")
-        ref = models.main(batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="pt",
-                          harmonize_noise=harmonize)
+        ref = models.main(
+            batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="pt", harmonize_noise=harmonize
+        )
         np.testing.assert_array_equal(read(a), pipe_image_display(ref.images))
         assert ("harmonised noise" if harmonize else "plain noise") in info
         swap = client.predict("nose", 0, None, STEPS, False, harmonize, api_name="/swap")
         mask = models.main.concept_mask(ref.images[:1] * 2 - 1, "nose", is_latents=False)
-        ref_swap = models.main.swap_regions(ref.latents[:1], ref.latents[1:], mask, num_inference_steps=STEPS,
-                                            output_type="pt", harmonize_noise=harmonize)
+        ref_swap = models.main.swap_regions(
+            ref.latents[:1],
+            ref.latents[1:],
+            mask,
+            num_inference_steps=STEPS,
+            output_type="pt",
+            harmonize_noise=harmonize,
+        )
         np.testing.assert_array_equal(read(swap[0]), pipe_image_display(ref_swap.images_a))
-    plain = models.main(batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="pt",
-                        harmonize_noise=False)
+    plain = models.main(
+        batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="pt", harmonize_noise=False
+    )
     assert not torch.equal(ref_swap.images_a, plain.images[:1])
     # an uploaded face is inverted, never harmonised: the toggle does not change its edits
     Image.fromarray((plain.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "f.png")
@@ -217,14 +241,20 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
     client, models, _ = served
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "face.png")
-    small, recon, face_a, editor, info = client.predict(handle_file(str(tmp_path / "face.png")), STEPS, True, api_name="/invert")
+    small, recon, face_a, editor, info = client.predict(
+        handle_file(str(tmp_path / "face.png")), STEPS, True, api_name="/invert"
+    )
     assert read(small).shape == read(recon).shape == (256, 256, 3)
     np.testing.assert_array_equal(read(face_a), read(recon))
     assert "40x30" in info and "resized" in info and "PSNR" in info
     # the reconstruction is what the pipeline's inversion regenerates
-    expected_input = np.asarray(
-        Image.open(tmp_path / "face.png").convert("RGB").crop((5, 0, 35, 30)).resize((16, 16), Image.BICUBIC), np.float32
-    ) / 255
+    expected_input = (
+        np.asarray(
+            Image.open(tmp_path / "face.png").convert("RGB").crop((5, 0, 35, 30)).resize((16, 16), Image.BICUBIC),
+            np.float32,
+        )
+        / 255
+    )
     np.testing.assert_array_equal(read(small), to_display(expected_input))
     # the default strength (the pipeline's): the whole InversionOutput continues from its timestep
     inv = models.main.invert(torch.from_numpy(expected_input).permute(2, 0, 1)[None], num_inference_steps=STEPS)
@@ -234,8 +264,9 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
     out = client.predict("eyes", 0, None, 3, STEPS, True, api_name="/resample")
     assert math.isfinite(out[2]) and math.isfinite(out[8])
     mask = models.main.concept_mask(inv, "eyes")
-    ref_edit = models.main.resample_region(inv, mask, generator=torch.Generator().manual_seed(3),
-                                           num_inference_steps=STEPS, output_type="pt")
+    ref_edit = models.main.resample_region(
+        inv, mask, generator=torch.Generator().manual_seed(3), num_inference_steps=STEPS, output_type="pt"
+    )
     np.testing.assert_array_equal(read(out[0]), pipe_image_display(ref_edit.images))
     # locality against the unedited reconstruction from the same inversion
     expected = float(pid.edit_locality(ref, ref_edit.images, ref_edit.mask, color_space="lab")[0])
@@ -263,14 +294,23 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     generate(client, 3, 7, compare=False)
     gens = [torch.Generator().manual_seed(s) for s in (3, 7)]
     orig = pipe(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
-    photo = _save_face(tmp_path / "a.png", pipe(batch_size=1, generator=torch.Generator().manual_seed(40),
-                                                  num_inference_steps=STEPS, output_type="pt").images[0])
+    photo = _save_face(
+        tmp_path / "a.png",
+        pipe(
+            batch_size=1, generator=torch.Generator().manual_seed(40), num_inference_steps=STEPS, output_type="pt"
+        ).images[0],
+    )
     _, recon, _, _, info = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
     inv_a = pipe.invert(_as_photo(photo), num_inference_steps=STEPS, strength=strength)
     inv_b = pipe.invert(orig.images[1:], num_inference_steps=STEPS, strength=strength)
-    assert inv_a.timestep == inv_b.timestep and f"t0 = {inv_a.timestep}" in info and "strength **0.3**: 1 of 4 steps" in info
+    assert (
+        inv_a.timestep == inv_b.timestep
+        and f"t0 = {inv_a.timestep}" in info
+        and "strength **0.3**: 1 of 4 steps" in info
+    )
     np.testing.assert_array_equal(
-        read(recon), pipe_image_display(pipe(latents=inv_a, num_inference_steps=STEPS, output_type="pt").images))
+        read(recon), pipe_image_display(pipe(latents=inv_a, num_inference_steps=STEPS, output_type="pt").images)
+    )
     overlay, mask_info = client.predict("mouth", 0, None, STEPS, strength, api_name="/show_mask")
     assert "found on your photo" in mask_info
     out = client.predict("mouth", 0, None, STEPS, False, False, strength, api_name="/swap")
@@ -288,10 +328,12 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     inv_a2 = pipe.invert(ref.images_a, num_inference_steps=STEPS, strength=strength)
     inv_b2 = pipe.invert(ref.images_b, num_inference_steps=STEPS, strength=strength)
     np.testing.assert_array_equal(
-        read(kept_a), pipe_image_display(pipe(latents=inv_a2, num_inference_steps=STEPS, output_type="pt").images))
+        read(kept_a), pipe_image_display(pipe(latents=inv_a2, num_inference_steps=STEPS, output_type="pt").images)
+    )
     out2 = client.predict("eyes", 0, None, STEPS, False, False, strength, api_name="/swap")
-    ref2 = pipe.swap_regions(inv_a2, inv_b2, pipe.concept_mask(inv_a2, "eyes"), num_inference_steps=STEPS,
-                             output_type="pt")
+    ref2 = pipe.swap_regions(
+        inv_a2, inv_b2, pipe.concept_mask(inv_a2, "eyes"), num_inference_steps=STEPS, output_type="pt"
+    )
     np.testing.assert_array_equal(read(out2[0]), pipe_image_display(ref2.images_a))
     np.testing.assert_array_equal(read(out2[3]), pipe_image_display(ref2.images_b))
     assert "generated face" not in out2[12]
@@ -322,8 +364,9 @@ def test_photo_attribution_covers_only_its_inversion(served, tmp_path):
     ts = summary["main"]["timesteps"]
     assert ts and all(t <= inv.timestep for t in ts) and inv.timestep in ts and "t <= t0 only" in info
     other = torch.randn(inv.latents.shape, generator=torch.Generator().manual_seed(0))
-    ref = models.main.attribute(inv, masks=models.main.region_masks(inv), timesteps=ts, num_inference_steps=STEPS,
-                                baseline=other)
+    ref = models.main.attribute(
+        inv, masks=models.main.region_masks(inv), timesteps=ts, num_inference_steps=STEPS, baseline=other
+    )
     np.testing.assert_allclose(summary["main"]["leakage"], ref.leakage[:, 0].numpy(), rtol=1e-4, atol=1e-6)
 
 
@@ -383,10 +426,19 @@ def still_serving(client):
         (lambda c: c.predict(1.5, 7, STEPS, False, api_name="/generate"), "seed A must be a whole number"),
         (lambda c: c.predict(3, 2.25, STEPS, False, api_name="/generate"), "seed B must be a whole number"),
         (lambda c: c.predict(3, 7, 2.5, False, api_name="/generate"), "Steps must be an integer"),
-        (lambda c: c.predict("eyes", 0, None, 1.5, STEPS, False, api_name="/resample"), "new seed must be a whole number"),
+        (
+            lambda c: c.predict("eyes", 0, None, 1.5, STEPS, False, api_name="/resample"),
+            "new seed must be a whole number",
+        ),
         (lambda c: c.predict("eyes", 1.5, None, 3, STEPS, False, api_name="/resample"), "Dilation"),
-        (lambda c: c.predict("ears", 0, None, 3, STEPS, False, api_name="/resample"), "'ears'.*not in the list of choices"),
-        (lambda c: c.predict("A", STEPS, 3, 0.5, False, api_name="/attribute"), "attribution seed must be a whole number"),
+        (
+            lambda c: c.predict("ears", 0, None, 3, STEPS, False, api_name="/resample"),
+            "'ears'.*not in the list of choices",
+        ),
+        (
+            lambda c: c.predict("A", STEPS, 3, 0.5, False, api_name="/attribute"),
+            "attribution seed must be a whole number",
+        ),
         (lambda c: c.predict("A", STEPS, 2.5, 0, False, api_name="/attribute"), "Number of timesteps"),
     ],
     ids=["seed-a", "seed-b", "steps", "resample-seed", "dilation", "region", "attribution-seed", "timesteps"],
@@ -415,7 +467,12 @@ def _write_bad_upload(kind: str, folder) -> str:
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("empty", "empty \\(0 bytes\\)"), ("text", "not an image"), ("truncated", "not an image"), ("tiny", "only 4x4 pixels")],
+    [
+        ("empty", "empty \\(0 bytes\\)"),
+        ("text", "not an image"),
+        ("truncated", "not an image"),
+        ("tiny", "only 4x4 pixels"),
+    ],
 )
 def test_bad_upload_gets_a_clear_message_and_the_app_keeps_serving(served, tmp_path, kind, message):
     client, _, _ = served
@@ -463,7 +520,10 @@ def test_attribution_explorer(served):
     orig = models.main(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
     regions = models.main.region_masks(orig.images[:1] * 2 - 1, is_latents=False)
     ref = models.main.attribute(
-        orig.latents[:1], masks=regions, timesteps=main["timesteps"], num_inference_steps=STEPS,
+        orig.latents[:1],
+        masks=regions,
+        timesteps=main["timesteps"],
+        num_inference_steps=STEPS,
         generator=torch.Generator().manual_seed(0),
     )
     np.testing.assert_allclose(main["leakage"], ref.leakage[:, 0].numpy(), rtol=1e-4, atol=1e-6)
@@ -506,7 +566,10 @@ def test_python_app_py_serves_the_page(tmp_path, tiny_faces):
     env = dict(os.environ, **{app.MODEL_ENV: path, "GRADIO_ANALYTICS_ENABLED": "False"})
     proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "app.py"), "--baseline", "", "--port", str(port), "--num-threads", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.time() + 120

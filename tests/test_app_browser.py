@@ -16,8 +16,14 @@ from test_app import STEPS, free_port, save_tiny_pipeline
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
 ]
 TIMEOUT_MS = 60_000
 
@@ -34,7 +40,8 @@ def url(tmp_path_factory, tiny_faces):
     faces = load_faces(tiny_faces, "train")
     root = tmp_path_factory.mktemp("browser_models")
     models = app.load_models(
-        save_tiny_pipeline(root / "tiny-interpretable", faces, 0), save_tiny_pipeline(root / "tiny-baseline", faces, 1),
+        save_tiny_pipeline(root / "tiny-interpretable", faces, 0),
+        save_tiny_pipeline(root / "tiny-baseline", faces, 1),
         default_steps=STEPS,
     )
     demo = app.build_demo(models)

@@ -26,9 +26,26 @@ STEPS = 2
 SIZE = 16
 TRAIN = os.path.join(ROOT, "train_interpretable.py")
 EVALUATE = os.path.join(ROOT, "evaluate.py")
-TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_levels", "0,1", "--layers_per_block", "1",
-        "--report_to", "none", "--save_images_steps", "0", "--train_batch_size", "4", "--lr_warmup_steps", "0",
-        "--seed", "0"]
+TINY = [
+    "--resolution",
+    "16",
+    "--block_out_channels",
+    "8,16",
+    "--attention_levels",
+    "0,1",
+    "--layers_per_block",
+    "1",
+    "--report_to",
+    "none",
+    "--save_images_steps",
+    "0",
+    "--train_batch_size",
+    "4",
+    "--lr_warmup_steps",
+    "0",
+    "--seed",
+    "0",
+]
 
 
 def box(top, left, height, width):
@@ -42,8 +59,10 @@ TEMPLATES = {"eyes": box(4, 3, 2, 10), "nose": box(6, 7, 4, 2), "mouth": box(11,
 
 def make_pipe(clip_sample=False, **kw) -> pid.InterpretableDDPMPipeline:
     pipe = pid.InterpretableDDPMPipeline(
-        unet=tiny_unet(SIZE), scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=clip_sample),
-        concept_templates={n: pid.encode_binary_mask(m) for n, m in TEMPLATES.items()}, **kw,
+        unet=tiny_unet(SIZE),
+        scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=clip_sample),
+        concept_templates={n: pid.encode_binary_mask(m) for n, m in TEMPLATES.items()},
+        **kw,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -85,7 +104,10 @@ BAD_LATENTS = {
     "huge values": (torch.full((1, 3, SIZE, SIZE), 1e30), "holds values up to 1e\\+30"),
     "empty batch": (torch.zeros(0, 3, SIZE, SIZE), "is empty"),
     "huge image": (torch.zeros(1, 3, 1024, 1024), "must have shape \\(B, 3, 16, 16\\)"),
-    "int64": (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.int64), "must be a floating-point tensor, got dtype torch.int64"),
+    "int64": (
+        torch.zeros(1, 3, SIZE, SIZE, dtype=torch.int64),
+        "must be a floating-point tensor, got dtype torch.int64",
+    ),
     "bool": (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.bool), "must be a floating-point tensor"),
     "complex": (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.complex64), "has complex dtype"),
     "meta device": (torch.empty(1, 3, SIZE, SIZE, device="meta"), "is a 'meta' tensor"),
@@ -94,7 +116,10 @@ BAD_LATENTS = {
 LATENT_ARGS = {  # where the bad latents x go: (the argument's name, the call)
     "__call__": ("latents", lambda p, x: p(latents=x, num_inference_steps=STEPS)),
     "resample_region": ("latents", lambda p, x: p.resample_region(x, "eyes", num_inference_steps=STEPS)),
-    "resample_region new": ("new_latents", lambda p, x: p.resample_region(noise(), "eyes", new_latents=x, num_inference_steps=STEPS)),
+    "resample_region new": (
+        "new_latents",
+        lambda p, x: p.resample_region(noise(), "eyes", new_latents=x, num_inference_steps=STEPS),
+    ),
     "swap_regions a": ("latents_a", lambda p, x: p.swap_regions(x, noise(), "eyes", num_inference_steps=STEPS)),
     "swap_regions b": ("latents_b", lambda p, x: p.swap_regions(noise(), x, "eyes", num_inference_steps=STEPS)),
     "attribute": ("latents", lambda p, x: p.attribute(x, num_inference_steps=STEPS)),
@@ -150,85 +175,183 @@ def test_too_many_steps_are_refused(pipe):
 OTHER_CASES = {
     # generation and edits
     "batch_size 0": (lambda p: p(batch_size=0, num_inference_steps=STEPS), "batch_size must be a positive integer"),
-    "batch_size True": (lambda p: p(batch_size=True, num_inference_steps=STEPS), "batch_size must be a positive integer"),
-    "batch_size 1.5": (lambda p: p(batch_size=1.5, num_inference_steps=STEPS), "batch_size must be a positive integer"),
+    "batch_size True": (
+        lambda p: p(batch_size=True, num_inference_steps=STEPS),
+        "batch_size must be a positive integer",
+    ),
+    "batch_size 1.5": (
+        lambda p: p(batch_size=1.5, num_inference_steps=STEPS),
+        "batch_size must be a positive integer",
+    ),
     "output_type call": (lambda p: p(num_inference_steps=STEPS, output_type="latent"), "output_type must be"),
-    "output_type resample": (lambda p: p.resample_region(noise(), "eyes", num_inference_steps=STEPS, output_type="PIL"),
-                             "output_type must be"),
-    "output_type swap": (lambda p: p.swap_regions(noise(), noise(1, 1), "eyes", num_inference_steps=STEPS, output_type=None),
-                         "output_type must be"),
-    "clip_sample string": (lambda p: p(num_inference_steps=STEPS, clip_sample="no"), "clip_sample must be True, False or None"),
-    "clip_sample resample": (lambda p: p.resample_region(noise(), "eyes", num_inference_steps=STEPS, clip_sample=0),
-                             "clip_sample must be"),
+    "output_type resample": (
+        lambda p: p.resample_region(noise(), "eyes", num_inference_steps=STEPS, output_type="PIL"),
+        "output_type must be",
+    ),
+    "output_type swap": (
+        lambda p: p.swap_regions(noise(), noise(1, 1), "eyes", num_inference_steps=STEPS, output_type=None),
+        "output_type must be",
+    ),
+    "clip_sample string": (
+        lambda p: p(num_inference_steps=STEPS, clip_sample="no"),
+        "clip_sample must be True, False or None",
+    ),
+    "clip_sample resample": (
+        lambda p: p.resample_region(noise(), "eyes", num_inference_steps=STEPS, clip_sample=0),
+        "clip_sample must be",
+    ),
     "eta": (lambda p: p(num_inference_steps=STEPS, eta=float("nan")), "eta must be 0"),
-    "mask_from": (lambda p: p.swap_regions(noise(), noise(1, 1), "eyes", num_inference_steps=STEPS, mask_from="c"), "mask_from must be"),
+    "mask_from": (
+        lambda p: p.swap_regions(noise(), noise(1, 1), "eyes", num_inference_steps=STEPS, mask_from="c"),
+        "mask_from must be",
+    ),
     # masks
-    "mask label map int64": (lambda p: p.resample_region(noise(), torch.arange(SIZE * SIZE).view(SIZE, SIZE) % 8, num_inference_steps=STEPS),
-                             "mask of dtype torch.int64 holds values in \\[0, 7\\]"),
-    "mask complex": (lambda p: p.resample_region(noise(), torch.ones(SIZE, SIZE, dtype=torch.complex64), num_inference_steps=STEPS),
-                     "mask has complex dtype"),
-    "mask nan": (lambda p: p.resample_region(noise(), torch.full((SIZE, SIZE), float("nan")), num_inference_steps=STEPS),
-                 "mask contains NaN"),
-    "mask negative": (lambda p: p.swap_regions(noise(), noise(1, 1), -torch.ones(SIZE, SIZE), num_inference_steps=STEPS),
-                      "mask holds values in \\[-1, -1\\]"),
-    "mask meta": (lambda p: p.resample_region(noise(), torch.empty(SIZE, SIZE, device="meta"), num_inference_steps=STEPS),
-                  "mask is a 'meta' tensor"),
-    "mask empty tensor": (lambda p: p.resample_region(noise(), torch.zeros(0, SIZE), num_inference_steps=STEPS), "mask is empty"),
-    "mask strings": (lambda p: p.resample_region(noise(), np.array([["a"] * SIZE] * SIZE), num_inference_steps=STEPS),
-                     "mask must hold numbers"),
-    "mask unknown concept": (lambda p: p.resample_region(noise(), "hair", num_inference_steps=STEPS), "Unknown concept 'hair'"),
+    "mask label map int64": (
+        lambda p: p.resample_region(
+            noise(), torch.arange(SIZE * SIZE).view(SIZE, SIZE) % 8, num_inference_steps=STEPS
+        ),
+        "mask of dtype torch.int64 holds values in \\[0, 7\\]",
+    ),
+    "mask complex": (
+        lambda p: p.resample_region(noise(), torch.ones(SIZE, SIZE, dtype=torch.complex64), num_inference_steps=STEPS),
+        "mask has complex dtype",
+    ),
+    "mask nan": (
+        lambda p: p.resample_region(noise(), torch.full((SIZE, SIZE), float("nan")), num_inference_steps=STEPS),
+        "mask contains NaN",
+    ),
+    "mask negative": (
+        lambda p: p.swap_regions(noise(), noise(1, 1), -torch.ones(SIZE, SIZE), num_inference_steps=STEPS),
+        "mask holds values in \\[-1, -1\\]",
+    ),
+    "mask meta": (
+        lambda p: p.resample_region(noise(), torch.empty(SIZE, SIZE, device="meta"), num_inference_steps=STEPS),
+        "mask is a 'meta' tensor",
+    ),
+    "mask empty tensor": (
+        lambda p: p.resample_region(noise(), torch.zeros(0, SIZE), num_inference_steps=STEPS),
+        "mask is empty",
+    ),
+    "mask strings": (
+        lambda p: p.resample_region(noise(), np.array([["a"] * SIZE] * SIZE), num_inference_steps=STEPS),
+        "mask must hold numbers",
+    ),
+    "mask unknown concept": (
+        lambda p: p.resample_region(noise(), "hair", num_inference_steps=STEPS),
+        "Unknown concept 'hair'",
+    ),
     # concept masks
     "dilation -1": (lambda p: p.concept_mask(noise(), "eyes", dilation=-1), "dilation must be a non-negative integer"),
-    "dilation True": (lambda p: p.concept_mask(noise(), "eyes", dilation=True), "dilation must be a non-negative integer"),
-    "dilation 1.5": (lambda p: p.concept_mask(noise(), "eyes", dilation=1.5), "dilation must be a non-negative integer"),
-    "is_latents string": (lambda p: p.concept_mask(noise(), "eyes", is_latents="yes"), "is_latents must be True, False or None"),
-    "image_or_latents meta": (lambda p: p.concept_mask(torch.empty(1, 3, SIZE, SIZE, device="meta"), "eyes"),
-                              "image_or_latents is a 'meta' tensor"),
-    "image_or_latents nan": (lambda p: p.region_masks(torch.full((1, 3, SIZE, SIZE), float("nan"))),
-                             "image_or_latents contains NaN"),
+    "dilation True": (
+        lambda p: p.concept_mask(noise(), "eyes", dilation=True),
+        "dilation must be a non-negative integer",
+    ),
+    "dilation 1.5": (
+        lambda p: p.concept_mask(noise(), "eyes", dilation=1.5),
+        "dilation must be a non-negative integer",
+    ),
+    "is_latents string": (
+        lambda p: p.concept_mask(noise(), "eyes", is_latents="yes"),
+        "is_latents must be True, False or None",
+    ),
+    "image_or_latents meta": (
+        lambda p: p.concept_mask(torch.empty(1, 3, SIZE, SIZE, device="meta"), "eyes"),
+        "image_or_latents is a 'meta' tensor",
+    ),
+    "image_or_latents nan": (
+        lambda p: p.region_masks(torch.full((1, 3, SIZE, SIZE), float("nan"))),
+        "image_or_latents contains NaN",
+    ),
     # inversion
-    "invert nan image": (lambda p: p.invert(torch.full((1, 3, SIZE, SIZE), float("nan")), num_inference_steps=STEPS),
-                         "image contains NaN or infinite"),
-    "invert inf image": (lambda p: p.invert(torch.full((1, 3, SIZE, SIZE), float("inf")), num_inference_steps=STEPS),
-                         "image contains NaN or infinite"),
-    "invert empty image": (lambda p: p.invert(torch.zeros(0, 3, SIZE, SIZE), num_inference_steps=STEPS), "image is empty"),
-    "invert complex image": (lambda p: p.invert(torch.zeros(1, 3, SIZE, SIZE, dtype=torch.complex64), num_inference_steps=STEPS),
-                             "image has complex dtype"),
-    "invert meta image": (lambda p: p.invert(torch.empty(1, 3, SIZE, SIZE, device="meta"), num_inference_steps=STEPS),
-                          "image is a 'meta' tensor"),
-    "invert 0..255 tensor": (lambda p: p.invert(torch.full((1, 3, SIZE, SIZE), 255), num_inference_steps=STEPS),
-                             "Image tensors must be in \\[0, 1\\]; image holds values in \\[255, 255\\]"),
-    "invert animation": (lambda p: p.invert(animation(), num_inference_steps=STEPS), "image is an animation of 2 frames"),
-    "invert complex array": (lambda p: p.invert(np.zeros((SIZE, SIZE, 3), np.complex64), num_inference_steps=STEPS),
-                             "image arrays must hold real numbers"),
+    "invert nan image": (
+        lambda p: p.invert(torch.full((1, 3, SIZE, SIZE), float("nan")), num_inference_steps=STEPS),
+        "image contains NaN or infinite",
+    ),
+    "invert inf image": (
+        lambda p: p.invert(torch.full((1, 3, SIZE, SIZE), float("inf")), num_inference_steps=STEPS),
+        "image contains NaN or infinite",
+    ),
+    "invert empty image": (
+        lambda p: p.invert(torch.zeros(0, 3, SIZE, SIZE), num_inference_steps=STEPS),
+        "image is empty",
+    ),
+    "invert complex image": (
+        lambda p: p.invert(torch.zeros(1, 3, SIZE, SIZE, dtype=torch.complex64), num_inference_steps=STEPS),
+        "image has complex dtype",
+    ),
+    "invert meta image": (
+        lambda p: p.invert(torch.empty(1, 3, SIZE, SIZE, device="meta"), num_inference_steps=STEPS),
+        "image is a 'meta' tensor",
+    ),
+    "invert 0..255 tensor": (
+        lambda p: p.invert(torch.full((1, 3, SIZE, SIZE), 255), num_inference_steps=STEPS),
+        "Image tensors must be in \\[0, 1\\]; image holds values in \\[255, 255\\]",
+    ),
+    "invert animation": (
+        lambda p: p.invert(animation(), num_inference_steps=STEPS),
+        "image is an animation of 2 frames",
+    ),
+    "invert complex array": (
+        lambda p: p.invert(np.zeros((SIZE, SIZE, 3), np.complex64), num_inference_steps=STEPS),
+        "image arrays must hold real numbers",
+    ),
     "invert no image": (lambda p: p.invert([], num_inference_steps=STEPS), "No image given"),
-    "fixed_point_iterations -1": (lambda p: p.invert(torch.rand(1, 3, SIZE, SIZE), num_inference_steps=STEPS, fixed_point_iterations=-1),
-                                  "fixed_point_iterations must be a non-negative integer"),
-    "fixed_point_iterations 1.5": (lambda p: p.invert(torch.rand(1, 3, SIZE, SIZE), num_inference_steps=STEPS, fixed_point_iterations=1.5),
-                                   "fixed_point_iterations must be a non-negative integer"),
+    "fixed_point_iterations -1": (
+        lambda p: p.invert(torch.rand(1, 3, SIZE, SIZE), num_inference_steps=STEPS, fixed_point_iterations=-1),
+        "fixed_point_iterations must be a non-negative integer",
+    ),
+    "fixed_point_iterations 1.5": (
+        lambda p: p.invert(torch.rand(1, 3, SIZE, SIZE), num_inference_steps=STEPS, fixed_point_iterations=1.5),
+        "fixed_point_iterations must be a non-negative integer",
+    ),
     # attribution
-    "attribute overlapping masks": (lambda p: p.attribute(noise(), overlapping_partition(), num_inference_steps=STEPS),
-                                    "masks overlap: 64 pixels of image 0 lie in more than one region \\(region_0, region_1\\)"),
-    "attribute empty region": (lambda p: p.attribute(noise(), torch.stack([torch.ones(SIZE, SIZE), torch.zeros(SIZE, SIZE)]),
-                                                     num_inference_steps=STEPS),
-                               "Region 'region_1' is empty for image 0: its mask has no pixel"),
-    "attribute K = 8": (lambda p: p.attribute(noise(), eight_regions(), num_inference_steps=STEPS),
-                        "8 regions .* make 2\\^8 = 256 coalitions: 512 UNet evaluations per image over 2 attributed "
-                        "timesteps, more than max_coalitions=64 allows. Pass max_coalitions=256"),
-    "attribute label-map masks": (lambda p: p.attribute(noise(), (torch.arange(SIZE * SIZE).view(1, SIZE, SIZE) % 3), num_inference_steps=STEPS),
-                                  "masks of dtype torch.int64 holds values in \\[0, 2\\]"),
-    "attribute complex masks": (lambda p: p.attribute(noise(), torch.ones(1, SIZE, SIZE, dtype=torch.complex64), num_inference_steps=STEPS),
-                                "masks has complex dtype"),
-    "attribute no concepts": (lambda p: p.attribute(noise(), [], num_inference_steps=STEPS), "masks is an empty list of concept names"),
-    "attribute timesteps empty": (lambda p: p.attribute(noise(), timesteps=[], num_inference_steps=STEPS), "timesteps is empty"),
-    "attribute timesteps float": (lambda p: p.attribute(noise(), timesteps=[500.5], num_inference_steps=STEPS),
-                                  "timesteps\\[0\\] must be a non-negative integer"),
-    "attribute timesteps scalar": (lambda p: p.attribute(noise(), timesteps=500, num_inference_steps=STEPS),
-                                   "timesteps must be a sequence of timesteps"),
-    "attribute max_batch_size 0": (lambda p: p.attribute(noise(), max_batch_size=0, num_inference_steps=STEPS),
-                                   "max_batch_size must be a positive integer"),
-    "attribute max_coalitions 0": (lambda p: p.attribute(noise(), max_coalitions=0, num_inference_steps=STEPS),
-                                   "max_coalitions must be a positive integer"),
+    "attribute overlapping masks": (
+        lambda p: p.attribute(noise(), overlapping_partition(), num_inference_steps=STEPS),
+        "masks overlap: 64 pixels of image 0 lie in more than one region \\(region_0, region_1\\)",
+    ),
+    "attribute empty region": (
+        lambda p: p.attribute(
+            noise(), torch.stack([torch.ones(SIZE, SIZE), torch.zeros(SIZE, SIZE)]), num_inference_steps=STEPS
+        ),
+        "Region 'region_1' is empty for image 0: its mask has no pixel",
+    ),
+    "attribute K = 8": (
+        lambda p: p.attribute(noise(), eight_regions(), num_inference_steps=STEPS),
+        "8 regions .* make 2\\^8 = 256 coalitions: 512 UNet evaluations per image over 2 attributed "
+        "timesteps, more than max_coalitions=64 allows. Pass max_coalitions=256",
+    ),
+    "attribute label-map masks": (
+        lambda p: p.attribute(noise(), (torch.arange(SIZE * SIZE).view(1, SIZE, SIZE) % 3), num_inference_steps=STEPS),
+        "masks of dtype torch.int64 holds values in \\[0, 2\\]",
+    ),
+    "attribute complex masks": (
+        lambda p: p.attribute(noise(), torch.ones(1, SIZE, SIZE, dtype=torch.complex64), num_inference_steps=STEPS),
+        "masks has complex dtype",
+    ),
+    "attribute no concepts": (
+        lambda p: p.attribute(noise(), [], num_inference_steps=STEPS),
+        "masks is an empty list of concept names",
+    ),
+    "attribute timesteps empty": (
+        lambda p: p.attribute(noise(), timesteps=[], num_inference_steps=STEPS),
+        "timesteps is empty",
+    ),
+    "attribute timesteps float": (
+        lambda p: p.attribute(noise(), timesteps=[500.5], num_inference_steps=STEPS),
+        "timesteps\\[0\\] must be a non-negative integer",
+    ),
+    "attribute timesteps scalar": (
+        lambda p: p.attribute(noise(), timesteps=500, num_inference_steps=STEPS),
+        "timesteps must be a sequence of timesteps",
+    ),
+    "attribute max_batch_size 0": (
+        lambda p: p.attribute(noise(), max_batch_size=0, num_inference_steps=STEPS),
+        "max_batch_size must be a positive integer",
+    ),
+    "attribute max_coalitions 0": (
+        lambda p: p.attribute(noise(), max_coalitions=0, num_inference_steps=STEPS),
+        "max_coalitions must be a positive integer",
+    ),
 }
 
 
@@ -240,14 +363,23 @@ def test_bad_arguments_are_refused_naming_the_argument(pipe, case):
 
 
 def test_big_games_run_with_an_explicit_opt_in(pipe):
-    out = pipe.attribute(noise(), eight_regions(), timesteps=[pipe.scheduler.config.num_train_timesteps // 2],
-                         num_inference_steps=STEPS, max_coalitions=256)
+    out = pipe.attribute(
+        noise(),
+        eight_regions(),
+        timesteps=[pipe.scheduler.config.num_train_timesteps // 2],
+        num_inference_steps=STEPS,
+        max_coalitions=256,
+    )
     assert out.phi.shape == (1, 1, 8, 8)
 
 
 def test_good_masks_of_every_plain_form_are_still_accepted(pipe):
-    for mask in (torch.from_numpy(TEMPLATES["eyes"]), torch.from_numpy(TEMPLATES["eyes"]).long(),
-                 TEMPLATES["eyes"].astype(np.uint8) * 255, TEMPLATES["eyes"].astype(np.float32)):
+    for mask in (
+        torch.from_numpy(TEMPLATES["eyes"]),
+        torch.from_numpy(TEMPLATES["eyes"]).long(),
+        TEMPLATES["eyes"].astype(np.uint8) * 255,
+        TEMPLATES["eyes"].astype(np.float32),
+    ):
         out = pipe.resample_region(noise(), mask, num_inference_steps=STEPS, output_type="pt")
         assert out.mask.sum() == TEMPLATES["eyes"].sum()
 
@@ -288,8 +420,9 @@ def test_a_concept_mask_comes_from_the_image_the_edit_starts_from():
         masks[clip] = pipe.concept_mask(image, "eyes", is_latents=False)
     assert not torch.equal(masks[True], masks[False])  # the two regenerations parse differently: the test can tell
     for clip in (True, False):
-        out = pipe.resample_region(latents, "eyes", new_latents=other, num_inference_steps=4, output_type="pt",
-                                   clip_sample=clip)
+        out = pipe.resample_region(
+            latents, "eyes", new_latents=other, num_inference_steps=4, output_type="pt", clip_sample=clip
+        )
         assert torch.equal(out.mask, masks[clip])
         out = pipe.swap_regions(latents, other, "eyes", num_inference_steps=4, output_type="pt", clip_sample=clip)
         assert torch.equal(out.mask, masks[clip])
@@ -308,7 +441,10 @@ def out_of_range(name, low, low_in, high, high_in):
     return [below] + ([high + 1 if high_in else high] if high is not None else [])
 
 
-NUMERIC_CASES = [(name, v) for name, *rng in ti.NUMERIC_FLAGS for v in ["nan", "inf", "-inf", *map(str, out_of_range(name, *rng))]]
+NUMERIC_CASES = [
+    (name, v) for name, *rng in ti.NUMERIC_FLAGS for v in ["nan", "inf", "-inf", *map(str, out_of_range(name, *rng))]
+]
+
 
 def run_evaluate(argv) -> int:
     """evaluate.py's command line in-process: parse_args (argparse exits 2 on a bad flag), then main."""
@@ -342,10 +478,18 @@ TRAIN_CLI_CASES = {  # arguments: what stderr must say, as a real subprocess? (t
     "batch 0": (["--train_batch_size", "0"], "--train_batch_size must be >= 1, got 0", True),
     "negative lr": (["--learning_rate", "-1"], "--learning_rate must be > 0, got -1.0", False),
     "negative dilation": (["--mask_dilation", "-3"], "--mask_dilation must be >= 0, got -3", True),
-    "zero snr with epsilon": (["--prediction_type", "epsilon", "--rescale_betas_zero_snr"], "--rescale_betas_zero_snr needs", False),
+    "zero snr with epsilon": (
+        ["--prediction_type", "epsilon", "--rescale_betas_zero_snr"],
+        "--rescale_betas_zero_snr needs",
+        False,
+    ),
     "bad spacing": (["--timestep_spacing", "uniform"], "--timestep_spacing: invalid choice: 'uniform'", False),
     "bad prediction": (["--prediction_type", "x0"], "--prediction_type: invalid choice: 'x0'", False),
-    "sample steps past T": (["--sample_inference_steps", "2000"], "--sample_inference_steps 2000 exceeds --num_train_timesteps 1000", False),
+    "sample steps past T": (
+        ["--sample_inference_steps", "2000"],
+        "--sample_inference_steps 2000 exceeds --num_train_timesteps 1000",
+        False,
+    ),
     "bad beta schedule": (["--beta_schedule", "cosine"], "--beta_schedule must be one of linear", False),
     "bad attention levels": (["--attention_levels", "0,2"], "--attention_levels must be 0 or 1 per level", False),
 }
@@ -359,9 +503,18 @@ def test_training_command_line_refuses_bad_flags_without_touching_the_output_dir
     def argv(extra):
         return ["--train_data_dir", tiny_faces, "--output_dir", str(user_dir), *TINY, *extra]
 
-    procs = {name: subprocess.Popen([sys.executable, TRAIN, *argv(extra)], cwd=ROOT, env=child_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, (extra, _, real) in TRAIN_CLI_CASES.items() if real}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, TRAIN, *argv(extra)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (extra, _, real) in TRAIN_CLI_CASES.items()
+        if real
+    }
     results = {}
     for name, (extra, _, real) in TRAIN_CLI_CASES.items():
         if not real:
@@ -381,10 +534,28 @@ def test_training_command_line_refuses_bad_flags_without_touching_the_output_dir
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_faces, tmp_path):
     """lambda grows from 1 to 1e300 over 4 steps: step 1 is finite, step 2's loss overflows to inf."""
     out = tmp_path / "run"
-    args = ["--train_data_dir", tiny_faces, "--output_dir", str(out), *TINY, "--max_train_steps", "6", "--log_every", "5",
-            "--checkpointing_steps", "1", "--lambda_start", "1", "--lambda_end", "1e300", "--lambda_decay_steps", "4"]
-    proc = subprocess.run([sys.executable, TRAIN, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                          timeout=300)
+    args = [
+        "--train_data_dir",
+        tiny_faces,
+        "--output_dir",
+        str(out),
+        *TINY,
+        "--max_train_steps",
+        "6",
+        "--log_every",
+        "5",
+        "--checkpointing_steps",
+        "1",
+        "--lambda_start",
+        "1",
+        "--lambda_end",
+        "1e300",
+        "--lambda_decay_steps",
+        "4",
+    ]
+    proc = subprocess.run(
+        [sys.executable, TRAIN, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "error: the training loss or weights became NaN or infinite by step 2" in proc.stderr
     assert f"the last good checkpoint is '{out / 'checkpoint-1'}'" in proc.stderr and "Traceback" not in proc.stderr
@@ -427,14 +598,31 @@ def test_evaluate_command_line_refuses_bad_input_and_overwrites_nothing(tmp_path
     user_dir.mkdir()
     (user_dir / "results.md").write_text("my earlier results")
     cases = {  # arguments: what stderr must say, as a real subprocess? (else `main` in-process)
-        "bad flag": ([str(pipe_dir), "--num_pairs", "-1", "--output_dir", str(tmp_path / "new")], "--num_pairs must be >= 0", True),
+        "bad flag": (
+            [str(pipe_dir), "--num_pairs", "-1", "--output_dir", str(tmp_path / "new")],
+            "--num_pairs must be >= 0",
+            True,
+        ),
         "missing pipeline": ([str(tmp_path / "nope"), "--output_dir", str(tmp_path / "new")], "does not exist", False),
         "not a pipeline": ([str(user_dir), "--output_dir", str(tmp_path / "new")], "has no model_index.json", False),
-        "existing results": ([str(pipe_dir), "--output_dir", str(user_dir)], "already holds files; pass --overwrite", True),
+        "existing results": (
+            [str(pipe_dir), "--output_dir", str(user_dir)],
+            "already holds files; pass --overwrite",
+            True,
+        ),
     }
-    procs = {name: subprocess.Popen([sys.executable, EVALUATE, *argv, "--device", "cpu"], cwd=ROOT, env=child_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, (argv, _, real) in cases.items() if real}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, EVALUATE, *argv, "--device", "cpu"],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (argv, _, real) in cases.items()
+        if real
+    }
     results = {}
     for name, (argv, _, real) in cases.items():
         if not real:
@@ -444,7 +632,10 @@ def test_evaluate_command_line_refuses_bad_input_and_overwrites_nothing(tmp_path
     for name, (code, err) in results.items():
         assert code == 2 and "error:" in err and cases[name][1] in err and "Traceback" not in err, (name, err)
     assert not (tmp_path / "new").exists()
-    assert sorted(os.listdir(user_dir)) == ["results.md"] and (user_dir / "results.md").read_text() == "my earlier results"
+    assert (
+        sorted(os.listdir(user_dir)) == ["results.md"]
+        and (user_dir / "results.md").read_text() == "my earlier results"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -458,8 +649,10 @@ def percentile_bootstrap(v, rng):  # the interval evaluate.py used before: too n
 @pytest.mark.parametrize("dist", ["exponential", "lognormal"])
 def test_mean_interval_covers_95_percent_on_skewed_data(dist):
     rng = np.random.default_rng(0)
-    draw, mean = {"exponential": (lambda: rng.exponential(1.0, 30), 1.0),
-                  "lognormal": (lambda: rng.lognormal(0.0, 0.5, 30), math.exp(0.5**2 / 2))}[dist]
+    draw, mean = {
+        "exponential": (lambda: rng.exponential(1.0, 30), 1.0),
+        "lognormal": (lambda: rng.lognormal(0.0, 0.5, 30), math.exp(0.5**2 / 2)),
+    }[dist]
     reps, hits, hits_percentile = 400, 0, 0
     for i in range(reps):
         v = draw()

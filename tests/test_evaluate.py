@@ -34,7 +34,8 @@ def templates(tiny_faces):
 
 def per_pixel_pipeline(templates):
     pipe = pid.InterpretableDDPMPipeline(
-        unet=PerPixelDenoiser(16), scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+        unet=PerPixelDenoiser(16),
+        scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
         concept_templates=templates,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -46,11 +47,39 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     tiny_pipeline(concept_templates=templates).save_pretrained(str(main_dir))
     tiny_pipeline(seed=1).save_pretrained(str(base_dir))  # no templates: borrows the main pipeline's
     args = [
-        str(main_dir), "--baseline", str(base_dir), "--output_dir", str(out), "--data_dir", tiny_faces,
-        "--fid_cache_dir", str(tmp_path / "fid_cache"), "--num_pairs", "10", "--num_fid_samples", "3",
-        "--num_inference_steps", "2", "--num_attribution_samples", "2", "--attribution_steps", "2",
-        "--num_real_pairs", "1", "--batch_size", "4", "--num_threads", "1", "--device", "cpu",
-        "--num_end_to_end_samples", "2", "--num_emergence_pairs", "2", "--emergence_points", "2",
+        str(main_dir),
+        "--baseline",
+        str(base_dir),
+        "--output_dir",
+        str(out),
+        "--data_dir",
+        tiny_faces,
+        "--fid_cache_dir",
+        str(tmp_path / "fid_cache"),
+        "--num_pairs",
+        "10",
+        "--num_fid_samples",
+        "3",
+        "--num_inference_steps",
+        "2",
+        "--num_attribution_samples",
+        "2",
+        "--attribution_steps",
+        "2",
+        "--num_real_pairs",
+        "1",
+        "--batch_size",
+        "4",
+        "--num_threads",
+        "1",
+        "--device",
+        "cpu",
+        "--num_end_to_end_samples",
+        "2",
+        "--num_emergence_pairs",
+        "2",
+        "--emergence_points",
+        "2",
     ]
     proc = subprocess.run([sys.executable, EVALUATE, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,7 +89,8 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     variants = {f"{n}_{v}" for n in ("interp", "baseline") for v in ("harmonized", "plain")}
     assert set(results["pipelines"]) == variants
     assert results["config"]["baseline_of"] == {
-        "interp_harmonized": "baseline_harmonized", "interp_plain": "baseline_plain"
+        "interp_harmonized": "baseline_harmonized",
+        "interp_plain": "baseline_plain",
     }
     for name, res in results["pipelines"].items():
         assert res["harmonize_noise"] == name.endswith("harmonized")
@@ -69,7 +99,11 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
             for edit in ("swap", "resample"):
                 for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
                     stats = res["locality"][edit][concept][key]
-                    assert stats["n"] == 10 and stats["mean"] > 0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
+                    assert (
+                        stats["n"] == 10
+                        and stats["mean"] > 0
+                        and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
+                    )
                     if name in results["config"]["baseline_of"]:  # paired ratio over the same 10 seeded pairs
                         ratio = stats["ratio_to_baseline"]
                         assert ratio["n"] == 10 and ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1]
@@ -87,7 +121,9 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         for edit in ("swap", "resample", "swap_blend", "resample_blend"):
             assert res["edit_realism"][edit]["kid"] is not None and res["edit_realism"][edit]["fid"] > 0
         e2e = res["end_to_end"]
-        assert e2e["num_samples"] == 2 and 0 < e2e["leakage"]["mean"] < 1 and e2e["num_full_ddim_runs_per_sample"] == 16
+        assert (
+            e2e["num_samples"] == 2 and 0 < e2e["leakage"]["mean"] < 1 and e2e["num_full_ddim_runs_per_sample"] == 16
+        )
         assert res["timings"]["end_to_end"] > 0
         em = res["emergence"]
         assert em["step_indices"] == [0, 1] and em["modes"] == ["trajectory", "noise"]
@@ -105,7 +141,9 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         else:
             assert "real" not in res
     # the harmonised variant's seeded x_T differ, so do its samples
-    assert results["pipelines"]["interp_harmonized"]["fid"]["fid"] != results["pipelines"]["interp_plain"]["fid"]["fid"]
+    assert (
+        results["pipelines"]["interp_harmonized"]["fid"]["fid"] != results["pipelines"]["interp_plain"]["fid"]["fid"]
+    )
     assert "299x299" in results["methods"]["fid_resize"]
     assert "borrowed" in results["pipelines"]["baseline_plain"]["mask_source"]
 
@@ -140,7 +178,9 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
 
 
 def test_missing_pipeline_path_error_message(tmp_path, capsys):
-    assert evaluate.main(evaluate.parse_args([str(tmp_path / "missing_pipe"), "--output_dir", str(tmp_path / "o")])) == 2
+    assert (
+        evaluate.main(evaluate.parse_args([str(tmp_path / "missing_pipe"), "--output_dir", str(tmp_path / "o")])) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert evaluate.main(evaluate.parse_args([str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o")])) == 2
@@ -149,10 +189,12 @@ def test_missing_pipeline_path_error_message(tmp_path, capsys):
 
 def test_per_pixel_model_is_exactly_local_and_a_mixing_unet_is_not(templates):
     concepts = ["eyes", "nose", "mouth"]
-    local = evaluate.evaluate_locality(per_pixel_pipeline(templates), concepts, num_pairs=3, seed=0,
-                                       num_inference_steps=3, batch_size=4)
-    mixing = evaluate.evaluate_locality(tiny_pipeline(concept_templates=templates), concepts, num_pairs=3, seed=0,
-                                        num_inference_steps=3, batch_size=4)
+    local = evaluate.evaluate_locality(
+        per_pixel_pipeline(templates), concepts, num_pairs=3, seed=0, num_inference_steps=3, batch_size=4
+    )
+    mixing = evaluate.evaluate_locality(
+        tiny_pipeline(concept_templates=templates), concepts, num_pairs=3, seed=0, num_inference_steps=3, batch_size=4
+    )
     for edit in ("swap", "resample"):
         for c in concepts:
             for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
@@ -162,8 +204,9 @@ def test_per_pixel_model_is_exactly_local_and_a_mixing_unet_is_not(templates):
             assert mixing[edit][c]["lab/paper"]["mean"] > 0.05
 
     leak_local = evaluate.evaluate_attribution(per_pixel_pipeline(templates), 2, 2, seed=0, num_inference_steps=3)
-    leak_mixing = evaluate.evaluate_attribution(tiny_pipeline(concept_templates=templates), 2, 2, seed=0,
-                                                num_inference_steps=3)
+    leak_mixing = evaluate.evaluate_attribution(
+        tiny_pipeline(concept_templates=templates), 2, 2, seed=0, num_inference_steps=3
+    )
     assert leak_local["region_names"] == ["eyes", "nose", "mouth", "rest"]
     assert leak_local["leakage"]["mean"] < 1e-9
     assert max(max(curve) for curve in leak_local["region_leakage_curve"].values()) < 1e-9
@@ -200,7 +243,9 @@ def test_a_plain_ddpm_pipeline_folder_loads_as_an_interpretable_ddim_pipeline(tm
 
     from conftest import tiny_unet
 
-    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(tmp_path / "p"))
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(
+        str(tmp_path / "p")
+    )
     pipe = model_files.load_pipeline(str(tmp_path / "p"), "cpu")
     # sampled like the interpretable pipelines: the saved DDPM schedule clips x_0 (its default), so DDIM does too
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.clip_sample
@@ -210,7 +255,9 @@ def test_a_plain_ddpm_pipeline_folder_loads_as_an_interpretable_ddim_pipeline(tm
 def test_seeded_draws_do_not_depend_on_batching():
     shape = (3, 16, 16)
     whole = evaluate.seeded_latents(shape, 7, "pair_a", range(5))
-    parts = torch.cat([evaluate.seeded_latents(shape, 7, "pair_a", [0, 1]), evaluate.seeded_latents(shape, 7, "pair_a", [2, 3, 4])])
+    parts = torch.cat(
+        [evaluate.seeded_latents(shape, 7, "pair_a", [0, 1]), evaluate.seeded_latents(shape, 7, "pair_a", [2, 3, 4])]
+    )
     assert torch.equal(whole, parts)
     assert not torch.equal(whole, evaluate.seeded_latents(shape, 7, "pair_b", range(5)))
     assert not torch.equal(whole, evaluate.seeded_latents(shape, 8, "pair_a", range(5)))
@@ -273,7 +320,9 @@ def test_load_checkpoint_or_pipeline_puts_checkpoint_ema_weights_into_the_shell(
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
     with torch.no_grad():
         expected = {seed: tiny_unet(seed=seed)(x, t).sample for seed in (0, 1, 3)}
-        from_checkpoint = evaluate.load_checkpoint_or_pipeline(str(tmp_path / "checkpoint-600"), str(tmp_path / "shell"))
+        from_checkpoint = evaluate.load_checkpoint_or_pipeline(
+            str(tmp_path / "checkpoint-600"), str(tmp_path / "shell")
+        )
         from_pipeline = evaluate.load_checkpoint_or_pipeline(str(tmp_path / "run"), str(tmp_path / "shell"))
         assert torch.allclose(from_checkpoint.unet(x, t).sample, expected[1], atol=1e-6)
         assert not torch.allclose(expected[1], expected[0], atol=1e-3)
@@ -334,7 +383,7 @@ def test_seam_score_against_brute_force_and_known_cases():
     band = torch.zeros(12, 12, dtype=torch.bool)
     for y in range(12):
         for x in range(12):
-            near = mask[0, 0, max(0, y - 1):y + 2, max(0, x - 1):x + 2]
+            near = mask[0, 0, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
             band[y, x] = bool(near.max() > 0) and bool(near.min() == 0)
     assert torch.equal(evaluate.border_band(mask)[0, 0].bool(), band)
     assert band[m].sum() == 16 and band[~m].sum() == 24  # inner ring of the 5x5 box; outer ring
@@ -353,22 +402,42 @@ def test_seam_score_against_brute_force_and_known_cases():
 
 def test_blended_edits_are_local_by_construction_and_scored_on_the_same_pairs(templates):
     pipe = tiny_pipeline(concept_templates=templates)
-    loc = evaluate.evaluate_locality(pipe, ["nose"], num_pairs=3, seed=0, num_inference_steps=3, batch_size=3,
-                                     num_examples=1, blend=(False, True), harmonize_noise=False)
+    loc = evaluate.evaluate_locality(
+        pipe,
+        ["nose"],
+        num_pairs=3,
+        seed=0,
+        num_inference_steps=3,
+        batch_size=3,
+        num_examples=1,
+        blend=(False, True),
+        harmonize_noise=False,
+    )
     for edit in ("swap", "resample"):
         assert loc[edit]["nose"]["rgb/paper"]["mean"] > 1e-4  # the random UNet mixes everything
         assert loc[edit + "_blend"]["nose"]["rgb/paper"]["mean"] < 1e-8
         assert loc[edit + "_blend"]["nose"]["rgb/paper"]["units"]["ids"] == [0, 1, 2]
     assert loc["edited_uint8"]["swap_blend"].shape == (6, 3, 16, 16)
     assert loc["edited_uint8"]["resample"].shape == (3, 3, 16, 16)
-    only = evaluate.evaluate_locality(pipe, ["nose"], num_pairs=3, seed=0, num_inference_steps=3, batch_size=3,
-                                      num_examples=0, blend=(False,), harmonize_noise=False)
+    only = evaluate.evaluate_locality(
+        pipe,
+        ["nose"],
+        num_pairs=3,
+        seed=0,
+        num_inference_steps=3,
+        batch_size=3,
+        num_examples=0,
+        blend=(False,),
+        harmonize_noise=False,
+    )
     assert "swap_blend" not in only
     assert only["swap"]["nose"]["seam"]["mean"] == pytest.approx(loc["swap"]["nose"]["seam"]["mean"])
 
 
 def test_end_to_end_leakage_of_a_per_pixel_model_is_zero_and_of_a_mixing_unet_is_not(templates):
-    local = evaluate.evaluate_end_to_end(per_pixel_pipeline(templates), 2, seed=0, num_inference_steps=2, batch_size=16)
+    local = evaluate.evaluate_end_to_end(
+        per_pixel_pipeline(templates), 2, seed=0, num_inference_steps=2, batch_size=16
+    )
     mixing = evaluate.evaluate_end_to_end(tiny_pipeline(concept_templates=templates), 2, seed=0, num_inference_steps=2)
     assert local["num_samples"] == 2 and local["leakage"]["mean"] < 1e-6
     assert mixing["leakage"]["mean"] > 1e-3
@@ -377,8 +446,9 @@ def test_end_to_end_leakage_of_a_per_pixel_model_is_zero_and_of_a_mixing_unet_is
 
 
 def test_emergence_of_a_per_pixel_model(templates):
-    em = evaluate.evaluate_emergence(per_pixel_pipeline(templates), ["mouth"], num_pairs=2, seed=0,
-                                     num_inference_steps=4, num_points=4)
+    em = evaluate.evaluate_emergence(
+        per_pixel_pipeline(templates), ["mouth"], num_pairs=2, seed=0, num_inference_steps=4, num_points=4
+    )
     assert em["step_indices"] == [0, 1, 2, 3] and len(em["timesteps"]) == 4
     # a per-pixel model: the region of B's trajectory carries B's part whatever the step
     for p in em["trajectory"]["mouth"]["curve"]:

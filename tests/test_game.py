@@ -142,10 +142,24 @@ def test_per_pixel_model_has_zero_loss_and_mixing_model_does_not(estimator, valu
     x_t, baseline, timesteps, regions = setup_game(batch=4, k=3, seed=3)
     kwargs = dict(estimator=estimator, value=value, num_coalitions=4)
     with torch.no_grad():
-        local = pid.interpretability_loss(model_fn_of(PerPixelDenoiser()), x_t, timesteps, regions, baseline,
-                                          generator=torch.Generator().manual_seed(0), **kwargs)
-        mixing = pid.interpretability_loss(model_fn_of(tiny_unet()), x_t, timesteps, regions, baseline,
-                                           generator=torch.Generator().manual_seed(0), **kwargs)
+        local = pid.interpretability_loss(
+            model_fn_of(PerPixelDenoiser()),
+            x_t,
+            timesteps,
+            regions,
+            baseline,
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        )
+        mixing = pid.interpretability_loss(
+            model_fn_of(tiny_unet()),
+            x_t,
+            timesteps,
+            regions,
+            baseline,
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        )
     assert local.ndim == 0 and local.item() < 1e-12
     assert mixing.item() > 1e-6
 
@@ -153,16 +167,25 @@ def test_per_pixel_model_has_zero_loss_and_mixing_model_does_not(estimator, valu
 def test_loss_is_differentiable_and_weighted():
     unet = tiny_unet()
     x_t, baseline, timesteps, regions = setup_game(batch=2, k=2, seed=4)
-    loss = pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="pair",
-                                     generator=torch.Generator().manual_seed(0))
+    loss = pid.interpretability_loss(
+        model_fn_of(unet),
+        x_t,
+        timesteps,
+        regions,
+        baseline,
+        estimator="pair",
+        generator=torch.Generator().manual_seed(0),
+    )
     loss.backward()
     assert unet.conv_in.weight.grad is not None and unet.conv_in.weight.grad.abs().sum() > 0
     with torch.no_grad():
         weights = torch.tensor([1.0, 0.0])
-        weighted = pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="exact",
-                                             example_weights=weights)
-        first_only = pid.interpretability_loss(model_fn_of(unet), x_t[:1], timesteps[:1], regions[:1], baseline[:1],
-                                               estimator="exact")
+        weighted = pid.interpretability_loss(
+            model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="exact", example_weights=weights
+        )
+        first_only = pid.interpretability_loss(
+            model_fn_of(unet), x_t[:1], timesteps[:1], regions[:1], baseline[:1], estimator="exact"
+        )
     assert weighted.item() == pytest.approx(first_only.item(), rel=1e-4)
     with pytest.raises(ValueError, match="estimator must be 'exact', 'sampled' or 'pair'"):
         pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="castro")
@@ -178,11 +201,22 @@ def test_sampled_estimators_are_unbiased_for_the_exact_loss(estimator, draws):
     generator = torch.Generator().manual_seed(123)
     with torch.no_grad():
         exact = pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator="exact").item()
-        estimates = torch.tensor([
-            pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator=estimator,
-                                      num_coalitions=2, generator=generator).item()
-            for _ in range(draws)
-        ], dtype=torch.float64)
+        estimates = torch.tensor(
+            [
+                pid.interpretability_loss(
+                    model_fn,
+                    x_t,
+                    timesteps,
+                    regions,
+                    baseline,
+                    estimator=estimator,
+                    num_coalitions=2,
+                    generator=generator,
+                ).item()
+                for _ in range(draws)
+            ],
+            dtype=torch.float64,
+        )
     mean, standard_error = estimates.mean().item(), (estimates.std() / math.sqrt(draws)).item()
     assert standard_error > 0  # the estimates do vary
     assert abs(mean - exact) < 4 * standard_error, (mean, exact, standard_error)
@@ -211,8 +245,16 @@ def test_border_leaves_out_exactly_the_band_a_local_mixer_reaches(estimator):
     x_t, baseline, timesteps, _ = setup_game(batch=3, k=3, seed=5)
     regions = stripe_partition(3, 3)
     losses = {
-        border: pid.interpretability_loss(blur, x_t, timesteps, regions, baseline, estimator=estimator,
-                                          generator=torch.Generator().manual_seed(0), border=border).item()
+        border: pid.interpretability_loss(
+            blur,
+            x_t,
+            timesteps,
+            regions,
+            baseline,
+            estimator=estimator,
+            generator=torch.Generator().manual_seed(0),
+            border=border,
+        ).item()
         for border in (0, 1)
     }
     assert losses[0] > 1e-4 and losses[1] < 1e-12
@@ -230,11 +272,20 @@ def test_context_players_may_influence_every_region_but_nothing_else_may():
         def model_fn(x, t):
             region = regions.repeat_interleave(x.shape[0] // regions.shape[0], 0)[:, source : source + 1]
             return x + (x * region).sum((-2, -1), keepdim=True) / region.sum((-2, -1), keepdim=True)
+
         return model_fn
 
     def loss(model_fn, context):
-        return pid.interpretability_loss(model_fn, x_t, timesteps, regions, baseline, estimator="pair",
-                                         generator=torch.Generator().manual_seed(0), context=context).item()
+        return pid.interpretability_loss(
+            model_fn,
+            x_t,
+            timesteps,
+            regions,
+            baseline,
+            estimator="pair",
+            generator=torch.Generator().manual_seed(0),
+            context=context,
+        ).item()
 
     assert loss(follows(rest), [rest]) < 1e-12 and loss(follows(rest), None) > 1e-3
     assert loss(follows(0), [rest]) > 1e-3
@@ -262,8 +313,9 @@ def test_presence_probabilities_draw_a_player_more_often_and_keep_the_zero_set()
     default = pid.plan_coalitions(regions, "pair", generator=torch.Generator().manual_seed(0))
     same = pid.plan_coalitions(regions, "pair", generator=torch.Generator().manual_seed(0), presence=[0.5] * 3)
     assert torch.equal(default.coalitions, same.coalitions)  # 1/2 each is the default game, draw for draw
-    sampled = pid.plan_coalitions(regions, "sampled", num_coalitions=2, presence=[0.9, 0.5, 0.2],
-                                  generator=torch.Generator().manual_seed(0))
+    sampled = pid.plan_coalitions(
+        regions, "sampled", num_coalitions=2, presence=[0.9, 0.5, 0.2], generator=torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(sampled.coalitions[:, 4:].float().mean((0, 1)), torch.tensor([0.9, 0.5, 0.2]), atol=0.03)
 
     x_t, baseline, timesteps, regions = setup_game(batch=8, k=3, seed=7)

@@ -106,7 +106,10 @@ def test_generation_harmonizes_the_noise_it_draws_and_regenerates_its_latents_ex
     for k in range(3):
         torch.testing.assert_close(region_mean(out.latents, regions[0, k].bool()), ref)
     plain = pipe(
-        batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, output_type="pt",
+        batch_size=3,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=STEPS,
+        output_type="pt",
         harmonize_noise=False,
     )
     assert (plain.latents - out.latents).abs().max() > 1e-3
@@ -137,8 +140,9 @@ def test_without_templates_generation_is_unchanged_and_edits_use_the_band_around
     out = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, output_type="pt")
     torch.testing.assert_close(out.latents, torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)))
     mask = box(5, 5, 4, 4)
-    edit = pipe.resample_region(out.latents, mask, new_latents=noise(1, 3) + 2.0, num_inference_steps=STEPS,
-                                output_type="pt")
+    edit = pipe.resample_region(
+        out.latents, mask, new_latents=noise(1, 3) + 2.0, num_inference_steps=STEPS, output_type="pt"
+    )
     band = pid.harmonization_reference(mask.float()[None, None])[0, 0].bool()
     torch.testing.assert_close(region_mean(edit.latents, mask), region_mean(out.latents, band))
 
@@ -153,8 +157,9 @@ def test_harmonized_edits_change_x_T_inside_the_region_only_and_stay_local_under
     donor = b.latents.clone()
     donor[..., mask] += 3.0
     swap = pipe.swap_regions(a.latents, donor, mask, num_inference_steps=STEPS, output_type="pt")
-    resample = pipe.resample_region(a.latents, mask, new_latents=noise(2, 5) - 3.0, num_inference_steps=STEPS,
-                                    output_type="pt")
+    resample = pipe.resample_region(
+        a.latents, mask, new_latents=noise(2, 5) - 3.0, num_inference_steps=STEPS, output_type="pt"
+    )
     regions, reference = pipe.harmonization_regions()
     for latents, images in ((swap.latents_a, swap.images_a), (resample.latents, resample.images)):
         torch.testing.assert_close(latents[..., ~mask], a.latents[..., ~mask], rtol=0, atol=0)
@@ -162,8 +167,9 @@ def test_harmonized_edits_change_x_T_inside_the_region_only_and_stay_local_under
         assert (images[..., mask] - a.images[..., mask]).abs().max() > 1e-3
         # the part's noise mean is the receiving face's context mean, not the donor's / new noise's
         torch.testing.assert_close(region_mean(latents, mask), region_mean(a.latents, reference[0, 0].bool() & ~mask))
-    plain = pipe.swap_regions(a.latents, donor, mask, num_inference_steps=STEPS, output_type="pt",
-                              harmonize_noise=False)
+    plain = pipe.swap_regions(
+        a.latents, donor, mask, num_inference_steps=STEPS, output_type="pt", harmonize_noise=False
+    )
     torch.testing.assert_close(plain.latents_a[..., mask], donor[..., mask], rtol=0, atol=0)
 
 
@@ -172,8 +178,9 @@ def test_an_edit_of_the_rest_region_is_not_local_under_the_one_way_game():
     pipe = one_way_pipeline()
     a = pipe(batch_size=1, generator=torch.Generator().manual_seed(1), num_inference_steps=STEPS, output_type="pt")
     rest = box(0, 0, 2, SIZE)
-    edit = pipe.resample_region(a.latents, rest, new_latents=noise(1, 9) + 1.0, num_inference_steps=STEPS,
-                                output_type="pt")
+    edit = pipe.resample_region(
+        a.latents, rest, new_latents=noise(1, 9) + 1.0, num_inference_steps=STEPS, output_type="pt"
+    )
     assert (edit.images[..., ~rest] - a.images[..., ~rest]).abs().max() > 1e-3
 
 

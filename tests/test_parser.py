@@ -20,9 +20,30 @@ from model_files import load_pipeline
 
 
 def _train_args(data_dir, output_dir, steps=6, **extra):
-    args = ["--data_dir", data_dir, "--output_dir", output_dir, "--preset", "tiny", "--max_train_steps", str(steps),
-            "--train_batch_size", "4", "--checkpointing_steps", "3", "--validation_size", "4", "--logging_steps", "2",
-            "--lr_warmup_steps", "2", "--seed", "0", "--num_threads", "1"]
+    args = [
+        "--data_dir",
+        data_dir,
+        "--output_dir",
+        output_dir,
+        "--preset",
+        "tiny",
+        "--max_train_steps",
+        str(steps),
+        "--train_batch_size",
+        "4",
+        "--checkpointing_steps",
+        "3",
+        "--validation_size",
+        "4",
+        "--logging_steps",
+        "2",
+        "--lr_warmup_steps",
+        "2",
+        "--seed",
+        "0",
+        "--num_threads",
+        "1",
+    ]
     for k, v in extra.items():
         args += [f"--{k}", str(v)]
     return args
@@ -37,8 +58,13 @@ def _weights(folder):
 def trained_parser_dir(tiny_faces, tmp_path_factory):
     """A tiny parser trained 6 steps by a real `python train_parser.py` subprocess."""
     out = str(tmp_path_factory.mktemp("parser"))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_parser.py"), *_train_args(tiny_faces, out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_parser.py"), *_train_args(tiny_faces, out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test IoU" in proc.stderr
     return out
@@ -196,17 +222,25 @@ def _tiny_celebamask_parser(tmp_path):
 def test_celebamask_parser_through_the_label_mapping_round_trips(tmp_path):
     hub = SegformerForSemanticSegmentation.from_pretrained(_tiny_celebamask_parser(tmp_path))
     assert hub.config.num_labels == 19 and hub.config.id2label[10] == "mouth"
-    pipe = tiny_pipeline(parser=hub, parser_label_mapping=tp.CELEBAMASK_HQ_TO_FACE_PARTS,
-                         parser_normalization="imagenet", parser_resolution=32)
+    pipe = tiny_pipeline(
+        parser=hub,
+        parser_label_mapping=tp.CELEBAMASK_HQ_TO_FACE_PARTS,
+        parser_normalization="imagenet",
+        parser_resolution=32,
+    )
     pipe.save_pretrained(str(tmp_path / "pipe"))
-    loaded = DiffusionPipeline.from_pretrained(str(tmp_path / "pipe"), custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
+    loaded = DiffusionPipeline.from_pretrained(
+        str(tmp_path / "pipe"), custom_pipeline=PIPELINE_FILE, trust_remote_code=True
+    )
     assert isinstance(loaded.parser, SegformerForSemanticSegmentation) and loaded.parser.config.num_labels == 19
     assert loaded.config.parser_resolution == 32 and loaded.config.parser_normalization == "imagenet"
     assert {int(k): v for k, v in loaded.config.parser_label_mapping.items()} == tp.CELEBAMASK_HQ_TO_FACE_PARTS
     x = _images(2)
     # by hand: [-1, 1] -> [0, 1] -> 32x32 -> ImageNet normalisation -> logits back at 16x16 -> argmax -> mapping
     pixels = torch.nn.functional.interpolate((x + 1) / 2, size=(32, 32), mode="bilinear", align_corners=False)
-    pixels = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         parser_ids = tp.parser_logits(hub.float(), pixels, size=16).argmax(1)
     lut = torch.tensor([tp.CELEBAMASK_HQ_TO_FACE_PARTS[i] for i in range(19)])
@@ -223,8 +257,20 @@ def test_attach_parser_and_templates_to_a_saved_pipeline(tiny_faces, trained_par
     before = hashlib.sha256(open(unet_file, "rb").read()).hexdigest()
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("model card\n")
-    tp.main(tp.parse_args(["--mode", "attach", "--pipeline_dir", folder, "--parser_dir", trained_parser_dir,
-                           "--data_dir", tiny_faces]))
+    tp.main(
+        tp.parse_args(
+            [
+                "--mode",
+                "attach",
+                "--pipeline_dir",
+                folder,
+                "--parser_dir",
+                trained_parser_dir,
+                "--data_dir",
+                tiny_faces,
+            ]
+        )
+    )
     assert hashlib.sha256(open(unet_file, "rb").read()).hexdigest() == before  # nothing else rewritten
     assert open(os.path.join(folder, "README.md")).read() == "model card\n"
     assert not any(n.startswith("checkpoint-") for n in os.listdir(os.path.join(folder, "parser")))
@@ -234,8 +280,13 @@ def test_attach_parser_and_templates_to_a_saved_pipeline(tiny_faces, trained_par
     x = _images(1)
     assert torch.equal(loaded.parse(x), _parser_pipeline(trained_parser_dir).parse(x))
     # templates only, then a Hub parser with its mapping through the same function
-    tp.attach_parser(folder, _tiny_celebamask_parser(tmp_path), label_mapping=tp.CELEBAMASK_HQ_TO_FACE_PARTS,
-                     normalization="imagenet", resolution=32)
+    tp.attach_parser(
+        folder,
+        _tiny_celebamask_parser(tmp_path),
+        label_mapping=tp.CELEBAMASK_HQ_TO_FACE_PARTS,
+        normalization="imagenet",
+        resolution=32,
+    )
     hub_loaded = load_pipeline(folder)
     assert hub_loaded.parser.config.num_labels == 19 and hub_loaded.config.parser_resolution == 32
     with pytest.raises(ValueError, match="19 labels, not the 8 face-part labels"):

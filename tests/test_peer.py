@@ -22,7 +22,9 @@ ATOL = 1e-5
 
 
 def make_pipe(unet=None, **kw) -> pid.InterpretableDDPMPipeline:
-    pipe = pid.InterpretableDDPMPipeline(unet=unet or GaussianDenoiser(mixing=0.1), scheduler=DDIMScheduler(clip_sample=False), **kw)
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=unet or GaussianDenoiser(mixing=0.1), scheduler=DDIMScheduler(clip_sample=False), **kw
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -103,11 +105,13 @@ def test_blend_with_a_full_mask_is_the_plain_edit():
 def test_blended_resample_with_harmonised_noise(harmonize):
     pipe = templated_pipeline()
     a, new = noise(2, 6), noise(2, 7)
-    out = pipe.resample_region(a, "nose", new_latents=new, num_inference_steps=STEPS, output_type="pt", blend=True,
-                               harmonize_noise=harmonize)
+    out = pipe.resample_region(
+        a, "nose", new_latents=new, num_inference_steps=STEPS, output_type="pt", blend=True, harmonize_noise=harmonize
+    )
     m = out.mask
-    plain = pipe.resample_region(a, "nose", new_latents=new, num_inference_steps=STEPS, output_type="pt",
-                                 harmonize_noise=harmonize)
+    plain = pipe.resample_region(
+        a, "nose", new_latents=new, num_inference_steps=STEPS, output_type="pt", harmonize_noise=harmonize
+    )
     torch.testing.assert_close(out.latents, plain.latents)  # the same edited x_T (harmonised or not) ...
     ref, orig = blended_loop(pipe.unet, out.latents, a, m, STEPS)  # ... blended with the unedited trajectory
     torch.testing.assert_close(out.images, ref, atol=ATOL, rtol=0)
@@ -130,7 +134,9 @@ def test_blended_edits_of_an_inversion_continue_from_t0():
     torch.testing.assert_close(out.images_a, ref_a, atol=ATOL, rtol=0)
     unedited = pipe(latents=inv_a, num_inference_steps=STEPS, output_type="pt").images
     torch.testing.assert_close(out.images_a * (1 - m), unedited * (1 - m), atol=ATOL, rtol=0)
-    res = pipe.resample_region(inv_a, m, new_latents=noise(1, 9), num_inference_steps=STEPS, output_type="pt", blend=True)
+    res = pipe.resample_region(
+        inv_a, m, new_latents=noise(1, 9), num_inference_steps=STEPS, output_type="pt", blend=True
+    )
     ref, _ = blended_loop(pipe.unet, res.latents, xa, m, STEPS, t0=inv.timestep)
     torch.testing.assert_close(res.images, ref, atol=ATOL, rtol=0)
 
@@ -172,7 +178,9 @@ def test_end_to_end_attribution_equals_brute_force_shapley():
     for s in itertools.product([0, 1], repeat=k):
         keep = sum(s[j] * regions[:, j] for j in range(k))[:, None]
         img = final_image(pipe.unet, keep * x + (1 - keep) * base, STEPS).double()
-        value[s] = torch.stack([(img * regions[:, j, None]).sum((1, 2, 3)) / (3 * regions[:, j].sum((1, 2))) for j in range(k)], 1)
+        value[s] = torch.stack(
+            [(img * regions[:, j, None]).sum((1, 2, 3)) / (3 * regions[:, j].sum((1, 2))) for j in range(k)], 1
+        )
     phi = torch.zeros(2, k, k, dtype=torch.float64)
     for j in range(k):
         for s in itertools.product([0, 1], repeat=k):
@@ -209,8 +217,13 @@ def test_end_to_end_attribution_two_regions_by_hand():
 
 def test_per_pixel_model_has_zero_end_to_end_leakage():
     pipe = make_pipe(PerPixelDenoiser())
-    out = pipe.attribute_end_to_end(noise(2, 14), masks=three_regions(2), generator=torch.Generator().manual_seed(0),
-                                    num_inference_steps=STEPS, harmonize_noise=False)
+    out = pipe.attribute_end_to_end(
+        noise(2, 14),
+        masks=three_regions(2),
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=STEPS,
+        harmonize_noise=False,
+    )
     assert float(out.leakage.abs().max()) < 1e-6
     assert (torch.diagonal(out.abs_phi, dim1=-2, dim2=-1) > 0).all()
 

@@ -101,7 +101,11 @@ def test_resample_with_empty_mask_returns_identical_image(pipe):
     original = pipe(latents=x_t, num_inference_steps=STEPS, output_type="pt").images
     empty = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     out = pipe.resample_region(
-        x_t, empty, generator=torch.Generator().manual_seed(1), num_inference_steps=STEPS, output_type="pt",
+        x_t,
+        empty,
+        generator=torch.Generator().manual_seed(1),
+        num_inference_steps=STEPS,
+        output_type="pt",
         allow_empty_mask=True,
     )
     torch.testing.assert_close(out.images, original, rtol=0, atol=0)
@@ -162,8 +166,9 @@ def test_swap_results_equal_generating_the_swapped_noise(pipe):
     a, b = noise(1, 0), noise(1, 1)
     out = pipe.swap_regions(a, b, box(0, 0, 8, 16), num_inference_steps=STEPS, output_type="pt")
     for edited, latents in ((out.images_a, out.latents_a), (out.images_b, out.latents_b)):
-        torch.testing.assert_close(edited, pipe(latents=latents, num_inference_steps=STEPS, output_type="pt").images,
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            edited, pipe(latents=latents, num_inference_steps=STEPS, output_type="pt").images, rtol=0, atol=1e-5
+        )
 
 
 def test_swap_mask_from_b_and_union_with_concepts():
@@ -212,8 +217,9 @@ def test_per_image_masks_in_a_batch(pipe):
     masks = torch.stack([box(0, 0, 4, 4), box(8, 8, 8, 8)])[:, None]
     out = pipe.resample_region(x_t, masks, new_latents=fresh, num_inference_steps=2, output_type="pt")
     for i in range(2):
-        single = pipe.resample_region(x_t[i : i + 1], masks[i, 0], new_latents=fresh[i : i + 1], num_inference_steps=2,
-                                      output_type="pt")
+        single = pipe.resample_region(
+            x_t[i : i + 1], masks[i, 0], new_latents=fresh[i : i + 1], num_inference_steps=2, output_type="pt"
+        )
         torch.testing.assert_close(out.latents[i : i + 1], single.latents)
         torch.testing.assert_close(out.images[i : i + 1], single.images, rtol=0, atol=1e-5)
 
@@ -240,8 +246,9 @@ def test_invert_then_generate_reproduces_the_image():
     image = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     steps = 20
 
-    inverted = pipe.invert(image, num_inference_steps=steps, fixed_point_iterations=3, check_reconstruction=True,
-                           strength=1.0)
+    inverted = pipe.invert(
+        image, num_inference_steps=steps, fixed_point_iterations=3, check_reconstruction=True, strength=1.0
+    )
     redrawn = pipe(latents=inverted.latents, num_inference_steps=steps, output_type="pt").images
     error = (redrawn - image).abs().max().item()
     assert error < 5e-3
@@ -281,7 +288,7 @@ def test_invert_with_clipping_scheduler_regenerates_unclipped_and_refuses_thresh
     psnr = -10 * torch.log10((unclipped - image).pow(2).flatten(1).mean(1))
     torch.testing.assert_close(inverted.reconstruction_psnr, psnr, atol=0.05, rtol=0)
     clipped = pipe(latents=inverted.latents, num_inference_steps=20, output_type="pt").images
-    assert ((clipped - image).abs().max() > 10 * (unclipped - image).abs().max())
+    assert (clipped - image).abs().max() > 10 * (unclipped - image).abs().max()
     assert pipe.scheduler.config.clip_sample  # the per-call override leaves the pipeline's scheduler alone
     pipe.scheduler = DDIMScheduler(thresholding=True)
     with pytest.raises(ValueError, match="thresholding=False"):
@@ -359,8 +366,13 @@ def test_attribute_equals_brute_force_shapley_and_is_efficient(baseline):
     schedule.set_timesteps(steps)
     timesteps = [int(schedule.timesteps[0]), int(schedule.timesteps[3])]
 
-    out = pipe.attribute(latents, regions, timesteps=timesteps, num_inference_steps=steps,
-                         baseline=other if baseline == "tensor" else "zero")
+    out = pipe.attribute(
+        latents,
+        regions,
+        timesteps=timesteps,
+        num_inference_steps=steps,
+        baseline=other if baseline == "tensor" else "zero",
+    )
     assert out.phi.shape == (2, 2, k, k) and out.abs_phi.shape == (2, 2, k, k) and out.leakage.shape == (2, 2)
     assert out.timesteps.tolist() == timesteps and out.region_names == ["region_0", "region_1", "region_2"]
     for ti, t in enumerate(timesteps):
@@ -383,8 +395,9 @@ def test_attribute_other_sample_baseline_is_a_drawn_trajectory():
     pipe = tiny_pipeline()
     latents = noise(1, 0)
     regions = random_partition(1, 2, seed=1)
-    by_generator = pipe.attribute(latents, regions, num_inference_steps=3, baseline="other_sample",
-                                  generator=torch.Generator().manual_seed(9))
+    by_generator = pipe.attribute(
+        latents, regions, num_inference_steps=3, baseline="other_sample", generator=torch.Generator().manual_seed(9)
+    )
     by_tensor = pipe.attribute(latents, regions, num_inference_steps=3, baseline=noise(1, 9))
     torch.testing.assert_close(by_generator.phi, by_tensor.phi)
     assert by_generator.phi.shape == (3, 1, 2, 2)  # all steps when timesteps is None
@@ -452,14 +465,17 @@ def test_from_pretrained_in_process_reproduces_images_and_concepts(tmp_path):
         x_t = noise(2, 0)
         torch.testing.assert_close(
             loaded(latents=x_t, num_inference_steps=STEPS, output_type="pt").images,
-            pipe(latents=x_t, num_inference_steps=STEPS, output_type="pt").images, rtol=0, atol=0,
+            pipe(latents=x_t, num_inference_steps=STEPS, output_type="pt").images,
+            rtol=0,
+            atol=0,
         )
 
 
 def test_from_pretrained_offline_in_a_fresh_process_reproduces_images(tmp_path):
     pipe, target = saved_pipeline(tmp_path)
-    expected = pipe(batch_size=2, generator=torch.Generator().manual_seed(11), num_inference_steps=STEPS,
-                    output_type="np").images
+    expected = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(11), num_inference_steps=STEPS, output_type="np"
+    ).images
     result_file = tmp_path / "images.npy"
     script = f"""
 import sys, numpy as np, torch
@@ -471,10 +487,16 @@ assert list(pipe.concepts) == ["mouth", "eyes", "nose"], pipe.concepts
 out = pipe(batch_size=2, generator=torch.Generator().manual_seed(11), num_inference_steps={STEPS}, output_type="np")
 np.save({str(result_file)!r}, out.images)
 """
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HOME=str(tmp_path / "hf_home"))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.load(result_file), expected, rtol=0, atol=5e-5)  # other thread count: float noise
 
@@ -513,14 +535,19 @@ def test_latents_of_the_wrong_size_are_refused(pipe, bad_latents, message):
 def test_swap_latents_must_match(pipe):
     with pytest.raises(ValueError, match="latents_b must have shape"):
         pipe.swap_regions(noise(1, 0), torch.randn(1, 3, 8, 8), torch.ones(SIZE, SIZE), num_inference_steps=2)
-    with pytest.raises(ValueError, match=r"latents_a \(1, 3, 16, 16\) and latents_b \(2, 3, 16, 16\) must have the same"):
+    with pytest.raises(
+        ValueError, match=r"latents_a \(1, 3, 16, 16\) and latents_b \(2, 3, 16, 16\) must have the same"
+    ):
         pipe.swap_regions(noise(1, 0), noise(2, 1), torch.ones(SIZE, SIZE), num_inference_steps=2)
 
 
 @pytest.mark.parametrize(
     "bad_mask, message",
     [
-        (torch.ones(2, 2, SIZE, SIZE), r"mask must have shape \(H, W\), \(1, H, W\) or \(B, 1, H, W\); got \(2, 2, 16, 16\)"),
+        (
+            torch.ones(2, 2, SIZE, SIZE),
+            r"mask must have shape \(H, W\), \(1, H, W\) or \(B, 1, H, W\); got \(2, 2, 16, 16\)",
+        ),
         (torch.ones(5), r"mask must have shape.*got \(5,\)"),
         (torch.ones(3, 1, SIZE, SIZE), "mask batch size 3 does not match the latents' batch size 2"),
         (torch.ones(SIZE, 8), "different aspect ratio from the model resolution 16x16"),

