@@ -808,6 +808,24 @@ def attribution_timesteps(pipe, num_inference_steps: int, attribution_steps: int
     return [schedule[i] for i in picks]
 
 
+def attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise=None):
+    """Seeded x_T of attribution samples `idx` (stream "attribution"), their baseline x_T (stream
+    "attribution_baseline"), both harmonised when asked, and each sample's region partition (concept masks of its
+    image, or templates); returns `(latents, baseline, regions, k)`, `k` the samples whose every region is non-empty."""
+    device = pipe._execution_device
+    latents = seeded_latents(pipe.latent_shape, seed, "attribution", idx).to(device, pipe.unet.dtype)
+    base = seeded_latents(pipe.latent_shape, seed, "attribution_baseline", idx).to(device, pipe.unet.dtype)
+    if pipe._harmonizes(harmonize_noise):
+        latents, base = pipe.harmonize(latents), pipe.harmonize(base)
+    if getattr(pipe, "parser", None) is not None:
+        images = pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
+        regions = pipe.region_masks(images * 2 - 1, is_latents=False)
+    else:
+        regions = pipe.region_masks(latents, is_latents=True)
+    keep = (regions.sum((-2, -1)) > 0).all(1).cpu()
+    return latents, base, regions, keep.nonzero()[:, 0].tolist()
+
+
 def evaluate_attribution(
     pipe,
     num_samples,
@@ -828,27 +846,16 @@ def evaluate_attribution(
         mean leakage (over timesteps, then samples) with CI, the leakage curve over t (mean and CI per t), the
         per-region leakage curve, the mean row-normalised |phi| matrices per t and the region names.
     """
-    device = pipe._execution_device
     timesteps = attribution_timesteps(pipe, num_inference_steps, attribution_steps)
     leak, region_leak, abs_phi, sample_ids = [], [], [], []
     skipped = 0
     start_time = time.perf_counter()
     for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
         idx = list(range(start, min(num_samples, start + batch_size)))
-        latents = seeded_latents(pipe.latent_shape, seed, "attribution", idx).to(device, pipe.unet.dtype)
-        base = seeded_latents(pipe.latent_shape, seed, "attribution_baseline", idx).to(device, pipe.unet.dtype)
-        if pipe._harmonizes(harmonize_noise):
-            latents, base = pipe.harmonize(latents), pipe.harmonize(base)
-        if getattr(pipe, "parser", None) is not None:
-            images = pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
-            regions = pipe.region_masks(images * 2 - 1, is_latents=False)
-        else:
-            regions = pipe.region_masks(latents, is_latents=True)
-        keep = (regions.sum((-2, -1)) > 0).all(1).cpu()
-        skipped += int((~keep).sum())
-        if not keep.any():
+        latents, base, regions, k = attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise)
+        skipped += len(idx) - len(k)
+        if not k:
             continue
-        k = keep.nonzero()[:, 0].tolist()
         out = pipe.attribute(
             latents[k],
             masks=regions[k],
@@ -896,27 +903,16 @@ def evaluate_end_to_end(
         mean leakage with CI (per-sample values kept for the paired ratio to a baseline), per-region leakage, the mean
         row-normalised |phi| matrix, seconds per image.
     """
-    device = pipe._execution_device
     leak, region_leak, abs_phi, sample_ids = [], [], [], []
     skipped = 0
     per_call = max(1, batch_size // 16) if batch_size >= 16 else 1
     start_time = time.perf_counter()
     for start in tqdm(range(0, num_samples, per_call), desc=desc, unit="sample"):
         idx = list(range(start, min(num_samples, start + per_call)))
-        latents = seeded_latents(pipe.latent_shape, seed, "attribution", idx).to(device, pipe.unet.dtype)
-        base = seeded_latents(pipe.latent_shape, seed, "attribution_baseline", idx).to(device, pipe.unet.dtype)
-        if pipe._harmonizes(harmonize_noise):
-            latents, base = pipe.harmonize(latents), pipe.harmonize(base)
-        if getattr(pipe, "parser", None) is not None:
-            images = pipe(latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
-            regions = pipe.region_masks(images * 2 - 1, is_latents=False)
-        else:
-            regions = pipe.region_masks(latents, is_latents=True)
-        keep = (regions.sum((-2, -1)) > 0).all(1).cpu()
-        skipped += int((~keep).sum())
-        if not keep.any():
+        latents, base, regions, k = attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise)
+        skipped += len(idx) - len(k)
+        if not k:
             continue
-        k = keep.nonzero()[:, 0].tolist()
         out = pipe.attribute_end_to_end(
             latents[k],
             masks=regions[k],
