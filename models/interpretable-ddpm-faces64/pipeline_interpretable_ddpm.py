@@ -484,6 +484,12 @@ def check_tensor_values(x: torch.Tensor, name: str, floating: bool = True) -> No
         raise ValueError(f"{name} contains NaN or infinite values.")
 
 
+def check_optional_bool(value, name: str, none_means: str = "") -> None:
+    """Refuses anything but True, False (numpy bools included) or None, naming the argument and what None means."""
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True, False or None{none_means}, got {value!r}.")
+
+
 def check_mask_values(mask: torch.Tensor, name: str = "mask") -> None:
     """A mask tensor must hold real, finite values that read unambiguously as a mask: bool, 0/1 integers, uint8 0..255
     (an image), or floats in [0, 1] (soft) or [0, 255]. An integer label map (0..7) or negative values are refused:
@@ -1058,10 +1064,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         num_inference_steps = self._check_sampling_args(eta, num_inference_steps)
         if output_type is not None and output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if clip_sample is not None and not isinstance(clip_sample, (bool, np.bool_)):
-            raise ValueError(
-                f"clip_sample must be True, False or None (the scheduler's setting), got {clip_sample!r}."
-            )
+        check_optional_bool(clip_sample, "clip_sample", " (the scheduler's setting)")
         return num_inference_steps
 
     def _check_sampling_args(self, eta: float, num_inference_steps: int) -> int:
@@ -1154,8 +1157,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     def _harmonizes(self, harmonize_noise: Optional[bool]) -> bool:
         if harmonize_noise is None:
             return bool(getattr(self.config, "harmonize_noise", True))
-        if not isinstance(harmonize_noise, (bool, np.bool_)):
-            raise ValueError(f"harmonize_noise must be True, False or None, got {harmonize_noise!r}.")
+        check_optional_bool(harmonize_noise, "harmonize_noise")
         return bool(harmonize_noise)
 
     def harmonization_regions(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -1896,8 +1898,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
         denoised and the images parsed once for all of them."""
         num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
-        if is_latents is not None and not isinstance(is_latents, (bool, np.bool_)):
-            raise ValueError(f"is_latents must be True, False or None (guess from the values), got {is_latents!r}.")
+        check_optional_bool(is_latents, "is_latents", " (guess from the values)")
         for concept in concepts:
             self._check_concept(concept)
             if self.parser is not None:
