@@ -278,7 +278,9 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 gr.Markdown(
                     "Exact Shapley values of the K x K game: how much input region j of x_t moves the predicted noise "
                     "of output region k, at each timestep t. An interpretable model has a diagonal matrix; leakage "
-                    "is the off-diagonal share. Each analysed timestep costs 2^K UNet calls."
+                    "is the off-diagonal share. Each analysed timestep costs 2^K UNet calls. *End to end* plays the game "
+                    "the edits play: regions of x_T against regions of the final image (2^K full DDIM runs, about "
+                    "20 s per model on 2 CPU cores)."
                 )
                 with gr.Row():
                     attr_face = gr.Radio(["A", "B"], value="A", label="Face")
@@ -287,6 +289,9 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                         value=999, minimum=0, step=1, label="Seed of the other x_T (absent players' values)"
                     )
                     attr_btn = gr.Button("Compute attribution", variant="primary", elem_id="attribute")
+                    e2e_btn = gr.Button(
+                        "End to end (x_T -> image)", variant="secondary", elem_id="attribute-end-to-end"
+                    )
                 t_index = gr.Slider(
                     0,
                     1,
@@ -382,6 +387,13 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
             [attr_face, steps, attr_count, attr_seed, compare, harmonize, strength, session],
             [matrix_main, matrix_base, curve, t_index, attribution, attr_info, attr_json],
             api_name="attribute",
+            **queue,
+        )
+        e2e_btn.click(
+            handlers.attribute_end_to_end,
+            [attr_face, steps, attr_seed, compare, harmonize, session],
+            [matrix_main, matrix_base, attr_info, attr_json],
+            api_name="attribute_end_to_end",
             **queue,
         )
         t_index.release(

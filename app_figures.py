@@ -73,7 +73,14 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def attribution_figure(matrix: np.ndarray, names: List[str], title: str, vmax: float) -> np.ndarray:
+def attribution_figure(
+    matrix: np.ndarray,
+    names: List[str],
+    title: str,
+    vmax: float,
+    input_label: str = "input region j of x_t",
+    output_label: str = "output region k of noise",
+) -> np.ndarray:
     """K x K |Shapley| matrix (rows: output region k, columns: input region j) as an annotated image."""
     fig = Figure(figsize=(4.0, 3.6), dpi=100)
     ax = fig.add_subplot(111)
@@ -81,8 +88,8 @@ def attribution_figure(matrix: np.ndarray, names: List[str], title: str, vmax: f
     k = len(names)
     ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
-    ax.set_xlabel("input region j of x_t", fontsize=8)
-    ax.set_ylabel("output region k of noise", fontsize=8)
+    ax.set_xlabel(input_label, fontsize=8)
+    ax.set_ylabel(output_label, fontsize=8)
     for i in range(k):
         for j in range(k):
             ax.text(

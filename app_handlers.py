@@ -883,6 +883,76 @@ class SpaceApp:
         slider = gr.Slider(minimum=0, maximum=max(t_count - 1, 1), value=0, step=1, interactive=t_count > 1)
         return matrix_main, matrix_base, curve, slider, result, md, summary
 
+    @user_errors
+    def attribute_end_to_end(
+        self,
+        face_name: str,
+        steps: float,
+        seed: float,
+        compare: bool,
+        harmonize: bool,
+        session: Optional[Session] = None,
+        progress=gr.Progress(),
+    ) -> Tuple[np.ndarray, Optional[np.ndarray], str, dict]:
+        """Exact K x K Shapley attribution from the regions of x_T to the regions of the final image
+        (`pipe.attribute_end_to_end`: 2^K full DDIM runs per model), for a generated face."""
+        session, steps = self._require_faces(session), check_steps(steps)
+        seed = check_seed(seed, "attribution seed")
+        if face_name not in ("A", "B") or face_name not in session.faces:
+            raise gr.Error(f"Face must be 'A' or 'B' (and exist), got {face_name!r}.")
+        face = session.faces[face_name]
+        if face.is_photo:
+            raise gr.Error(
+                f"Face {face_name} is an uploaded photo: it has no x_T of its own (it is inverted only down to t0), "
+                "so the end-to-end game (regions of x_T -> regions of the image) cannot be played on it. Use "
+                "'Compute attribution' (per timestep, t <= t0) or a generated face."
+            )
+        models, mats = {}, {}
+        with self.models.lock:
+            pipes = self.models.pipes(compare)
+            for i, (key, pipe) in enumerate(pipes.items()):
+                progress(
+                    0.05 + 0.9 * i / len(pipes), desc=f"End-to-end attribution on the {self.models.label(key)} model"
+                )
+                latents, image = self._render(face, key, steps)
+                other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
+                if harmonize_setting(harmonize, face):
+                    other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
+                if torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
+                    raise gr.Error(
+                        f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed."
+                    )
+                regions = pipe.region_masks(image * 2 - 1, is_latents=False)
+                out = pipe.attribute_end_to_end(
+                    latents, masks=regions, num_inference_steps=steps, baseline=other, clip_sample=face.clip_sample
+                )
+                models[key] = {
+                    "label": self.models.label(key),
+                    "region_names": list(pipe.region_names),  # the partition follows the concepts' order
+                    "abs_phi": _np(out.abs_phi[0]).tolist(),
+                    "leakage": float(out.leakage[0]),
+                }
+        vmax = max(float(np.max(m["abs_phi"])) for m in models.values())
+        for key, m in models.items():
+            mats[key] = attribution_figure(
+                np.asarray(m["abs_phi"]),
+                m["region_names"],
+                f"{m['label']}\n|phi| end to end (x_T -> image), leakage {m['leakage']:.3f}",
+                vmax,
+                input_label="input region j of x_T",
+                output_label="output region k of the final image",
+            )
+        md = (
+            f"End to end, face {face_name}, {steps} DDIM steps, 2^K full runs per model: "
+            + ", ".join(f"{m['label']}: leakage {m['leakage']:.3f}" for m in models.values())
+            + ". Columns: regions of x_T (the players); rows: regions of the final image."
+        )
+        summary = {
+            key: {"label": m["label"], "region_names": m["region_names"], "leakage": m["leakage"]}
+            for key, m in models.items()
+        }
+        return mats["main"], mats.get("baseline"), md, summary
+
     def _attribution_views(self, result: dict, index: int):
         models = result["models"]
         index = int(np.clip(index, 0, len(models["main"]["timesteps"]) - 1))

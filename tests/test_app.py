@@ -37,6 +37,7 @@ EXPECTED_ENDPOINTS = {
     "/invert",
     "/attribute",
     "/attribution_at_t",
+    "/attribute_end_to_end",
     "/show_mask_after_generate",
     "/show_mask_on_region_change",
     "/show_mask_after_invert",
@@ -535,6 +536,34 @@ def test_attribution_explorer(served):
     m2, _, curve2, info2 = client.predict(2, api_name="/attribution_at_t")
     assert f"t = **{main['timesteps'][2]}**" in info2
     assert not np.array_equal(read(m2), read(matrix))
+
+
+def test_end_to_end_attribution_explorer_matches_the_pipeline(served, tmp_path):
+    client, models, _ = served
+    generate(client, 3, 7)
+    matrix, base_matrix, info, summary = client.predict("B", STEPS, 5, True, True, api_name="/attribute_end_to_end")
+    assert read(matrix).ndim == 3 and read(base_matrix).ndim == 3
+    main = summary["main"]
+    assert main["region_names"] == ["eyes", "nose", "mouth", "rest"] and "baseline" in summary
+    # the same game straight from the pipeline: face B's x_T against a harmonised x_T drawn from seed 5
+    gens = [torch.Generator().manual_seed(s) for s in (3, 7)]
+    orig = models.main(batch_size=2, generator=gens, num_inference_steps=STEPS, output_type="pt")
+    other = models.main.harmonize(torch.randn(orig.latents[1:].shape, generator=torch.Generator().manual_seed(5)))
+    ref = models.main.attribute_end_to_end(
+        orig.latents[1:],
+        masks=models.main.region_masks(orig.images[1:] * 2 - 1, is_latents=False),
+        num_inference_steps=STEPS,
+        baseline=other,
+    )
+    assert 0 < main["leakage"] < 1
+    np.testing.assert_allclose(main["leakage"], float(ref.leakage[0]), rtol=1e-4, atol=1e-6)
+    assert f"{main['leakage']:.3f}" in info
+    # an uploaded photo has no x_T of its own: refused with a reason, and the app keeps serving
+    photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2)))
+    client.predict(handle_file(photo), STEPS, False, 0.5, api_name="/invert")
+    with pytest.raises(AppError, match="no x_T of its own"):
+        client.predict("A", STEPS, 5, False, False, api_name="/attribute_end_to_end")
+    still_serving(client)
 
 
 def test_model_resolution_from_arguments_env_and_defaults(tmp_path, monkeypatch, tiny_faces):
