@@ -74,6 +74,7 @@ SEED_STREAMS = {
     "emergence_b": 7,
 }
 BOOTSTRAP_RESAMPLES = 2000
+ZERO_MEAN_FLOOR = 1e-6  # a baseline mean below this is 0 up to float error (a blended edit's locality): no ratio
 # Below this many values no interval is reported: with skewed per-pair values (locality ratios are positive and
 # right-skewed) no 95% interval of a mean from so few values covers anywhere near 95%.
 CI_MIN_SAMPLES = 10
@@ -180,7 +181,7 @@ def ratio_ci(a: dict, b: dict, seed: int = 0) -> Optional[Dict[str, object]]:
     x, y = np.asarray(common, dtype=np.float64).T
     n = x.size
     out: Dict[str, object] = {"ratio": None, "ci95": None, "n": int(n)}
-    if y.mean() == 0:
+    if abs(y.mean()) < ZERO_MEAN_FLOOR:
         return out
     out["ratio"] = float(x.mean() / y.mean())
     if n < CI_MIN_SAMPLES or x.mean() <= 0 or y.mean() <= 0:
@@ -1564,7 +1565,7 @@ def _fmt(stats: Optional[dict], digits: int = 4) -> str:
 
 
 def _ratio(a: Optional[dict], b: Optional[dict]) -> str:
-    if not a or not b or a.get("mean") is None or not b.get("mean"):
+    if not a or not b or a.get("mean") is None or b.get("mean") is None or abs(b["mean"]) < ZERO_MEAN_FLOOR:
         return "—"
     paired = a.get("ratio_to_baseline")
     if paired and paired.get("ratio") is not None:

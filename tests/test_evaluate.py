@@ -306,6 +306,22 @@ def test_mean_ci():
     assert dropped["n"] == 2 and dropped["n_dropped_nonfinite"] == 1
 
 
+def test_no_ratio_to_a_baseline_that_is_zero_up_to_float_error():
+    # a blended edit's locality is 0 by construction, up to float error: a ratio of two such numbers means nothing
+    ids = list(range(12))
+    tiny_a = evaluate.mean_ci(np.full(12, 3e-9) + np.arange(12) * 1e-10, ids=ids)
+    tiny_b = evaluate.mean_ci(np.full(12, 5e-9) + np.arange(12) * 1e-10, ids=ids)
+    ratio = evaluate.ratio_ci(tiny_a, tiny_b)
+    assert ratio["n"] == 12 and ratio["ratio"] is None and ratio["ci95"] is None
+    tiny_a["ratio_to_baseline"] = ratio
+    assert evaluate._ratio(tiny_a, tiny_b) == "—"
+    real_a = evaluate.mean_ci(np.linspace(0.2, 0.4, 12), ids=ids)
+    real_b = evaluate.mean_ci(np.linspace(0.8, 1.2, 12), ids=ids)
+    real_a["ratio_to_baseline"] = evaluate.ratio_ci(real_a, real_b)
+    assert real_a["ratio_to_baseline"]["ratio"] == pytest.approx(0.3)
+    assert evaluate._ratio(real_a, real_b).startswith("0.300 [")
+
+
 def test_load_checkpoint_or_pipeline_puts_checkpoint_ema_weights_into_the_shell(tmp_path):
     """The screen scripts score a training checkpoint with the shell pipeline's scheduler and masks but the
     checkpoint's EMA weights; a pipeline folder loads as itself; anything else is refused by name."""
