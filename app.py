@@ -280,7 +280,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     "of output region k, at each timestep t. An interpretable model has a diagonal matrix; leakage "
                     "is the off-diagonal share. Each analysed timestep costs 2^K UNet calls. *End to end* plays the game "
                     "the edits play: regions of x_T against regions of the final image (2^K full DDIM runs, about "
-                    "20 s per model on 2 CPU cores)."
+                    "16 s per model on 2 CPU cores at 25 steps)."
                 )
                 with gr.Row():
                     attr_face = gr.Radio(["A", "B"], value="A", label="Face")
