@@ -98,13 +98,14 @@ def time_edits(model_path: str, step_counts, repeats: int, baseline: str = "", c
             for kind in ("generated", "photo"):
                 faces = handlers.generate(0, 1, steps, compare)[3]
                 if kind == "photo":
-                    faces = handlers.invert_upload(photo, steps, compare, None, faces)[4]
+                    faces = handlers.invert_upload(photo, steps, compare, strength=None, session=faces)[4]
                 timings = {"swap": [], "resample": [], "swap_cpu": [], "resample_cpu": []}
                 for r in range(repeats + 1):  # the first call warms up
                     t0, c0 = time.perf_counter(), time.process_time()
-                    handlers.swap("eyes", 1, None, steps, compare, True, None, faces)
+                    # keywords: the handlers' trailing parameters (strength, peer, session) grow with the app
+                    handlers.swap("eyes", 1, None, steps, compare, True, strength=None, session=faces)
                     t1, c1 = time.perf_counter(), time.process_time()
-                    handlers.resample("mouth", 1, None, 100 + r, steps, compare, True, None, faces)
+                    handlers.resample("mouth", 1, None, 100 + r, steps, compare, True, strength=None, session=faces)
                     t2, c2 = time.perf_counter(), time.process_time()
                     if r:
                         timings["swap"].append(t1 - t0)
