@@ -810,6 +810,23 @@ class SpaceApp:
             info = f"**Warning: {inv.warning}**\n\n" + info
         return to_display(image), to_display(recon_a), to_display(recon_a), editor_value(recon_a), session, info
 
+    @staticmethod
+    def _attribution_face(session: Session, face_name: str) -> Face:
+        if face_name not in ("A", "B") or face_name not in session.faces:
+            raise gr.Error(f"Face must be 'A' or 'B' (and exist), got {face_name!r}.")
+        return session.faces[face_name]
+
+    @staticmethod
+    def _absent_players(pipe: Any, face: Face, latents: torch.Tensor, seed: int, harmonize: bool) -> torch.Tensor:
+        """The other x_T whose regions absent players take. Drawn here (as the pipeline's "other_sample" would) to
+        refuse a seed that redraws the face's own x_T (every phi would be 0)."""
+        other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
+        if harmonize_setting(harmonize, face):
+            other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
+        if not face.is_photo and torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
+            raise gr.Error(f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed.")
+        return other
+
     @user_errors
     def attribute(
         self,
@@ -828,10 +845,8 @@ class SpaceApp:
         session, steps = self._require_faces(session), check_steps(steps)
         seed = check_seed(seed, "attribution seed")
         strength = self._strength(strength)
-        if face_name not in ("A", "B") or face_name not in session.faces:
-            raise gr.Error(f"Face must be 'A' or 'B' (and exist), got {face_name!r}.")
+        face = self._attribution_face(session, face_name)
         n = check_whole(num_timesteps, "Number of timesteps", 1, MAX_ATTRIBUTION_TIMESTEPS)
-        face = session.faces[face_name]
         result = {"steps": steps, "models": {}, "note": ""}
         with self.models.lock:
             for i, (key, pipe) in enumerate(self.models.pipes(compare).items()):
@@ -855,15 +870,7 @@ class SpaceApp:
                     start if face.is_photo else image * 2 - 1, **({} if face.is_photo else {"is_latents": False})
                 )
                 latents = start.latents if face.is_photo else start
-                # Absent players get the same-t point of another x_T's trajectory; drawn here (as the pipeline's
-                # "other_sample" would) to refuse a seed that redraws the face's own x_T (every phi would be 0).
-                other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
-                if harmonize_setting(harmonize, face):
-                    other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
-                if not face.is_photo and torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
-                    raise gr.Error(
-                        f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed."
-                    )
+                other = self._absent_players(pipe, face, latents, seed, harmonize)
                 out = pipe.attribute(start, masks=regions, timesteps=picks, num_inference_steps=steps, baseline=other)
                 result["models"][key] = {
                     "label": self.models.label(key),
@@ -898,9 +905,7 @@ class SpaceApp:
         (`pipe.attribute_end_to_end`: 2^K full DDIM runs per model), for a generated face."""
         session, steps = self._require_faces(session), check_steps(steps)
         seed = check_seed(seed, "attribution seed")
-        if face_name not in ("A", "B") or face_name not in session.faces:
-            raise gr.Error(f"Face must be 'A' or 'B' (and exist), got {face_name!r}.")
-        face = session.faces[face_name]
+        face = self._attribution_face(session, face_name)
         if face.is_photo:
             raise gr.Error(
                 f"Face {face_name} is an uploaded photo: it has no x_T of its own (it is inverted only down to t0), "
@@ -915,13 +920,7 @@ class SpaceApp:
                     0.05 + 0.9 * i / len(pipes), desc=f"End-to-end attribution on the {self.models.label(key)} model"
                 )
                 latents, image = self._render(face, key, steps)
-                other = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed))
-                if harmonize_setting(harmonize, face):
-                    other = pipe.harmonize(other)  # absent players get noise of the kind the face was drawn from
-                if torch.allclose(other, latents.to(other.dtype), rtol=0, atol=1e-5):
-                    raise gr.Error(
-                        f"Seed {seed} draws this face's own x_T, so no region could matter; pick another seed."
-                    )
+                other = self._absent_players(pipe, face, latents, seed, harmonize)
                 regions = pipe.region_masks(image * 2 - 1, is_latents=False)
                 out = pipe.attribute_end_to_end(
                     latents, masks=regions, num_inference_steps=steps, baseline=other, clip_sample=face.clip_sample
