@@ -789,3 +789,51 @@ def test_harmonize_noise_trains_on_noise_whose_part_means_follow_the_band_around
     torch.testing.assert_close(harmonized[1], drawn[1])
     outside = (regions.sum(1, keepdim=True) == 0).expand_as(drawn)
     torch.testing.assert_close(harmonized[outside], drawn[outside])
+
+
+def test_default_models_script_continues_a_plain_model_with_the_release_schedule_and_trains_twins(
+    two_process_run, tiny_faces, tmp_path
+):
+    """scripts/train_default_models.sh, the release recipe end to end on tiny data: the plain continuation switches
+    to v-prediction with zero terminal SNR and trailing steps, and the two branches are twins (same steps, seed and
+    settings; only lambda and the game's flags differ)."""
+    base, _, _ = two_process_run
+    runs = str(tmp_path / "runs")
+    env = child_env(
+        PY=sys.executable,
+        RUNS=runs,
+        PRETRAIN_FROM=base,
+        PRETRAIN_STEPS="2",
+        FINETUNE_STEPS="2",
+        BATCH="4",
+        IE_BATCH="2",
+        SEED="3",
+        SAMPLE_STEPS="0",
+        EXTRA="--resolution 16",
+        INTERPRETABLE_DDPM_DATA=tiny_faces,
+    )
+    script = os.path.join(ROOT, "scripts", "train_default_models.sh")
+    done = subprocess.run(["bash", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    sched = json.load(open(os.path.join(runs, "pretrain", "scheduler", "scheduler_config.json")))
+    assert (sched["prediction_type"], sched["rescale_betas_zero_snr"], sched["timestep_spacing"]) == (
+        "v_prediction",
+        True,
+        "trailing",
+    )
+    configs = {
+        n: json.load(open(os.path.join(runs, n, "training_config.json"))) for n in ("interpretable", "baseline")
+    }
+    assert configs["interpretable"]["seed"] == configs["baseline"]["seed"] == 3
+    assert configs["interpretable"]["ie_batch_size"] == 2
+    differing = {
+        k
+        for k in configs["interpretable"].keys() | configs["baseline"].keys()
+        if configs["interpretable"].get(k) != configs["baseline"].get(k)
+    }
+    assert {k for k in differing if not k.startswith("ie_")} <= {"lambda_start", "lambda_end", "output_dir"}
+    assert configs["interpretable"]["lambda_start"] > 0 and configs["baseline"]["lambda_start"] == 0
+    for name in ("interpretable", "baseline"):
+        assert json.load(open(os.path.join(runs, name, "train_summary.json")))["train_steps"] == 2
+        branch_sched = json.load(open(os.path.join(runs, name, "scheduler", "scheduler_config.json")))
+        assert branch_sched["prediction_type"] == "v_prediction"
