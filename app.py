@@ -107,8 +107,8 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
             harmonize = gr.Checkbox(
                 value=bool(models.main.config.harmonize_noise),
                 elem_id="harmonize",
-                label="Harmonised noise: each part takes its colour from the face (off: from its own noise patch; "
-                "never applied to uploaded photos)",
+                label="Harmonised noise: tie each part's noise mean to the face's (for models whose parts read their colour "
+                "from their own noise patch, like release 1; off: plain Gaussian x_T; never applied to uploaded photos)",
             )
         with gr.Tabs():
             with gr.Tab("Generate & edit"):

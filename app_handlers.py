@@ -499,7 +499,7 @@ class SpaceApp:
         img_a, img_b = (session.faces[f].images[f"main@{steps}"] for f in "AB")
         info = (
             f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} DDIM steps (eta = 0, reproducible), "
-            + ("harmonised noise." if harmonize else "plain noise (parts take their colour from their own noise).")
+            + ("harmonised noise." if harmonize else "plain noise (Gaussian x_T, as in the paper).")
         )
         return to_display(img_a), to_display(img_b), editor_value(img_a), session, info
 

@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler
 
 from model_files import PIPELINE_FILE, load_pipeline
 
-RUN_RECORDS = ("README.md", "training_config.json", "train_summary.json", "train_log.jsonl")
+RUN_RECORDS = ("README.md", "training_config.json", "train_summary.json", "train_log.jsonl", "run_record.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
