@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import train_interpretable
-from conftest import PIPELINE_FILE, ROOT
+from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins
 from face_data import make_synthetic_faces
 
 TRAIN = os.path.join(ROOT, "train_interpretable.py")
@@ -826,13 +826,7 @@ def test_default_models_script_continues_a_plain_model_with_the_release_schedule
     }
     assert configs["interpretable"]["seed"] == configs["baseline"]["seed"] == 3
     assert configs["interpretable"]["ie_batch_size"] == 2
-    differing = {
-        k
-        for k in configs["interpretable"].keys() | configs["baseline"].keys()
-        if configs["interpretable"].get(k) != configs["baseline"].get(k)
-    }
-    assert {k for k in differing if not k.startswith("ie_")} <= {"lambda_start", "lambda_end", "output_dir"}
-    assert configs["interpretable"]["lambda_start"] > 0 and configs["baseline"]["lambda_start"] == 0
+    assert_lambda_zero_twins(configs["interpretable"], configs["baseline"])
     for name in ("interpretable", "baseline"):
         assert json.load(open(os.path.join(runs, name, "train_summary.json")))["train_steps"] == 2
         branch_sched = json.load(open(os.path.join(runs, name, "scheduler", "scheduler_config.json")))
