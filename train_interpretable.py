@@ -18,6 +18,7 @@ identical: the baseline for every comparison.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -136,6 +137,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="bf16 autocast also works on CPUs with AVX-512 bf16.",
     )
     g.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 disables it.")
+    g.add_argument(
+        "--snr_floor",
+        type=float,
+        default=0.0,
+        help="Lower bound on the denoising loss's per-timestep weight (with --snr_gamma > 0): under zero terminal "
+        "SNR Min-SNR weights the highest timesteps, where a face's layout is decided, by ~0.",
+    )
+    g.add_argument(
+        "--ddpm_target",
+        choices=["data", "teacher"],
+        default="data",
+        help="What the denoising loss regresses to: the data's noise/v/x_0, or the frozen start model's own "
+        "prediction for the same x_t (a low-variance target that anchors a fine-tune to what the start model draws).",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dataloader_num_workers", type=int, default=0)
 
@@ -178,6 +193,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=0,
         help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
         "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.",
+    )
+    g.add_argument(
+        "--ie_timestep_weighting",
+        choices=["none", "ddpm"],
+        default="none",
+        help="Per-example weight of L_IE: none (1 at every timestep) or ddpm (the denoising loss's weight at the "
+        "example's timestep, --snr_gamma and --snr_floor), so that neither loss alone trains any timestep.",
     )
     g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
     g.add_argument("--lambda_end", type=float, default=1.0)
@@ -257,6 +279,7 @@ NUMERIC_FLAGS = [
     ("max_grad_norm", 0, True, None, None),
     ("gradient_accumulation_steps", 1, True, None, None),
     ("snr_gamma", 0, True, None, None),
+    ("snr_floor", 0, True, 1, True),
     ("seed", 0, True, 2**32 - 1, True),  # numpy's seed range (accelerate's set_seed seeds numpy too)
     ("dataloader_num_workers", 0, True, None, None),
     ("ema_max_decay", 0, True, 1, True),
@@ -326,6 +349,10 @@ def validate_args(args: argparse.Namespace) -> None:
             f"--lr_scheduler '{args.lr_scheduler}' is not a diffusers scheduler; use one of "
             f"{', '.join(t.value for t in SchedulerType)}."
         ) from None
+    if args.ddpm_target == "teacher" and not args.pretrained_model_name_or_path:
+        raise ValueError(
+            "--ddpm_target teacher needs --pretrained_model_name_or_path (the teacher is the start model)."
+        )
     if args.lambda_start < 0 or args.lambda_end < 0:
         raise ValueError("--lambda_start and --lambda_end must be >= 0.")
     if args.lambda_start > 0 and args.lambda_end == 0:
@@ -490,6 +517,15 @@ def flip_batch(
     return images, labels
 
 
+def denoising_weights(noise_scheduler, timesteps: torch.Tensor, args) -> Optional[torch.Tensor]:
+    """Per-example weight of the denoising loss: Min-SNR-gamma raised to --snr_floor, or None (1) without it."""
+    if args.snr_gamma <= 0:
+        return None
+    w = snr_weights(noise_scheduler, timesteps, args.snr_gamma)
+    floor = getattr(args, "snr_floor", 0.0)
+    return w.clamp_min(floor) if floor > 0 else w
+
+
 def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's prediction type.
 
@@ -586,6 +622,7 @@ def training_losses(
     probe_ie: bool = False,
     flip_perm: Optional[torch.Tensor] = None,
     game: Optional[GameSettings] = None,
+    teacher=None,
 ) -> StepLosses:
     """Losses of one batch: L = L_DDPM + lam * L_IE.
 
@@ -597,6 +634,7 @@ def training_losses(
         images_u8 (`(B, 3, H, W)` uint8), labels (`(B, H, W)` part label ids), has_mask (`(B,)` bool): the batch,
             already on the model's device.
         game: the game's settings resolved from `args` once per run (`game_settings`); resolved here when omitted.
+        teacher: the frozen start UNet, whose output is the denoising target with `--ddpm_target teacher`.
     """
     device = images_u8.device
     x0 = images_u8.float() / 127.5 - 1
@@ -641,10 +679,17 @@ def training_losses(
             inputs = torch.cat([noisy, coal.flatten(0, 1)])
             t_all = torch.cat([timesteps, ie_t[:nb].repeat_interleave(m)])
     eps_all = unet(inputs, t_all).sample
-    target = regression_target(noise_scheduler, x0, noise, timesteps)
+    if getattr(args, "ddpm_target", "data") == "teacher":
+        if teacher is None:
+            raise ValueError("--ddpm_target teacher needs the frozen start UNet (teacher=...).")
+        with torch.no_grad():
+            target = teacher(noisy, timesteps).sample
+    else:
+        target = regression_target(noise_scheduler, x0, noise, timesteps)
     mse = F.mse_loss(eps_all[:b].float(), target.float(), reduction="none").mean((1, 2, 3))
-    if args.snr_gamma > 0:
-        mse = mse * snr_weights(noise_scheduler, timesteps, args.snr_gamma)
+    ddpm_w = denoising_weights(noise_scheduler, timesteps, args)
+    if ddpm_w is not None:
+        mse = mse * ddpm_w
     loss_ddpm = mse.mean()
     loss_ie = torch.zeros((), device=device)
     if ie_needed:
@@ -653,9 +698,18 @@ def training_losses(
         else:  # logging only: L_IE of the plain model, no gradient
             with torch.no_grad():
                 coal_eps = unet(coal.flatten(0, 1), ie_t[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
+        example_w = has_mask[:nb].float()
+        ie_w = None
+        if getattr(args, "ie_timestep_weighting", "none") == "ddpm":
+            ie_w = denoising_weights(noise_scheduler, ie_t[:nb], args)
+        if ie_w is not None:
+            # the weighted mean over the examples with a part map: sum(w_t * L_k) / #examples
+            example_w = example_w * ie_w
         loss_ie = pid.loss_from_coalition_outputs(
-            coal_eps.float(), plan, regions, args.value, has_mask[:nb].float(), border=args.ie_border
+            coal_eps.float(), plan, regions, args.value, example_w, border=args.ie_border
         )
+        if ie_w is not None:
+            loss_ie = loss_ie * example_w.sum().clamp_min(1.0) / has_mask[:nb].float().sum().clamp_min(1.0)
     loss = loss_ddpm + lam * loss_ie if lam > 0 else loss_ddpm
     return StepLosses(loss, loss_ddpm, loss_ie, ie_needed, {"noise": noise, "timesteps": timesteps})
 
@@ -886,6 +940,8 @@ def main(args: argparse.Namespace) -> str:
     concepts = pid.parse_concepts(args.concepts)
     set_seed(args.seed)  # before the UNet is built, so that --seed sets its initial weights
     unet, noise_scheduler, faces = setup_model_and_data(args)
+    # the start model, frozen: the denoising target of --ddpm_target teacher
+    teacher = copy.deepcopy(unet).requires_grad_(False).eval() if args.ddpm_target == "teacher" else None
 
     logging_dir = os.path.join(args.output_dir, args.logging_dir)
     on_cuda = torch.cuda.is_available()
@@ -1013,6 +1069,8 @@ def main(args: argparse.Namespace) -> str:
             ):
                 raise SetupError(f"--resume_from_checkpoint '{resume_path}' is not a checkpoint-STEP folder.")
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    if teacher is not None:  # on the device, under the run's autocast, never wrapped for DDP
+        teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
     if ema_model is not None:
         ema_model.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
@@ -1072,6 +1130,7 @@ def main(args: argparse.Namespace) -> str:
                     probe_ie=(global_step + 1) % args.log_every == 0,
                     flip_perm=flip_perm,
                     game=game,
+                    teacher=teacher,
                 )
                 if global_step == 0 and micro_step == 1 and accelerator.is_main_process:
                     write_run_record(
