@@ -1034,7 +1034,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         kwargs.setdefault("safe_serialization", True)
         push_to_hub = kwargs.pop("push_to_hub", False)
         super().save_pretrained(save_directory, *args, **kwargs)
-        shutil.copyfile(inspect.getfile(type(self)), os.path.join(save_directory, f"{PIPELINE_MODULE_NAME}.py"))
+        target = os.path.join(save_directory, f"{PIPELINE_MODULE_NAME}.py")
+        if os.path.islink(target):  # a folder whose file links to the source: never write through the link into it
+            os.unlink(target)
+        shutil.copyfile(inspect.getfile(type(self)), target)
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)

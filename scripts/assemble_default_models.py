@@ -13,9 +13,24 @@ import shutil
 import torch
 from diffusers import DDIMScheduler
 
-from model_files import PIPELINE_FILE, load_pipeline
+from model_files import PIPELINE_FILE, ROOT, load_pipeline
 
 RUN_RECORDS = ("README.md", "training_config.json", "train_summary.json", "train_log.jsonl", "run_record.json")
+
+
+def ship_pipeline_file(out_dir: str) -> str:
+    """Puts the pipeline file into a saved folder: inside the repository a relative link to the one source (the
+    top-level pipeline_interpretable_ddpm.py, so models/*/ never drift from it), elsewhere a copy. Hub uploads
+    (scripts/push_models.py) send the file the link points at. Returns the file's path."""
+    target = os.path.join(out_dir, "pipeline_interpretable_ddpm.py")
+    if os.path.lexists(target):
+        os.unlink(target)
+    folder, root = os.path.realpath(out_dir), os.path.realpath(ROOT)
+    if os.path.commonpath([folder, root]) == root:
+        os.symlink(os.path.relpath(os.path.realpath(PIPELINE_FILE), folder), target)
+    else:
+        shutil.copyfile(PIPELINE_FILE, target)
+    return target
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,8 +51,8 @@ def main(args: argparse.Namespace) -> None:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True, thresholding=False)
     pipe.unet.to(torch.float16)
     pipe.save_pretrained(out_dir)
-    # the shipped folder carries the repo's current pipeline file (diffusers may have loaded a cached older copy)
-    shutil.copy(PIPELINE_FILE, os.path.join(out_dir, "pipeline_interpretable_ddpm.py"))
+    # the shipped folder carries the repository's pipeline file (diffusers may have loaded a cached older copy)
+    ship_pipeline_file(out_dir)
     os.makedirs(os.path.join(out_dir, "training"), exist_ok=True)
     for name in RUN_RECORDS:
         if os.path.exists(os.path.join(run_dir, name)):

@@ -451,6 +451,20 @@ def test_save_pretrained_layout(tmp_path):
     assert (target / "pipeline_interpretable_ddpm.py").read_bytes() == open(PIPELINE_FILE, "rb").read()
 
 
+def test_save_pretrained_replaces_a_linked_pipeline_file_and_leaves_its_target_alone(tmp_path):
+    """models/*/ link the pipeline file to the repository's one source; saving into such a folder writes a file of
+    its own and never through the link into the source."""
+    target = tmp_path / "saved"
+    target.mkdir()
+    source = tmp_path / "source.py"
+    source.write_text("# not to be overwritten\n")
+    (target / "pipeline_interpretable_ddpm.py").symlink_to(source)
+    tiny_pipeline().save_pretrained(str(target))
+    assert source.read_text() == "# not to be overwritten\n"
+    assert not (target / "pipeline_interpretable_ddpm.py").is_symlink()
+    assert (target / "pipeline_interpretable_ddpm.py").read_bytes() == open(PIPELINE_FILE, "rb").read()
+
+
 def test_from_pretrained_in_process_reproduces_images_and_concepts(tmp_path):
     pipe, target = saved_pipeline(tmp_path)
     for kwargs in ({"custom_pipeline": PIPELINE_FILE}, {}):  # {}: the class named in model_index.json, from the folder

@@ -1,14 +1,17 @@
-"""The pipelines shipped in models/ load offline, carry the current pipeline file and their parser, and generate."""
+"""The pipelines shipped in models/ load offline, link the repository's one pipeline file, carry their parser and
+generate; pushed to the Hub (a local stand-in), they carry the pipeline file itself."""
 
-import filecmp
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins
+from test_train import HubStandIn, child_env, tree
 
 SHIPPED = ["interpretable-ddpm-faces64", "ddpm-faces64-baseline"]
 
@@ -16,8 +19,10 @@ SHIPPED = ["interpretable-ddpm-faces64", "ddpm-faces64-baseline"]
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_folder_is_complete_and_current(name):
     folder = os.path.join(ROOT, "models", name)
-    # the copy that Hub loading (trust_remote_code) executes must be the repository's current file
-    assert filecmp.cmp(os.path.join(folder, "pipeline_interpretable_ddpm.py"), PIPELINE_FILE, shallow=False)
+    # the file that folder loading (trust_remote_code) executes is the repository's one source, through a link
+    link = os.path.join(folder, "pipeline_interpretable_ddpm.py")
+    assert os.path.islink(link) and os.readlink(link) == "../../pipeline_interpretable_ddpm.py"
+    assert os.path.samefile(link, PIPELINE_FILE)
     index = json.load(open(os.path.join(folder, "model_index.json")))
     assert index["_class_name"] == ["pipeline_interpretable_ddpm", "InterpretableDDPMPipeline"]
     assert index["parser"] == ["transformers", "SegformerForSemanticSegmentation"]
@@ -26,13 +31,18 @@ def test_shipped_folder_is_complete_and_current(name):
     assert not [n for _, _, files in os.walk(folder) for n in files if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
 
 
-def test_default_model_generates_and_parses_offline(monkeypatch):
+@pytest.mark.parametrize("pipeline_file", ["repository", "folder"])
+def test_default_model_generates_and_parses_offline(monkeypatch, pipeline_file):
+    """Loads with the repository's file (custom_pipeline=) and on its own (the class its model_index.json names,
+    from the folder's linked file), as a user of the folder alone would."""
     from diffusers import DiffusionPipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    kwargs = {"custom_pipeline": PIPELINE_FILE} if pipeline_file == "repository" else {}
     pipe = DiffusionPipeline.from_pretrained(
-        os.path.join(ROOT, "models", SHIPPED[0]), custom_pipeline=PIPELINE_FILE, trust_remote_code=True
+        os.path.join(ROOT, "models", SHIPPED[0]), trust_remote_code=True, **kwargs
     )
+    assert type(pipe).__name__ == "InterpretableDDPMPipeline"
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.dtype == torch.float32 and pipe.parser is not None
     out = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt")
@@ -54,3 +64,50 @@ def test_shipped_baseline_is_the_lambda_zero_twin_of_the_interpretable_model():
     (interp_cfg, interp_summary), (base_cfg, base_summary) = records[SHIPPED[0]], records[SHIPPED[1]]
     assert_lambda_zero_twins(interp_cfg, base_cfg)
     assert interp_summary["train_steps"] == base_summary["train_steps"] > 0
+
+
+@pytest.mark.slow
+def test_push_models_uploads_the_pipeline_file_and_the_card_not_links(tmp_path):
+    """scripts/push_models.py against a local stand-in of the Hub: every file of the shipped folder, the linked
+    pipeline file as its content, the model card as README.md; the folder itself is left as it was."""
+    name = SHIPPED[1]
+    folder = os.path.join(ROOT, "models", name)
+    before = tree(folder)
+    hub = HubStandIn()
+    try:
+        env = child_env(HF_ENDPOINT=f"http://127.0.0.1:{hub.port}", HF_HUB_OFFLINE="0", HF_TOKEN="hf_standin_token")
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts.push_models", "--namespace", "tester", "--models", name],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        hub.close()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert [(c["organization"], c["name"]) for c in hub.created] == [("tester", name)]
+    assert not hub.unexpected
+    with open(PIPELINE_FILE, "rb") as f:
+        assert hub.committed["pipeline_interpretable_ddpm.py"] == f.read()
+    with open(os.path.join(ROOT, "model_card.md"), "rb") as f:
+        assert hub.committed["README.md"] == f.read()
+    assert {p: b for p, b in hub.committed.items() if p != "README.md"} == before
+    assert tree(folder) == before and not os.path.exists(os.path.join(folder, "README.md"))
+
+
+def test_assembled_folder_links_the_pipeline_file_inside_the_repository_and_copies_it_outside(tmp_path, monkeypatch):
+    from scripts import assemble_default_models
+
+    repo = tmp_path / "repo"
+    (repo / "models" / "m").mkdir(parents=True)
+    source = repo / "pipeline_interpretable_ddpm.py"
+    source.write_text("# the one source\n")
+    monkeypatch.setattr(assemble_default_models, "ROOT", str(repo))
+    monkeypatch.setattr(assemble_default_models, "PIPELINE_FILE", str(source))
+    inside = assemble_default_models.ship_pipeline_file(str(repo / "models" / "m"))
+    assert os.readlink(inside) == os.path.join("..", "..", "pipeline_interpretable_ddpm.py")
+    (tmp_path / "out").mkdir()
+    outside = assemble_default_models.ship_pipeline_file(str(tmp_path / "out"))
+    assert not os.path.islink(outside) and open(outside).read() == "# the one source\n"
