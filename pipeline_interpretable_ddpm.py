@@ -942,9 +942,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             another label set (e.g. the 19 CelebAMask-HQ labels); identity when `None`.
         parser_normalization (`str`): how the parser wants its pixels: `"minus_one_one"` or `"imagenet"`.
         parser_resolution (`int`, *optional*): the parser's input size; the model resolution when `None`.
-        harmonize_noise (`bool`, defaults to `True`): the default of every call's `harmonize_noise`: tie the noise
+        harmonize_noise (`bool`, defaults to `False`): the default of every call's `harmonize_noise`: tie the noise
             mean of each part's region to the surrounding rest region's, so that parts take their colour from the
-            face (see [`~InterpretableDDPMPipeline.harmonize`]).
+            face (see [`~InterpretableDDPMPipeline.harmonize`]). Off in the shipped models (trained on plain
+            Gaussian noise), and so by default.
     """
 
     _optional_components = ["parser"]
@@ -960,7 +961,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         parser_label_mapping: Optional[Dict[Union[str, int], int]] = None,
         parser_normalization: str = "minus_one_one",
         parser_resolution: Optional[int] = None,
-        harmonize_noise: bool = True,
+        harmonize_noise: bool = False,
     ):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
@@ -1159,7 +1160,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     # -- harmonised noise ------------------------------------------------------------------------------------------------
     def _harmonizes(self, harmonize_noise: Optional[bool]) -> bool:
         if harmonize_noise is None:
-            return bool(getattr(self.config, "harmonize_noise", True))
+            return bool(getattr(self.config, "harmonize_noise", False))
         check_optional_bool(harmonize_noise, "harmonize_noise")
         return bool(harmonize_noise)
 

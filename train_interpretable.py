@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Train (or fine-tune) a DDPM with the Shapley dummy-player loss of the interpretable DDPM.
 
-    accelerate launch train_interpretable.py --output_dir runs/x            # faces from $INTERPRETABLE_DDPM_DATA
+    accelerate launch train_interpretable.py --pretrained_model_name_or_path PLAIN --output_dir runs/x
+                                   # the shipped recipe (RECIPE below) on a plain DDPM; faces from $INTERPRETABLE_DDPM_DATA
+    accelerate launch train_interpretable.py --pretrained_model_name_or_path PLAIN --output_dir runs/y --lambda_start 0
+                                   # its plain twin: everything the same but the dummy-player loss
     python train_interpretable.py --train_data_dir DIR --output_dir runs/x   # single process, faces in DIR
     accelerate launch --num_processes 2 --cpu train_interpretable.py ...      # multi-process (DDP over gloo)
 
@@ -50,6 +53,41 @@ class TrainingDiverged(RuntimeError):
 
 DEFAULT_BLOCKS = "32,64,64,128"
 DEFAULT_ATTENTION = "0,0,1,0"
+
+# The shipped recipe, defined here once: the defaults of the flags that decide what a fine-tune of a plain DDPM
+# becomes, so that `accelerate launch train_interpretable.py --pretrained_model_name_or_path PLAIN --output_dir OUT`
+# trains the shipped interpretable branch and `... --lambda_start 0` its plain twin (models/*/training/
+# training_config.json record the shipped runs; tests/test_shipped_models.py checks they match this). Settings of
+# the machine (mixed precision, checkpointing, logging, fp16 saving) are not part of it. docs/training.md says why
+# each value was chosen; to change the recipe, change it here.
+RECIPE = {
+    # the players: three concepts (the rest region is implied), their part masks grown by 2 px
+    "concepts": "eyes=4,5 nose=6 mouth=7",
+    "mask_dilation": 2,
+    # the game: a per-example random (coalition, region) pair, absent players get another training image's x_t,
+    # a region's value is its pixels of the prediction
+    "estimator": "pair",
+    "baseline": "other_image",
+    "value": "pixel",
+    # the one-way game: every concept may depend on the rest region (context), not on the other concepts; output
+    # pixels within 1 px of another region are left out; L_IE only on x_t with t >= 100
+    "ie_context": ["rest"],
+    "ie_border": 1,
+    "ie_min_timestep": 100,
+    "ie_timestep_weighting": "none",
+    # the dummy-player loss's weight, decaying exponentially over the whole fine-tune, on 16 examples per batch
+    "lambda_start": 20.0,
+    "lambda_end": 12.0,
+    "ie_batch_size": 16,
+    # the denoising loss and the optimisation of the fine-tune
+    "snr_gamma": 5.0,
+    "snr_floor": 0.0,
+    "ddpm_target": "data",
+    "learning_rate": 2e-4,
+    "lr_warmup_steps": 0,
+    "train_batch_size": 32,
+    "max_train_steps": 300,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -112,18 +150,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
-    g.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
+    g.add_argument("--train_batch_size", type=int, default=RECIPE["train_batch_size"], help="Per device.")
+    g.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=RECIPE["max_train_steps"],
+        help="Optimisation steps (the recipe's fine-tune length); --num_epochs without this flag trains by epochs.",
+    )
     g.add_argument(
         "--max_train_minutes",
         type=float,
         default=None,
         help="Also stop (checkpoint and save) after this much wall time.",
     )
-    g.add_argument("--num_epochs", type=int, default=10)
-    g.add_argument("--learning_rate", type=float, default=2e-4)
+    g.add_argument("--num_epochs", type=int, default=10, help="Epochs to train when given without --max_train_steps.")
+    g.add_argument("--learning_rate", type=float, default=RECIPE["learning_rate"])
     g.add_argument("--lr_scheduler", default="constant_with_warmup", help="Any diffusers get_scheduler name.")
-    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--lr_warmup_steps", type=int, default=RECIPE["lr_warmup_steps"])
     g.add_argument("--adam_beta1", type=float, default=0.95)
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=1e-6)
@@ -136,18 +179,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default="no",
         help="bf16 autocast also works on CPUs with AVX-512 bf16.",
     )
-    g.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 disables it.")
+    g.add_argument(
+        "--snr_gamma", type=float, default=RECIPE["snr_gamma"], help="Min-SNR-gamma loss weighting; 0 disables it."
+    )
     g.add_argument(
         "--snr_floor",
         type=float,
-        default=0.0,
+        default=RECIPE["snr_floor"],
         help="Lower bound on the denoising loss's per-timestep weight (with --snr_gamma > 0): under zero terminal "
         "SNR Min-SNR weights the highest timesteps, where a face's layout is decided, by ~0.",
     )
     g.add_argument(
         "--ddpm_target",
         choices=["data", "teacher"],
-        default="data",
+        default=RECIPE["ddpm_target"],
         help="What the denoising loss regresses to: the data's noise/v/x_0, or the frozen start model's own "
         "prediction for the same x_t (a low-variance target that anchors a fine-tune to what the start model draws).",
     )
@@ -162,22 +207,24 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("method")
     g.add_argument(
-        "--concepts", default="eyes=4,5 nose=6 mouth=7", help="Concepts as name=label,ids; the rest region is implied."
+        "--concepts", default=RECIPE["concepts"], help="Concepts as name=label,ids; the rest region is implied."
     )
-    g.add_argument("--mask_dilation", type=int, default=1, help="Pixels each concept mask is dilated by.")
+    g.add_argument(
+        "--mask_dilation", type=int, default=RECIPE["mask_dilation"], help="Pixels each concept mask is dilated by."
+    )
     g.add_argument(
         "--ie_border",
         type=int,
-        default=0,
+        default=RECIPE["ie_border"],
         help="Leave output pixels within this many pixels of another region out of L_IE (0: the exact loss).",
     )
     g.add_argument(
         "--ie_context",
         nargs="*",
-        default=[],
+        default=list(RECIPE["ie_context"]),
         metavar="REGION",
         help="Context regions (e.g. rest): every region may depend on them, the others only on themselves. "
-        "Default: none, the paper's symmetric game. Needs --estimator pair.",
+        "The flag with no region plays the paper's symmetric game. Needs --estimator pair.",
     )
     g.add_argument(
         "--ie_presence",
@@ -190,28 +237,36 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--ie_min_timestep",
         type=int,
-        default=0,
+        default=RECIPE["ie_min_timestep"],
         help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
         "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.",
     )
     g.add_argument(
         "--ie_timestep_weighting",
         choices=["none", "ddpm"],
-        default="none",
+        default=RECIPE["ie_timestep_weighting"],
         help="Per-example weight of L_IE: none (1 at every timestep) or ddpm (the denoising loss's weight at the "
         "example's timestep, --snr_gamma and --snr_floor), so that neither loss alone trains any timestep.",
     )
-    g.add_argument("--lambda_start", type=float, default=1e3, help="Weight of L_IE at step 0; 0 trains a plain DDPM.")
-    g.add_argument("--lambda_end", type=float, default=1.0)
+    g.add_argument(
+        "--lambda_start",
+        type=float,
+        default=RECIPE["lambda_start"],
+        help="Weight of L_IE at step 0; 0 trains a plain DDPM (the twin of the recipe's branch).",
+    )
+    g.add_argument("--lambda_end", type=float, default=RECIPE["lambda_end"])
     g.add_argument(
         "--lambda_decay_steps", type=int, default=None, help="Steps of exponential decay (default: all steps)."
     )
-    g.add_argument("--estimator", choices=["exact", "sampled", "pair"], default="pair")
+    g.add_argument("--estimator", choices=["exact", "sampled", "pair"], default=RECIPE["estimator"])
     g.add_argument("--coalition_samples", type=int, default=4, help="C of the sampled estimator.")
-    g.add_argument("--value", choices=["pixel", "mean"], default="pixel")
-    g.add_argument("--baseline", choices=["other_image", "noise", "zero"], default="other_image")
+    g.add_argument("--value", choices=["pixel", "mean"], default=RECIPE["value"])
+    g.add_argument("--baseline", choices=["other_image", "noise", "zero"], default=RECIPE["baseline"])
     g.add_argument(
-        "--ie_batch_size", type=int, default=None, help="Examples per batch that also get L_IE (default: all)."
+        "--ie_batch_size",
+        type=int,
+        default=RECIPE["ie_batch_size"],
+        help="Examples per batch that also get L_IE (at most the batch).",
     )
     g.add_argument(
         "--harmonize_noise",
@@ -244,11 +299,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if _flag_given(given, "--num_epochs") and not _flag_given(given, "--max_train_steps"):
+        args.max_train_steps = None  # train by epochs rather than the recipe's step count
     try:
         validate_args(args)
     except ValueError as err:
         parser.error(str(err))  # "usage: ... error: <problem>", exit status 2
     return args
+
+
+def _flag_given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def _int_list(text: str, name: str) -> List[int]:
@@ -365,17 +427,20 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("--push_to_hub needs --hub_model_id.")
     if args.resolution is not None and args.resolution % 2 ** (len(blocks) - 1) != 0:
         raise ValueError(f"--resolution {args.resolution} must be divisible by {2 ** (len(blocks) - 1)}.")
+    if args.ie_presence:
+        presence_by_region(args.ie_presence, pid.parse_concepts(args.concepts))  # raises on a bad spec
+        if args.estimator == "exact":
+            raise ValueError("--ie_presence needs --estimator pair or sampled (exact uses every coalition).")
     if args.ie_context:
         regions = pid.region_names_of(pid.parse_concepts(args.concepts))
         unknown = [r for r in args.ie_context if r not in regions]
         if unknown:
             raise ValueError(f"--ie_context {' '.join(unknown)}: not a region; the regions are {', '.join(regions)}.")
         if args.estimator != "pair":
-            raise ValueError(f"--ie_context needs --estimator pair, got --estimator {args.estimator}.")
-    if args.ie_presence:
-        presence_by_region(args.ie_presence, pid.parse_concepts(args.concepts))  # raises on a bad spec
-        if args.estimator == "exact":
-            raise ValueError("--ie_presence needs --estimator pair or sampled (exact uses every coalition).")
+            raise ValueError(
+                f"--ie_context needs --estimator pair, got --estimator {args.estimator}; pass --ie_context with no "
+                "region (the paper's symmetric game) to use another estimator."
+            )
     if args.rescale_betas_zero_snr and args.prediction_type == "epsilon":
         raise ValueError(
             "--rescale_betas_zero_snr needs --prediction_type v_prediction or sample: at zero terminal SNR the noise "
@@ -1339,7 +1404,11 @@ def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, f
         noise_scheduler.config, clip_sample=True, set_alpha_to_one=True, thresholding=False
     )
     pipeline = pid.InterpretableDDPMPipeline(
-        unet=model, scheduler=ddim, concepts=args.concepts, concept_templates=templates
+        unet=model,
+        scheduler=ddim,
+        concepts=args.concepts,
+        concept_templates=templates,
+        harmonize_noise=args.harmonize_noise,  # sample from the noise the model was trained on
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

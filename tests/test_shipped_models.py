@@ -1,6 +1,7 @@
 """The pipelines shipped in models/ load offline, link the repository's one pipeline file, carry their parser and
 generate; pushed to the Hub (a local stand-in), they carry the pipeline file itself."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -10,10 +11,33 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins
+import pipeline_interpretable_ddpm as pid
+import train_interpretable
+from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins, tiny_pipeline
 from test_train import HubStandIn, child_env, tree
 
 SHIPPED = ["interpretable-ddpm-faces64", "ddpm-faces64-baseline"]
+# training settings of the run and the machine, not of the recipe: free to differ from the script's defaults
+RUN_SETTINGS = {
+    "output_dir",
+    "pretrained_model_name_or_path",
+    "train_data_dir",
+    "resolution",  # None: the pretrained model's (64)
+    "mixed_precision",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "report_to",
+    "sample_inference_steps",
+    "save_fp16",
+    "lambda_decay_steps",  # None: all steps (checked below)
+}
+# flags newer than the shipped runs: their defaults must be the behaviour the runs had without them
+NEWER_FLAGS = {"snr_floor": 0.0, "ddpm_target": "data", "ie_timestep_weighting": "none"}
+
+
+def shipped_json(name: str, *path: str) -> dict:
+    with open(os.path.join(ROOT, "models", name, *path)) as f:
+        return json.load(f)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -111,3 +135,34 @@ def test_assembled_folder_links_the_pipeline_file_inside_the_repository_and_copi
     (tmp_path / "out").mkdir()
     outside = assemble_default_models.ship_pipeline_file(str(tmp_path / "out"))
     assert not os.path.islink(outside) and open(outside).read() == "# the one source\n"
+
+
+def test_the_training_script_defaults_are_the_shipped_recipe():
+    """A plain `train_interpretable.py --pretrained_model_name_or_path PLAIN --output_dir OUT` trains the shipped
+    interpretable branch, and `--lambda_start 0` its twin: the shipped runs' settings differ from the defaults only
+    in settings of the run and the machine. RECIPE is what the defaults are made of."""
+    parser = train_interpretable.build_arg_parser()
+    defaults = vars(parser.parse_args(["--output_dir", "out"]))
+    for key, value in train_interpretable.RECIPE.items():
+        assert defaults[key] == value, key
+    for name, lambda_start in ((SHIPPED[0], defaults["lambda_start"]), (SHIPPED[1], 0.0)):
+        config = shipped_json(name, "training", "training_config.json")
+        expected = {**defaults, "lambda_start": lambda_start}
+        differing = {k for k in config if config[k] != expected[k]}
+        assert differing <= RUN_SETTINGS, {k: (config[k], expected[k]) for k in differing - RUN_SETTINGS}
+        assert config["lambda_decay_steps"] in (None, config["max_train_steps"])
+        assert {k: defaults[k] for k in defaults.keys() - config.keys()} == NEWER_FLAGS
+
+
+def test_pipeline_defaults_are_the_shipped_settings():
+    """The pipeline's constructor defaults (harmonised noise off, the concepts, the parser's input) are the shipped
+    model_index.json's, and the harmonisation regions grow the templates as far as the shipped game's masks."""
+    init = inspect.signature(pid.InterpretableDDPMPipeline.__init__).parameters
+    built = tiny_pipeline().config
+    for name in SHIPPED:
+        index = shipped_json(name, "model_index.json")
+        for key in ("harmonize_noise", "parser_normalization", "parser_resolution", "parser_label_mapping"):
+            assert init[key].default == index[key] == built[key], (name, key)
+        assert pid.concepts_to_string(pid.DEFAULT_CONCEPTS) == index["concepts"] == built["concepts"]
+        assert pid.HARMONIZE_DILATION == shipped_json(name, "training", "training_config.json")["mask_dilation"]
+    assert index["concepts"] == train_interpretable.RECIPE["concepts"]

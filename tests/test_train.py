@@ -479,6 +479,9 @@ def test_ie_presence_draws_the_named_player_into_the_coalitions_that_often():
                 "--concepts",
                 "eyes=4,5 mouth=7",
                 "--no-random_flip",
+                "--ie_min_timestep",  # the coalitions on the DDPM examples' own x_t, compared below
+                "0",
+                "--ie_context",  # the symmetric game: every player drawn with its presence
                 "--ie_presence",
                 *presence,
             ]
@@ -630,6 +633,7 @@ def test_single_process_imagefolder_finetune_records_the_base_model(two_process_
         "1",
         "--estimator",
         "sampled",
+        "--ie_context",  # no context region: the symmetric game, which the sampled estimator plays
         "--coalition_samples",
         "2",
         "--value",
