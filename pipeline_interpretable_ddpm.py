@@ -156,14 +156,16 @@ class AttributionOutput(BaseOutput):
 
     Args:
         phi (`torch.Tensor` of shape `(T, B, K, K)`): exact Shapley value of input region j (last axis) for the
-            region-mean predicted noise of output region k (third axis), at each of the T timesteps. Rows satisfy
-            efficiency: `phi[t, b, k].sum() == v_k(N) - v_k(empty)`.
+            region mean of output region k (third axis) of the attributed `quantity` (the predicted noise or the
+            predicted x_0), at each of the T timesteps. Rows satisfy efficiency:
+            `phi[t, b, k].sum() == v_k(N) - v_k(empty)`.
         abs_phi (`torch.Tensor` of shape `(T, B, K, K)`): mean over the pixels and channels of output region k of
             the absolute per-element Shapley value; signs cannot cancel here, so it is what leakage is built on.
         leakage (`torch.Tensor` of shape `(T, B)`): off-diagonal share of `abs_phi` weighted by region area, in
             [0, 1]; 0 means every output region is caused only by the same input region.
         timesteps (`torch.Tensor` of shape `(T,)`): the DDIM timesteps at which the game was played.
         region_names (`List[str]`): the K region names (the last is usually "rest").
+        quantity (`str`): what was attributed: `"noise"` (the predicted noise) or `"x0"` (the predicted x_0).
     """
 
     phi: torch.Tensor
@@ -171,6 +173,7 @@ class AttributionOutput(BaseOutput):
     leakage: torch.Tensor
     timesteps: torch.Tensor
     region_names: List[str]
+    quantity: str = "noise"
 
     @property
     def mean_leakage(self) -> float:
@@ -1297,18 +1300,43 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             pairs.append((t, a_t, a_prev))
         return pairs
 
+    def predicted(self, model_output: torch.Tensor, sample: torch.Tensor, t: int, quantity: str = "noise"):
+        r"""The predicted noise or x_0 from a UNet output, whatever the scheduler's `prediction_type`.
+
+        With a = alpha_bar_t and x_t = sqrt(a) x_0 + sqrt(1 - a) eps: an epsilon model outputs eps, a v model
+        v = sqrt(a) eps - sqrt(1 - a) x_0 and a sample model x_0, so the same denoiser gives the same noise and x_0
+        under any parametrisation. From a v output both are finite at every t, zero terminal SNR (a = 0) included;
+        from an epsilon output x_0 needs a > 0.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(B, C, H, W)`): `unet(sample, t).sample`.
+            sample (`torch.Tensor` of shape `(B, C, H, W)`): x_t, the UNet's input.
+            t (`int`): the timestep.
+            quantity (`str`): `"noise"` or `"x0"`.
+
+        Returns:
+            `torch.Tensor` of shape `(B, C, H, W)`: the predicted noise or x_0, in the output's dtype.
+        """
+        kind = self.scheduler.config.prediction_type
+        if kind not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"Unknown prediction_type '{kind}'.")
+        if quantity not in ("noise", "x0"):
+            raise ValueError(f"quantity must be 'noise' or 'x0', got {quantity!r}.")
+        a = self.scheduler.alphas_cumprod[int(t)].to(model_output.device, torch.float64)
+        out, x = model_output.double(), sample.double()
+        if kind == "v_prediction":
+            result = (
+                a.sqrt() * out + (1 - a).sqrt() * x if quantity == "noise" else a.sqrt() * x - (1 - a).sqrt() * out
+            )
+        elif kind == "epsilon":
+            result = out if quantity == "noise" else (x - (1 - a).sqrt() * out) / a.sqrt()
+        else:
+            result = (x - a.sqrt() * out) / (1 - a).sqrt() if quantity == "noise" else out
+        return result.to(model_output.dtype)
+
     def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Predicted noise of the UNet (epsilon, or converted from v / sample prediction)."""
-        out = self.unet(x, t).sample
-        kind = self.scheduler.config.prediction_type
-        if kind == "epsilon":
-            return out
-        a_t = self.scheduler.alphas_cumprod[t].to(x.device, x.dtype)
-        if kind == "v_prediction":
-            return a_t.sqrt() * out + (1 - a_t).sqrt() * x
-        if kind == "sample":
-            return (x - a_t.sqrt() * out) / (1 - a_t).sqrt()
-        raise ValueError(f"Unknown prediction_type '{kind}'.")
+        return self.predicted(self.unet(x, t).sample, x, t, "noise")
 
     def denoise(
         self,
@@ -1726,13 +1754,30 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         x0 = self.preprocess(image, resize=resize)
         x = x0
         pairs = self._alpha_pairs(num_inference_steps)[-num_steps:]
+        if pairs[0][1] == 0 and pairs[0][2] == 1:
+            raise ValueError(
+                "A 1-step schedule under zero terminal SNR draws x_0 from the model's prediction at x_T alone, which "
+                "has no inverse step; invert with num_inference_steps >= 2."
+            )
         for t, a_t, a_prev in self.progress_bar(list(reversed(pairs))):
-            # x is at the less noisy level (alpha_prev); solve x_prev = step(x_t, eps(x_t, t)) for x_t.
+            # x is at the less noisy level (alpha_prev); solve x_prev = step(x_t) for x_t, where the step is
+            # x_prev = sqrt(a_prev) x0_pred(x_t) + sqrt(1 - a_prev) eps_pred(x_t).
+            if a_t == 0:
+                # Zero terminal SNR: x_t is pure noise, eps_pred(x_t) = x_t for every x_t, and the noise form below
+                # collapses to x_t = x_prev. Solved with the x_0 prediction instead, the step is exact:
+                # x_T = (x_prev - sqrt(a_prev) x0_pred(x_T)) / sqrt(1 - a_prev), a contraction as a_prev is ~0.
+                x0_pred = self.predicted(self.unet(x, t).sample, x, t, "x0")
+                for i in range(fixed_point_iterations + 1):
+                    x_t = (x - math.sqrt(a_prev) * x0_pred) / math.sqrt(1 - a_prev)
+                    if i < fixed_point_iterations:
+                        x0_pred = self.predicted(self.unet(x_t, t).sample, x_t, t, "x0")
+                x = x_t
+                continue
             eps = self._eps(x, t)
-            for _ in range(fixed_point_iterations + 1):
+            for i in range(fixed_point_iterations + 1):
                 x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
                 x_t = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
-                if _ < fixed_point_iterations:
+                if i < fixed_point_iterations:
                     eps = self._eps(x_t, t)
             x = x_t
         if not torch.isfinite(x).all():  # the input was checked, so this is the model: say so rather than return NaN
@@ -1955,11 +2000,17 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         harmonize_noise: Optional[bool] = None,
         max_coalitions: int = DEFAULT_MAX_COALITIONS,
+        quantity: str = "noise",
     ) -> Union[AttributionOutput, Tuple]:
-        r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise, per timestep.
+        r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise (or the
+        predicted x_0), per timestep.
 
         Follows the DDIM trajectory from `latents`; at each requested timestep it plays the game of the method with
-        all 2^K coalitions (batched UNet calls of at most `max_batch_size`) and returns the K x K matrices.
+        all 2^K coalitions (batched UNet calls of at most `max_batch_size`) and returns the K x K matrices. The value
+        of output region k is a named quantity computed from the UNet's output (see
+        [`~InterpretableDDPMPipeline.predicted`]), not the raw output, so an epsilon and a v-prediction model of the
+        same denoiser get the same attribution. Under zero terminal SNR the predicted noise at t = T - 1 is x_T
+        itself (every region causes only itself there); the predicted x_0 is informative at every t.
 
         Args:
             latents (`torch.Tensor` of shape `(B, C, H, W)` or [`InversionOutput`]): x_T of the images to explain,
@@ -1979,10 +2030,28 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             max_coalitions (`int`): the cost guard. K regions need 2^K UNet evaluations per image and attributed
                 timestep; a game with more coalitions than this (default 64, i.e. K <= 6) raises with its cost
                 unless you raise the limit explicitly (at most 2^10).
+            quantity (`str`, defaults to `"noise"`): what output region k's value is made of: `"noise"`, the
+                predicted noise eps (the paper's v_k(S) = eps_theta(x_t^S, t) on region k), or `"x0"`, the
+                predicted clean image x_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t).
 
         Returns:
-            [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`) or that tuple.
+            [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`, `quantity`) or that
+            tuple.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from model_files import load_pipeline
+        >>> pipe = load_pipeline("models/interpretable-ddpm-faces64")
+        >>> x_T = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        >>> attr = pipe.attribute(x_T, num_inference_steps=10, timesteps=[999, 499], quantity="x0")
+        >>> attr.phi.shape  # (timesteps, images, output regions, input regions): eyes, nose, mouth, rest
+        torch.Size([2, 1, 4, 4])
+        >>> attr.leakage  # off-diagonal share at each timestep, in [0, 1]
+        ```
         """
+        if quantity not in ("noise", "x0"):
+            raise ValueError(f"quantity must be 'noise' or 'x0', got {quantity!r}.")
         num_inference_steps = self.check_inputs(num_inference_steps)
         max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
         inverted = _is_inversion(latents)
@@ -2053,16 +2122,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if t in wanted:
                 baseline_t = torch.zeros_like(x) if xb is None else xb
                 inputs = coalition_inputs(x, baseline_t, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
-                eps = torch.cat([self.unet(chunk, t).sample for chunk in inputs.split(max_batch_size)])
-                eps = eps.reshape(b, 2**k, *eps.shape[1:])
+                raw = torch.cat([self.unet(chunk, t).sample for chunk in inputs.split(max_batch_size)])
                 # The full coalition's input is x_t and the empty one's the baseline x_t (bit-exact: one-hot regions),
                 # so their outputs also step both trajectories: no extra UNet call at an attributed timestep.
-                reused_out = torch.cat([eps[:, -1], eps[:, 0]]) if xb is not None else eps[:, -1]
-                eps = eps.double()
+                raw_per_image = raw.reshape(b, 2**k, *raw.shape[1:])
+                reused_out = (
+                    torch.cat([raw_per_image[:, -1], raw_per_image[:, 0]]) if xb is not None else raw_per_image[:, -1]
+                )
+                # the game's values: the named quantity (predicted noise or x_0) computed from the raw outputs
+                values = self.predicted(raw.double(), inputs.double(), t, quantity)
+                values = values.reshape(b, 2**k, *values.shape[1:])
                 # per-element Shapley values of every input player: (B, K_in, C, H, W)
-                phi_elem = torch.einsum("js,bschw->bjchw", weights, eps)
+                phi_elem = torch.einsum("js,bschw->bjchw", weights, values)
                 reg = regions.double()
-                c = eps.shape[2]
+                c = values.shape[2]
                 signed = torch.einsum("bjchw,bkhw->bkj", phi_elem, reg) / (area.double()[:, :, None] * c).clamp_min(1)
                 absval = torch.einsum("bjchw,bkhw->bkj", phi_elem.abs(), reg) / (
                     area.double()[:, :, None] * c
@@ -2089,6 +2162,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             leakage=leakage.cpu(),
             timesteps=torch.tensor(out_t),
             region_names=names,
+            quantity=quantity,
         )
         return out if return_dict else out.to_tuple()
 

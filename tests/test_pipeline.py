@@ -18,7 +18,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, DiffusionPipel
 
 import pipeline_interpretable_ddpm as pid
 from conftest import PIPELINE_FILE, tiny_pipeline, tiny_unet
-from denoisers import GaussianDenoiser, PerPixelDenoiser
+from denoisers import GaussianDenoiser, GaussianPosteriorDenoiser, PerPixelDenoiser
 
 STEPS = 8
 SIZE = 16
@@ -295,6 +295,39 @@ def test_invert_with_clipping_scheduler_regenerates_unclipped_and_refuses_thresh
         pipe.invert(image, num_inference_steps=2)
 
 
+def posterior_pipeline(**kw) -> pid.InterpretableDDPMPipeline:
+    """The analytic denoiser (`GaussianPosteriorDenoiser`) with the scheduler it is written for."""
+    unet = GaussianPosteriorDenoiser(**kw)
+    pipe = pid.InterpretableDDPMPipeline(unet=unet, scheduler=unet.make_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_invert_at_strength_one_is_exact_under_zero_terminal_snr():
+    """Under zero terminal SNR alpha_bar = 0 at t = T - 1, where the predicted noise is x_T itself whatever x_T is:
+    solved for the noise, the last inverse step collapses to x_T = x_t_prev. Solved with the predicted x_0 it is
+    exact: on the analytic v-prediction denoiser, invert (strength 1.0, converged fixed points) then generate
+    reproduces the image to float precision, where the collapsed step is ~1000x worse."""
+    pipe = posterior_pipeline(prediction_type="v_prediction", rescale_betas_zero_snr=True, mixing=0.1)
+    assert float(pipe.scheduler.alphas_cumprod[-1]) == 0
+    image = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    steps, iterations = 10, 30
+    inverted = pipe.invert(image, steps, fixed_point_iterations=iterations, strength=1.0, check_reconstruction=True)
+    assert inverted.timestep == 999
+    redrawn = pipe(latents=inverted, num_inference_steps=steps, output_type="pt").images
+    error = (redrawn - image).abs().max().item()
+    assert error < 1e-5 and (inverted.reconstruction_psnr > 100).all()
+    torch.testing.assert_close(
+        pipe(latents=inverted.latents, num_inference_steps=steps, output_type="pt").images, redrawn
+    )
+    # the collapsed step: x_T = the inversion's x at the step before, t = 899
+    x_899 = pipe.invert(image, steps, fixed_point_iterations=iterations, strength=0.9, return_dict=False)
+    collapsed = pipe(latents=x_899, num_inference_steps=steps, output_type="pt").images
+    assert (collapsed - image).abs().max().item() > 1000 * max(error, 1e-8)
+    with pytest.raises(ValueError, match="num_inference_steps >= 2"):
+        pipe.invert(image, 1, strength=1.0)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Attribution against an independent brute force
 # ----------------------------------------------------------------------------------------------------------------------
@@ -425,6 +458,54 @@ def test_per_pixel_model_has_zero_off_diagonal_attribution_and_mixing_model_does
     assert mixing.abs_phi[..., off_diagonal].min() > 1e-5
     assert (mixing.leakage > 0.01).all() and (mixing.leakage <= 1).all()
     assert 0 < mixing.mean_leakage <= 1
+
+
+@pytest.mark.parametrize("quantity", ["noise", "x0"])
+def test_attribution_is_of_the_named_quantity_whatever_the_prediction_type(quantity):
+    """One denoiser written as an epsilon, a v and a sample model: the three raw outputs differ, the attribution of
+    the predicted noise (or x_0) computed from them does not."""
+    latents, other = noise(2, 0), noise(2, 1)
+    regions = random_partition(2, 3, seed=2)
+    kw = dict(num_inference_steps=4, timesteps=[750, 500, 250], baseline=other, quantity=quantity)
+    outs = {}
+    for kind in ("epsilon", "v_prediction", "sample"):
+        pipe = posterior_pipeline(prediction_type=kind, rescale_betas_zero_snr=False, mixing=0.3)
+        outs[kind] = pipe.attribute(latents, regions, **kw)
+        assert outs[kind].quantity == quantity
+    assert outs["epsilon"].abs_phi[..., ~torch.eye(3, dtype=torch.bool)].min() > 1e-4  # a game with leakage
+    for kind in ("v_prediction", "sample"):
+        torch.testing.assert_close(outs[kind].phi, outs["epsilon"].phi, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(outs[kind].leakage, outs["epsilon"].leakage, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_attribution_of_a_per_pixel_affine_denoiser_is_its_slope_times_the_input_difference(kind):
+    """Analytic: the Gaussian posterior without mixing is per pixel and affine in x_t, x0 = ... + d x_t with
+    d = sqrt(a) s^2 / (a s^2 + 1 - a) and eps = ... + c x_t with c = (1 - sqrt(a) d) / sqrt(1 - a); the Shapley value
+    of region k for itself is then slope * mean over region k of (x_t - baseline x_t), of another region 0."""
+    pipe = posterior_pipeline(prediction_type=kind, rescale_betas_zero_snr=False, mixing=0.0)
+    latents, other = noise(2, 0), noise(2, 1)
+    regions = random_partition(2, 3, seed=5)
+    pipe.scheduler.set_timesteps(4)
+    t = int(pipe.scheduler.timesteps[0])  # x_t and the baseline are the given tensors there
+    a, var = float(pipe.scheduler.alphas_cumprod[t]), 0.5**2
+    d = math.sqrt(a) * var / (a * var + 1 - a)
+    slopes = {"x0": d, "noise": (1 - math.sqrt(a) * d) / math.sqrt(1 - a)}
+    diff = (latents - other).double()
+    expected = torch.stack(
+        [
+            torch.stack([(diff[i] * regions[i, k]).sum() / (3 * regions[i, k].sum()) for k in range(3)])
+            for i in range(2)
+        ]
+    )
+    for quantity, slope in slopes.items():
+        out = pipe.attribute(latents, regions, timesteps=[t], num_inference_steps=4, baseline=other, quantity=quantity)
+        torch.testing.assert_close(
+            torch.diagonal(out.phi[0], dim1=-2, dim2=-1).double(), slope * expected, rtol=1e-4, atol=1e-6
+        )
+        assert out.phi[0][..., ~torch.eye(3, dtype=torch.bool)].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="quantity must be 'noise' or 'x0'"):
+        pipe.attribute(latents, regions, num_inference_steps=4, baseline=other, quantity="v")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
