@@ -1144,11 +1144,21 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     def prepare_mask(
         self, mask: MaskInput, latents: torch.Tensor, allow_empty_mask: bool = False, **concept_kwargs
     ) -> torch.Tensor:
-        """Any supported mask (concept name, HxW array/tensor, PIL image, `(B, 1, H, W)` batch) -> binary
-        `(B, 1, H, W)` float mask at model resolution on the latents' device.
+        """Any supported mask -> the binary mask of each image at model resolution.
 
         A concept name is resolved per image by [`~InterpretableDDPMPipeline.concept_mask`] on the image the latents
-        generate (parser) or the concept's template (no parser)."""
+        generate (parser) or the concept's template (no parser).
+
+        Args:
+            mask: a concept name, an HxW array / tensor / PIL image, or a `(B, 1, H, W)` batch.
+            latents (`torch.Tensor` of shape `(B, C, H, W)`): the images' x_T (or model-space images, with
+                `is_latents=False` in `concept_kwargs`).
+            allow_empty_mask (`bool`): an empty mask raises unless this is `True`.
+            **concept_kwargs: passed to `concept_mask` for a concept name.
+
+        Returns:
+            `torch.Tensor` of shape `(B, 1, H, W)`: 0/1, in the latents' dtype and on their device.
+        """
         b = latents.shape[0]
         if isinstance(mask, str):
             mask = self.concept_mask(latents, mask, **concept_kwargs)
@@ -1193,7 +1203,16 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             mask (`torch.Tensor` of shape `(B, 1, H, W)`, *optional*): the region of an edit.
 
         Returns:
-            `torch.Tensor` of shape `(B, C, H, W)`.
+            `torch.Tensor` of shape `(B, C, H, W)`: the harmonised x_T.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> x_T = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        >>> face = pipe(latents=pipe.harmonize(x_T), num_inference_steps=25)  # parts coloured like the face
+        ```
         """
         template = self.harmonization_regions()
         if mask is None:
@@ -1211,10 +1230,16 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
     # -- images in and out ---------------------------------------------------------------------------------------------
     def preprocess(self, image: ImageInput, resize: bool = False) -> torch.Tensor:
-        """PIL image(s), numpy `(H, W, 3)` / `(B, H, W, 3)` (uint8 or float in [0, 1]) or a torch tensor
-        `(B, 3, H, W)` in [0, 1] -> model-space tensor `(B, 3, H, W)` in [-1, 1].
+        """Images in any of the accepted forms -> the model-space tensor.
 
-        Images must already be at the model resolution unless `resize=True` (bicubic; aligned face crops only)."""
+        Args:
+            image: PIL image(s), numpy `(H, W, 3)` / `(B, H, W, 3)` (uint8, or float in [0, 1]) or a torch tensor
+                `(B, 3, H, W)` in [0, 1], at the model resolution unless `resize=True`.
+            resize (`bool`): resize other sizes (bicubic; for aligned face crops only).
+
+        Returns:
+            `torch.Tensor` of shape `(B, 3, H, W)` in [-1, 1], on the pipeline's device and dtype.
+        """
         h, w = self.resolution
         if isinstance(image, (PIL.Image.Image, np.ndarray)) and not (
             isinstance(image, np.ndarray) and image.ndim == 4
@@ -1278,7 +1303,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return (image * 2 - 1).to(self._execution_device, self.unet.dtype)
 
     def postprocess(self, x0: torch.Tensor, output_type: str = "pil"):
-        """Model-space `(B, C, H, W)` in [-1, 1] -> PIL list, numpy `(B, H, W, C)` or torch `(B, C, H, W)` in [0, 1]."""
+        """Model space -> output images.
+
+        Args:
+            x0 (`torch.Tensor` of shape `(B, C, H, W)`): images in [-1, 1] (values beyond are clipped).
+            output_type (`str`): `"pil"`, `"np"` or `"pt"`.
+
+        Returns:
+            A list of B PIL images, a numpy array `(B, H, W, C)` or a tensor `(B, C, H, W)`, in [0, 1].
+        """
         image = (x0 / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -1347,11 +1380,21 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clip_sample: Optional[bool] = None,
         start_timestep: Optional[int] = None,
     ) -> torch.Tensor:
-        """Runs the DDIM (eta = 0) loop from x_T `(B, C, H, W)`; returns x_0 in model space `(B, C, H, W)`.
+        """Runs the DDIM (eta = 0) loop from x_T (or x_t) to x_0, in model space.
 
-        `clip_sample` overrides the scheduler's clipping of the predicted x_0 for this call (`None` keeps it); x_T
-        from `invert` should be regenerated with `clip_sample=False`, the setting the inversion is exact for.
-        `start_timestep` (a timestep of the schedule): `latents` are x_t there, and only the steps from it on run."""
+        Args:
+            latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T, or x_t at `start_timestep`.
+            num_inference_steps (`int`): DDIM steps of the whole schedule.
+            generator (`torch.Generator`, *optional*): passed to the scheduler's step (unused at eta = 0).
+            show_progress (`bool`): show the progress bar.
+            clip_sample (`bool`, *optional*): overrides the scheduler's clipping of the predicted x_0 for this call
+                (`None` keeps it); x_T from `invert` is regenerated with `False`, the setting the inversion is exact for.
+            start_timestep (`int`, *optional*): a timestep of the schedule: `latents` are x_t there, and only the
+                steps from it on run.
+
+        Returns:
+            `torch.Tensor` of shape `(B, C, H, W)`: x_0 in [-1, 1] (model space; see `postprocess`).
+        """
         num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
         latents = self._check_latents(latents)
         scheduler = self.scheduler
@@ -1464,14 +1507,16 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             [`InterpretableDDPMPipelineOutput`] with `images` and the `latents` (x_T) that made them, or the tuple
             `(images, latents)`.
 
-        Example:
+        Examples:
         ```py
+        >>> import torch
         >>> from diffusers import DiffusionPipeline
-        >>> pipe = DiffusionPipeline.from_pretrained(
-        ...     "models/interpretable-ddpm-faces64", custom_pipeline="pipeline_interpretable_ddpm.py"
-        ... )
-        >>> out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0))
-        >>> edit = pipe.swap_regions(out.latents[:1], out.latents[1:], "eyes")
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=25)
+        >>> out.images[0]  # a PIL image, 64 x 64
+        >>> again = pipe(latents=out.latents, num_inference_steps=25, output_type="pt")  # x_T redraws the same faces
+        >>> again.images.shape
+        torch.Size([2, 3, 64, 64])
         ```
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample, eta)
@@ -1549,7 +1594,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 exactly the unedited image; `False` (default) lets the model alone keep the edit local.
 
         Returns:
-            [`RegionResampleOutput`] (`images`, new `latents`, `mask`) or the tuple `(images, latents, mask)`.
+            [`RegionResampleOutput`] (`images`, new `latents` `(B, C, H, W)`, `mask` `(B, 1, H, W)`, `warning`) or the
+            tuple `(images, latents, mask)`.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> face = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=25)
+        >>> edit = pipe.resample_region(
+        ...     face.latents, "mouth", generator=torch.Generator().manual_seed(1), num_inference_steps=25
+        ... )
+        >>> edit.images[0]  # the same face with another mouth
+        ```
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
         inverted = _is_inversion(latents)
@@ -1628,7 +1686,21 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 result is exactly its unedited image. `False` (default): plain DDIM from the swapped latents.
 
         Returns:
-            [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b`, `mask`) or that tuple.
+            [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b` `(B, C, H, W)`, `mask`
+            `(B, 1, H, W)`, `warning`) or the tuple `(images_a, images_b, latents_a, latents_b, mask)`.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> faces = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=25)
+        >>> swap = pipe.swap_regions(faces.latents[:1], faces.latents[1:], "eyes", num_inference_steps=25)
+        >>> swap.images_a[0], swap.images_b[0]  # each face with the other's eyes
+        >>> photos = pipe.swap_regions(  # real photos: invert them first
+        ...     pipe.invert(faces.images[0], 25), pipe.invert(faces.images[1], 25), "nose", num_inference_steps=25
+        ... )
+        ```
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
         inverted = _is_inversion(latents_a) or _is_inversion(latents_b)
@@ -1715,9 +1787,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         the less noisy point; `fixed_point_iterations` > 0 re-evaluates it at the solution of the step (a fixed point
         iteration), which makes the reconstruction error several times smaller for the same number of steps.
 
+        Under zero terminal SNR (alpha_bar = 0 at t = T - 1, the shipped models' schedule) the predicted noise at x_T
+        is x_T itself whatever x_T is, so the noise form of the last inverse step would return its input; that step
+        is solved with the predicted x_0 instead, x_T = (x_prev - sqrt(a_prev) x0_pred(x_T)) / sqrt(1 - a_prev), and
+        is as exact as the others.
+
         Args:
-            image: PIL image(s), numpy `(B, H, W, 3)` or torch `(B, 3, H, W)` in [0, 1], at model resolution unless
-                `resize=True`.
+            image (PIL image(s), numpy `(B, H, W, 3)` or `torch.Tensor` `(B, 3, H, W)` in [0, 1]): the photos, at
+                model resolution unless `resize=True`.
             num_inference_steps (`int`): must equal the steps used to regenerate.
             fixed_point_iterations (`int`): extra UNet calls per step that refine the inverse step.
             check_reconstruction (`bool`): also regenerate (unclipped) and report the reconstruction PSNR.
@@ -1732,8 +1809,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clipping scheduler regenerates them).
 
         Returns:
-            [`InversionOutput`] (`latents`, `reconstruction_psnr`, `timestep`, `strength`, `num_inference_steps`,
-            `images`, `warning`) or the latents tensor.
+            [`InversionOutput`] (`latents` x_t0 `(B, C, H, W)`, `reconstruction_psnr` `(B,)` in dB or `None`,
+            `timestep` t0, `strength`, `num_inference_steps`, `images` `(B, 3, H, W)` in [-1, 1], `warning`) or the
+            latents tensor.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> photo = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=25).images[0]
+        >>> inv = pipe.invert(photo, num_inference_steps=25, check_reconstruction=True)  # any aligned 64x64 face crop
+        >>> inv.reconstruction_psnr  # dB
+        >>> edit = pipe.resample_region(inv, "nose", generator=torch.Generator().manual_seed(2), num_inference_steps=25)
+        ```
         """
         num_inference_steps = self.check_inputs(num_inference_steps)
         fixed_point_iterations = check_int(fixed_point_iterations, "fixed_point_iterations", minimum=0)
@@ -1809,7 +1898,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
     # -- concept masks -----------------------------------------------------------------------------------------------
     def template_mask(self, concept: str) -> torch.Tensor:
-        """The concept's template mask `(H, W)` bool at model resolution (mean training mask, thresholded)."""
+        """The concept's template mask (the mean training mask, thresholded), the fallback without a parser.
+
+        Args:
+            concept (`str`): one of `self.concepts`.
+
+        Returns:
+            `torch.Tensor` of shape `(H, W)` (bool) at model resolution.
+        """
         self._check_concept(concept)
         templates = self.config.concept_templates or {}
         if concept not in templates:
@@ -1867,6 +1963,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Args:
             images: PIL image(s) / numpy arrays as [`~InterpretableDDPMPipeline.preprocess`] takes them, or a
                 model-space tensor `(B, 3, H, W)` in [-1, 1] at the model resolution (e.g. `denoise` output).
+
+        Returns:
+            `torch.Tensor` of shape `(B, H, W)` (long): a face-part label id per pixel.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> faces = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=25)
+        >>> labels = pipe.parse(faces.images)
+        >>> labels.shape  # 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 mouth
+        torch.Size([2, 64, 64])
+        ```
         """
         if self.parser is None:
             raise ValueError(
@@ -1931,6 +2041,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 beyond +-1.5 (Gaussian noise always has some; images never) is taken as latents.
             clip_sample (`bool`, *optional*): the x_0 clipping of the regeneration of latents (`None`: the
                 scheduler's); an edit passes its own, so its mask comes from the image it starts from.
+
+        Returns:
+            `torch.Tensor` of shape `(B, 1, H, W)`: 1 inside the concept, 0 elsewhere.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> faces = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=25)
+        >>> eyes = pipe.concept_mask(faces.latents, "eyes", num_inference_steps=25)  # found on the generated faces
+        >>> eyes.shape
+        torch.Size([2, 1, 64, 64])
+        ```
         """
         return self._concept_masks(image_or_latents, [concept], dilation, num_inference_steps, is_latents, clip_sample)
 
@@ -1982,8 +2106,17 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return masks.to(self._execution_device)
 
     def region_masks(self, image_or_latents, dilation: int = 0, **kw) -> torch.Tensor:
-        """The K-region partition `(B, K, H, W)` (concepts, then rest) of each image, from its concept masks;
-        where dilated concepts overlap, the earlier concept keeps the pixel."""
+        """The K-region partition of each image (the concepts, then the rest region), from its concept masks; where
+        dilated concepts overlap, the earlier concept keeps the pixel.
+
+        Args:
+            image_or_latents: as [`~InterpretableDDPMPipeline.concept_mask`] takes it.
+            dilation (`int`): pixels each concept mask grows by before the partition is made.
+            **kw: `num_inference_steps`, `is_latents`, `clip_sample` as in `concept_mask`.
+
+        Returns:
+            `torch.Tensor` of shape `(B, K, H, W)`: one-hot over the K regions at every pixel.
+        """
         return exclusive_partition(self._concept_masks(image_or_latents, list(self.concepts), dilation=dilation, **kw))
 
     # -- attribution -------------------------------------------------------------------------------------------------
@@ -2041,8 +2174,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         Examples:
         ```py
         >>> import torch
-        >>> from model_files import load_pipeline
-        >>> pipe = load_pipeline("models/interpretable-ddpm-faces64")
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
         >>> x_T = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         >>> attr = pipe.attribute(x_T, num_inference_steps=10, timesteps=[999, 499], quantity="x0")
         >>> attr.phi.shape  # (timesteps, images, output regions, input regions): eyes, nose, mouth, rest
@@ -2211,8 +2344,19 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             max_coalitions (`int`): cost guard, as in `attribute`.
 
         Returns:
-            [`EndToEndAttributionOutput`] (`phi`, `abs_phi`, `leakage`, `region_names`, `images`, `baseline_images`)
-            or that tuple.
+            [`EndToEndAttributionOutput`] (`phi` and `abs_phi` `(B, K, K)`, `leakage` `(B,)`, `region_names`,
+            `images` and `baseline_images` `(B, 3, H, W)`) or that tuple.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> x_T = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        >>> attr = pipe.attribute_end_to_end(x_T, num_inference_steps=10, generator=torch.Generator().manual_seed(1))
+        >>> attr.region_names, attr.phi.shape  # 2^4 = 16 full DDIM runs
+        (['eyes', 'nose', 'mouth', 'rest'], torch.Size([1, 4, 4]))
+        ```
         """
         if _is_inversion(latents):
             raise ValueError(
@@ -2298,8 +2442,19 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             mode (`str`): `"trajectory"` or `"noise"`, see above.
 
         Returns:
-            [`EmergenceOutput`] or the tuple `(fraction, step_indices, timesteps, emergence_step, num_inference_steps,
-            mode)`.
+            [`EmergenceOutput`] (`fraction` `(S, B)`, `step_indices` and `timesteps` `(S,)`, `emergence_step` `(B,)`,
+            `num_inference_steps`, `mode`) or the tuple `(fraction, step_indices, timesteps, emergence_step,
+            num_inference_steps, mode)`.
+
+        Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
+        >>> x_T = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        >>> curve = pipe.emergence_curve(x_T[:1], x_T[1:], "eyes", num_inference_steps=10)
+        >>> curve.emergence_step  # the first step at which less than half of the swap still happens
+        ```
         """
         if _is_inversion(latents_a) or _is_inversion(latents_b):
             raise ValueError("emergence_curve follows trajectories from x_T; pass x_T tensors, not InversionOutputs.")

@@ -166,3 +166,42 @@ def test_pipeline_defaults_are_the_shipped_settings():
         assert pid.concepts_to_string(pid.DEFAULT_CONCEPTS) == index["concepts"] == built["concepts"]
         assert pid.HARMONIZE_DILATION == shipped_json(name, "training", "training_config.json")["mask_dilation"]
     assert index["concepts"] == train_interpretable.RECIPE["concepts"]
+
+
+def docstring_examples():
+    """{method name: code} of every `Examples:` block in the pipeline class's docstrings (the `>>>` and `...` lines)."""
+    examples = {}
+    for name, member in vars(pid.InterpretableDDPMPipeline).items():
+        doc = inspect.getdoc(member) or ""
+        if "Examples:" in doc:
+            block = doc.split("Examples:", 1)[1].split("```py", 1)[1].split("```", 1)[0]
+            lines = [ln.strip() for ln in block.splitlines()]
+            examples[name] = "\n".join(ln[4:] for ln in lines if ln.startswith((">>> ", "... ")))
+    return examples
+
+
+def test_every_public_pipeline_method_has_args_returns_and_an_example():
+    public = [
+        "__call__",
+        "resample_region",
+        "swap_regions",
+        "invert",
+        "attribute",
+        "attribute_end_to_end",
+        "emergence_curve",
+        "concept_mask",
+        "parse",
+        "harmonize",
+    ]
+    for name in public:
+        doc = inspect.getdoc(getattr(pid.InterpretableDDPMPipeline, name))
+        assert "Args:" in doc and "Returns:" in doc, name
+    assert set(public) <= set(docstring_examples())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(docstring_examples()))
+def test_docstring_example_runs_on_the_shipped_model(method, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(ROOT)  # the examples load models/... as a user in the repository would
+    exec(compile(docstring_examples()[method], f"<{method} example>", "exec"), {})
