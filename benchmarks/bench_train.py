@@ -68,6 +68,8 @@ def worker(cfg: dict) -> dict:
     args = ti.build_arg_parser().parse_args(["--train_data_dir", ".", "--output_dir", "."])
     args.concepts = CONCEPTS[cfg["k"]]
     args.estimator = cfg["estimator"] or "pair"
+    if args.estimator != "pair":
+        args.ie_context = []  # the recipe's one-way game is the pair estimator's; the others play the symmetric one
     args.coalition_samples = 4
     args.ie_batch_size = cfg["batch_size"] // 2 if cfg["ie_batch_size"] == "half" else None
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models and tiny data, so every test runs in seconds on 2 CPU cores."""
+"""Shared fixtures: tiny random models and tiny data, so every test runs in seconds on 2 CPU cores; what a test needs
+from the machine (the face data, a browser, the data environment): skipped where it is missing, failed in CI."""
 
 import os
 
@@ -12,7 +13,7 @@ torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 
 import pipeline_interpretable_ddpm as pid  # noqa: E402
-from face_data import make_synthetic_faces  # noqa: E402
+from face_data import default_data_dir, make_synthetic_faces  # noqa: E402
 from model_files import PIPELINE_FILE, ROOT  # noqa: E402,F401  (re-exported to the tests)
 
 
@@ -71,3 +72,31 @@ def pipe():
 def tiny_faces(tmp_path_factory):
     """A synthetic 16x16 face dataset in the utkface64 parquet layout."""
     return make_synthetic_faces(str(tmp_path_factory.mktemp("faces")), num_train=24, num_test=8, size=16)
+
+
+def in_ci() -> bool:
+    """True in continuous integration (`CI=true`, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(available: bool, missing: str) -> None:
+    """Skips the test when something it needs is `missing` on this machine; in CI, where everything is installed
+    and every test must run, fails it instead, so that nothing is left out silently."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{missing}, and CI=true: CI runs every test (see .ci/run)", pytrace=False)
+    pytest.skip(missing)
+
+
+def face_data_available() -> bool:
+    return os.path.isfile(os.path.join(default_data_dir(), "test.parquet"))
+
+
+def pytest_runtest_setup(item):
+    """`@pytest.mark.needs_face_data`: the test reads the UTKFace data (`face_data.default_data_dir()`)."""
+    if item.get_closest_marker("needs_face_data"):
+        require(
+            face_data_available(),
+            f"no face data at {default_data_dir()} (set INTERPRETABLE_DDPM_DATA; README: how to build it)",
+        )

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import app
-from conftest import ROOT
+from conftest import ROOT, require
 from face_data import load_faces
 from test_app import STEPS, free_port, save_tiny_pipeline
 
@@ -28,9 +28,7 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 60_000
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,7 @@ def url(tmp_path_factory, tiny_faces):
 
 @pytest.fixture(scope="module")
 def page(url):
+    require(os.path.exists(CHROMIUM), f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:

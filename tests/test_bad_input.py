@@ -495,6 +495,7 @@ TRAIN_CLI_CASES = {  # arguments: what stderr must say, as a real subprocess? (t
 }
 
 
+@pytest.mark.slow
 def test_training_command_line_refuses_bad_flags_without_touching_the_output_dir(tiny_faces, tmp_path, capsys):
     user_dir = tmp_path / "mine"  # an existing folder of the user's: untouched by every failed run
     user_dir.mkdir()
@@ -531,6 +532,7 @@ def test_training_command_line_refuses_bad_flags_without_touching_the_output_dir
     assert sorted(os.listdir(user_dir)) == ["notes.txt"] and (user_dir / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_faces, tmp_path):
     """lambda grows from 1 to 1e300 over 4 steps: step 1 is finite, step 2's loss overflows to inf."""
     out = tmp_path / "run"
@@ -592,6 +594,7 @@ def test_evaluate_flags_are_checked(case, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_command_line_refuses_bad_input_and_overwrites_nothing(tmp_path, capsys):
     pipe_dir, user_dir = tmp_path / "pipe", tmp_path / "results"
     make_pipe().save_pretrained(str(pipe_dir))

@@ -566,6 +566,7 @@ def test_from_pretrained_in_process_reproduces_images_and_concepts(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_from_pretrained_offline_in_a_fresh_process_reproduces_images(tmp_path):
     pipe, target = saved_pipeline(tmp_path)
     expected = pipe(

@@ -19,7 +19,6 @@ from diffusers import DDIMScheduler
 import pipeline_interpretable_ddpm as pid
 from conftest import ROOT
 from denoisers import GaussianDenoiser
-from face_data import default_data_dir
 
 STEPS = 10
 SIZE = 16
@@ -240,10 +239,7 @@ DOC = os.path.join(ROOT, "docs", "real_photos.md")
 SHIPPED = os.path.join(ROOT, "models", "interpretable-ddpm-faces64")
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(default_data_dir()) or not os.path.isdir(SHIPPED),
-    reason="needs the shipped model and the face data",
-)
+@pytest.mark.needs_face_data
 def test_documented_real_photo_example_runs_and_the_edit_is_local(monkeypatch):
     code = re.search(r"```python\n(.*?)```", open(DOC).read(), re.S).group(1)
     monkeypatch.chdir(ROOT)

@@ -220,6 +220,7 @@ def two_process_run(tiny_faces, tmp_path_factory):
     return out, hub, log
 
 
+@pytest.mark.slow
 def test_two_process_run_saves_a_loadable_pipeline(two_process_run):
     from diffusers import DiffusionPipeline
 
@@ -240,6 +241,7 @@ def test_two_process_run_saves_a_loadable_pipeline(two_process_run):
     assert pipe.region_names == ["eyes", "nose", "mouth", "rest"]
 
 
+@pytest.mark.slow
 def test_saved_output_is_safetensors_with_config_and_model_card(two_process_run):
     out, _, _ = two_process_run
     files = [p for p in tree(out) if not p.startswith(("checkpoint-", "logs"))]
@@ -261,6 +263,7 @@ def test_saved_output_is_safetensors_with_config_and_model_card(two_process_run)
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_the_pipeline_folder_without_checkpoints(two_process_run):
     out, hub, _ = two_process_run
     assert [(c["organization"], c["name"]) for c in hub.created] == [tuple(HUB_REPO.split("/"))]
@@ -299,6 +302,7 @@ def _resume_args(data, out):
     ]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     reference = start(_resume_args(tiny_faces, straight))
@@ -344,6 +348,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_faces, tmp_path):
     assert [r["loss"] for r in read_log(straight)] == pytest.approx([r["loss"] for r in read_log(killed)], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_path):
     def args(lam, out):
         return [
@@ -511,6 +516,7 @@ def _imagefolder_with_a_bad_mask(tmp_path):
     return data, name
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp_path, two_process_run, capsys):
     import train_interpretable as ti
 
@@ -604,6 +610,7 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
     assert {p: os.path.getmtime(os.path.join(finished, p)) for p in tree(finished)} == before
 
 
+@pytest.mark.slow
 def test_single_process_imagefolder_finetune_records_the_base_model(two_process_run, tmp_path):
     base, _, _ = two_process_run
     data = make_synthetic_faces(str(tmp_path / "imagefolder"), num_train=10, num_test=2, size=16, layout="imagefolder")
@@ -653,6 +660,7 @@ def test_single_process_imagefolder_finetune_records_the_base_model(two_process_
     assert new_unet["block_out_channels"] == base_unet["block_out_channels"] and new_unet["sample_size"] == 16
 
 
+@pytest.mark.slow
 def test_v_prediction_zero_snr_finetune_trains_v_and_records_what_it_started_from(
     two_process_run, tiny_faces, tmp_path
 ):
@@ -795,6 +803,7 @@ def test_harmonize_noise_trains_on_noise_whose_part_means_follow_the_band_around
     torch.testing.assert_close(harmonized[outside], drawn[outside])
 
 
+@pytest.mark.slow
 def test_default_models_script_continues_a_plain_model_with_the_release_schedule_and_trains_twins(
     two_process_run, tiny_faces, tmp_path
 ):
