@@ -38,6 +38,9 @@ import torch
 from tqdm.auto import tqdm
 
 import pipeline_interpretable_ddpm as pid  # the metric math
+from evaluation.c2st import C2ST_METHOD
+from evaluation.metrics import PR_METHOD, PR_NEIGHBOURS, precision_recall
+from evaluation.realism import c2st_or_reason, real_faces_uint8
 from face_data import DATA_ENV, default_data_dir, load_faces
 from model_files import ROOT, check_pipeline_path, load_pipeline
 
@@ -744,14 +747,18 @@ def evaluate_fid(
     desc="FID",
     harmonize_noise=None,
     colour_reference=None,
+    real_uint8=None,
+    num_c2st_samples=0,
 ):
-    """Generates `num_samples` seeded images (stream "fid") and returns their FID and KID against `reference`
-    features, and, given `colour_reference` (`real_colour_reference`) and a pipeline with a parser, their off-colour
-    rate. `harmonize_noise` is passed to the pipeline for the seeded x_T (None: the pipeline's setting)."""
+    """Generates `num_samples` seeded images (stream "fid") and returns their FID, KID and precision/recall against
+    `reference` features; given `colour_reference` (`real_colour_reference`) and a pipeline with a parser, their
+    off-colour rate; given real faces `real_uint8` `(N, 3, H, W)` and `num_c2st_samples` > 0, the C2ST accuracy of
+    the first `num_c2st_samples` samples against them. `harmonize_noise` is passed to the pipeline for the seeded x_T
+    (None: the pipeline's setting)."""
     if num_samples < 2:
         raise ValueError(f"FID needs at least 2 samples, got --num_fid_samples {num_samples}.")
     device = pipe._execution_device
-    feats, preview, colour = [], [], []
+    feats, preview, colour, c2st_fakes = [], [], [], []
     gen_seconds = feat_seconds = 0.0
     if harmonize_noise is None:
         harmonize_noise = pipe._harmonizes(None)
@@ -776,24 +783,34 @@ def evaluate_fid(
         feat_seconds += time.perf_counter() - t1
         if len(preview) < 64:
             preview.extend(list(images[: 64 - len(preview)]))
+        if len(c2st_fakes) < num_c2st_samples:
+            c2st_fakes.extend(list(images[: num_c2st_samples - len(c2st_fakes)]))
     t0 = time.perf_counter()
     feats = np.concatenate(feats)
     fid = fid_from_features(feats, reference)
     kid = kid_from_features(feats, reference, seed=seed)
     off_colour = off_colour_rate(np.concatenate(colour), colour_reference["thresholds"], seed) if parse else None
+    pr = precision_recall(reference, feats, seed=seed) if min(len(feats), len(reference)) > PR_NEIGHBOURS else None
+    frechet_seconds = time.perf_counter() - t0
+    c2st = None
+    if real_uint8 is not None and c2st_fakes:
+        c2st = c2st_or_reason(real_uint8, torch.stack(c2st_fakes), seed)
     return {
         "fid": fid,
         **kid,
+        "precision_recall": pr,
+        "c2st": c2st,
         "off_colour": off_colour,
         "harmonize_noise": bool(harmonize_noise),
         "num_samples": num_samples,
         "num_reference": len(reference),
         "seconds_generation": gen_seconds,
         "seconds_inception": feat_seconds,
-        "seconds_frechet": time.perf_counter() - t0,
+        "seconds_frechet": frechet_seconds,
         "seconds_per_sample_generation": gen_seconds / num_samples,
         "seconds_per_sample_inception": feat_seconds / num_samples,
         "preview": torch.stack(preview),
+        "preview_c2st": torch.stack(c2st_fakes) if c2st_fakes else None,
     }
 
 
@@ -1578,6 +1595,47 @@ def _ratio(a: Optional[dict], b: Optional[dict]) -> str:
     return f"{a['mean'] / b['mean']:.3f}"
 
 
+def _difference(a: Optional[dict], b: Optional[dict]) -> str:
+    """The comparison column of an accuracy: the difference to the baseline (a ratio of accuracies reads badly)."""
+    if not a or not b or a.get("mean") is None or b.get("mean") is None:
+        return "—"
+    return f"{a['mean'] - b['mean']:+.3f} (difference)"
+
+
+def _realism_rows(row, fid_of) -> List[str]:
+    """Table rows of the C2ST accuracy and precision/recall (`row` and the FID stage getter of `markdown_report`)."""
+
+    def c2st(n):
+        res = fid_of(n).get("c2st") or {}
+        return {"mean": res["accuracy"], "ci95": res["ci95"]} if "accuracy" in res else None
+
+    def pr(key):
+        return lambda n: (fid_of(n).get("precision_recall") or {}).get(key)
+
+    return [
+        row(["C2ST accuracy (0.5 = indistinguishable)"], c2st, ["—"], digits=3, compare=_difference),
+        row(["precision (realistic share)"], pr("precision"), ["—"], digits=3),
+        row(["recall (covered share of real faces)"], pr("recall"), ["—"], digits=3),
+    ]
+
+
+def _realism_notes(fid_stage: dict) -> List[str]:
+    """The paragraph under the realism table that says how the C2ST and precision/recall were measured."""
+    notes = []
+    c2st = fid_stage.get("c2st") or {}
+    if "accuracy" in c2st:
+        notes.append(
+            f"C2ST: {_plural(c2st['num_per_class'], 'generated sample')} against as many real faces; {C2ST_METHOD}. "
+            "The baseline column gives the difference of accuracies."
+        )
+    elif c2st.get("skipped"):
+        notes.append(f"C2ST skipped: {c2st['skipped']}.")
+    pr = fid_stage.get("precision_recall")
+    if pr:
+        notes.append(f"Precision/recall: {pr['num_per_set']} vectors per set; {PR_METHOD}.")
+    return [" ".join(notes), ""] if notes else []
+
+
 def markdown_report(results: dict) -> str:
     cfg = results["config"]
     names = list(results["pipelines"])
@@ -1610,9 +1668,9 @@ def markdown_report(results: dict) -> str:
         h = list(first) + cols + list(extra)
         return ["| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
 
-    def row(first: Sequence[str], getter, extra: Sequence[str] = (), digits: int = 4):
+    def row(first: Sequence[str], getter, extra: Sequence[str] = (), digits: int = 4, compare=None):
         vals = [_fmt(getter(n), digits) for n in names]
-        vals += [_ratio(getter(m), getter(base_of[m])) for m in mains if m in base_of]
+        vals += [(compare or _ratio)(getter(m), getter(base_of[m])) for m in mains if m in base_of]
         return "| " + " | ".join(list(first) + vals + list(extra)) + " |"
 
     def stage(n, key):
@@ -1761,7 +1819,9 @@ def markdown_report(results: dict) -> str:
         lines.append(
             row(["off-colour rate"], lambda n: (stage(n, "fid").get("off_colour") or {}).get("rate"), ["—"], digits=3)
         )
+        lines += _realism_rows(row, lambda n: stage(n, "fid"))
         lines.append("")
+        lines += _realism_notes(f0)
         real_colour = results.get("real_faces_colour")
         if real_colour:
             oc = real_colour["off_colour"]
@@ -1958,7 +2018,7 @@ def _strip_for_json(obj):
         return {
             k: _strip_for_json(v)
             for k, v in obj.items()
-            if k not in ("examples", "preview", "per_pair_values", "units", "edited_uint8")
+            if k not in ("examples", "preview", "preview_c2st", "per_pair_values", "units", "edited_uint8")
         }
     if isinstance(obj, list):
         return [_strip_for_json(v) for v in obj]
@@ -1985,6 +2045,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output_dir")
     p.add_argument("--num_pairs", type=int, default=100, help="seeded pairs per concept for the locality table")
     p.add_argument("--num_fid_samples", type=int, default=10000, help="generated samples for FID (0 skips FID)")
+    p.add_argument(
+        "--num_c2st_samples",
+        type=int,
+        default=500,
+        help="generated samples (the first of the FID samples, at most --num_fid_samples) in the classifier "
+        "two-sample test against as many real faces of --fid_reference_split (0 skips it)",
+    )
     p.add_argument("--num_attribution_samples", type=int, default=16, help="samples for the Shapley attribution")
     p.add_argument(
         "--attribution_steps",
@@ -2083,6 +2150,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in (
         "num_pairs",
         "num_fid_samples",
+        "num_c2st_samples",
         "num_attribution_samples",
         "num_real_pairs",
         "mask_dilation",
@@ -2207,6 +2275,8 @@ def run(args: argparse.Namespace) -> dict:
             "allowed to change; a pair's value is the mean of its two edits. 'a': A's mask for both.",
             "fid": FID_METHOD,
             "fid_resize": "299x299, TF reference bilinear (nv_bilinear_float), after uint8 quantisation",
+            "c2st": C2ST_METHOD,
+            "precision_recall": PR_METHOD,
             "leakage": "pid.InterpretableDDPMPipeline.attribute: exact Shapley values over all 2^K coalitions; "
             "leakage = off-diagonal share of area-weighted |phi|",
         },
@@ -2242,6 +2312,9 @@ def run(args: argparse.Namespace) -> dict:
             parsing.concepts,
         )
         results["real_faces_colour"] = {k: v for k, v in colour_reference.items() if k != "distances"}
+    c2st_real = None
+    if inception is not None and getattr(args, "num_c2st_samples", 0) > 0:
+        c2st_real = real_faces_uint8(args.data_dir, args.fid_reference_split, first.resolution, args.num_fid_reference)
     faces = None
     if "real" not in args.skip and args.num_real_pairs > 0:
         faces = load_faces(args.data_dir, args.real_split)
@@ -2298,10 +2371,18 @@ def run(args: argparse.Namespace) -> dict:
                 desc=f"{name}: FID",
                 harmonize_noise=harmonize,
                 colour_reference=colour_reference,
+                real_uint8=c2st_real,
+                num_c2st_samples=getattr(args, "num_c2st_samples", 0),
             )
             timings["fid"] = fid["seconds_per_sample_generation"]
             timings["fid_inception"] = fid["seconds_per_sample_inception"]
             results["figures"].append(save_image_grid(fid["preview"], os.path.join(fig_dir, f"{name}_samples.png")))
+            if fid["c2st"] and "fake_scores" in fid["c2st"]:  # the 16 samples the classifiers found most generated
+                order = np.argsort(fid["c2st"]["fake_scores"])[::-1][:16]
+                worst = torch.stack([fid["preview_c2st"][fid["c2st"]["fake_indices"][i]] for i in order])
+                results["figures"].append(
+                    save_image_grid(worst, os.path.join(fig_dir, f"{name}_c2st_most_generated.png"))
+                )
             res["fid"] = fid
         if "attribution" not in args.skip and args.num_attribution_samples > 0:
             att = evaluate_attribution(
