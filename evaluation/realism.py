@@ -52,7 +52,8 @@ def c2st_or_reason(real_uint8: torch.Tensor, fake_uint8: torch.Tensor, seed: int
 
 def generate_samples(pipe, num_samples: int, seed: int, num_inference_steps: int, batch_size: int, harmonize_noise):
     """`num_samples` uint8 samples `(N, 3, H, W)` from the seeded x_T of stream "fid" (as `evaluate.py`'s FID)."""
-    from evaluate import seeded_latents, to_uint8
+    from evaluation.pipelines import to_uint8
+    from evaluation.stats import seeded_latents
 
     out = []
     for start in range(0, num_samples, batch_size):
@@ -111,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _inception_measures(fake: torch.Tensor, inception, reference: np.ndarray, seed: int) -> Dict[str, object]:
-    from evaluate import fid_from_features, kid_from_features
+    from evaluation.metrics import fid_from_features, kid_from_features
 
     feats = np.concatenate([inception(chunk) for chunk in fake.split(64)])
     return {
@@ -153,7 +154,9 @@ def summary_line(name: str, res: Dict[str, object]) -> str:
 
 
 def run(args: argparse.Namespace) -> Dict[str, object]:
-    from evaluate import DEFAULT_FID_CACHE, InceptionFeatures, _unique_names, reference_features, save_image_grid
+    from evaluation.cli import _unique_names
+    from evaluation.figures import save_image_grid
+    from evaluation.metrics import DEFAULT_FID_CACHE, InceptionFeatures, reference_features
     from model_files import check_pipeline_path, load_pipeline
 
     for path in args.models:  # fail before any heavy work
