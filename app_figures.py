@@ -3,7 +3,8 @@
 
 Faces are shown upscaled by an integer factor (nearest neighbour) so 64x64 pixels stay visible; masks are tinted and
 outlined; CIELAB distances become inferno heatmaps; Shapley matrices and leakage curves are matplotlib figures
-rendered off-screen (Agg) into arrays.
+rendered off-screen (Agg) into arrays. The matrix and curve drawing (`draw_attribution_matrix`,
+`draw_leakage_curves`) is shared with the evaluation's figures (`evaluation/figures.py`), so both show the same figure.
 """
 
 from __future__ import annotations
@@ -73,6 +74,69 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def draw_attribution_matrix(
+    ax,
+    matrix: np.ndarray,
+    names: List[str],
+    vmax: float,
+    title: str,
+    input_label: str,
+    output_label: Optional[str],
+    fontsize: int = 8,
+    value_format: str = "{:.2g}",
+):
+    """A K x K |Shapley| matrix (rows: output region k, columns: input region j) on a matplotlib axis, each cell
+    annotated; the Space's and the evaluation's attribution figures. Returns the image (for a colour bar)."""
+    im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(vmax, 1e-12))
+    k = len(names)
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(k), names, fontsize=fontsize)
+    ax.set_xlabel(input_label, fontsize=fontsize)
+    if output_label:
+        ax.set_ylabel(output_label, fontsize=fontsize)
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                value_format.format(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=fontsize - 1,
+                color="white" if matrix[i, j] < 0.6 * vmax else "black",
+            )
+    ax.set_title(title, fontsize=fontsize + 1)
+    return im
+
+
+def draw_leakage_curves(
+    ax,
+    curves: Dict[str, Tuple[List[int], List[float]]],
+    bands: Optional[Dict[str, Tuple[List[float], List[float]]]] = None,
+    marker_t: Optional[int] = None,
+    fontsize: int = 8,
+) -> None:
+    """Leakage over the DDIM timesteps on a matplotlib axis, one line per label (generation runs left to right, t
+    from T down to 0), optionally with a shaded band per label (e.g. a 95% interval) and a dashed line at `marker_t`;
+    the Space's and the evaluation's leakage figures."""
+    for label, (ts, leak) in curves.items():
+        line = ax.plot(ts, leak, marker="o", markersize=3, label=label)[0]
+        if bands and label in bands:
+            ax.fill_between(ts, *bands[label], color=line.get_color(), alpha=0.2)
+    top = max([max(leak) for _, leak in curves.values() if leak] + [0.0])
+    if bands:
+        top = max([top] + [max(hi) for _, hi in bands.values() if hi])
+    if marker_t is not None:
+        ax.axvline(marker_t, color="gray", linestyle="--", linewidth=1)
+    ax.invert_xaxis()
+    ax.set_xlabel("timestep t (generation runs left to right)", fontsize=fontsize)
+    ax.set_ylabel("leakage (off-diagonal share of |phi|)", fontsize=fontsize)
+    ax.set_ylim(0, min(1.0, 1.15 * top + 0.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize)
+
+
 def attribution_figure(
     matrix: np.ndarray,
     names: List[str],
@@ -84,24 +148,7 @@ def attribution_figure(
     """K x K |Shapley| matrix (rows: output region k, columns: input region j) as an annotated image."""
     fig = Figure(figsize=(4.0, 3.6), dpi=100)
     ax = fig.add_subplot(111)
-    im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(vmax, 1e-12))
-    k = len(names)
-    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), names, fontsize=8)
-    ax.set_xlabel(input_label, fontsize=8)
-    ax.set_ylabel(output_label, fontsize=8)
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                f"{matrix[i, j]:.2g}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if matrix[i, j] < 0.6 * vmax else "black",
-            )
-    ax.set_title(title, fontsize=9)
+    im = draw_attribution_matrix(ax, matrix, names, vmax, title, input_label, output_label)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the title
     fig.tight_layout()
     return figure_to_array(fig)
@@ -110,18 +157,6 @@ def attribution_figure(
 def leakage_figure(curves: Dict[str, Tuple[List[int], List[float]]], marker_t: Optional[int]) -> np.ndarray:
     """Leakage over the DDIM timesteps (generation runs left to right, t from T down to 0)."""
     fig = Figure(figsize=(5.2, 3.0), dpi=100)
-    ax = fig.add_subplot(111)
-    for label, (ts, leak) in curves.items():
-        ax.plot(ts, leak, marker="o", markersize=3, label=label)
-    top = max([max(leak) for _, leak in curves.values() if leak] + [0.0])
-    if marker_t is not None:
-        ax.axvline(marker_t, color="gray", linestyle="--", linewidth=1)
-    ax.invert_xaxis()
-    ax.set_xlabel("timestep t (generation runs left to right)", fontsize=8)
-    ax.set_ylabel("leakage (off-diagonal share of |phi|)", fontsize=8)
-    ax.set_ylim(0, min(1.0, 1.15 * top + 0.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.tick_params(labelsize=8)
+    draw_leakage_curves(fig.add_subplot(111), curves, marker_t=marker_t)
     fig.tight_layout()
     return figure_to_array(fig)

@@ -133,6 +133,8 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         assert res["fid"]["num_samples"] == 3 and res["fid"]["num_reference"] == 8 and res["fid"]["fid"] > 0
         assert np.isfinite(res["fid"]["kid"]) and res["fid"]["subset_size"] == 3
         assert res["fid"]["off_colour"] is None  # no parser in these pipelines
+        # 3 samples: too few for the C2ST (skipped, with the reason) and for 3-NN precision/recall
+        assert "at least 10" in res["fid"]["c2st"]["skipped"] and res["fid"]["precision_recall"] is None
         assert res["attribution"]["num_samples"] == 2 and 0 < res["attribution"]["leakage"]["mean"] < 1
         assert res["attribution"]["leakage"]["ci95"] is None  # no interval from 2 samples
         assert len(res["attribution"]["leakage_curve"]) == 2
