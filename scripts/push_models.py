@@ -2,9 +2,10 @@
 
     python -m scripts.push_models --namespace YOUR_NAME [--token hf_...] [--private]
 
-Each pipeline gets the top-level model_card.md as its README.md (the Hub's model card); the folder itself is not
-changed. The folders' pipeline_interpretable_ddpm.py is a link to the repository's one pipeline file: the Hub gets
-the file's content, so that `DiffusionPipeline.from_pretrained("YOUR_NAME/interpretable-ddpm-faces64",
+Each pipeline gets its own model card as its README.md on the Hub (`MODEL_CARDS`: model_card.md for the
+interpretable model, model_card_baseline.md for its lambda = 0 twin; the parser keeps its README.md); the folder
+itself is not changed. The folders' pipeline_interpretable_ddpm.py is a link to the repository's one pipeline file:
+the Hub gets the file's content, so that `DiffusionPipeline.from_pretrained("YOUR_NAME/interpretable-ddpm-faces64",
 trust_remote_code=True)` loads it, and the Space reads the ids from INTERPRETABLE_DDPM_MODEL /
 INTERPRETABLE_DDPM_BASELINE.
 """
@@ -18,7 +19,7 @@ from model_files import ROOT
 
 MODELS = ("interpretable-ddpm-faces64", "ddpm-faces64-baseline", "face-parser-64")
 # the model card each pipeline is pushed with (the parser folder has its own README.md)
-MODEL_CARDS = {"interpretable-ddpm-faces64": "model_card.md", "ddpm-faces64-baseline": "model_card.md"}
+MODEL_CARDS = {"interpretable-ddpm-faces64": "model_card.md", "ddpm-faces64-baseline": "model_card_baseline.md"}
 NOT_UPLOADED = ("checkpoint-*", "logs/*", "samples/*", "*.bin", "*.pt", "*.pth", "*.ckpt")
 
 

@@ -14,6 +14,7 @@ from safetensors import safe_open
 import pipeline_interpretable_ddpm as pid
 import train_interpretable
 from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins, tiny_pipeline
+from scripts.push_models import MODEL_CARDS
 from test_train import HubStandIn, child_env, tree
 
 SHIPPED = ["interpretable-ddpm-faces64", "ddpm-faces64-baseline"]
@@ -93,7 +94,7 @@ def test_shipped_baseline_is_the_lambda_zero_twin_of_the_interpretable_model():
 @pytest.mark.slow
 def test_push_models_uploads_the_pipeline_file_and_the_card_not_links(tmp_path):
     """scripts/push_models.py against a local stand-in of the Hub: every file of the shipped folder, the linked
-    pipeline file as its content, the model card as README.md; the folder itself is left as it was."""
+    pipeline file as its content, the model's own card as README.md; the folder itself is left as it was."""
     name = SHIPPED[1]
     folder = os.path.join(ROOT, "models", name)
     before = tree(folder)
@@ -115,7 +116,7 @@ def test_push_models_uploads_the_pipeline_file_and_the_card_not_links(tmp_path):
     assert not hub.unexpected
     with open(PIPELINE_FILE, "rb") as f:
         assert hub.committed["pipeline_interpretable_ddpm.py"] == f.read()
-    with open(os.path.join(ROOT, "model_card.md"), "rb") as f:
+    with open(os.path.join(ROOT, MODEL_CARDS[name]), "rb") as f:
         assert hub.committed["README.md"] == f.read()
     assert {p: b for p, b in hub.committed.items() if p != "README.md"} == before
     assert tree(folder) == before and not os.path.exists(os.path.join(folder, "README.md"))
