@@ -375,12 +375,14 @@ def open_photo(source, max_pixels: Optional[int] = None) -> Photo:
                 notes.append(f"It is animated ({im.n_frames} frames); the first frame was used.")
                 im.seek(0)
             im.load()
+            upright = im
             try:
-                upright = ImageOps.exif_transpose(im)
+                orientation = int(im.getexif().get(0x0112, 1) or 1)  # 274: EXIF Orientation
+                if orientation != 1:
+                    upright = ImageOps.exif_transpose(im)
+                    notes.append(f"It was turned upright as its EXIF orientation ({orientation}) says.")
             except Exception:  # a malformed EXIF block: the pixels as stored
                 upright = im
-            if upright is not im:
-                notes.append("It was turned upright as its EXIF orientation says.")
             photo = photo_to_rgb(upright)
     except PhotoError:
         raise
