@@ -387,7 +387,10 @@ def open_photo(source, max_pixels: Optional[int] = None) -> Photo:
     except PhotoError:
         raise
     except Image.DecompressionBombError as e:
-        raise PhotoError(f"the image has too many pixels to decode safely (a decompression bomb?): {e}") from e
+        raise PhotoError(
+            f"the image has more pixels than the limit of {max_pixels / 1e6:.0f} megapixels (Pillow refuses to decode "
+            f"it: a guard against decompression bombs); scale it down first ({e})"
+        ) from e
     except Exception as e:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise PhotoError(f"unreadable image ({type(e).__name__}: {e})") from e
     return Photo(photo.image, notes + photo.notes)

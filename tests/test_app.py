@@ -35,6 +35,7 @@ EXPECTED_ENDPOINTS = {
     "/swap",
     "/keep_edit",
     "/invert",
+    "/find_faces",
     "/attribute",
     "/attribution_at_t",
     "/attribute_end_to_end",
@@ -242,9 +243,10 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
     client, models, _ = served
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "face.png")
-    small, recon, face_a, editor, info = client.predict(
+    small, recon, face_a, editor, info, pasted = client.predict(
         handle_file(str(tmp_path / "face.png")), STEPS, True, api_name="/invert"
     )
+    assert pasted is None and "No face found" in info  # noise: the centre-crop fallback, said so
     assert read(small).shape == read(recon).shape == (256, 256, 3)
     np.testing.assert_array_equal(read(face_a), read(recon))
     assert "40x30" in info and "resized" in info and "PSNR" in info
@@ -301,7 +303,7 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
             batch_size=1, generator=torch.Generator().manual_seed(40), num_inference_steps=STEPS, output_type="pt"
         ).images[0],
     )
-    _, recon, _, _, info = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
+    _, recon, _, _, info, _ = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
     inv_a = pipe.invert(_as_photo(photo), num_inference_steps=STEPS, strength=strength)
     inv_b = pipe.invert(orig.images[1:], num_inference_steps=STEPS, strength=strength)
     assert (
@@ -316,7 +318,15 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     assert "found on your photo" in mask_info
     out = client.predict("mouth", 0, None, STEPS, False, False, strength, api_name="/swap")
     mask = pipe.concept_mask(inv_a, "mouth")
-    ref = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt")
+    # photo swaps are harmonised by default (the part keeps the receiving face's colouring)
+    shift = app_handlers.PHOTO_SWAP_HARMONIZE
+    ref = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt", harmonize_photo=shift)
+    assert "harmonised photo swap" in out[12]
+    plain = client.predict("mouth", 0, None, STEPS, False, False, strength, False, False, api_name="/swap")
+    ref_plain = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt")
+    np.testing.assert_array_equal(read(plain[0]), pipe_image_display(ref_plain.images_a))
+    assert "harmonised photo swap" not in plain[12] and not np.array_equal(read(plain[0]), read(out[0]))
+    out = client.predict("mouth", 0, None, STEPS, False, False, strength, api_name="/swap")  # the kept edit
     np.testing.assert_array_equal(read(out[0]), pipe_image_display(ref.images_a))
     np.testing.assert_array_equal(read(out[3]), pipe_image_display(ref.images_b))
     rec_b = pipe(latents=inv_b, num_inference_steps=STEPS, output_type="pt").images
@@ -333,7 +343,12 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     )
     out2 = client.predict("eyes", 0, None, STEPS, False, False, strength, api_name="/swap")
     ref2 = pipe.swap_regions(
-        inv_a2, inv_b2, pipe.concept_mask(inv_a2, "eyes"), num_inference_steps=STEPS, output_type="pt"
+        inv_a2,
+        inv_b2,
+        pipe.concept_mask(inv_a2, "eyes"),
+        num_inference_steps=STEPS,
+        output_type="pt",
+        harmonize_photo=shift,
     )
     np.testing.assert_array_equal(read(out2[0]), pipe_image_display(ref2.images_a))
     np.testing.assert_array_equal(read(out2[3]), pipe_image_display(ref2.images_b))
@@ -344,7 +359,7 @@ def test_strength_one_edits_carry_the_pipelines_warning(served, tmp_path):
     client, models, _ = served
     generate(client, 3, 7, compare=False)
     photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)))
-    _, _, _, _, info = client.predict(handle_file(photo), STEPS, False, 1.0, api_name="/invert")
+    info = client.predict(handle_file(photo), STEPS, False, 1.0, api_name="/invert")[4]
     inv = models.main.invert(_as_photo(photo), num_inference_steps=STEPS, strength=1.0)
     assert inv.warning and f"**Warning: {inv.warning}**" in info
     out = client.predict("nose", 0, None, STEPS, False, False, 1.0, api_name="/swap")
@@ -488,7 +503,7 @@ def test_animated_gif_upload_uses_its_first_frame_and_says_so(served, tmp_path):
     frames = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(3)]
     gif = tmp_path / "face.gif"
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    small, recon, face_a, _, info = client.predict(handle_file(str(gif)), STEPS, False, api_name="/invert")
+    small, recon, face_a, _, info, _ = client.predict(handle_file(str(gif)), STEPS, False, api_name="/invert")
     assert "animated (3 frames)" in info and "first frame" in info
     with Image.open(gif) as im:  # frame 0, as PIL decodes it
         first = np.asarray(im.convert("RGB").resize((16, 16), Image.BICUBIC), np.float32) / 255
