@@ -644,3 +644,86 @@ def test_peer_comparison_blends_the_baseline_edit_only(served):
     assert "blended edit" in peer[12] and "blended edit" not in plain[12]
     res = client.predict("nose", 0, None, 11, STEPS, True, False, 0.5, True, api_name="/resample")
     assert "blended edit" in res[12]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Photos as people have them: a real portrait (scikit-image's astronaut, inside its wheel), faces found and aligned,
+# edits pasted back into the whole photo; photos without a usable face.
+# ---------------------------------------------------------------------------------------------------------------------
+def _astronaut(folder, size=None) -> str:
+    skimage_data = pytest.importorskip("skimage.data")
+    image = Image.fromarray(skimage_data.astronaut())
+    if size:
+        image = image.resize((size, size), Image.BICUBIC)
+    path = folder / f"astronaut{size or ''}.jpg"
+    image.save(path, quality=95)
+    return str(path)
+
+
+def test_a_photo_face_is_found_aligned_edited_and_pasted_back(served, tmp_path):
+    client, models, _ = served
+    import prepare_data
+
+    photo_path = _astronaut(tmp_path)
+    gallery, picker, info = client.predict(handle_file(photo_path), api_name="/find_faces")
+    assert len(gallery) == 1 and "Found 1 face" in info and picker["value"] == "1"
+    assert picker["choices"][0][0].startswith("Face 1 (largest): eyes")
+    generate(client, 3, 7, compare=False)
+    small, recon, _, _, info, pasted = client.predict(
+        handle_file(photo_path), STEPS, False, 0.5, "1", api_name="/invert"
+    )
+    assert "Found 1 face" in info and "aligned" in info and pasted is None
+    # face A is the photo's face aligned at the model's resolution by prepare_data.align_faces (one function for both)
+    with Image.open(photo_path) as im:
+        photo = np.asarray(im.convert("RGB"))
+    aligned = prepare_data.align_faces(Image.fromarray(photo), resolution=16)[0]
+    np.testing.assert_array_equal(read(small), to_display(np.asarray(aligned.image, np.float32) / 255))
+    out = client.predict("nose", 0, None, STEPS, False, False, 0.5, api_name="/swap")
+    assert "pasted back" in out[15]
+    whole = read(out[16])
+    assert whole.shape == photo.shape  # the photo's own resolution
+    changed = np.abs(whole.astype(int) - photo).max(-1) > 0
+    left, top, right, bottom = aligned.box()
+    assert changed.any() and not changed[:top].any() and not changed[bottom:].any()
+    assert not changed[:, :left].any() and not changed[:, right:].any()
+    # keep the edit, resample: the next paste-back starts from the photo with the first edit
+    client.predict(STEPS, 0.5, api_name="/keep_edit")
+    out2 = client.predict("mouth", 0, None, 5, STEPS, False, False, 0.5, api_name="/resample")
+    whole2 = read(out2[16])
+    assert whole2.shape == photo.shape
+    kept_region = changed & (np.abs(whole2.astype(int) - photo).max(-1) > 0)
+    assert kept_region.any()  # the first edit is still in the photo
+
+
+def test_a_photo_without_a_face_is_centre_cropped_with_a_notice(served, tmp_path):
+    client, _, _ = served
+    sky = np.linspace([90, 140, 220], [200, 220, 250], 300)[:, None, :].repeat(400, 1).astype(np.uint8)
+    Image.fromarray(sky).save(tmp_path / "sky.png")
+    gallery, _, info = client.predict(handle_file(str(tmp_path / "sky.png")), api_name="/find_faces")
+    assert gallery == [] and "No face found" in info
+    small, _, _, _, info, _ = client.predict(handle_file(str(tmp_path / "sky.png")), STEPS, False, api_name="/invert")
+    assert "No face found" in info and "centre-cropped to 300x300" in info
+    still_serving(client)
+
+
+@pytest.mark.parametrize("kind, message", [("transparent", "fully transparent"), ("bomb", "megapixels")])
+def test_photos_that_cannot_hold_a_face_are_refused_and_the_app_keeps_serving(served, tmp_path, kind, message):
+    client, _, _ = served
+    path = tmp_path / f"{kind}.png"
+    if kind == "transparent":
+        Image.new("RGBA", (200, 200), (200, 120, 90, 0)).save(path)
+    else:
+        Image.new("L", (5000, 4000)).save(path)  # 20 megapixels in a few kilobytes
+    for api in ("/find_faces", "/invert"):
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(path)), api_name=api)
+    still_serving(client)
+
+
+def test_a_face_too_small_to_align_is_refused_with_its_size(tmp_path):
+    found = app_handlers.find_upload_faces(_astronaut(tmp_path, 128), (64, 64))
+    assert found.faces and found.faces[0].eye_distance < app_handlers.min_eye_distance((64, 64))
+    with pytest.raises(Exception, match="too small to align: its eyes are .* px apart"):
+        app_handlers.chosen_face(found, "1", (64, 64))
+    with pytest.raises(Exception, match="Choose a face between 1 and 1"):
+        app_handlers.chosen_face(found, "3", (16, 16))
