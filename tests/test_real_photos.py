@@ -130,6 +130,36 @@ def test_swap_at_t0_equals_brute_force_and_takes_masks_from_the_photos():
     assert torch.equal(seen[0][0], inv.images[1:])
 
 
+def test_harmonised_photo_swap_moves_the_part_in_the_receiving_faces_colouring():
+    pipe = make_pipe()
+    dark, pale = photos(1, 5) * 0.4, photos(1, 6) * 0.4 + 0.6  # a dark receiver, a pale donor
+    inv = pipe.invert(torch.cat([dark, pale]), num_inference_steps=STEPS, strength=0.5)
+    inv_a = dataclasses.replace(inv, latents=inv.latents[:1], images=inv.images[:1])
+    inv_b = dataclasses.replace(inv, latents=inv.latents[1:], images=inv.images[1:])
+    m = box(5, 4, 5, 8)
+    plain = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt")
+    out = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt", harmonize_photo=True)
+    # x_t0 changes only inside the mask, by the difference of the two faces' ring means (per channel)
+    ring = pid.harmonization_reference(m[None, None])
+    shift = ((inv.latents[:1] - inv.latents[1:]) * ring).sum((-2, -1), keepdim=True) / ring.sum()
+    torch.testing.assert_close(out.latents_a, plain.latents_a + shift * m, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.latents_b, plain.latents_b - shift * m, atol=1e-6, rtol=0)
+    assert torch.equal(out.latents_a * (1 - m), plain.latents_a * (1 - m))
+    # the pale donor's part lands darker on the dark face than the plain swap puts it: closer to the receiver
+    inside = m.bool()
+    assert out.images_a[0][:, inside].mean() < plain.images_a[0][:, inside].mean() - 0.1
+    # a share of the shift, 0 = the plain swap; generated faces (x_T) are left alone; bad values refused
+    half = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt", harmonize_photo=0.5)
+    torch.testing.assert_close(half.latents_a, plain.latents_a + 0.5 * shift * m, atol=1e-6, rtol=0)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    gen = pipe.swap_regions(
+        x[:1], x[1:], m, num_inference_steps=2, output_type="pt", harmonize_photo=True, harmonize_noise=False
+    )
+    assert torch.equal(gen.latents_a, m * x[1:] + (1 - m) * x[:1])
+    with pytest.raises(ValueError, match="harmonize_photo"):
+        pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, harmonize_photo=1.5)
+
+
 def test_resample_at_t0_draws_the_predicted_image_forward_noised_inside_the_mask():
     pipe = make_pipe()
     inv = pipe.invert(photos(1, 3), num_inference_steps=STEPS, strength=0.5)
