@@ -17,13 +17,14 @@ Every event has an `api_name`, so the Space is scriptable with `gradio_client`:
     client = Client("http://127.0.0.1:7860/")
     client.predict(3, 7, 25, False, True, api_name="/generate")   # seeds, steps, compare, harmonised noise
     client.predict("eyes", 0, None, 25, False, True, api_name="/swap")
-    client.predict(handle_file("me.png"), 25, False, 0.5, api_name="/invert")  # upload, steps, compare, strength
+    client.predict(handle_file("me.png"), api_name="/find_faces")               # the faces found, largest first
+    client.predict(handle_file("me.png"), 25, False, 0.5, "1", api_name="/invert")  # + strength, face number
     client.predict("mouth", 0, None, 3, 25, False, True, 0.5, api_name="/resample")
 
 Arguments added later sit at the end of an event's inputs and may be left out; they then take the control's default:
-the harmonised-noise flag (generate / resample / swap / attribute; the pipeline's `harmonize_noise` setting) and the
+the harmonised-noise flag (generate / resample / swap / attribute; the pipeline's `harmonize_noise` setting), the
 strength of a photo's inversion (invert / resample / swap / keep_edit / show_mask / attribute; the pipeline's
-default, 0.5). The baseline comparison starts off (an edit then costs one model run, not two).
+default, 0.5), the face of the photo (invert; the largest) and the harmonised photo swap (swap; on). The baseline comparison starts off (an edit then costs one model run, not two).
 
 The faces of a session (an `app_handlers.Session`) live in a `gr.State`, so edits reuse them; a
 `gradio_client.Client` keeps its own session, so consecutive calls from one client see the same faces.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Optional
 
 import gradio as gr
 import torch
@@ -54,7 +56,6 @@ from app_handlers import (
     SpaceModels,
     default_strength,
     load_models,
-    min_upload_side,
 )
 
 __all__ = ["CSS", "LAUNCH_KWARGS", "build_demo", "load_models", "main", "parse_args"]
@@ -66,6 +67,14 @@ LAUNCH_KWARGS = dict(max_file_size=MAX_FILE_SIZE, show_error=True)
 CSS = """
 .face img, .face canvas { image-rendering: pixelated; }
 """
+
+
+def face_image(label: str, elem_id: Optional[str] = None, height: int = 260, **kwargs) -> gr.Image:
+    """An output image of a face (PNG, not editable, shown pixelated)."""
+    kwargs.setdefault("elem_classes", "face")
+    return gr.Image(
+        label=label, elem_id=elem_id, type="numpy", format="png", interactive=False, height=height, **kwargs
+    )
 
 
 def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: int = 32) -> gr.Blocks:
@@ -82,6 +91,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
     with gr.Blocks(title="Interpretable DDPM: region edits") as demo:
         session = gr.State(None)  # an app_handlers.Session
         attribution = gr.State(None)
+        found = gr.State(None)  # an app_handlers.FoundFaces: the uploaded photo and its aligned faces
         gr.Markdown(
             "# Interpretable DDPM: edit one face part without touching the rest\n"
             f"A DDIM model of {h}x{w} faces trained with a Shapley dummy-player loss (Liu et al. 2025) so that the "
@@ -108,7 +118,12 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 value=bool(models.main.config.harmonize_noise),
                 elem_id="harmonize",
                 label="Harmonised noise: tie each part's noise mean to the face's (for models whose parts read their colour "
-                "from their own noise patch, like release 1; off: plain Gaussian x_T; never applied to uploaded photos)",
+                "from their own noise patch; off: plain Gaussian x_T; never applied to uploaded photos)",
+            )
+            harmonize_photo = gr.Checkbox(
+                value=True,
+                elem_id="harmonize-photo",
+                label="Harmonised photo swap: a part swapped into a photo keeps its shape, not the donor's colour cast",
             )
         with gr.Tabs():
             with gr.Tab("Generate & edit"):
@@ -119,24 +134,8 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     generate_btn = gr.Button("Generate A and B", variant="primary", elem_id="generate")
                 gen_info = gr.Markdown(elem_id="gen-info")
                 with gr.Row():
-                    face_a = gr.Image(
-                        label="Face A",
-                        elem_id="face-a",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_classes="face",
-                        height=260,
-                    )
-                    face_b = gr.Image(
-                        label="Face B",
-                        elem_id="face-b",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_classes="face",
-                        height=260,
-                    )
+                    face_a = face_image("Face A", "face-a")
+                    face_b = face_image("Face B", "face-b")
                     editor = gr.ImageEditor(
                         label="Paint a region on face A (used when region = painted)",
                         type="numpy",
@@ -151,15 +150,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                         elem_classes="face",
                         height=360,
                     )
-                    overlay = gr.Image(
-                        label="Region on face A",
-                        elem_id="overlay",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_classes="face",
-                        height=260,
-                    )
+                    overlay = face_image("Region on face A", "overlay")
                 with gr.Row():
                     region = gr.Radio(regions, value=regions[0], label="Region")
                     dilation = gr.Slider(0, MAX_DILATION, value=1, step=1, label="Grow region by (pixels)")
@@ -180,25 +171,11 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                             with gr.Column():
                                 with gr.Row():
                                     panel.append(
-                                        gr.Image(
-                                            label=f"{title}: edited {f}",
-                                            type="numpy",
-                                            format="png",
-                                            interactive=False,
-                                            elem_classes="face",
-                                            height=220,
-                                            elem_id=f"{key}-edited-{f.lower()}",
-                                        )
+                                        face_image(f"{title}: edited {f}", f"{key}-edited-{f.lower()}", height=220)
                                     )
                                     panel.append(
-                                        gr.Image(
-                                            label=f"{title}: CIELAB change {f}",
-                                            type="numpy",
-                                            format="png",
-                                            interactive=False,
-                                            elem_classes="face",
-                                            height=220,
-                                            elem_id=f"{key}-heatmap-{f.lower()}",
+                                        face_image(
+                                            f"{title}: CIELAB change {f}", f"{key}-heatmap-{f.lower()}", height=220
                                         )
                                     )
                                 panel.append(
@@ -212,17 +189,20 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
 
             with gr.Tab("Real face"):
                 gr.Markdown(
-                    f"Upload a photo of a face (PNG/JPEG, at least {min_upload_side((h, w))} pixels on its shorter side, at most "
-                    f"{MAX_FILE_SIZE} and {MAX_UPLOAD_PIXELS // 1_000_000} megapixels; of an animated image the first "
-                    f"frame is used). It is centre-cropped and resized to {w}x{h}, DDIM-inverted part of the way (to "
-                    "the step at about strength x T), and becomes face A: edit it on the *Generate & edit* tab. Edits "
-                    "continue the photo's trajectory from there. A swap with a generated face B inverts B's image at "
-                    'the same strength (both must be at the same step); "Keep the edit" makes the edited photo a '
-                    "new photo, inverted again."
+                    f"Upload a photo with a face (PNG/JPEG, at most {MAX_FILE_SIZE} and "
+                    f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels). The faces in it are found and aligned to {w}x{h} "
+                    "exactly as the training faces were; pick one, and it is DDIM-inverted part of the way (to the "
+                    "step at about strength x T) and becomes face A: edit it on the *Generate & edit* tab. Each edit "
+                    "is shown here at the model's size and pasted back into the whole photo, at the photo's own "
+                    "resolution (download it from its corner). Without a face, the photo's centre is used instead. A "
+                    'swap with a generated face B inverts B\'s image at the same strength; "Keep the edit" makes '
+                    "the edited photo a new photo, inverted again."
                 )
                 with gr.Row():
-                    upload = gr.File(label="Face photo", elem_id="upload", file_types=["image"], type="filepath")
+                    upload = gr.File(label="Photo", elem_id="upload", file_types=["image"], type="filepath")
+                    found_gallery = gr.Gallery(label="Faces found, largest first", elem_id="found-faces", height=200)
                     with gr.Column():
+                        face_pick = gr.Dropdown([], label="Face to edit", elem_id="face-pick", allow_custom_value=True)
                         strength = gr.Slider(
                             0.1,
                             1.0,
@@ -241,31 +221,9 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                         )
                         invert_btn = gr.Button("Invert and use as face A", variant="primary", elem_id="invert")
                 with gr.Row():
-                    upload_small = gr.Image(
-                        label=f"Your face at {w}x{h}",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_classes="face",
-                        height=260,
-                    )
-                    recon = gr.Image(
-                        label="Its inversion, regenerated",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_classes="face",
-                        height=260,
-                    )
-                    real_edit = gr.Image(
-                        label="Last edit of face A (model above)",
-                        elem_id="real-edited",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        elem_classes="face",
-                        height=260,
-                    )
+                    upload_small = face_image(f"Your face at {w}x{h}", "upload-small")
+                    recon = face_image("Its inversion, regenerated")
+                    real_edit = face_image("Last edit of face A (model above)", "real-edited")
                     real_locality = gr.Number(
                         label="Its locality (MSE_out / MSE_in, Lab; lower = more local)",
                         interactive=False,
@@ -273,6 +231,13 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     )
                 upload_info = gr.Markdown(elem_id="upload-info")
                 real_info = gr.Markdown(elem_id="real-edit-info")
+                real_photo = gr.Image(
+                    label="Your photo with the edit pasted back (full resolution)",
+                    elem_id="real-photo",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                )
 
             with gr.Tab("Attribution explorer"):
                 gr.Markdown(
@@ -302,34 +267,17 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                 )
                 attr_info = gr.Markdown(elem_id="attr-info")
                 with gr.Row():
-                    matrix_main = gr.Image(
-                        label=f"{models.main_name}: |phi|",
-                        elem_id="matrix-main",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        height=380,
+                    matrix_main = face_image(
+                        f"{models.main_name}: |phi|", "matrix-main", height=380, elem_classes=None
                     )
-                    matrix_base = gr.Image(
-                        label=f"{models.baseline_name}: |phi|",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        height=380,
-                        visible=has_baseline,
+                    matrix_base = face_image(
+                        f"{models.baseline_name}: |phi|", height=380, elem_classes=None, visible=has_baseline
                     )
-                curve = gr.Image(
-                    label="Leakage over t",
-                    elem_id="leakage-curve",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    height=340,
-                )
+                curve = face_image("Leakage over t", "leakage-curve", height=340, elem_classes=None)
                 attr_json = gr.JSON(label="Leakage per timestep")
 
-        # edits: the panel, its details, and the Real face tab's copy of face A's result (image, locality, note)
-        edit_outputs = panel + [edit_info, real_edit, real_locality, real_info, session]
+        # edits: the panel, its details, and the Real face tab's copy of face A's result (image, locality, note, photo)
+        edit_outputs = panel + [edit_info, real_edit, real_locality, real_info, real_photo, session]
         dice.click(handlers.random_seeds, None, [seed_a, seed_b], api_name="random_seeds", queue=False)
         generate_btn.click(
             handlers.generate,
@@ -363,7 +311,7 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         )
         swap_btn.click(
             handlers.swap,
-            [region, dilation, editor, steps, compare, harmonize, strength, peer, session],
+            [region, dilation, editor, steps, compare, harmonize, strength, peer, session, harmonize_photo],
             edit_outputs,
             api_name="swap",
             **queue,
@@ -375,10 +323,17 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
             api_name="keep_edit",
             **queue,
         )
+        upload.change(
+            handlers.find_faces,
+            [upload, found],
+            [found_gallery, face_pick, upload_info, found],
+            api_name="find_faces",
+            **queue,
+        )
         invert_btn.click(
             handlers.invert_upload,
-            [upload, steps, compare, strength, session],
-            [upload_small, recon, face_a, editor, session, upload_info],
+            [upload, steps, compare, strength, session, face_pick, found],
+            [upload_small, recon, face_a, editor, session, upload_info, real_photo],
             api_name="invert",
             **queue,
         ).success(handlers.show_mask, mask_inputs, [overlay, mask_info], api_name="show_mask_after_invert", **queue)

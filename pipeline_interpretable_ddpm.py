@@ -397,6 +397,44 @@ def harmonize_regions(latents: torch.Tensor, regions: torch.Tensor, reference: t
     return (x + torch.einsum("bkc,bkhw->bchw", shift, regions)).to(latents.dtype)
 
 
+def recentre_moved_region(
+    moved: torch.Tensor,
+    receiver: torch.Tensor,
+    donor: torch.Tensor,
+    mask: torch.Tensor,
+    width: int = HARMONIZE_CONTEXT_WIDTH,
+    amount: float = 1.0,
+) -> torch.Tensor:
+    """The harmonised photo swap's step: moves the region a swap brought into an image from the donor's colouring to
+    the receiving image's, so that the part keeps its shape and its colour relative to the face around it, but not
+    the donor's colour cast (a pale donor's nose on a darker face).
+
+    Inside the mask, per image and channel: `x -> x + mean_ring(receiver) - mean_ring(donor)`, where the ring is the
+    `width`-px band around the mask (`harmonization_reference`, the skin around the part) in each image's own
+    (unswapped) latents. An inverted photo's x_t at t0 still carries sqrt(alpha_bar(t0)) times the photo, so the ring
+    means are mostly the two faces' skin colours around the part. Only pixels inside the mask change (the edit stays
+    where it was); an empty mask or ring changes nothing.
+
+    Args:
+        moved (`torch.Tensor` of shape `(B, C, H, W)`): the latents after the swap.
+        receiver (`torch.Tensor` of shape `(B, C, H, W)`): the receiving images' latents before the swap.
+        donor (`torch.Tensor` of shape `(B, C, H, W)`): the latents the region came from.
+        mask (`torch.Tensor` of shape `(B, 1, H, W)`): the swapped region (weights in [0, 1]).
+        width (`int`): width of the ring in pixels.
+        amount (`float`): share of the shift applied (1: all of it; 0: the plain swap).
+
+    Returns:
+        `torch.Tensor` of shape `(B, C, H, W)`, the dtype of `moved`.
+    """
+    x = moved.float()
+    m = mask.float().to(x.device)
+    ring = harmonization_reference((m > 0.5).float(), width)
+    area = ring.sum((-2, -1), keepdim=True)
+    shift = ((receiver.float().to(x.device) - donor.float().to(x.device)) * ring).sum((-2, -1), keepdim=True)
+    shift = torch.where(area > 0, shift / area.clamp_min(1), torch.zeros_like(shift))  # (B, C, 1, 1)
+    return (x + float(amount) * shift * m).to(moved.dtype)
+
+
 def harmonization_reference(regions: torch.Tensor, width: int = HARMONIZE_CONTEXT_WIDTH) -> torch.Tensor:
     """The context band `(B, 1, H, W)`: pixels within `width` px of any of the regions `(B, K, H, W)`, outside them."""
     union = (regions > 0.5).any(1, keepdim=True).float()
@@ -1661,6 +1699,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
         blend: bool = False,
+        harmonize_photo: Union[bool, float] = False,
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
@@ -1684,6 +1723,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 `denoise_blended`): each result's trajectory takes, after every DDIM step, the unedited trajectory
                 of its own image (A for `images_a`, B for `images_b`) outside the mask, so outside the mask each
                 result is exactly its unedited image. `False` (default): plain DDIM from the swapped latents.
+            harmonize_photo (`bool` or `float`): the harmonised photo swap, for inverted photos (`InversionOutput`
+                inputs, whose noise `harmonize_noise` never touches): the moved x_t0 inside the mask is shifted by the
+                difference of the two faces' mean x_t0 in the ring around it (`recentre_moved_region`), so the part
+                keeps its shape and its colour relative to the skin, but not the donor's colour cast (a pale donor's
+                nose on a darker face). Changes x_t0 inside the mask only. A number in [0, 1] applies that share of
+                the shift (`True` = 1). Ignored for x_T (generated faces). Default `False`.
 
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b` `(B, C, H, W)`, `mask`
@@ -1736,6 +1781,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         new_b = m * latents_a + (1 - m) * latents_b
         if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
             new_a, new_b = self.harmonize(new_a, m), self.harmonize(new_b, m)
+        if isinstance(harmonize_photo, str) or not 0 <= float(harmonize_photo) <= 1:
+            raise ValueError(f"harmonize_photo must be True, False or a number in [0, 1], got {harmonize_photo!r}.")
+        if harmonize_photo and inverted:
+            amount = float(harmonize_photo)
+            new_a = recentre_moved_region(new_a, latents_a, latents_b, m, amount=amount)
+            new_b = recentre_moved_region(new_b, latents_b, latents_a, m, amount=amount)
         if not isinstance(blend, (bool, np.bool_)):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         edited = torch.cat([new_a, new_b])

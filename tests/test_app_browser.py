@@ -193,3 +193,65 @@ def test_photo_strength_slider_warning_and_locality_on_the_real_face_tab(page, t
     page.locator("#invert").click()
     sync_api.expect(page.locator("#upload-info")).not_to_contain_text("not local")
     page.get_by_role("tab", name="Generate & edit").click()
+
+
+def test_a_real_portrait_is_found_edited_and_pasted_back_into_the_whole_photo(page, tmp_path):
+    """A portrait as a person has it (scikit-image's astronaut, 512x512, the face off-centre): the face is found and
+    shown, inverted, swapped, and the whole photo comes back with the edit, at 512x512, downloadable."""
+    skimage_data = pytest.importorskip("skimage.data")
+    page.get_by_role("tab", name="Generate & edit").click()
+    page.locator("#seed-a input").fill("0")
+    page.locator("#generate").click()  # face B, for the swap
+    sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 0")
+    page.get_by_role("tab", name="Real face").click()
+    number = page.locator("#strength input[type=number]")
+    number.fill("0.5")
+    number.blur()
+    clear = page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I))
+    if clear.count():
+        clear.first.click()
+    # a transparent PNG: refused with its reason, and the app keeps serving
+    transparent = tmp_path / "transparent.png"
+    Image.new("RGBA", (120, 120), (250, 0, 0, 0)).save(transparent)
+    page.locator("#upload input[type=file]").set_input_files(str(transparent))
+    sync_api.expect(page.get_by_text(re.compile("fully transparent")).first).to_be_visible()
+    page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
+    # a photo of the sky: no face found, said so; inverting it falls back to the centre crop with a notice
+    sky = tmp_path / "sky.png"
+    Image.fromarray(np.linspace([90, 140, 220], [200, 220, 250], 120)[:, None].repeat(160, 1).astype(np.uint8)).save(
+        sky
+    )
+    page.locator("#upload input[type=file]").set_input_files(str(sky))
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("No face found")
+    page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
+    portrait = tmp_path / "astronaut.jpg"
+    Image.fromarray(skimage_data.astronaut()).save(portrait, quality=95)
+    page.locator("#upload input[type=file]").set_input_files(str(portrait))
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("Found 1 face")
+    image_src(page, "found-faces")
+    page.locator("#invert").click()
+    sync_api.expect(page.locator("#upload-info")).to_contain_text("aligned to the model's 16x16 geometry")
+    page.get_by_role("tab", name="Generate & edit").click()
+    page.locator("#swap").click()
+    sync_api.expect(page.locator("#edit-info")).to_contain_text("harmonised photo swap")
+    page.get_by_role("tab", name="Real face").click()
+    sync_api.expect(page.locator("#real-edit-info")).to_contain_text("pasted back")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#real-photo img')].some(i => i.complete && i.naturalWidth > 0)"
+    )
+    size = page.evaluate(
+        "() => { const i = document.querySelector('#real-photo img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
+    assert size == [512, 512]  # the photo's own resolution
+    served = page.request.get(image_src(page, "real-photo"))  # what the download button saves
+    assert served.ok
+    import io
+
+    with Image.open(io.BytesIO(served.body())) as im:
+        assert im.format == "PNG" and im.size == (512, 512)
+        pasted = np.asarray(im.convert("RGB")).astype(int)
+    original = np.asarray(Image.open(portrait).convert("RGB")).astype(int)
+    changed = np.abs(pasted - original).max(-1) > 0
+    assert changed.any() and not changed[:40].any() and not changed[:, :100].any()  # the face only, not the rest
+    page.screenshot(path=os.path.join(screenshot_dir(), "app_real_portrait.png"), full_page=True)
+    page.get_by_role("tab", name="Generate & edit").click()

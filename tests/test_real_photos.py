@@ -129,6 +129,36 @@ def test_swap_at_t0_equals_brute_force_and_takes_masks_from_the_photos():
     assert torch.equal(seen[0][0], inv.images[1:])
 
 
+def test_harmonised_photo_swap_moves_the_part_in_the_receiving_faces_colouring():
+    pipe = make_pipe()
+    dark, pale = photos(1, 5) * 0.4, photos(1, 6) * 0.4 + 0.6  # a dark receiver, a pale donor
+    inv = pipe.invert(torch.cat([dark, pale]), num_inference_steps=STEPS, strength=0.5)
+    inv_a = dataclasses.replace(inv, latents=inv.latents[:1], images=inv.images[:1])
+    inv_b = dataclasses.replace(inv, latents=inv.latents[1:], images=inv.images[1:])
+    m = box(5, 4, 5, 8)
+    plain = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt")
+    out = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt", harmonize_photo=True)
+    # x_t0 changes only inside the mask, by the difference of the two faces' ring means (per channel)
+    ring = pid.harmonization_reference(m[None, None])
+    shift = ((inv.latents[:1] - inv.latents[1:]) * ring).sum((-2, -1), keepdim=True) / ring.sum()
+    torch.testing.assert_close(out.latents_a, plain.latents_a + shift * m, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.latents_b, plain.latents_b - shift * m, atol=1e-6, rtol=0)
+    assert torch.equal(out.latents_a * (1 - m), plain.latents_a * (1 - m))
+    # the pale donor's part lands darker on the dark face than the plain swap puts it: closer to the receiver
+    inside = m.bool()
+    assert out.images_a[0][:, inside].mean() < plain.images_a[0][:, inside].mean() - 0.1
+    # a share of the shift, 0 = the plain swap; generated faces (x_T) are left alone; bad values refused
+    half = pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, output_type="pt", harmonize_photo=0.5)
+    torch.testing.assert_close(half.latents_a, plain.latents_a + 0.5 * shift * m, atol=1e-6, rtol=0)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    gen = pipe.swap_regions(
+        x[:1], x[1:], m, num_inference_steps=2, output_type="pt", harmonize_photo=True, harmonize_noise=False
+    )
+    assert torch.equal(gen.latents_a, m * x[1:] + (1 - m) * x[:1])
+    with pytest.raises(ValueError, match="harmonize_photo"):
+        pipe.swap_regions(inv_a, inv_b, m, num_inference_steps=STEPS, harmonize_photo=1.5)
+
+
 def test_resample_at_t0_draws_the_predicted_image_forward_noised_inside_the_mask():
     pipe = make_pipe()
     inv = pipe.invert(photos(1, 3), num_inference_steps=STEPS, strength=0.5)
@@ -269,3 +299,163 @@ def test_concept_mask_of_an_inversion_is_found_on_its_photo():
     pipe._parse_model_space = lambda x: seen.append(x.clone()) or torch.full((x.shape[0], SIZE, SIZE), 4)
     mask = pipe.concept_mask(inv, "eyes")
     assert torch.equal(seen[0], inv.images) and mask.shape == (2, 1, SIZE, SIZE) and bool(mask.all())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Photos as people have them: one loader (prepare_data.open_photo), face finding and alignment (align_faces) and
+# pasting an edited face back (AlignedFace.paste_back), on a real portrait shipped inside scikit-image's wheel.
+# ---------------------------------------------------------------------------------------------------------------------
+skimage_data = pytest.importorskip("skimage.data")
+prepare_data = pytest.importorskip("prepare_data")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> PIL.Image.Image:
+    """Eileen Collins' NASA portrait (512x512, public domain), as scikit-image ships it."""
+    return PIL.Image.fromarray(skimage_data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def astronaut_face(astronaut):
+    faces = prepare_data.align_faces(astronaut)
+    assert len(faces) == 1
+    return faces[0]
+
+
+def _forged_png(width: int, height: int) -> bytes:
+    """A valid PNG header announcing width x height pixels with almost no data: a decompression bomb's signature."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def test_align_faces_finds_the_portrait_aligned_like_the_training_faces(astronaut, astronaut_face):
+    face = astronaut_face
+    assert face.image.size == (64, 64) and face.image.mode == "RGB"
+    assert 35 < face.eye_distance < 55 and abs(face.rotation_deg) < 10 and face.fit_residual_px < 3
+    # the alignment maps the landmarks' eye and mouth centroids onto the template, as for the training faces
+    centroids = {
+        label: prepare_data.polygon_centroid(face.landmarks[idx]) for label, idx in prepare_data._part_landmarks()
+    }
+    aligned = prepare_data.apply_affine(face.matrix, np.array([centroids[p] for p in prepare_data.ALIGN_PARTS]))
+    assert np.abs(aligned - prepare_data.template_points(64)).max() < 3
+    # the crop is the photo resampled by that transform (warp_face, the data preparation's own function)
+    np.testing.assert_array_equal(
+        np.asarray(face.image), prepare_data.warp_face(np.asarray(astronaut), face.matrix, 64)
+    )
+    # largest first; at most max_faces; a photo without a face gives an empty list
+    assert prepare_data.align_faces(astronaut, max_faces=1)[0].eye_distance == face.eye_distance
+    assert prepare_data.align_faces(PIL.Image.fromarray(skimage_data.coffee())) == []
+    sky = np.linspace([90, 140, 220], [200, 220, 250], 300)[:, None, :].repeat(400, 1).astype(np.uint8)
+    assert prepare_data.align_faces(PIL.Image.fromarray(sky)) == []
+
+
+def test_paste_back_changes_only_the_face(astronaut, astronaut_face):
+    face = astronaut_face
+    photo = np.asarray(astronaut)
+    edited = PIL.Image.fromarray(255 - np.asarray(face.image))  # an edit that changes every pixel of the crop
+    pasted = np.asarray(face.paste_back(edited))
+    assert pasted.shape == photo.shape and pasted.dtype == np.uint8
+    changed = np.abs(pasted.astype(int) - photo).max(-1) > 0
+    ys, xs = np.nonzero(changed)
+    left, top, right, bottom = face.box()
+    assert left <= xs.min() and xs.max() < right and top <= ys.min() and ys.max() < bottom
+    # the face's centre takes the edited face; far from the face the photo is untouched
+    centre = prepare_data.apply_affine(np.linalg.inv(np.vstack([face.matrix, [0, 0, 1]]))[:2], np.array([[32, 32]]))[0]
+    cx, cy = centre.round().astype(int)
+    assert np.abs(pasted[cy, cx].astype(int) - photo[cy, cx]).max() > 50
+    margin = int(0.1 * face.size_px)
+    outside = np.ones(changed.shape, bool)
+    outside[max(0, top - margin) : bottom + margin, max(0, left - margin) : right + margin] = False
+    np.testing.assert_array_equal(pasted[outside], photo[outside])
+    # pasting the unedited crop back keeps the photo close inside the face too (a resampling, not a change)
+    same = np.asarray(face.paste_back(face.image)).astype(int)
+    assert np.abs(same - photo)[changed].mean() < 12
+    # with a reference equal to the edit nothing changed, so nothing is pasted: the photo comes back bit for bit
+    np.testing.assert_array_equal(np.asarray(face.paste_back(edited, reference=edited)), photo)
+    with pytest.raises(ValueError, match="64x64"):
+        face.paste_back(PIL.Image.new("RGB", (32, 32)))
+
+
+def _save(image: PIL.Image.Image, path, **kw) -> str:
+    image.save(path, **kw)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "cmyk", "16-bit", "exif-rotated", "palette"])
+def test_open_photo_turns_photos_into_upright_rgb_and_the_face_is_found(astronaut, astronaut_face, tmp_path, kind):
+    rgb = np.asarray(astronaut)
+    gray = np.asarray(astronaut.convert("L"))
+    expected, note = rgb, None
+    if kind == "grayscale":
+        path, expected = _save(astronaut.convert("L"), tmp_path / "g.png"), np.repeat(gray[..., None], 3, -1)
+    elif kind == "cmyk":
+        path, note = _save(astronaut.convert("CMYK"), tmp_path / "c.jpg", quality=95), "CMYK"
+    elif kind == "16-bit":  # 16-bit values (x 257): scaled to 8 bits, not clipped to white
+        path = _save(PIL.Image.fromarray(gray.astype(np.uint16) * 257), tmp_path / "g16.png")
+        expected, note = np.repeat(gray[..., None], 3, -1), "16-bit"
+    elif kind == "exif-rotated":  # stored turned on its side; the EXIF orientation says how to show it
+        exif = PIL.Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        path = _save(astronaut.transpose(PIL.Image.Transpose.ROTATE_90), tmp_path / "r.jpg", quality=95, exif=exif)
+        note = "EXIF orientation"
+    else:
+        path = _save(astronaut.convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=256), tmp_path / "p.png")
+    photo = prepare_data.open_photo(path)
+    assert photo.image.mode == "RGB" and photo.image.size == (512, 512)
+    tolerance = 1 if kind in ("grayscale", "16-bit") else 30
+    assert np.abs(np.asarray(photo.image).astype(int) - expected).mean() < (tolerance if kind != "palette" else 8)
+    if note:
+        assert any(note in n for n in photo.notes), photo.notes
+    faces = prepare_data.align_faces(photo.image)
+    assert len(faces) == 1 and abs(faces[0].rotation_deg - astronaut_face.rotation_deg) < 3
+    assert np.linalg.norm(faces[0].matrix[:, 2] - astronaut_face.matrix[:, 2]) < 3
+
+
+def test_transparency_is_filled_with_grey_never_the_hidden_colour(astronaut, tmp_path):
+    rgba = np.concatenate([np.asarray(astronaut), np.full((512, 512, 1), 255, np.uint8)], -1)
+    rgba[:, :100, :3] = (255, 0, 0)  # a colour the user hid under transparent pixels
+    rgba[:, :100, 3] = 0
+    rgba[:, 100:150, 3] = 128
+    photo = prepare_data.open_photo(_save(PIL.Image.fromarray(rgba, "RGBA"), tmp_path / "t.png"))
+    pixels = np.asarray(photo.image)
+    assert (pixels[:, :100] == prepare_data.NEUTRAL_BACKGROUND).all()
+    half = np.asarray(astronaut)[:, 100:150].astype(float) / 2 + 64
+    assert np.abs(pixels[:, 100:150] - half).max() <= 1
+    np.testing.assert_array_equal(pixels[:, 150:], np.asarray(astronaut)[:, 150:])
+    assert any("transparent" in n for n in photo.notes)
+    assert len(prepare_data.align_faces(photo.image)) == 1
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("transparent", "fully transparent"),
+        ("bomb", "megapixels"),
+        ("text", "unreadable image"),
+        ("truncated", "unreadable image"),
+    ],
+)
+def test_bad_photos_are_refused_with_a_clear_message(tmp_path, kind, message):
+    path = tmp_path / f"{kind}.png"
+    if kind == "transparent":
+        PIL.Image.new("RGBA", (200, 200), (200, 120, 90, 0)).save(path)
+    elif kind == "bomb":
+        path.write_bytes(_forged_png(40_000, 40_000))  # 1600 megapixels announced in a few bytes
+    elif kind == "text":
+        path.write_text("not an image")
+    else:
+        PIL.Image.new("RGB", (100, 100), (10, 200, 30)).save(path)
+        path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(prepare_data.PhotoError, match=message):
+        prepare_data.open_photo(str(path))
+    if kind == "bomb":  # a lower limit (the app's) refuses from the header as well
+        with pytest.raises(prepare_data.PhotoError, match="over the limit of 2 megapixels"):
+            prepare_data.open_photo(_save(PIL.Image.new("RGB", (2000, 1500)), tmp_path / "big.png"), 2_000_000)
