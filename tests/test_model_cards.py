@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import yaml
-from test_train import HubStandIn, child_env
 
 from model_files import ROOT
 from scripts.push_models import MODEL_CARDS
+from test_train import HubStandIn, child_env
 
 PIPELINES = sorted(MODEL_CARDS)
 
