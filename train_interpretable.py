@@ -1054,11 +1054,6 @@ def base_model_id(pretrained: Optional[str]) -> Optional[str]:
     return None
 
 
-def write_model_card(args, output_dir: str, metrics: dict) -> None:
-    """README.md with Hugging Face model-card metadata filled from the run."""
-    atomic_write_text(os.path.join(output_dir, "README.md"), model_card_text(args, output_dir, metrics))
-
-
 def model_card_text(args, output_dir: str, metrics: dict) -> str:
     """The text of README.md: Hugging Face model-card metadata filled from the run."""
     is_plain = args.lambda_start == 0
