@@ -234,7 +234,8 @@ class EmergenceOutput(BaseOutput):
         step_indices (`torch.Tensor` of shape `(S,)`): the DDIM step index of each swap (0 = x_T, before any step).
         timesteps (`torch.Tensor` of shape `(S,)`): the timestep t of the x_t that was swapped.
         emergence_step (`torch.Tensor` of shape `(B,)`): the first step index (of those computed) whose fraction is
-            below one half (as a float; `num_inference_steps` where it never falls below one half).
+            below one half (as a float; `num_inference_steps` where it never falls below one half). NaN (and NaN
+            fractions) for an image whose swap at x_T changes nothing inside the mask: there is nothing to emerge.
         num_inference_steps (`int`): the DDIM steps of the trajectory.
         mode (`str`): what region k of x_t receives at step s, see `emergence_curve`.
     """
@@ -2586,17 +2587,20 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         ref = (d0 * d0 * m).sum((1, 2, 3))
         # a swap at x_T that changes (almost) nothing inside the mask has no emergence to measure: its fraction
         # would be 0 / 0 (the two x_T agree there, or the model ignores the region)
-        unchanged = (ref / (m.sum((1, 2, 3)) * d0.shape[1]).clamp_min(1) < EMERGENCE_MIN_CHANGE).nonzero().flatten()
-        if len(unchanged):
+        unchanged = ref / (m.sum((1, 2, 3)) * d0.shape[1]).clamp_min(1) < EMERGENCE_MIN_CHANGE
+        if unchanged.all():
             raise ValueError(
-                f"Swapping the region at x_T changes nothing inside it for image {int(unchanged[0])} (mean squared "
-                f"change below {EMERGENCE_MIN_CHANGE:g}): latents_a and latents_b agree there, so no emergence step "
+                f"Swapping the region at x_T changes nothing inside it (mean squared change below "
+                f"{EMERGENCE_MIN_CHANGE:g} for every image): latents_a and latents_b agree there, so no emergence step "
                 "can be measured. Pass two different x_T (e.g. two draws of pipe(...).latents)."
             )
         fraction = torch.stack([(d * d0 * m).sum((1, 2, 3)) / ref.clamp_min(1e-20) for d in results])  # (S, B)
         below = fraction < 0.5
         idx = torch.tensor(step_indices, dtype=torch.float64, device=fraction.device)
         first = torch.where(below, idx[:, None], torch.full_like(fraction, float(num_inference_steps))).amin(0)
+        # an image whose swap changes nothing has no curve and no emergence step (0 / 0), not a step of 0
+        fraction[:, unchanged] = float("nan")
+        first[unchanged] = float("nan")
         out = EmergenceOutput(
             fraction=fraction.float().cpu(),
             step_indices=torch.tensor(step_indices),
