@@ -253,6 +253,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.slow  # forked training runs
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resumes(tiny_faces, reference_run, small_disk):
     """A real filled disk: checkpoint-2 fits, checkpoint-4 does not. The run stops with one clear line, checkpoint-2
     is intact, nothing half-written is left; with space freed, `latest` resumes to the uninterrupted result."""
@@ -277,6 +278,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resumes(tiny_fac
         assert_bit_identical(expected[what], got[what], what)
 
 
+@pytest.mark.slow  # forked training runs
 def test_a_full_disk_reported_as_enospc_always_gives_the_clear_message(tiny_faces, tmp_path, monkeypatch, capsys):
     """Where no tmpfs can be mounted: the save of checkpoint-4 raises OSError(ENOSPC) as a full disk would, the
     final save too; both end in one `error:` line that names what is intact, and the partial folder is gone."""
@@ -366,6 +368,7 @@ RESUME_MISMATCHES = {  # extra flags: what the message must name
 }
 
 
+@pytest.mark.slow  # forked training runs
 def test_a_resume_that_changes_the_model_or_objective_is_refused_before_any_write(
     stopped_run, tiny_faces, tmp_path, capsys
 ):
@@ -391,6 +394,7 @@ def resumable(stopped_run, tiny_faces, tmp_path):
     return run
 
 
+@pytest.mark.slow  # forked training runs
 def test_latest_skips_a_truncated_checkpoint_with_one_warning(resumable, tiny_faces):
     weights = os.path.join(resumable, "checkpoint-6", "unet", "diffusion_pytorch_model.safetensors")
     with open(weights, "r+b") as f:
@@ -408,6 +412,7 @@ def test_latest_skips_a_truncated_checkpoint_with_one_warning(resumable, tiny_fa
     assert model_files.checkpoint_problem(os.path.join(resumable, "checkpoint-6")) is None
 
 
+@pytest.mark.slow  # forked training runs
 def test_latest_falls_back_when_a_checkpoint_cannot_be_read(resumable, tiny_faces):
     """Damage the completeness check cannot see (same size, garbage bytes): the load fails, one warning line names
     it, and the run continues from the checkpoint before."""
@@ -426,6 +431,7 @@ def test_latest_falls_back_when_a_checkpoint_cannot_be_read(resumable, tiny_face
     assert "Traceback" not in text
 
 
+@pytest.mark.slow  # forked training runs
 def test_an_explicit_damaged_checkpoint_is_refused_clearly(resumable, tiny_faces, capsys):
     os.remove(os.path.join(resumable, "checkpoint-6", "optimizer.bin"))
     argv = run_args(tiny_faces, resumable, "--resume_from_checkpoint", os.path.join(resumable, "checkpoint-6"))
