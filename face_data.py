@@ -13,9 +13,11 @@ Label ids are those of `pipeline_interpretable_ddpm.FACE_PART_LABELS`.
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -51,10 +53,77 @@ def _decode(data: bytes, mode: str) -> np.ndarray:
         return np.asarray(im.convert(mode))
 
 
+# A data set's files are replaced together (`write_dataset`): the new ones are written into DATASET_PARTIAL, which
+# is renamed to DATASET_COMPLETE when all are there (the moment the new set wins), then moved into place one by one.
+DATASET_PARTIAL = ".dataset.partial"
+DATASET_COMPLETE = ".dataset.complete"
+DATASET_MANIFEST = "MANIFEST.json"
+
+
+def write_dataset(data_dir: str, writers: Dict[str, Callable[[str], None]], owned: Sequence[str]) -> None:
+    """Replaces a data set's files in `data_dir` all together: never a new `train.parquet` beside an old
+    `test.parquet`, whenever the writer is killed.
+
+    Args:
+        writers (`Dict[str, Callable[[str], None]]`): `{file name: function writing that file at the given path}`.
+        owned (`Sequence[str]`): every file name the data set consists of; those without a writer are removed (e.g.
+            the test split of a run without test faces), other files in `data_dir` are never touched.
+    """
+    os.makedirs(data_dir, exist_ok=True)
+    finish_dataset_replacement(data_dir)  # an earlier interrupted replacement first
+    partial = os.path.join(data_dir, DATASET_PARTIAL)
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        for name, write in writers.items():
+            write(os.path.join(partial, name))
+        manifest = {"new": sorted(writers), "remove": sorted(set(owned) - set(writers))}
+        with open(os.path.join(partial, DATASET_MANIFEST), "w") as f:
+            json.dump(manifest, f)
+        for name in os.listdir(partial):
+            with open(os.path.join(partial, name), "rb") as f:
+                os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    os.rename(partial, os.path.join(data_dir, DATASET_COMPLETE))  # the commit point
+    finish_dataset_replacement(data_dir)
+
+
+def finish_dataset_replacement(data_dir: str) -> bool:
+    """Completes a replacement of the data set in `data_dir` that was interrupted after its new files were all
+    written (`write_dataset`); idempotent. Returns whether there was one. An interruption before that point left the
+    old files untouched (the `.dataset.partial` folder is ignored)."""
+    complete = os.path.join(data_dir, DATASET_COMPLETE)
+    manifest_path = os.path.join(complete, DATASET_MANIFEST)
+    if not os.path.isfile(manifest_path):
+        return False
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    for name in manifest["new"]:
+        if os.path.exists(os.path.join(complete, name)):  # else it was moved before the interruption
+            os.replace(os.path.join(complete, name), os.path.join(data_dir, name))
+    for name in manifest["remove"]:
+        if os.path.exists(os.path.join(data_dir, name)):
+            os.remove(os.path.join(data_dir, name))
+    shutil.rmtree(complete, ignore_errors=True)
+    return True
+
+
 def find_split(data_dir: str, split: str = "train") -> str:
     """Path of `split` inside a dataset folder (parquet file or image folder); clear error if there is none."""
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"Data directory '{data_dir}' does not exist.")
+    if os.path.isdir(os.path.join(data_dir, DATASET_COMPLETE)):
+        # a replacement of the data set was interrupted after the new files were complete: finish it, so that the
+        # splits read here are both new (never a new train beside an old test)
+        try:
+            finish_dataset_replacement(data_dir)
+        except OSError as err:
+            raise ValueError(
+                f"'{data_dir}' is in the middle of being replaced (an interrupted prepare_data.py --overwrite) and "
+                f"cannot be completed here ({err}); run prepare_data.py on it again."
+            ) from None
     parquet = os.path.join(data_dir, f"{split}.parquet")
     if os.path.isfile(parquet):
         return parquet
@@ -74,13 +143,41 @@ def load_faces(
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path, columns=["image", "mask", "has_mask"])
+        try:
+            columns = set(pq.read_schema(path).names)
+        except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a file that is not parquet
+            raise ValueError(f"{path} cannot be read as a parquet file ({type(err).__name__}: {err}).") from None
+        if "image" not in columns:
+            raise ValueError(
+                f"{path} has no 'image' column (it has {', '.join(sorted(columns)) or 'none'}); a face data set needs "
+                "'image' (and 'mask' part label maps, 'has_mask') as prepare_data.py writes them."
+            )
+        # without part label maps every face counts as having none (as in an image folder without masks/)
+        wanted = [c for c in ("image", "mask", "has_mask") if c in columns]
+        table = pq.read_table(path, columns=wanted)
         if limit is not None:
             table = table.slice(0, limit)
+        if table.num_rows == 0:
+            raise ValueError(f"{path} holds no faces (0 rows); prepare the data again or give another folder.")
         rows = table.to_pydict()
+        missing = [i for i, r in enumerate(rows["image"]) if not r or not r.get("bytes")]
+        if missing:
+            raise ValueError(f"{path}: row {missing[0]} has no image ({len(missing)} rows without one).")
         images = np.stack([_decode(r["bytes"], "RGB") for r in rows["image"]])
-        labels = np.stack([_decode(r["bytes"], "L") for r in rows["mask"]])
-        has_mask = np.asarray(rows["has_mask"], dtype=bool)
+        labels = np.zeros(images.shape[:3], np.uint8)
+        for i, r in enumerate(rows.get("mask", [])):
+            if r and r.get("bytes"):  # a row without a label map keeps zeros: no part labelled
+                lab = _decode(r["bytes"], "L")
+                if lab.shape != images.shape[1:3]:
+                    raise ValueError(
+                        f"Masks of size {lab.shape} do not match images of size {images.shape[1:3]} in {path} "
+                        f"(row {i})."
+                    )
+                labels[i] = lab
+        if "has_mask" in rows:
+            has_mask = np.asarray(rows["has_mask"], dtype=bool)
+        else:
+            has_mask = labels.reshape(len(labels), -1).any(1)
     else:
         names = sorted(n for n in os.listdir(os.path.join(path, "images")) if n.lower().endswith(IMAGE_SUFFIXES))
         if limit is not None:

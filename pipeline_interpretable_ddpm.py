@@ -234,7 +234,8 @@ class EmergenceOutput(BaseOutput):
         step_indices (`torch.Tensor` of shape `(S,)`): the DDIM step index of each swap (0 = x_T, before any step).
         timesteps (`torch.Tensor` of shape `(S,)`): the timestep t of the x_t that was swapped.
         emergence_step (`torch.Tensor` of shape `(B,)`): the first step index (of those computed) whose fraction is
-            below one half (as a float; `num_inference_steps` where it never falls below one half).
+            below one half (as a float; `num_inference_steps` where it never falls below one half). NaN (and NaN
+            fractions) for an image whose swap at x_T changes nothing inside the mask: there is nothing to emerge.
         num_inference_steps (`int`): the DDIM steps of the trajectory.
         mode (`str`): what region k of x_t receives at step s, see `emergence_curve`.
     """
@@ -489,6 +490,8 @@ def compute_concept_templates(
 LATENTS_MAX_ABS = 1e3
 # `attribute` plays all 2^K coalitions at every attributed timestep; bigger games need an explicit `max_coalitions`.
 DEFAULT_MAX_COALITIONS = 64
+# `emergence_curve` needs the swap at x_T to change the region by at least this mean squared amount (images in [0, 1])
+EMERGENCE_MIN_CHANGE = 1e-10
 
 
 def check_int(value, name: str, minimum: Optional[int] = None) -> int:
@@ -525,29 +528,77 @@ def check_tensor_values(x: torch.Tensor, name: str, floating: bool = True) -> No
         raise ValueError(f"{name} contains NaN or infinite values.")
 
 
+def check_generator(generator, batch_size: int, name: str = "generator") -> None:
+    """`None`, one `torch.Generator`, or a list of exactly one per image; anything else raises a `ValueError` that
+    says what to pass (an empty or short list would otherwise fail deep inside the noise draw, a long one be cut)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch_size:
+            raise ValueError(
+                f"You passed {len(generator)} generators for a batch of {batch_size} images; give one per image "
+                f"(a list of {batch_size}), a single torch.Generator, or None."
+            )
+        bad = [i for i, g in enumerate(generator) if not isinstance(g, torch.Generator)]
+        if bad:
+            raise ValueError(f"{name}[{bad[0]}] is a {type(generator[bad[0]]).__name__}, not a torch.Generator.")
+        return
+    raise ValueError(
+        f"{name} must be a torch.Generator, a list of one per image, or None; got {type(generator).__name__}."
+    )
+
+
 def check_optional_bool(value, name: str, none_means: str = "") -> None:
     """Refuses anything but True, False (numpy bools included) or None, naming the argument and what None means."""
     if value is not None and not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be True, False or None{none_means}, got {value!r}.")
 
 
-def check_mask_values(mask: torch.Tensor, name: str = "mask") -> None:
+# How far a mask's values may overshoot its scale ([0, 1] or [0, 255]), as a share of it: bicubic or Lanczos
+# resizing of a 0/1 mask makes values such as -0.04 or 1.05, which still mean outside / inside.
+MASK_OVERSHOOT = 0.1
+
+
+def check_mask_values(mask: torch.Tensor, name: str = "mask") -> float:
     """A mask tensor must hold real, finite values that read unambiguously as a mask: bool, 0/1 integers, uint8 0..255
-    (an image), or floats in [0, 1] (soft) or [0, 255]. An integer label map (0..7) or negative values are refused:
-    thresholding them would silently select the wrong pixels."""
+    (an image), or floats on the 0/1 scale (soft; within 0.1 of [0, 1], as resizing overshoots) or the 0..255 scale.
+    An integer label map (0..7), values off both scales, or a mix of the two scales (a 0/1 mask with a few pixels at
+    255: divided by 255 its ones would fall outside) are refused: thresholding them would select the wrong pixels.
+
+    Returns the mask's scale: 1.0 or 255.0."""
     check_tensor_values(mask, name, floating=False)
     if mask.dtype == torch.bool:
-        return
+        return 1.0
     lo, hi = float(mask.min()), float(mask.max())
     if not mask.is_floating_point() and mask.dtype != torch.uint8 and not (lo >= 0 and hi <= 1):
         raise ValueError(
             f"{name} of dtype {mask.dtype} holds values in [{lo:g}, {hi:g}]; an integer mask must be 0/1 (pass a bool "
             "mask, or select the labels first, e.g. torch.isin(labels, ids))."
         )
-    if lo < 0 or hi > 255:
-        raise ValueError(
-            f"{name} holds values in [{lo:g}, {hi:g}]; a mask must be in [0, 1] (or 0..255 image values)."
-        )
+    if lo >= -MASK_OVERSHOOT and hi <= 1 + MASK_OVERSHOOT:
+        return 1.0
+    if lo >= -255 * MASK_OVERSHOOT and hi <= 255 * (1 + MASK_OVERSHOOT):
+        x = mask.float()
+        near_one = int(((x - 1).abs() <= MASK_OVERSHOOT).sum())
+        above = int((x > 1 + MASK_OVERSHOOT).sum())
+        # a 0..255 mask has next to no values near 1 (a resized edge may pass through it); a 0/1 mask has many
+        if near_one and 10 * near_one >= above:
+            raise ValueError(
+                f"{name} mixes two scales: {near_one} pixels are near 1 (inside, on a 0/1 mask's scale) and {above} "
+                f"above {1 + MASK_OVERSHOOT:g} (up to {hi:g}, a 0..255 mask's scale, on which the first would be "
+                "outside). Pass a mask on one scale: bool or 0/1, or 0..255."
+            )
+        if hi <= 127.5:
+            raise ValueError(
+                f"{name} holds values in [{lo:g}, {hi:g}]: beyond a 0/1 mask's range (give or take "
+                f"{MASK_OVERSHOOT:g}), and on the 0..255 scale no pixel reaches the middle (127.5), so it would "
+                "select nothing. Pass a bool or 0/1 mask, or 0..255 image values."
+            )
+        return 255.0
+    raise ValueError(
+        f"{name} holds values in [{lo:g}, {hi:g}]; a mask must be in [0, 1] (or 0..255 image values), give or take "
+        f"{MASK_OVERSHOOT:g} of that range for resizing overshoot."
+    )
 
 
 def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int], device=None) -> torch.Tensor:
@@ -571,8 +622,8 @@ def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int]
         raise ValueError(
             f"mask must be a concept name, a tensor, a numpy array or a PIL image, got {type(mask).__name__}."
         )
-    check_mask_values(mask)
-    mask = mask.detach().float()
+    scale = check_mask_values(mask)
+    mask = (mask.detach().float() / scale).clamp(0, 1)
     if mask.ndim == 2:
         mask = mask[None, None]
     elif mask.ndim == 3 and mask.shape[0] == 1:
@@ -583,8 +634,6 @@ def to_mask_tensor(mask: MaskInput, batch_size: int, resolution: Tuple[int, int]
         raise ValueError(f"mask must have shape (H, W), (1, H, W) or (B, 1, H, W); got {tuple(mask.shape)}.")
     if mask.shape[0] not in (1, batch_size):
         raise ValueError(f"mask batch size {mask.shape[0]} does not match the latents' batch size {batch_size}.")
-    if mask.max() > 1.0:  # 0..255 masks
-        mask = mask / 255.0
     h, w = resolution
     if tuple(mask.shape[-2:]) != (h, w):
         mask_h, mask_w = mask.shape[-2:]
@@ -1155,6 +1204,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 f"{name} is an InversionOutput at {tuple(latents.latents.shape[-2:])}, but this pipeline works at "
                 f"{self.resolution}: invert the image with this pipeline."
             )
+        inverted_steps = latents.num_inference_steps
+        if inverted_steps is not None and int(inverted_steps) != num_inference_steps:
+            raise ValueError(
+                f"{name} was inverted with num_inference_steps={inverted_steps}, but this call runs "
+                f"{num_inference_steps} steps: the inversion is exact only for the schedule it was made with. Pass "
+                f"num_inference_steps={inverted_steps}, or invert with num_inference_steps={num_inference_steps}."
+            )
         x = self._check_latents(latents.latents, name)
         images = None if latents.images is None else latents.images.to(x.device, x.dtype)
         t0 = latents.timestep
@@ -1561,10 +1617,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         t0 = None
         if latents is None:
             batch_size = check_int(batch_size, "batch_size", minimum=1)
-            if isinstance(generator, list) and len(generator) != batch_size:
-                raise ValueError(
-                    f"You passed {len(generator)} generators for a batch of {batch_size} images; give one per image."
-                )
+            check_generator(generator, batch_size)
             latents = randn_tensor(
                 (batch_size, *self.latent_shape),
                 generator=generator,
@@ -1660,6 +1713,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             mask, ref, allow_empty_mask, num_inference_steps=num_inference_steps, clip_sample=clip_sample, **kw
         )
         if new_latents is None:
+            check_generator(generator, latents.shape[0])
             new_latents = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         else:
             new_latents = self._check_latents(new_latents, "new_latents")
@@ -1749,6 +1803,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """
         num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
         inverted = _is_inversion(latents_a) or _is_inversion(latents_b)
+        steps_a, steps_b = (getattr(x, "num_inference_steps", None) for x in (latents_a, latents_b))
+        if _is_inversion(latents_a) and _is_inversion(latents_b) and steps_a != steps_b:
+            raise ValueError(
+                f"latents_a was inverted with num_inference_steps={steps_a} and latents_b with {steps_b}: their "
+                "trajectories cannot be swapped. Invert both images with the same num_inference_steps (and strength)."
+            )
         clip_sample = False if inverted and clip_sample is None else clip_sample
         latents_a, t0, sources_a, warning = self._trajectory_start(latents_a, num_inference_steps, "latents_a")
         latents_b, t0_b, sources_b, warning_b = self._trajectory_start(latents_b, num_inference_steps, "latents_b")
@@ -2273,6 +2333,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if base.shape != latents.shape:
                 raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
         elif baseline == "other_sample":
+            check_generator(generator, latents.shape[0])
             base = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
             if self._harmonizes(harmonize_noise) and not inverted:
                 base = self.harmonize(base)
@@ -2357,6 +2418,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 raise ValueError(f"baseline latents have shape {tuple(base.shape)}, latents {tuple(latents.shape)}.")
             return base
         if isinstance(baseline, str) and baseline == "other_sample":
+            check_generator(generator, latents.shape[0])
             base = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
             return self.harmonize(base) if self._harmonizes(harmonize_noise) else base
         raise ValueError(f"baseline must be 'other_sample' or a latents tensor, got {baseline!r}.")
@@ -2422,7 +2484,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         b = latents.shape[0]
         regions, names = self._attribution_regions(latents, masks, num_inference_steps)
         k = regions.shape[1]
-        if k > 10 or 2**k > max_coalitions:
+        if k > 10:
+            raise ValueError(
+                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full DDIM runs per "
+                "image; at most 10 regions (2^10 runs) are allowed whatever max_coalitions is. Use fewer regions."
+            )
+        if 2**k > max_coalitions:
             raise ValueError(
                 f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full DDIM runs per "
                 f"image, more than max_coalitions={max_coalitions} allows (at most 2^10). Pass max_coalitions={2**k} "
@@ -2529,7 +2596,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(
                 f"step_indices must be below num_inference_steps={num_inference_steps}, got {step_indices[-1]}."
             )
-        m = self.prepare_mask(mask, latents_a, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
+        m = self.prepare_mask(mask, latents_a, True, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
+        empty = (m.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"The mask is empty (no pixel selected) for image {empty[0]} of latents_a: there is no region to "
+                "swap. Pass a mask (or concept) that selects pixels of every image."
+            )
         scheduler = self.scheduler
         if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
             scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
@@ -2563,10 +2636,22 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             results.append(self.postprocess(torch.cat(outs), "pt").double() - image_a)
         d0 = results[0]
         ref = (d0 * d0 * m).sum((1, 2, 3))
+        # a swap at x_T that changes (almost) nothing inside the mask has no emergence to measure: its fraction
+        # would be 0 / 0 (the two x_T agree there, or the model ignores the region)
+        unchanged = ref / (m.sum((1, 2, 3)) * d0.shape[1]).clamp_min(1) < EMERGENCE_MIN_CHANGE
+        if unchanged.all():
+            raise ValueError(
+                f"Swapping the region at x_T changes nothing inside it (mean squared change below "
+                f"{EMERGENCE_MIN_CHANGE:g} for every image): latents_a and latents_b agree there, so no emergence step "
+                "can be measured. Pass two different x_T (e.g. two draws of pipe(...).latents)."
+            )
         fraction = torch.stack([(d * d0 * m).sum((1, 2, 3)) / ref.clamp_min(1e-20) for d in results])  # (S, B)
         below = fraction < 0.5
         idx = torch.tensor(step_indices, dtype=torch.float64, device=fraction.device)
         first = torch.where(below, idx[:, None], torch.full_like(fraction, float(num_inference_steps))).amin(0)
+        # an image whose swap changes nothing has no curve and no emergence step (0 / 0), not a step of 0
+        fraction[:, unchanged] = float("nan")
+        first[unchanged] = float("nan")
         out = EmergenceOutput(
             fraction=fraction.float().cpu(),
             step_indices=torch.tensor(step_indices),
@@ -2596,8 +2681,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         elif isinstance(masks, (torch.Tensor, np.ndarray)):
             if isinstance(masks, np.ndarray) and masks.dtype.kind not in "biuf":
                 raise ValueError(f"masks must hold numbers, got a numpy array of dtype {masks.dtype}.")
-            check_mask_values(torch.as_tensor(masks), "masks")
-            regions = torch.as_tensor(masks).float().to(latents.device)
+            scale = check_mask_values(torch.as_tensor(masks), "masks")
+            regions = (torch.as_tensor(masks).float() / scale).to(latents.device)
             if regions.ndim == 3:
                 regions = regions[None].expand(b, -1, -1, -1)
             if regions.ndim != 4 or regions.shape[0] != b or tuple(regions.shape[-2:]) != self.resolution:

@@ -48,6 +48,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from face_data import write_dataset
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PARSER_DIR = os.path.join(ROOT, "models", "face-parser-64")
 
@@ -901,18 +903,19 @@ def prepare(args: argparse.Namespace) -> dict:
     }
     if not faces:
         return summary
-    os.makedirs(args.output_dir, exist_ok=True)
-    for split in ("train", "test"):
-        path = os.path.join(args.output_dir, f"{split}.parquet")
-        if rows[split]:
-            write_parquet(rows[split], path)
-        elif os.path.exists(path):  # an empty split has no file (load_faces cannot load an empty one); no stale one
-            os.remove(path)
-    with open(os.path.join(args.output_dir, "prepare_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
     shown = np.stack([labels[i] if face["has_mask"] else np.zeros_like(labels[i]) for i, face in enumerate(faces)])
-    preview_grid(images, shown).save(os.path.join(args.output_dir, "preview.png"))
+
+    def write_summary(path):
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+
+    # an empty split has no file (load_faces cannot load an empty one), and no stale one is left; all files are
+    # replaced together, so an interrupted --overwrite never leaves a new train.parquet beside an old test.parquet
+    writers = {f"{split}.parquet": lambda path, s=split: write_parquet(rows[s], path) for split in rows if rows[split]}
+    writers["prepare_summary.json"] = write_summary
+    writers["preview.png"] = lambda path: preview_grid(images, shown).save(path, format="PNG")
+    write_dataset(args.output_dir, writers, OUTPUT_FILES)
     return summary
 
 
@@ -984,7 +987,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     if not os.path.isdir(args.input_dir):
         p.error(f"--input_dir '{args.input_dir}' is not a folder.")
+    input_real, output_real = os.path.realpath(args.input_dir), os.path.realpath(args.output_dir)
+    if input_real == output_real or input_real.startswith(output_real + os.sep):
+        p.error(
+            f"--output_dir '{args.output_dir}' is --input_dir '{args.input_dir}' or a folder above it; the photos would "
+            "be read from where the data set is written. Choose an output folder outside the photos (e.g. beside it)."
+        )
     if not list_photos(args.input_dir, exclude=args.output_dir):
+        if list_photos(args.input_dir):
+            p.error(
+                f"--input_dir '{args.input_dir}' holds no files outside --output_dir '{args.output_dir}' (which is "
+                "inside it; files there are never read as photos)."
+            )
         p.error(f"--input_dir '{args.input_dir}' holds no files.")
     if not 8 <= args.resolution <= 1024:
         p.error(f"--resolution must be between 8 and 1024, got {args.resolution}.")

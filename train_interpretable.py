@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -38,7 +39,19 @@ import torch.nn.functional as F
 
 import pipeline_interpretable_ddpm as pid
 from face_data import DATA_ENV, default_data_dir, find_split, load_faces
-from model_files import list_checkpoints
+from model_files import (
+    PIPELINE_PARTIAL,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_problem,
+    fsync_path,
+    is_disk_full,
+    list_checkpoints,
+    read_checkpoint_marker,
+    replace_path,
+    save_pipeline,
+    write_checkpoint_marker,
+)
 
 logger = logging.getLogger("train_interpretable")
 
@@ -49,6 +62,11 @@ class SetupError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; nothing after the last good checkpoint is saved."""
+
+
+class SaveFailed(RuntimeError):
+    """A checkpoint or the final pipeline could not be written (e.g. the disk is full); what was saved before is
+    intact and the run can be resumed from it."""
 
 
 DEFAULT_BLOCKS = "32,64,64,128"
@@ -824,6 +842,171 @@ def free_output_dir_check(args) -> None:
         )
 
 
+def warn(message: str) -> None:
+    """One line on stderr, from the main process only (before the Accelerator exists, RANK tells which it is)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def checkpoint_step(path: str) -> int:
+    return int(os.path.basename(os.path.normpath(path)).split("-")[-1])
+
+
+def resume_candidates(args) -> List[str]:
+    """The checkpoint folders to resume from, the one to try first first; [] for a fresh start.
+
+    An explicit folder must be complete. `latest` skips (with a warning that names them) the newest checkpoints that
+    are incomplete or damaged, so a run killed at any moment resumes from its last complete one; with none at all
+    it starts at step 0 (nothing was saved yet), unless a finished pipeline there would be overwritten."""
+    if not args.resume_from_checkpoint:
+        return []
+    if args.resume_from_checkpoint != "latest":
+        path = args.resume_from_checkpoint
+        if not os.path.isdir(path) or not os.path.basename(os.path.normpath(path)).split("-")[-1].isdigit():
+            raise SetupError(f"--resume_from_checkpoint '{path}' is not a checkpoint-STEP folder.")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise SetupError(
+                f"--resume_from_checkpoint '{path}' is incomplete or damaged ({problem}); resume from an earlier "
+                "checkpoint, e.g. --resume_from_checkpoint latest."
+            )
+        return [path]
+    good = []
+    for name in reversed(list_checkpoints(args.output_dir)):
+        path = os.path.join(args.output_dir, name)
+        problem = checkpoint_problem(path)
+        if problem:
+            warn(f"skipping {path}: it is incomplete or damaged ({problem}); falling back to an earlier checkpoint.")
+        else:
+            good.append(path)
+    if good:
+        return good
+    if os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
+        raise SetupError(
+            f"--resume_from_checkpoint latest: '{args.output_dir}' holds a finished pipeline but no complete "
+            "checkpoint to continue it from; choose a new --output_dir (nothing is overwritten silently)."
+        )
+    warn(
+        f"--resume_from_checkpoint latest: no complete checkpoint in '{args.output_dir}' yet; training starts at step 0."
+    )
+    return []
+
+
+# What defines the model and its objective: a resumed run must continue with the same (`check_resume_settings`).
+# Each entry names the flag that sets it, for the message.
+ARCHITECTURE_SETTINGS = {
+    "sample_size": "--resolution",
+    "block_out_channels": "--block_out_channels",
+    "layers_per_block": "--layers_per_block",
+    "down_block_types": "--attention_levels",
+    "up_block_types": "--attention_levels",
+    "in_channels": "the model's input channels",
+    "out_channels": "the model's output channels",
+}
+SCHEDULE_SETTINGS = {
+    "num_train_timesteps": "--num_train_timesteps",
+    "beta_schedule": "--beta_schedule",
+    "beta_start": "the schedule's beta_start",
+    "beta_end": "the schedule's beta_end",
+    "prediction_type": "--prediction_type",
+    "rescale_betas_zero_snr": "--rescale_betas_zero_snr",
+    "timestep_spacing": "--timestep_spacing",
+}
+OBJECTIVE_FLAGS = (
+    "concepts",
+    "value",
+    "snr_gamma",
+    "snr_floor",
+    "ddpm_target",
+    "ie_timestep_weighting",
+    "harmonize_noise",
+    "use_ema",
+)
+# the value an objective flag had before it existed (a checkpoint of an older version has no entry for it)
+OBJECTIVE_FLAG_BEFORE = {
+    "snr_floor": 0.0,
+    "ddpm_target": "data",
+    "ie_timestep_weighting": "none",
+    "harmonize_noise": False,
+}
+
+
+def _plain(value):
+    """JSON-comparable form (tuples become lists; a concepts string its canonical form)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_settings(args, unet, noise_scheduler) -> dict:
+    """The settings that define this run's model and objective, as stored in every checkpoint's marker."""
+    flags = {name: getattr(args, name) for name in OBJECTIVE_FLAGS}
+    flags["concepts"] = pid.concepts_to_string(pid.parse_concepts(args.concepts))
+    return _plain(
+        {
+            "architecture": {k: unet.config.get(k) for k in ARCHITECTURE_SETTINGS},
+            "schedule": {k: noise_scheduler.config.get(k) for k in SCHEDULE_SETTINGS},
+            "objective": flags,
+        }
+    )
+
+
+def checkpoint_settings(path: str, output_dir: str) -> dict:
+    """The settings a checkpoint was trained with: from its marker, or for a checkpoint written before markers
+    existed, its UNet config and the run's training_config.json / run_record.json (as the run left them)."""
+    marker = read_checkpoint_marker(path) or {}
+    if "settings" in marker:
+        return marker["settings"]
+    settings = {}
+    with open(os.path.join(path, "unet", "config.json")) as f:
+        unet_config = json.load(f)
+    settings["architecture"] = _plain({k: unet_config.get(k) for k in ARCHITECTURE_SETTINGS})
+    record_path = os.path.join(output_dir, "run_record.json")
+    if os.path.isfile(record_path):
+        with open(record_path) as f:
+            schedule = json.load(f).get("noise_schedule")
+        if schedule:
+            settings["schedule"] = _plain({k: schedule.get(k) for k in SCHEDULE_SETTINGS})
+    config_path = os.path.join(output_dir, "training_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            config = json.load(f)
+        flags = {name: config.get(name, OBJECTIVE_FLAG_BEFORE.get(name)) for name in OBJECTIVE_FLAGS}
+        if flags.get("concepts") is not None:
+            flags["concepts"] = pid.concepts_to_string(pid.parse_concepts(flags["concepts"]))
+        settings["objective"] = _plain(flags)
+    return settings
+
+
+def check_resume_settings(path: str, args, unet, noise_scheduler) -> None:
+    """Raises `SetupError` naming every setting that defines the model or its objective (architecture, noise schedule,
+    prediction type, concepts, value, denoising weights and target, ...) in which this run differs from the
+    checkpoint it would resume. Reads files only: nothing is written before this passes."""
+    try:
+        saved = checkpoint_settings(path, args.output_dir)
+    except (OSError, ValueError) as err:
+        raise SetupError(f"cannot read the settings of '{path}' ({type(err).__name__}: {err}).") from None
+    now = run_settings(args, unet, noise_scheduler)
+    differences = []
+    for group, names in (
+        ("architecture", ARCHITECTURE_SETTINGS),
+        ("schedule", SCHEDULE_SETTINGS),
+        ("objective", {n: f"--{n}" for n in OBJECTIVE_FLAGS}),
+    ):
+        if group not in saved:
+            continue
+        for key, flag in names.items():
+            old, new = saved[group].get(key), now[group].get(key)
+            if key in saved[group] and old != new:
+                label = flag if flag.endswith(key) or not flag.startswith("--") else f"{flag} ({key})"
+                differences.append(f"{label}: {old!r} in the checkpoint, {new!r} now")
+    if differences:
+        raise SetupError(
+            f"cannot resume from '{path}': this run differs in what defines the model or its objective; "
+            + "; ".join(differences)
+            + ". Resume with the checkpoint's settings, or start a new run in another --output_dir (nothing was "
+            "written)."
+        )
+
+
 def save_sample_grid(pipeline, path: str, num_images: int, steps: int, seed: int) -> None:
     from PIL import Image
 
@@ -871,8 +1054,8 @@ def base_model_id(pretrained: Optional[str]) -> Optional[str]:
     return None
 
 
-def write_model_card(args, output_dir: str, metrics: dict) -> None:
-    """README.md with Hugging Face model-card metadata filled from the run."""
+def model_card_text(args, output_dir: str, metrics: dict) -> str:
+    """The text of README.md: Hugging Face model-card metadata filled from the run."""
     is_plain = args.lambda_start == 0
     base = args.pretrained_model_name_or_path
     lines = [
@@ -952,8 +1135,7 @@ def write_model_card(args, output_dir: str, metrics: dict) -> None:
     for key, val in metrics.items():
         lines.append(f"| {key} | `{val}` |")
     lines += ["", "The full configuration is in `training_config.json`."]
-    with open(os.path.join(output_dir, "README.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1005,6 +1187,11 @@ def main(args: argparse.Namespace) -> str:
     concepts = pid.parse_concepts(args.concepts)
     set_seed(args.seed)  # before the UNet is built, so that --seed sets its initial weights
     unet, noise_scheduler, faces = setup_model_and_data(args)
+    # which checkpoint to resume, and whether this run may continue it, is settled before any file is written
+    resume_paths = resume_candidates(args)
+    if resume_paths:
+        check_resume_settings(resume_paths[0], args, unet, noise_scheduler)
+    settings = run_settings(args, unet, noise_scheduler)
     # the start model, frozen: the denoising target of --ddpm_target teacher
     teacher = copy.deepcopy(unet).requires_grad_(False).eval() if args.ddpm_target == "teacher" else None
 
@@ -1032,16 +1219,19 @@ def main(args: argparse.Namespace) -> str:
         )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "training_config.json"), "w") as f:
-            json.dump(vars(args), f, indent=2, sort_keys=True)
         run_record = {
             "environment": environment_record(),
             "start_weights": tensor_digest(*unet.state_dict().values()),
             "train_data": train_data_digests(args.train_data_dir),
             "noise_schedule": dict(noise_scheduler.config),
         }
-        write_run_record(args.output_dir, run_record)
+        try:
+            os.makedirs(args.output_dir, exist_ok=True)
+            remove_leftovers(args.output_dir)
+            atomic_write_json(os.path.join(args.output_dir, "training_config.json"), vars(args), sort_keys=True)
+            write_run_record(args.output_dir, run_record)
+        except OSError as err:
+            raise SetupError(f"cannot write into --output_dir '{args.output_dir}': {err}") from None
 
     ema_model = None
     if args.use_ema:
@@ -1119,20 +1309,6 @@ def main(args: argparse.Namespace) -> str:
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     global_step = 0
-    resume_path = None
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            ckpts = list_checkpoints(args.output_dir)
-            if not ckpts:
-                raise SetupError(f"--resume_from_checkpoint latest: no checkpoint in '{args.output_dir}'.")
-            resume_path = os.path.join(args.output_dir, ckpts[-1])
-        else:
-            resume_path = args.resume_from_checkpoint
-            if (
-                not os.path.isdir(resume_path)
-                or not os.path.basename(os.path.normpath(resume_path)).split("-")[-1].isdigit()
-            ):
-                raise SetupError(f"--resume_from_checkpoint '{resume_path}' is not a checkpoint-STEP folder.")
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     if teacher is not None:  # on the device, under the run's autocast, never wrapped for DDP
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
@@ -1144,12 +1320,27 @@ def main(args: argparse.Namespace) -> str:
             config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
         )
 
-    if resume_path:
+    for i, resume_path in enumerate(resume_paths):
         accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(resume_path)
-        global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[-1])
-        if accelerator.is_main_process:
-            truncate_log(os.path.join(args.output_dir, "train_log.jsonl"), global_step)
+        try:
+            accelerator.load_state(resume_path)
+        except Exception as err:  # a damaged file the completeness check could not see: one line, then the next one
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            if i + 1 == len(resume_paths):
+                raise SetupError(
+                    f"cannot resume from '{resume_path}' ({reason}); "
+                    + (
+                        "no earlier complete checkpoint is left."
+                        if args.resume_from_checkpoint == "latest"
+                        else "resume from an earlier checkpoint, e.g. --resume_from_checkpoint latest."
+                    )
+                ) from None
+            warn(f"{resume_path} cannot be read ({reason}); falling back to {resume_paths[i + 1]}.")
+            continue
+        global_step = checkpoint_step(resume_path)
+        break
+    if accelerator.is_main_process:
+        truncate_log(os.path.join(args.output_dir, "train_log.jsonl"), global_step)
     first_epoch = global_step // max(steps_per_epoch, 1)
 
     device = accelerator.device
@@ -1271,7 +1462,7 @@ def main(args: argparse.Namespace) -> str:
                 step_start = time.time()
 
             if global_step % args.checkpointing_steps == 0 or global_step >= args.max_train_steps or out_of_time:
-                save_checkpoint(accelerator, args, global_step)
+                save_checkpoint(accelerator, args, global_step, settings)
             if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
                 pipeline = build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16=False)
                 os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
@@ -1290,7 +1481,6 @@ def main(args: argparse.Namespace) -> str:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipeline = build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16=args.save_fp16)
-        pipeline.save_pretrained(args.output_dir)
         summary = {
             "train_steps": global_step,
             "train_images": len(faces),
@@ -1300,9 +1490,19 @@ def main(args: argparse.Namespace) -> str:
             * args.gradient_accumulation_steps,
             "train_minutes": round((time.time() - train_start) / 60, 2),
         }
-        with open(os.path.join(args.output_dir, "train_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        write_model_card(args, args.output_dir, summary)
+        # the pipeline, its summary and model card are written beside and moved into place with model_index.json
+        # last: a run killed (or out of disk) meanwhile leaves no folder that loads as a finished pipeline
+        try:
+            save_pipeline(
+                pipeline,
+                args.output_dir,
+                extra_files={
+                    "train_summary.json": json.dumps(summary, indent=2) + "\n",
+                    "README.md": model_card_text(args, args.output_dir, summary),
+                },
+            )
+        except Exception as err:
+            raise save_failed(err, args.output_dir, "the final pipeline") from err
         if args.push_to_hub:
             push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
     accelerator.end_training()
@@ -1317,10 +1517,7 @@ def write_run_record(output_dir: str, update: dict) -> None:
         with open(path) as f:
             record = json.load(f)
     record.update(update)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, record, sort_keys=True, default=str)
 
 
 def raise_if_diverged(accelerator, unet, log_sums: torch.Tensor, global_step: int, args) -> None:
@@ -1333,8 +1530,7 @@ def raise_if_diverged(accelerator, unet, log_sums: torch.Tensor, global_step: in
         bad = accelerator.reduce(bad, reduction="sum")
     if float(bad) == 0:
         return
-    ckpts = list_checkpoints(args.output_dir)
-    last = os.path.join(args.output_dir, ckpts[-1]) if ckpts else None
+    last = last_complete_checkpoint(args.output_dir)
     raise TrainingDiverged(
         f"the training loss or weights became NaN or infinite by step {global_step} (checked every --log_every "
         f"{args.log_every} steps and before every save). Nothing of it was saved: "
@@ -1348,36 +1544,101 @@ def raise_if_diverged(accelerator, unet, log_sums: torch.Tensor, global_step: in
 
 
 def truncate_log(path: str, step: int) -> None:
-    """Drops log lines after `step` (a run killed after its last checkpoint logged steps that will be redone)."""
+    """Drops log lines after `step` (a run killed after its last checkpoint logged steps that will be redone), and a
+    line cut off by a kill while it was written. Rewritten through a temporary file: a kill here loses nothing."""
     if not os.path.isfile(path):
         return
+    kept = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
-def save_checkpoint(accelerator, args, global_step: int) -> None:
-    """accelerator.save_state into checkpoint-STEP, pruning the oldest beyond --checkpoints_total_limit."""
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        ckpts = list_checkpoints(args.output_dir)
-        excess = len(ckpts) - args.checkpoints_total_limit + 1
-        for old in ckpts[: max(excess, 0)]:
-            shutil.rmtree(os.path.join(args.output_dir, old))
-    path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
-    # written under a temporary name and renamed when complete: a run killed while saving leaves no half checkpoint
-    # for `--resume_from_checkpoint latest` to pick
+def last_complete_checkpoint(output_dir: str, exclude: Sequence[str] = ()) -> Optional[str]:
+    """Path of the newest complete checkpoint in `output_dir` (not one named in `exclude`), or None."""
+    for name in reversed(list_checkpoints(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name not in exclude and checkpoint_problem(path) is None:
+            return path
+    return None
+
+
+def save_failed(err: BaseException, output_dir: str, what: str, exclude: Sequence[str] = ()) -> SaveFailed:
+    """The `SaveFailed` for a failed write of `what`: says whether the disk is full and what is still intact."""
+    last = last_complete_checkpoint(output_dir, exclude)
+    if what == "the final pipeline":
+        intact = f"{os.path.basename(last)} is intact" if last else "no checkpoint was saved"
+    else:
+        intact = f"the previous {os.path.basename(last)} is intact" if last else "no earlier checkpoint exists"
+    resume = "resume with --resume_from_checkpoint latest" if last else "start again"
+    if is_disk_full(err, output_dir):
+        return SaveFailed(
+            f"no space left on device while writing {what} in '{output_dir}'; {intact}. Free some space, then {resume}."
+        )
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return SaveFailed(
+        f"could not write {what} in '{output_dir}' ({type(err).__name__}: {reason}); {intact}; {resume}."
+    )
+
+
+def save_checkpoint(accelerator, args, global_step: int, settings: Optional[dict] = None) -> None:
+    """accelerator.save_state into checkpoint-STEP, then prunes the oldest beyond --checkpoints_total_limit.
+
+    The state is written into checkpoint-STEP.partial, its files flushed to disk, a completion marker written last
+    (`checkpoint_complete.json`: the files' sizes and the run's `settings`), and only then renamed into place; older
+    checkpoints are removed only after that. A run killed at any moment, or out of disk, keeps its last complete
+    checkpoint. Raises `SaveFailed` (with the previous checkpoint intact) when the state cannot be written."""
+    name = f"checkpoint-{global_step}"
+    path = os.path.join(args.output_dir, name)
     partial = path + ".partial"
-    if accelerator.is_main_process and os.path.isdir(partial):
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(partial)
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(partial, path)
+        remove_leftovers(args.output_dir)
     accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(partial)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_checkpoint_marker(partial, {"step": global_step, "settings": settings})
+            replace_path(partial, path)
+            fsync_path(args.output_dir)
+    except Exception as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise save_failed(err, args.output_dir, name, exclude=[name]) from err
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        older = [c for c in list_checkpoints(args.output_dir) if c != name]
+        excess = len(older) + 1 - args.checkpoints_total_limit
+        for old in older[: max(excess, 0)]:
+            # renamed out of the checkpoints first: a kill during the deletion leaves no half checkpoint behind
+            doomed = os.path.join(args.output_dir, old + ".deleting")
+            os.rename(os.path.join(args.output_dir, old), doomed)
+            shutil.rmtree(doomed)
+    accelerator.wait_for_everyone()
+
+
+def remove_leftovers(output_dir: str) -> None:
+    """Deletes what a killed run can leave in `output_dir`: a checkpoint being written (`checkpoint-N.partial`),
+    replaced (`.old`) or deleted (`.deleting`), a pipeline being written, and temporary files of atomic writes."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        is_leftover = name == PIPELINE_PARTIAL or (
+            name.startswith("checkpoint-")
+            and not name.split("-", 1)[1].isdigit()
+            and (name.endswith((".partial", ".deleting")) or ".old" in name)
+        )
+        if is_leftover:
+            shutil.rmtree(path, ignore_errors=True)
+        elif re.search(r"\.tmp\d+$", name) and os.path.isfile(path):
+            os.remove(path)
 
 
 def build_pipeline(accelerator, unet, ema_model, noise_scheduler, args, faces, fp16: bool):
@@ -1422,7 +1683,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
     except SetupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrainingDiverged as err:
+    except (TrainingDiverged, SaveFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

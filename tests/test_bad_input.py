@@ -93,8 +93,23 @@ def overlapping_partition():
     return torch.stack([a, b])
 
 
-def eight_regions():
-    return torch.stack([(torch.arange(SIZE * SIZE).view(SIZE, SIZE) % 8 == k).float() for k in range(8)])
+def eight_regions(k=8):
+    return torch.stack([(torch.arange(SIZE * SIZE).view(SIZE, SIZE) % k == j).float() for j in range(k)])
+
+
+def photo(seed=0):
+    return torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def inverted(p, steps, seed=0):
+    return p.invert(photo(seed), num_inference_steps=steps, fixed_point_iterations=0)
+
+
+def mixed_scale_mask():
+    """A 0/1 float mask with one pixel at 255 (a stray value): divided by 255 it would keep only that pixel."""
+    mask = torch.from_numpy(TEMPLATES["eyes"]).float()
+    mask[0, 0] = 255.0
+    return mask
 
 
 # Bad latents x_T: (value, what the message must say). Each is fed to every argument that takes latents.
@@ -352,7 +367,118 @@ OTHER_CASES = {
         lambda p: p.attribute(noise(), max_coalitions=0, num_inference_steps=STEPS),
         "max_coalitions must be a positive integer",
     ),
+    # inversions continued with another step count, or swapped with one of another step count
+    "inversion continued with other steps": (
+        lambda p: p(latents=inverted(p, STEPS), num_inference_steps=STEPS + 1),
+        f"latents was inverted with num_inference_steps={STEPS}, but this call runs {STEPS + 1} steps.*Pass "
+        f"num_inference_steps={STEPS}, or invert with num_inference_steps={STEPS + 1}",
+    ),
+    "inversion resampled with other steps": (
+        lambda p: p.resample_region(inverted(p, 4), "eyes", num_inference_steps=STEPS),
+        f"latents was inverted with num_inference_steps=4, but this call runs {STEPS} steps",
+    ),
+    "inversion attributed with other steps": (
+        lambda p: p.attribute(inverted(p, 4), num_inference_steps=STEPS),
+        f"latents was inverted with num_inference_steps=4, but this call runs {STEPS} steps",
+    ),
+    "inversions of two step counts swapped": (
+        lambda p: p.swap_regions(inverted(p, STEPS), inverted(p, 4, 1), "eyes", num_inference_steps=STEPS),
+        f"latents_a was inverted with num_inference_steps={STEPS} and latents_b with 4",
+    ),
+    # emergence curves
+    "emergence of a swap that changes nothing": (
+        lambda p: p.emergence_curve(noise(), noise(), "eyes", num_inference_steps=STEPS),
+        "Swapping the region at x_T changes nothing inside it .* for every image.*no emergence step",
+    ),
+    "emergence empty mask": (
+        lambda p: p.emergence_curve(noise(), noise(1, 1), torch.zeros(SIZE, SIZE), num_inference_steps=STEPS),
+        "The mask is empty \\(no pixel selected\\) for image 0 of latents_a: there is no region to swap",
+    ),
+    # masks on two scales at once
+    "mask 0/1 with a pixel at 255": (
+        lambda p: p.resample_region(noise(), mixed_scale_mask(), num_inference_steps=STEPS),
+        "mask mixes two scales: 20 pixels are near 1 .* and 1 above 1.1",
+    ),
+    "mask overshoot beyond 0.1": (
+        lambda p: p.resample_region(noise(), torch.from_numpy(TEMPLATES["eyes"]) * 1.5, num_inference_steps=STEPS),
+        "mask holds values in \\[0, 1.5\\]",
+    ),
+    "attribute masks on two scales": (
+        lambda p: p.attribute(noise(), torch.stack([mixed_scale_mask(), 1 - mixed_scale_mask().clamp(0, 1)])),
+        "masks mixes two scales",
+    ),
+    # the cost guard never advises less than what was passed
+    "end-to-end 11 regions": (
+        lambda p: p.attribute_end_to_end(noise(), eight_regions(11), num_inference_steps=STEPS, max_coalitions=4096),
+        "11 regions .* at most 10 regions \\(2\\^10 runs\\) are allowed whatever max_coalitions is",
+    ),
+    # generators: one shared check wherever noise is drawn
+    "generator empty list resample": (
+        lambda p: p.resample_region(noise(), "eyes", generator=[], num_inference_steps=STEPS),
+        "You passed 0 generators for a batch of 1 images; give one per image",
+    ),
+    "generator long list resample": (
+        lambda p: p.resample_region(
+            noise(), "eyes", generator=[torch.Generator(), torch.Generator()], num_inference_steps=STEPS
+        ),
+        "You passed 2 generators for a batch of 1 images",
+    ),
+    "generator empty list call": (
+        lambda p: p(generator=[], num_inference_steps=STEPS),
+        "You passed 0 generators for a batch of 1 images",
+    ),
+    "generator not a generator": (
+        lambda p: p.resample_region(noise(), "eyes", generator=0, num_inference_steps=STEPS),
+        "generator must be a torch.Generator, a list of one per image, or None; got int",
+    ),
+    "generator list of seeds": (
+        lambda p: p(batch_size=2, generator=[0, 1], num_inference_steps=STEPS),
+        "generator\\[0\\] is a int, not a torch.Generator",
+    ),
+    "generator empty list attribute": (
+        lambda p: p.attribute(noise(), generator=[], num_inference_steps=STEPS),
+        "You passed 0 generators for a batch of 1 images",
+    ),
+    "generator empty list end-to-end": (
+        lambda p: p.attribute_end_to_end(noise(), generator=[], num_inference_steps=STEPS),
+        "You passed 0 generators for a batch of 1 images",
+    ),
 }
+
+
+# Messages that advise an argument: the method must have it, with a larger value than the one passed.
+ADVICE_CASES = {
+    "emergence empty mask": "emergence_curve",
+    "emergence of a swap that changes nothing": "emergence_curve",
+    "end-to-end 11 regions": "attribute_end_to_end",
+    "attribute K = 8": "attribute",
+    "inversion continued with other steps": "__call__",
+}
+
+
+def test_an_emergence_curve_reports_no_step_for_a_swap_that_changes_nothing(pipe):
+    """In a batch, an image whose two x_T agree inside the mask gets NaN (no curve, no step), the others theirs."""
+    a, b = noise(2), noise(2, 1)
+    b[1] = a[1]
+    out = pipe.emergence_curve(a, b, "eyes", num_inference_steps=STEPS)
+    assert torch.isnan(out.emergence_step[1]) and torch.isnan(out.fraction[:, 1]).all()
+    assert torch.isfinite(out.emergence_step[0]) and out.fraction[0, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("case", list(ADVICE_CASES))
+def test_advice_names_only_arguments_the_method_has(pipe, case):
+    import inspect
+    import re
+
+    call, _ = OTHER_CASES[case]
+    with pytest.raises(ValueError) as err:
+        call(pipe)
+    params = inspect.signature(getattr(pipe, ADVICE_CASES[case])).parameters
+    for name in re.findall(r"[Pp]ass (\w+)=", str(err.value)):
+        assert name in params, (case, name, str(err.value))
+    assert "allow_empty_mask" not in str(err.value) or "allow_empty_mask" in params
+    if case == "end-to-end 11 regions":
+        assert "max_coalitions=2048" not in str(err.value)
 
 
 @pytest.mark.parametrize("case", list(OTHER_CASES))
@@ -374,11 +500,15 @@ def test_big_games_run_with_an_explicit_opt_in(pipe):
 
 
 def test_good_masks_of_every_plain_form_are_still_accepted(pipe):
+    eyes = TEMPLATES["eyes"].astype(np.float32)
     for mask in (
         torch.from_numpy(TEMPLATES["eyes"]),
         torch.from_numpy(TEMPLATES["eyes"]).long(),
         TEMPLATES["eyes"].astype(np.uint8) * 255,
-        TEMPLATES["eyes"].astype(np.float32),
+        eyes,
+        eyes * 1.05 - 0.04 * (1 - eyes),  # a bicubic resize's overshoot: 1.05 inside, -0.04 outside
+        eyes * 262.0 - 9.0 * (1 - eyes),  # the same on the 0..255 scale
+        eyes * 255.0,
     ):
         out = pipe.resample_region(noise(), mask, num_inference_steps=STEPS, output_type="pt")
         assert out.mask.sum() == TEMPLATES["eyes"].sum()
@@ -530,6 +660,58 @@ def test_training_command_line_refuses_bad_flags_without_touching_the_output_dir
         assert code == 2, (name, err[-2000:])
         assert "error:" in err and TRAIN_CLI_CASES[name][1] in err and "Traceback" not in err, (name, err[-2000:])
     assert sorted(os.listdir(user_dir)) == ["notes.txt"] and (user_dir / "notes.txt").read_text() == "keep me"
+
+
+def _rewrite_parquet(src, dst, change):
+    """A copy of the data set folder `src` in `dst` whose train.parquet table is `change(table)`."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(src, dst)
+    table = change(pq.read_table(os.path.join(src, "train.parquet")))
+    pq.write_table(table, os.path.join(dst, "train.parquet"))
+    return str(dst)
+
+
+DATA_CASES = {  # a bad data set made from the tiny faces: what stderr must say
+    "parquet without masks": (
+        lambda t: t.drop_columns(["mask", "has_mask"]),
+        "has a part label map; the dummy-player loss needs masks",
+    ),
+    "zero-row parquet": (lambda t: t.slice(0, 0), "train.parquet holds no faces (0 rows)"),
+    "parquet without images": (lambda t: t.drop_columns(["image"]), "train.parquet has no 'image' column"),
+    "not a parquet file": (None, "train.parquet cannot be read as a parquet file"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_sets_are_refused_with_a_clear_message(tiny_faces, tmp_path, capsys, case):
+    change, message = DATA_CASES[case]
+    if change is None:
+        import shutil
+
+        data = str(tmp_path / "data")
+        shutil.copytree(tiny_faces, data)
+        with open(os.path.join(data, "train.parquet"), "wb") as f:
+            f.write(b"PAR1 this is not a parquet file")
+    else:
+        data = _rewrite_parquet(tiny_faces, tmp_path / "data", change)
+    out = tmp_path / "run"
+    code = ti.cli(["--train_data_dir", data, "--output_dir", str(out), *TINY, "--max_train_steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and message in err and "Traceback" not in err, err[-2000:]
+    assert "FieldRef" not in err and "need at least one array" not in err
+    assert not out.exists()
+
+
+def test_a_parquet_without_masks_trains_a_plain_model(tiny_faces, tmp_path):
+    """Faces without part label maps are what an image folder without masks/ gives: fine for lambda = 0."""
+    from face_data import load_faces
+
+    data = _rewrite_parquet(tiny_faces, tmp_path / "data", lambda t: t.drop_columns(["mask", "has_mask"]))
+    faces = load_faces(data, "train")
+    assert len(faces) == 24 and not faces.has_mask.any() and not faces.labels.any()
 
 
 @pytest.mark.slow

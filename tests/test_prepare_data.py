@@ -178,16 +178,110 @@ def test_parquet_layout_loads(tmp_path):
         (lambda d: make_photos(d, []), ["--resolution", "0"], "--resolution"),
         (lambda d: make_photos(d, []), ["--test_fraction", "1"], "--test_fraction"),
         (lambda d: make_photos(d, []), ["--parser_dir", "nowhere"], "no saved parser"),
+        (lambda d: make_photos(d, []), ["--output_dir", "{photos}"], "is --input_dir '{photos}' or a folder above"),
+        (
+            lambda d: make_photos(os.path.join(d, "faces"), []),
+            ["--output_dir", "{photos}/faces"],
+            "holds no files outside --output_dir '{photos}/faces' (which is inside it",
+        ),
     ],
-    ids=["missing", "empty", "resolution", "test_fraction", "parser_dir"],
+    ids=["missing", "empty", "resolution", "test_fraction", "parser_dir", "output is input", "output inside input"],
 )
 def test_bad_arguments_exit_2(tmp_path, make, extra, message):
     photos = str(tmp_path / "photos")
     make(photos)
+    before = sorted(os.listdir(photos)) if os.path.isdir(photos) else None
+    extra = [a.format(photos=photos) for a in extra]
     proc = run(sys.executable, "--input_dir", photos, "--output_dir", str(tmp_path / "out"), *extra)
     assert proc.returncode == 2, proc.stderr
-    assert "error:" in proc.stderr and message in proc.stderr, proc.stderr
+    assert "error:" in proc.stderr and message.format(photos=photos) in proc.stderr, proc.stderr
     assert not os.path.exists(tmp_path / "out")
+    assert (sorted(os.listdir(photos)) if os.path.isdir(photos) else None) == before
+
+
+def _tiny_dataset_writers(tag, with_test=True):
+    """Writers of a data set whose files all carry `tag` (one face per split, named after the tag)."""
+    rng = np.random.default_rng(len(tag))
+    face = {
+        "image": prepare_data._encode(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "PNG"),
+        "mask": prepare_data._encode(np.zeros((8, 8), np.uint8), "PNG"),
+        "has_mask": False,
+    }
+    writers = {
+        "train.parquet": lambda p: prepare_data.write_parquet([{**face, "file_name": f"{tag}-train"}], p),
+        "prepare_summary.json": lambda p: open(p, "w").write(json.dumps({"tag": tag})),
+        "preview.png": lambda p: Image.new("RGB", (4, 4)).save(p, format="PNG"),
+    }
+    if with_test:
+        writers["test.parquet"] = lambda p: prepare_data.write_parquet([{**face, "file_name": f"{tag}-test"}], p)
+    return writers
+
+
+def _tags(folder):
+    import pyarrow.parquet as pq
+
+    tags = {}
+    for split in ("train", "test"):
+        path = os.path.join(folder, f"{split}.parquet")
+        if os.path.exists(path):
+            tags[split] = pq.read_table(path).column("file_name").to_pylist()[0].split("-")[0]
+    return tags
+
+
+@pytest.mark.parametrize("with_test", [True, False], ids=["both splits", "no test split"])
+def test_an_interrupted_overwrite_never_mixes_two_data_sets(tmp_path, monkeypatch, with_test):
+    """The data set is replaced all together: interrupted at every file move (as a kill would), a reader sees either
+    the old set or the new one, whole, never a new train.parquet beside an old test.parquet. The folder's other files
+    are never touched."""
+    import face_data
+
+    moves = 0
+    real_replace = os.replace
+
+    def counting_replace(src, dst):
+        nonlocal moves
+        moves += 1
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(face_data.os, "replace", counting_replace)
+    probe = str(tmp_path / "probe")
+    face_data.write_dataset(probe, _tiny_dataset_writers("old"), prepare_data.OUTPUT_FILES)
+    moves = 0
+    face_data.write_dataset(probe, _tiny_dataset_writers("new", with_test), prepare_data.OUTPUT_FILES)
+    total = moves
+    assert total >= 3
+
+    class Killed(BaseException):
+        pass
+
+    for stop_at in range(total + 1):
+        folder = str(tmp_path / f"data{stop_at}")
+        monkeypatch.setattr(face_data.os, "replace", real_replace)
+        face_data.write_dataset(folder, _tiny_dataset_writers("old"), prepare_data.OUTPUT_FILES)
+        with open(os.path.join(folder, "my_notes.md"), "w") as f:
+            f.write("mine")
+        calls = 0
+
+        def dying_replace(src, dst, stop_at=stop_at):
+            nonlocal calls
+            if calls == stop_at:
+                raise Killed()
+            calls += 1
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(face_data.os, "replace", dying_replace)
+        try:
+            face_data.write_dataset(folder, _tiny_dataset_writers("new", with_test), prepare_data.OUTPUT_FILES)
+        except Killed:
+            pass
+        monkeypatch.setattr(face_data.os, "replace", real_replace)
+        load_faces(folder, "train")  # what a training run does first: finishes a replacement that was committed
+        tags = _tags(folder)
+        new = {"train": "new", "test": "new"} if with_test else {"train": "new"}
+        assert tags in ({"train": "old", "test": "old"}, new), (stop_at, tags)
+        assert json.load(open(os.path.join(folder, "prepare_summary.json")))["tag"] == tags["train"]
+        assert open(os.path.join(folder, "my_notes.md")).read() == "mine"
+        assert not [n for n in os.listdir(folder) if n.startswith(".dataset") and tags["train"] == "new"]
 
 
 def test_existing_output_is_not_overwritten(tmp_path):
