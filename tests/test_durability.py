@@ -24,34 +24,11 @@ import torch
 from safetensors.torch import load_file
 
 import model_files
+import test_train
 import train_interpretable as ti
 
-TINY = [
-    "--resolution",
-    "16",
-    "--block_out_channels",
-    "8,16",
-    "--attention_levels",
-    "0,1",
-    "--layers_per_block",
-    "1",
-    "--report_to",
-    "none",
-    "--save_images_steps",
-    "0",
-    "--train_batch_size",
-    "4",
-    "--lr_warmup_steps",
-    "0",
-    "--log_every",
-    "1",
-    "--seed",
-    "0",
-    "--lambda_start",
-    "10",
-    "--lambda_end",
-    "1",
-]
+# test_train's tiny model and run settings (its concepts are the default ones), with the dummy-player loss on
+TINY = [*test_train.TINY, "--lambda_start", "10", "--lambda_end", "1"]
 STEPS = 10
 
 
