@@ -97,8 +97,9 @@ RECIPE = {
     "lambda_start": 20.0,
     "lambda_end": 12.0,
     "ie_batch_size": 16,
-    # the denoising loss and the optimisation of the fine-tune
-    "snr_gamma": 5.0,
+    # the denoising loss, unweighted: under zero terminal SNR Min-SNR weights the high timesteps, where a face's
+    # layout is decided, by ~0, which leaves them to the game alone (docs/recipe.md); and the optimisation
+    "snr_gamma": 0.0,
     "snr_floor": 0.0,
     "ddpm_target": "data",
     "learning_rate": 2e-4,
