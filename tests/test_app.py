@@ -616,15 +616,13 @@ def test_python_app_py_serves_the_page(tmp_path, tiny_faces):
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.time() + 120
-        while True:
+        while True:  # until it serves or exits; pytest-timeout bounds the wait, no wall-clock limit of its own
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
                     assert resp.status == 200 and b"gradio" in resp.read().lower()
                     break
             except OSError:
-                assert time.time() < deadline, "app.py did not serve its page within 120 s"
                 time.sleep(0.25)
         a, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(1, 2, 2, False, api_name="/generate")
         assert read(a).shape == (256, 256, 3)
