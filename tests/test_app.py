@@ -60,15 +60,21 @@ def save_tiny_pipeline(path, faces, seed):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_faces):
-    """(client, models, url): the app on a tiny interpretable pipeline and a tiny 'baseline', launched in-process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP oversubscription stalls
+def tiny_models(tmp_path_factory, tiny_faces):
+    """The app's models (`app.load_models`) on a tiny interpretable pipeline and a tiny 'baseline', saved and loaded."""
     faces = load_faces(tiny_faces, "train")
     root = tmp_path_factory.mktemp("space_models")
     main = save_tiny_pipeline(root / "tiny-interpretable", faces, seed=0)
     baseline = save_tiny_pipeline(root / "tiny-baseline", faces, seed=1)
-    models = app.load_models(main, baseline, default_steps=STEPS)
+    return app.load_models(main, baseline, default_steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models):
+    """(client, models, url): the app on `tiny_models`, launched in-process. A server: its tests are marked slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP oversubscription stalls
+    models = tiny_models
     demo = app.build_demo(models)
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH_KWARGS)
     try:
@@ -93,18 +99,21 @@ def generate(client, seed_a=3, seed_b=7, compare=True):
     return read(a), read(b), editor, info
 
 
+@pytest.mark.slow
 def test_every_event_has_an_api_name(served):
     client, _, _ = served
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert named == EXPECTED_ENDPOINTS
 
 
+@pytest.mark.slow
 def test_random_seeds(served):
     client, _, _ = served
     a, b = client.predict(api_name="/random_seeds")
     assert all(isinstance(s, (int, float)) and 0 <= s < 2**31 and s == int(s) for s in (a, b))
 
 
+@pytest.mark.slow
 def test_generate_is_the_pipeline_output_and_reproducible(served):
     client, models, _ = served
     a, b, editor, info = generate(client, 3, 7)
@@ -127,6 +136,7 @@ def test_generate_is_the_pipeline_output_and_reproducible(served):
     np.testing.assert_array_equal(read(editor["background"]), a)
 
 
+@pytest.mark.slow
 def test_show_mask_overlays_the_concept_mask(served):
     client, models, _ = served
     a, _, _, _ = generate(client)
@@ -138,6 +148,7 @@ def test_show_mask_overlays_the_concept_mask(served):
     np.testing.assert_array_equal(changed, upscale_mask(template))  # tinted exactly inside the mask
 
 
+@pytest.mark.slow
 def test_resample_matches_the_pipeline_and_reports_locality(served):
     client, models, _ = served
     a, _, _, _ = generate(client, 3, 7)
@@ -167,6 +178,7 @@ def test_resample_matches_the_pipeline_and_reports_locality(served):
     assert "locality (Lab, paper)" in details and "seed 11" in details
 
 
+@pytest.mark.slow
 def test_swap_twice_restores_both_faces(served):
     client, _, _ = served
     a, b, _, _ = generate(client, 5, 9, compare=False)
@@ -186,6 +198,7 @@ def test_swap_twice_restores_both_faces(served):
     np.testing.assert_array_equal(read(out[3]), b)
 
 
+@pytest.mark.slow
 def test_harmonised_noise_toggle_follows_the_pipeline_and_leaves_uploads_alone(served, tmp_path):
     client, models, _ = served
     gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 7)]  # noqa: E731
@@ -219,6 +232,7 @@ def test_harmonised_noise_toggle_follows_the_pipeline_and_leaves_uploads_alone(s
     np.testing.assert_array_equal(read(on[0]), read(off[0]))
 
 
+@pytest.mark.slow
 def test_painted_region(served, tmp_path):
     client, models, _ = served
     _, _, editor, _ = generate(client, compare=False)
@@ -239,6 +253,7 @@ def test_painted_region(served, tmp_path):
         client.predict("painted", 0, empty, 2, STEPS, False, api_name="/resample")
 
 
+@pytest.mark.slow
 def test_invert_an_upload_then_edit_it(served, tmp_path):
     client, models, _ = served
     rng = np.random.default_rng(0)
@@ -289,6 +304,7 @@ def _as_photo(path) -> torch.Tensor:
     return torch.from_numpy(read(path).astype(np.float32) / 255).permute(2, 0, 1)[None]
 
 
+@pytest.mark.slow
 def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path):
     """Photo A (inverted at strength 0.3) swapped with generated B (inverted from its image at the same strength),
     kept, then swapped again as two photos: each result equals the pipeline's own calls on InversionOutputs."""
@@ -355,6 +371,7 @@ def test_photo_swaps_at_a_strength_match_the_pipeline_and_chain(served, tmp_path
     assert "generated face" not in out2[12]
 
 
+@pytest.mark.slow
 def test_strength_one_edits_carry_the_pipelines_warning(served, tmp_path):
     client, models, _ = served
     generate(client, 3, 7, compare=False)
@@ -371,6 +388,7 @@ def test_strength_one_edits_carry_the_pipelines_warning(served, tmp_path):
     assert "Warning" not in out[12]
 
 
+@pytest.mark.slow
 def test_photo_attribution_covers_only_its_inversion(served, tmp_path):
     client, models, _ = served
     photo = _save_face(tmp_path / "a.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2)))
@@ -386,6 +404,7 @@ def test_photo_attribution_covers_only_its_inversion(served, tmp_path):
     np.testing.assert_allclose(summary["main"]["leakage"], ref.leakage[:, 0].numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strength", [0, 1.5, -0.2])
 def test_bad_strength_is_refused_and_the_app_keeps_serving(served, tmp_path, strength):
     client, _, _ = served
@@ -398,15 +417,15 @@ def test_bad_strength_is_refused_and_the_app_keeps_serving(served, tmp_path, str
     still_serving(client)
 
 
-def test_handler_refuses_a_strength_outside_0_1(served):
-    _, models, _ = served
-    handlers = app.SpaceApp(models)
+def test_handler_refuses_a_strength_outside_0_1(tiny_models):
+    handlers = app.SpaceApp(tiny_models)
     for bad in (0, 1.01, float("nan"), True, "x"):
         with pytest.raises(Exception, match="strength must be a number in \\(0, 1\\]"):
             app_handlers.check_strength(bad)
     assert handlers.default_strength == pid.DEFAULT_INVERSION_STRENGTH
 
 
+@pytest.mark.slow
 def test_bad_uploads_are_refused_and_the_app_keeps_serving(served, tmp_path):
     client, _, _ = served
     text = tmp_path / "notes.png"
@@ -436,6 +455,7 @@ def still_serving(client):
     assert a.shape == (256, 256, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -481,6 +501,7 @@ def _write_bad_upload(kind: str, folder) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, message",
     [
@@ -497,6 +518,7 @@ def test_bad_upload_gets_a_clear_message_and_the_app_keeps_serving(served, tmp_p
     still_serving(client)
 
 
+@pytest.mark.slow
 def test_animated_gif_upload_uses_its_first_frame_and_says_so(served, tmp_path):
     client, _, _ = served
     rng = np.random.default_rng(1)
@@ -511,6 +533,7 @@ def test_animated_gif_upload_uses_its_first_frame_and_says_so(served, tmp_path):
     still_serving(client)
 
 
+@pytest.mark.slow
 def test_edits_before_any_face_give_a_clear_error(served):
     _, _, url = served
     fresh = Client(url, verbose=False)  # a new session has no faces
@@ -520,6 +543,7 @@ def test_edits_before_any_face_give_a_clear_error(served):
         generate(fresh) and fresh.predict(STEPS, api_name="/keep_edit")
 
 
+@pytest.mark.slow
 def test_attribution_explorer(served):
     client, models, _ = served
     generate(client, 3, 7)
@@ -553,6 +577,7 @@ def test_attribution_explorer(served):
     assert not np.array_equal(read(m2), read(matrix))
 
 
+@pytest.mark.slow
 def test_end_to_end_attribution_explorer_matches_the_pipeline(served, tmp_path):
     client, models, _ = served
     generate(client, 3, 7)
@@ -599,6 +624,7 @@ def test_model_resolution_from_arguments_env_and_defaults(tmp_path, monkeypatch,
     assert next(models.main.unet.parameters()).dtype == torch.float32
 
 
+@pytest.mark.slow  # a python app.py subprocess serving HTTP
 def test_python_app_py_serves_the_page(tmp_path, tiny_faces):
     """The command-line entry point: env var model, --baseline '' and --port; the page answers HTTP 200."""
     import subprocess
@@ -631,6 +657,7 @@ def test_python_app_py_serves_the_page(tmp_path, tiny_faces):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_peer_comparison_blends_the_baseline_edit_only(served):
     client, _, _ = served
     generate(client, 3, 7)
@@ -658,6 +685,7 @@ def _astronaut(folder, size=None) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_photo_face_is_found_aligned_edited_and_pasted_back(served, tmp_path):
     client, models, _ = served
     import prepare_data
@@ -693,6 +721,7 @@ def test_a_photo_face_is_found_aligned_edited_and_pasted_back(served, tmp_path):
     assert kept_region.any()  # the first edit is still in the photo
 
 
+@pytest.mark.slow
 def test_a_photo_without_a_face_is_centre_cropped_with_a_notice(served, tmp_path):
     client, _, _ = served
     sky = np.linspace([90, 140, 220], [200, 220, 250], 300)[:, None, :].repeat(400, 1).astype(np.uint8)
@@ -704,6 +733,7 @@ def test_a_photo_without_a_face_is_centre_cropped_with_a_notice(served, tmp_path
     still_serving(client)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, message", [("transparent", "fully transparent"), ("bomb", "megapixels")])
 def test_photos_that_cannot_hold_a_face_are_refused_and_the_app_keeps_serving(served, tmp_path, kind, message):
     client, _, _ = served
