@@ -56,21 +56,14 @@ def _weights(folder):
 
 @pytest.fixture(scope="module")
 def trained_parser_dir(tiny_faces, tmp_path_factory):
-    """A tiny parser trained 6 steps by a real `python train_parser.py` subprocess."""
+    """A tiny parser trained 6 steps in-process by `train_parser.main`, the command line's entry point (a real
+    `python train_parser.py` subprocess ends at the same weights: test_training_subprocess_gives_the_same_parser)."""
     out = str(tmp_path_factory.mktemp("parser"))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_parser.py"), *_train_args(tiny_faces, out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test IoU" in proc.stderr
+    tp.main(tp.parse_args(_train_args(tiny_faces, out)))
     return out
 
 
-def test_training_subprocess_saves_a_loadable_fp16_parser(trained_parser_dir):
+def test_training_saves_a_loadable_fp16_parser(trained_parser_dir):
     with safe_open(os.path.join(trained_parser_dir, "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
     config = json.load(open(os.path.join(trained_parser_dir, "config.json")))
@@ -83,8 +76,28 @@ def test_training_subprocess_saves_a_loadable_fp16_parser(trained_parser_dir):
     assert logits.shape == (2, 8, 8, 8)  # tiny preset: first stage stride 2 -> logits at 1/2 resolution
 
 
+@pytest.mark.slow  # a train_parser.py subprocess
+def test_training_subprocess_gives_the_same_parser(tiny_faces, trained_parser_dir, tmp_path):
+    """`python train_parser.py` as a real subprocess: it reports the test IoU and saves the in-process run's files
+    and weights."""
+    out = str(tmp_path / "subprocess")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_parser.py"), *_train_args(tiny_faces, out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test IoU" in proc.stderr
+    assert sorted(os.listdir(out)) == sorted(os.listdir(trained_parser_dir))
+    reference = _weights(trained_parser_dir)
+    for k, v in _weights(out).items():
+        assert torch.equal(v, reference[k]), k
+
+
 def test_training_is_reproducible_and_resumes_exactly(tiny_faces, trained_parser_dir, tmp_path):
-    # the same seed in-process gives the subprocess's weights; resuming from step 3 gives them too
+    # the same seed gives the same weights again; resuming from step 3 gives them too
     again = str(tmp_path / "again")
     tp.main(tp.parse_args(_train_args(tiny_faces, again)))
     reference = _weights(trained_parser_dir)
