@@ -38,6 +38,7 @@ def faces():
     return cartoon_faces(80, 0), cartoon_faces(80, 1), cartoon_faces(80, 2)
 
 
+@pytest.mark.slow  # the C2ST at its default settings: 5 folds of CNN training
 def test_c2st_cannot_tell_iid_sets_apart(faces):
     real, same_distribution, _ = faces
     res = classifier_two_sample_test(real, same_distribution, seed=0)
@@ -46,6 +47,7 @@ def test_c2st_cannot_tell_iid_sets_apart(faces):
     assert res["num_per_class"] == 80 and len(res["fold_accuracies"]) == 5 and res["p_value"] > 0.01
 
 
+@pytest.mark.slow  # the C2ST at its default settings: 5 folds of CNN training
 @pytest.mark.parametrize("corrupt", [blurred, lambda x: noised(x, 24.0)], ids=["blurred", "noised"])
 def test_c2st_tells_corrupted_faces_from_real_ones(faces, corrupt):
     real, _, other = faces
@@ -58,18 +60,20 @@ def test_c2st_tells_corrupted_faces_from_real_ones(faces, corrupt):
 def test_c2st_is_deterministic_and_leaves_the_global_rng_alone():
     real, other = cartoon_faces(12, 0, size=16), blurred(cartoon_faces(12, 1, size=16))
     state = torch.get_rng_state()
-    a = classifier_two_sample_test(real, other, seed=3)
+    a = classifier_two_sample_test(real, other, seed=3, num_folds=2)  # 2 folds: the same code, 2/5 of the training
     assert torch.equal(state, torch.get_rng_state())
-    b = classifier_two_sample_test(real, other, seed=3)
+    b = classifier_two_sample_test(real, other, seed=3, num_folds=2)
     assert a["fake_scores"] == b["fake_scores"] and a["accuracy"] == b["accuracy"]
-    c = classifier_two_sample_test(real, other, seed=4)
+    assert a["num_folds"] == len(a["fold_accuracies"]) == 2
+    c = classifier_two_sample_test(real, other, seed=4, num_folds=2)
     assert c["fake_scores"] != a["fake_scores"]
 
 
 def test_c2st_balances_the_classes(faces):
     real, same_distribution, _ = faces
-    res = classifier_two_sample_test(real, same_distribution[:20], seed=0)
-    assert res["num_per_class"] == 20 and len(res["fake_indices"]) == 20
+    res = classifier_two_sample_test(real, same_distribution[:20], seed=0, num_folds=2)
+    assert res["num_per_class"] == 20 and len(res["fake_indices"]) == len(res["fake_scores"]) == 20
+    assert len(set(res["fake_indices"])) == 20  # every generated image once
 
 
 def test_c2st_refuses_bad_input(faces):
@@ -122,6 +126,7 @@ def test_precision_recall_subsamples_to_equal_counts():
         precision_recall_from_features(real, real[:, :2])
 
 
+@pytest.mark.slow  # subprocesses: evaluation.realism three times
 def test_realism_command_end_to_end(tmp_path):
     data = make_synthetic_faces(str(tmp_path / "faces"), num_train=2, num_test=24, size=16)
     tiny_pipeline().save_pretrained(str(tmp_path / "a"))
@@ -157,6 +162,7 @@ def test_realism_command_end_to_end(tmp_path):
     assert refused.returncode == 2 and "exists" in refused.stderr
 
 
+@pytest.mark.slow  # an evaluate.py subprocess
 def test_evaluate_cli_reports_c2st_and_precision_recall(tmp_path):
     """`evaluate.py MODEL --baseline TWIN`: the FID stage reports the C2ST and precision/recall of both models."""
     data = make_synthetic_faces(str(tmp_path / "faces"), num_train=4, num_test=24, size=16)
