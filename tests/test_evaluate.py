@@ -42,6 +42,7 @@ def per_pixel_pipeline(templates):
     return pipe
 
 
+@pytest.mark.slow  # evaluate.py end to end in a subprocess
 def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path, tiny_faces, templates):
     main_dir, base_dir, out = tmp_path / "interp", tmp_path / "baseline", tmp_path / "eval"
     tiny_pipeline(concept_templates=templates).save_pretrained(str(main_dir))
@@ -265,6 +266,7 @@ def test_seeded_draws_do_not_depend_on_batching():
     assert not torch.equal(whole, evaluate.seeded_latents(shape, 8, "pair_a", range(5)))
 
 
+@pytest.mark.slow  # loads the Inception network
 def test_fid_of_a_set_against_itself_is_zero_and_of_different_sets_is_not():
     inception = evaluate.InceptionFeatures("cpu")  # bundled weights: works offline
     gen = torch.Generator().manual_seed(0)

@@ -191,6 +191,7 @@ def test_loss_is_differentiable_and_weighted():
         pid.interpretability_loss(model_fn_of(unet), x_t, timesteps, regions, baseline, estimator="castro")
 
 
+@pytest.mark.slow  # a statistical study: hundreds of draws of the loss
 @pytest.mark.parametrize("estimator, draws", [("pair", 400), ("sampled", 150)])
 def test_sampled_estimators_are_unbiased_for_the_exact_loss(estimator, draws):
     """Mean of many independent draws lies within 4 standard errors of the exact loss; the standard error is small

@@ -26,6 +26,7 @@ def card_text(name: str) -> str:
         return f.read()
 
 
+@pytest.mark.slow  # a push_models subprocess against a Hub stand-in server
 @pytest.mark.parametrize("name", PIPELINES)
 def test_push_models_uploads_each_pipeline_with_its_own_card(name, tmp_path):
     models_dir = tmp_path / "models"

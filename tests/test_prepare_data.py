@@ -297,6 +297,7 @@ def test_existing_output_is_not_overwritten(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # The command on photos
 # ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the prepare_data.py subprocess (`prepared`)
 def test_faces_are_found_aligned_and_labelled(prepared):
     _, _, out, proc = prepared
     summary = summary_of(out)
@@ -327,6 +328,7 @@ def test_faces_are_found_aligned_and_labelled(prepared):
     assert details["group.jpg"]["eye_distance_px"] > 90  # the larger face of the group photo
 
 
+@pytest.mark.slow  # the prepare_data.py subprocess (`prepared`)
 def test_failures_are_reported_not_raised(prepared):
     _, _, out, proc = prepared
     reasons = {f["file"]: f["reason"] for f in summary_of(out)["failures"]}
@@ -337,6 +339,7 @@ def test_failures_are_reported_not_raised(prepared):
         assert f"skipped {name}:" in proc.stdout
 
 
+@pytest.mark.slow  # the prepare_data.py subprocess (`prepared`)
 def test_rerun_refuses_without_overwrite_and_replaces_with_it(prepared, tmp_path):
     python, photos, prepared_out, _ = prepared
     out = str(tmp_path / "faces")  # a copy, so that the other tests keep the first run's output
@@ -374,6 +377,7 @@ def test_rerun_refuses_without_overwrite_and_replaces_with_it(prepared, tmp_path
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 
 
+@pytest.mark.slow  # prepare_data.py and a training subprocess
 def test_training_runs_on_the_prepared_faces(prepared, tmp_path):
     _, _, out, _ = prepared
     run_dir = str(tmp_path / "run")

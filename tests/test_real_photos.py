@@ -272,6 +272,7 @@ DOC = os.path.join(ROOT, "docs", "real_photos.md")
 SHIPPED = os.path.join(ROOT, "models", "interpretable-ddpm-faces64")
 
 
+@pytest.mark.slow  # runs the documented example: loads the shipped 64x64 model and its parser
 @pytest.mark.needs_face_data
 def test_documented_real_photo_example_runs_and_the_edit_is_local(monkeypatch):
     code = re.search(r"```python\n(.*?)```", open(DOC).read(), re.S).group(1)
