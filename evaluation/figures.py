@@ -24,6 +24,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str, dpi: int = 150) -> str:
+    """Writes the figure to `path` and closes it (pyplot keeps every figure it made open, and in memory, until
+    then); returns `path` for `RunContext.figure`."""
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def _delta_e(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """CIELAB colour difference Delta E (H, W) of two images (3, H, W) in [0, 1]."""
     return pid.difference_map(a[None], b[None], color_space="lab")[0].sqrt().numpy()
@@ -108,9 +116,7 @@ def plot_edit_grid(examples: Dict[str, List[dict]], path: str, title: str, kind:
                 axes[r, 6].axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="ΔE (CIELAB)")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_strength_sweep(sweeps: Dict[str, List[dict]], path: str) -> Optional[str]:
@@ -142,9 +148,7 @@ def plot_strength_sweep(sweeps: Dict[str, List[dict]], path: str) -> Optional[st
     axes[2].legend(fontsize=7)
     n = next(iter(sweeps.values()))[0]["num_pairs"]
     fig.suptitle(f"Real test faces, {_plural(n, 'pair')} per point", fontsize=9)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=130)
 
 
 def plot_attribution_matrices(
@@ -171,9 +175,7 @@ def plot_attribution_matrices(
         )
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of |φ|")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_leakage_curves(attributions: Dict[str, Dict[str, object]], path: str) -> Optional[str]:
@@ -211,9 +213,7 @@ def plot_leakage_curves(attributions: Dict[str, Dict[str, object]], path: str) -
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_end_to_end_matrices(e2e: Dict[str, Dict[str, object]], path: str) -> Optional[str]:
@@ -270,9 +270,7 @@ def plot_emergence_curves(emergences: Dict[str, Dict[str, object]], path: str) -
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_image_grid(images_uint8: torch.Tensor, path: str, ncol: int = 8) -> str:

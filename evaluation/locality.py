@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -110,108 +111,129 @@ class _EditRecords:
         self.skipped = {e: {c: 0 for c in concepts} for e in edits}
         self.examples = {e: {c: [] for c in concepts} for e in edits}
 
+    def nonempty(self, edit: str, concept: str, masks: torch.Tensor) -> List[int]:
+        """The batch positions whose mask is not empty; the others are counted as skipped (nothing to edit)."""
+        keep = (masks.flatten(1).sum(1) > 0).cpu()
+        self.skipped[edit][concept] += int((~keep).sum())
+        return keep.nonzero()[:, 0].tolist()
+
+    def add(
+        self,
+        edit: str,
+        concept: str,
+        pair_ids: List[int],
+        values: Dict[str, np.ndarray],
+        edited_uint8: List[torch.Tensor],
+        make_example: Callable[[int], dict],
+        num_examples: int,
+    ) -> None:
+        """Records one batch of an edit: a value per pair under each key, the edited images (for the realism of the
+        edits) and, while fewer than `num_examples` are kept, figure examples `make_example(j)` of its j-th pair."""
+        for key, v in values.items():
+            self.per_pair[edit][concept][key].extend(v.tolist())
+        self.edited_uint8[edit].extend(edited_uint8)
+        self.pair_ids[edit][concept].extend(pair_ids)
+        examples = self.examples[edit][concept]
+        for j in range(min(len(pair_ids), num_examples - len(examples))):
+            examples.append(make_example(j))
+
+
+@dataclasses.dataclass
+class _PairBatch:
+    """One batch of seeded pairs: their indices, x_T of A and B (harmonised when asked) and the generated images."""
+
+    idx: List[int]
+    lat_a: torch.Tensor
+    lat_b: torch.Tensor
+    img_a: torch.Tensor
+    img_b: torch.Tensor
+
+
+@dataclasses.dataclass
+class _EditSettings:
+    """What every edit of one locality run shares."""
+
+    num_inference_steps: int
+    num_examples: int
+    seed: int
+    harmonize_noise: bool
+
 
 def _swap_batch(
-    pipe,
-    rec: _EditRecords,
-    edit: str,
-    concept: str,
-    idx,
-    img_a,
-    img_b,
-    lat_a,
-    lat_b,
-    swap_mask,
-    blended,
-    num_inference_steps,
-    num_examples,
-    hn,
+    pipe, rec: _EditRecords, opts: _EditSettings, edit: str, concept: str, pairs: _PairBatch, swap_mask, blended
 ) -> None:
     """Swaps `concept` between A and B for the pairs whose mask is not empty and records the scores of both edits."""
-    keep = (swap_mask.flatten(1).sum(1) > 0).cpu()
-    rec.skipped[edit][concept] += int((~keep).sum())
-    if not keep.any():
+    k = rec.nonempty(edit, concept, swap_mask)
+    if not k:
         return
-    k = keep.nonzero()[:, 0].tolist()
     out = pipe.swap_regions(
-        lat_a[k],
-        lat_b[k],
+        pairs.lat_a[k],
+        pairs.lat_b[k],
         swap_mask[k],
-        num_inference_steps=num_inference_steps,
+        num_inference_steps=opts.num_inference_steps,
         output_type="pt",
         blend=blended,
-        **hn,
+        harmonize_noise=opts.harmonize_noise,
     )
-    values = rec.per_pair[edit][concept]
-    score_a = _score_edit(img_a[k], out.images_a, out.mask)
-    score_b = _score_edit(img_b[k], out.images_b, out.mask)
-    for key in score_a:
-        values[key].extend(((score_a[key] + score_b[key]) / 2).tolist())
-    ref_a = donor_distance_ratio(img_a[k], out.images_a, img_b[k], out.mask)
-    ref_b = donor_distance_ratio(img_b[k], out.images_b, img_a[k], out.mask)
-    values["mse_ref"].extend(((ref_a + ref_b) / 2).tolist())
-    seam_a = seam_score(img_a[k], out.images_a, out.mask)
-    seam_b = seam_score(img_b[k], out.images_b, out.mask)
-    values["seam"].extend(((seam_a + seam_b) / 2).tolist())
-    rec.edited_uint8[edit].extend([to_uint8(out.images_a), to_uint8(out.images_b)])
-    rec.pair_ids[edit][concept].extend(idx[j] for j in k)
-    examples = rec.examples[edit][concept]
-    for j in range(min(len(k), num_examples - len(examples))):
-        examples.append(
-            dict(
-                a=img_a[k[j]].cpu(),
-                b=img_b[k[j]].cpu(),
-                edited_a=out.images_a[j].cpu(),
-                edited_b=out.images_b[j].cpu(),
-                mask=out.mask[j].cpu(),
-            )
-        )
+    img_a, img_b = pairs.img_a[k], pairs.img_b[k]
+    # both edited images are scored with the swapped mask (each against its donor for MSE_ref); a pair's value is
+    # the mean of its two
+    score_a = _score_edit(img_a, out.images_a, out.mask)
+    score_b = _score_edit(img_b, out.images_b, out.mask)
+    values = {key: (score_a[key] + score_b[key]) / 2 for key in score_a}
+    ref_a = donor_distance_ratio(img_a, out.images_a, img_b, out.mask)
+    ref_b = donor_distance_ratio(img_b, out.images_b, img_a, out.mask)
+    values["mse_ref"] = (ref_a + ref_b) / 2
+    values["seam"] = (seam_score(img_a, out.images_a, out.mask) + seam_score(img_b, out.images_b, out.mask)) / 2
+    rec.add(
+        edit,
+        concept,
+        [pairs.idx[j] for j in k],
+        values,
+        [to_uint8(out.images_a), to_uint8(out.images_b)],
+        lambda j: dict(
+            a=img_a[j].cpu(),
+            b=img_b[j].cpu(),
+            edited_a=out.images_a[j].cpu(),
+            edited_b=out.images_b[j].cpu(),
+            mask=out.mask[j].cpu(),
+        ),
+        opts.num_examples,
+    )
 
 
 def _resample_batch(
-    pipe,
-    rec: _EditRecords,
-    edit: str,
-    concept: str,
-    idx,
-    img_a,
-    lat_a,
-    mask_a,
-    blended,
-    seed,
-    num_inference_steps,
-    num_examples,
-    hn,
+    pipe, rec: _EditRecords, opts: _EditSettings, edit: str, concept: str, pairs: _PairBatch, mask_a, blended
 ) -> None:
     """Redraws x_T inside A's `concept` mask (new noise seeded per pair and concept) and records the scores."""
-    keep = (mask_a.flatten(1).sum(1) > 0).cpu()
-    rec.skipped[edit][concept] += int((~keep).sum())
-    if not keep.any():
+    k = rec.nonempty(edit, concept, mask_a)
+    if not k:
         return
-    k = keep.nonzero()[:, 0].tolist()
     # new noise per (pair, concept): stream index interleaves the concepts of the pipeline
     concept_index = {c: i for i, c in enumerate(pipe.concepts)}
-    new_idx = [idx[j] * len(concept_index) + concept_index[concept] for j in k]
-    new = seeded_latents(pipe.latent_shape, seed, "resample", new_idx).to(pipe._execution_device, pipe.unet.dtype)
+    new_idx = [pairs.idx[j] * len(concept_index) + concept_index[concept] for j in k]
+    new = seeded_latents(pipe.latent_shape, opts.seed, "resample", new_idx).to(pipe._execution_device, pipe.unet.dtype)
     out = pipe.resample_region(
-        lat_a[k],
+        pairs.lat_a[k],
         mask_a[k],
         new_latents=new,
-        num_inference_steps=num_inference_steps,
+        num_inference_steps=opts.num_inference_steps,
         output_type="pt",
         blend=blended,
-        **hn,
+        harmonize_noise=opts.harmonize_noise,
     )
-    values = rec.per_pair[edit][concept]
-    score = _score_edit(img_a[k], out.images, out.mask)
-    for key in score:
-        values[key].extend(score[key].tolist())
-    values["seam"].extend(seam_score(img_a[k], out.images, out.mask).tolist())
-    rec.edited_uint8[edit].append(to_uint8(out.images))
-    rec.pair_ids[edit][concept].extend(idx[j] for j in k)
-    examples = rec.examples[edit][concept]
-    for j in range(min(len(k), num_examples - len(examples))):
-        examples.append(dict(a=img_a[k[j]].cpu(), edited_a=out.images[j].cpu(), mask=out.mask[j].cpu()))
+    img_a = pairs.img_a[k]
+    values = _score_edit(img_a, out.images, out.mask)
+    values["seam"] = seam_score(img_a, out.images, out.mask)
+    rec.add(
+        edit,
+        concept,
+        [pairs.idx[j] for j in k],
+        values,
+        [to_uint8(out.images)],
+        lambda j: dict(a=img_a[j].cpu(), edited_a=out.images[j].cpu(), mask=out.mask[j].cpu()),
+        opts.num_examples,
+    )
 
 
 def evaluate_locality(
@@ -261,17 +283,22 @@ def evaluate_locality(
     rec = _EditRecords(edits, concepts)
     if harmonize_noise is None:
         harmonize_noise = pipe._harmonizes(None)
-    hn = dict(harmonize_noise=bool(harmonize_noise))
+    opts = _EditSettings(num_inference_steps, num_examples, seed, bool(harmonize_noise))
     start_time = time.perf_counter()
     for start in tqdm(range(0, num_pairs, batch_size), desc=desc, unit="batch"):
         idx = list(range(start, min(num_pairs, start + batch_size)))
         b = len(idx)
         lat_a = seeded_latents(pipe.latent_shape, seed, "pair_a", idx).to(device, pipe.unet.dtype)
         lat_b = seeded_latents(pipe.latent_shape, seed, "pair_b", idx).to(device, pipe.unet.dtype)
-        out0 = pipe(latents=torch.cat([lat_a, lat_b]), num_inference_steps=num_inference_steps, output_type="pt", **hn)
+        out0 = pipe(
+            latents=torch.cat([lat_a, lat_b]),
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+            harmonize_noise=opts.harmonize_noise,
+        )
         originals = out0.images
         lat_a, lat_b = out0.latents[:b], out0.latents[b:]  # harmonised when asked
-        img_a, img_b = originals[:b], originals[b:]
+        pairs = _PairBatch(idx, lat_a, lat_b, originals[:b], originals[b:])
         for concept in concepts:
             # masks of the ORIGINAL images; passing the images (model space) avoids regenerating them from x_T
             masks = pipe.concept_mask(originals * 2 - 1, concept, dilation=mask_dilation, is_latents=False)
@@ -279,37 +306,8 @@ def evaluate_locality(
             swap_mask = torch.maximum(mask_a, mask_b) if swap_mask_from == "union" else mask_a
             for blended in blend:
                 swap, resample = (e + (BLEND_SUFFIX if blended else "") for e in EDITS)
-                _swap_batch(
-                    pipe,
-                    rec,
-                    swap,
-                    concept,
-                    idx,
-                    img_a,
-                    img_b,
-                    lat_a,
-                    lat_b,
-                    swap_mask,
-                    blended,
-                    num_inference_steps,
-                    num_examples,
-                    hn,
-                )
-                _resample_batch(
-                    pipe,
-                    rec,
-                    resample,
-                    concept,
-                    idx,
-                    img_a,
-                    lat_a,
-                    mask_a,
-                    blended,
-                    seed,
-                    num_inference_steps,
-                    num_examples,
-                    hn,
-                )
+                _swap_batch(pipe, rec, opts, swap, concept, pairs, swap_mask, blended)
+                _resample_batch(pipe, rec, opts, resample, concept, pairs, mask_a, blended)
     seconds = time.perf_counter() - start_time
     result: Dict[str, object] = {}
     for e in edits:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from typing import Dict
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -50,9 +50,24 @@ def _real_pairs(pipe, faces, num_pairs):
     return images, labels, num_pairs
 
 
-def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_steps, seed):
+@dataclasses.dataclass
+class _RealEdits:
+    """The edits of one batch of photo pairs: per-photo reconstruction PSNR (A's, then B's), per-pair scores
+    `{edit: {concept: {key: list}}}` (edits "swap", "resample", "swap_vs_input"), donor ratios `{concept: list}`,
+    figure examples `{concept: [dict]}`, the pipeline's warning (None: none) and the pair index of each score
+    `{edit: {concept: list}}` (edits "swap", "resample")."""
+
+    psnr: List[float]
+    scores: Dict[str, Dict[str, Dict[str, list]]]
+    donor: Dict[str, list]
+    examples: Dict[str, List[dict]]
+    warning: Optional[str]
+    pair_ids: Dict[str, Dict[str, List[int]]]
+
+
+def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_steps, seed) -> _RealEdits:
     """Inverts pairs `idx` at `strength`, swaps and resamples every concept (masks: the faces' own part maps) and
-    scores the edits. Returns (psnr list, {edit: {concept: {key: list}}}, donor {concept: list}, examples)."""
+    scores the edits."""
     device = pipe._execution_device
     b = len(idx)
     rows = [2 * i for i in idx] + [2 * i + 1 for i in idx]  # A's first, then B's
@@ -122,7 +137,7 @@ def _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_ste
                     resampled=resampled[k[j]].cpu() if k[j] in resampled else None,
                 )
             )
-    return psnr, scores, donor, examples, warning, ids
+    return _RealEdits(psnr, scores, donor, examples, warning, ids)
 
 
 def _resample_noise(pipe, seed, indices):
@@ -165,38 +180,37 @@ def evaluate_real(
     start_time = time.perf_counter()
     for start in tqdm(range(0, num_pairs, batch_size), desc=desc, unit="batch"):
         idx = list(range(start, min(num_pairs, start + batch_size)))
-        p, sc, dn, ex, w, pi = _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_steps, seed)
-        psnr.extend(p)
+        batch = _real_edits(pipe, inputs, labels, idx, concepts, strength, num_inference_steps, seed)
+        psnr.extend(batch.psnr)
         psnr_ids.extend([2 * i for i in idx] + [2 * i + 1 for i in idx])
-        for e in pi:
-            for c in pi[e]:
-                pair_ids[e][c].extend(pi[e][c])
-        warning = warning or w
-        for e in sc:
-            for c in sc[e]:
-                for key, v in sc[e][c].items():
+        for e in batch.pair_ids:
+            for c in batch.pair_ids[e]:
+                pair_ids[e][c].extend(batch.pair_ids[e][c])
+        warning = warning or batch.warning
+        for e in batch.scores:
+            for c in batch.scores[e]:
+                for key, v in batch.scores[e][c].items():
                     per_pair[e][c].setdefault(key, []).extend(v)
         for c in concepts:
-            donor[c].extend(dn[c])
-            examples[c].extend(ex[c][: max(0, num_examples - len(examples[c]))])
+            donor[c].extend(batch.donor[c])
+            examples[c].extend(batch.examples[c][: max(0, num_examples - len(examples[c]))])
     seconds = time.perf_counter() - start_time
     sweep = []
     for s in sweep_strengths:
         n = min(num_sweep_pairs, num_pairs)
         if n < 1:
             break
-        p, sc, dn, _, w, _ = _real_edits(
-            pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed
-        )
+        point = _real_edits(pipe, inputs, labels, list(range(n)), concepts, float(s), num_inference_steps, seed)
+        swap, resample = point.scores["swap"], point.scores["resample"]
         sweep.append(
             {
                 "strength": float(s),
                 "num_pairs": n,
-                "reconstruction_psnr": float(np.mean(p)),
-                "warning": w,
-                "swap": {c: float(np.mean(sc["swap"][c]["rgb/paper"])) for c in concepts if sc["swap"][c]},
-                "resample": {c: float(np.mean(sc["resample"][c]["rgb/paper"])) for c in concepts if sc["resample"][c]},
-                "donor": {c: float(np.mean(dn[c])) for c in concepts if dn[c]},
+                "reconstruction_psnr": float(np.mean(point.psnr)),
+                "warning": point.warning,
+                "swap": {c: float(np.mean(swap[c]["rgb/paper"])) for c in concepts if swap[c]},
+                "resample": {c: float(np.mean(resample[c]["rgb/paper"])) for c in concepts if resample[c]},
+                "donor": {c: float(np.mean(point.donor[c])) for c in concepts if point.donor[c]},
             }
         )
     return {

@@ -118,21 +118,39 @@ class _Tables:
     def stage(self, n: str, key: str) -> dict:
         return self.results["pipelines"][n].get(key) or {}
 
+    def first(self, key: str, required: Optional[str] = None) -> Optional[dict]:
+        """The `key` stage of the first pipeline that measured it (with a true `required` entry when given), whose
+        counts and names a section's text quotes; None when no pipeline did, and the section is left out."""
+        for n in self.names:
+            found = self.stage(n, key)
+            if found and (required is None or found.get(required)):
+                return found
+        return None
+
     def locality_layout(self):
         """The edits measured by some pipeline (in `ALL_EDITS` order) and the concepts of the first one."""
-        loc0 = next(self.stage(n, "locality") for n in self.names if self.stage(n, "locality"))
+        loc0 = self.first("locality")
         loc_edits = [e for e in ALL_EDITS if any(e in self.stage(n, "locality") for n in self.names)]
         return loc_edits, [c for c in loc0.get(loc_edits[0], {})]
+
+    def leakage_rows(self, key: str, label: str) -> List[str]:
+        """The leakage table of an attribution stage (`"attribution"`, `"end_to_end"`): over all regions, then into
+        each region of the first measured pipeline's game."""
+        lines = self.header(["metric"])
+        lines.append(self.row([f"{label} (all regions)"], lambda n: self.stage(n, key).get("leakage")))
+        for r in self.first(key, "num_samples")["region_names"]:
+            lines.append(
+                self.row([f"{label} into {r}"], lambda n: self.stage(n, key).get("region_leakage", {}).get(r))
+            )
+        return lines
 
 
 def _locality_section(t: _Tables) -> List[str]:
     """The locality table: every edit, concept, colour space and normalisation."""
-    cfg, names, header, row, stage = t.cfg, t.names, t.header, t.row, t.stage
+    cfg, header, row, stage = t.cfg, t.header, t.row, t.stage
     lines: List[str] = []
-    if any(stage(n, "locality") for n in names):
-        loc0 = next(stage(n, "locality") for n in names if stage(n, "locality"))
-        loc_edits = [e for e in ALL_EDITS if any(e in stage(n, "locality") for n in names)]
-        concepts = [c for c in loc0.get(loc_edits[0], {})]
+    if t.first("locality"):
+        loc_edits, concepts = t.locality_layout()
         lines += [
             "## Locality of edits (MSE_out / MSE_in, lower is better)",
             "",
@@ -181,7 +199,7 @@ def _edit_quality_section(t: _Tables) -> List[str]:
     """MSE_ref and seam of the edits and the realism (KID, FID) of the edited faces, under the locality table."""
     names, header, row, stage = t.names, t.header, t.row, t.stage
     lines: List[str] = []
-    if not any(stage(n, "locality") for n in names):
+    if not t.first("locality"):
         return lines
     loc_edits, concepts = t.locality_layout()
     lines += [
@@ -217,8 +235,8 @@ def _edit_quality_section(t: _Tables) -> List[str]:
                         digits=3,
                     )
                 )
-    if any(stage(n, "edit_realism") for n in names):
-        r0 = next(stage(n, "edit_realism") for n in names if stage(n, "edit_realism"))
+    r0 = t.first("edit_realism")
+    if r0:
         lines += [
             "",
             "Realism of the edited faces: KID (x 1000) and FID of every edited image of the locality pairs (all "
@@ -254,10 +272,10 @@ def _edit_quality_section(t: _Tables) -> List[str]:
 
 def _realism_section(t: _Tables) -> List[str]:
     """FID, KID, off-colour rate, C2ST accuracy and precision/recall of the generated samples."""
-    cfg, names, header, row, stage, results = t.cfg, t.names, t.header, t.row, t.stage, t.results
+    cfg, header, row, stage, results = t.cfg, t.header, t.row, t.stage, t.results
     lines: List[str] = []
-    if any(stage(n, "fid") for n in names):
-        f0 = next(stage(n, "fid") for n in names if stage(n, "fid"))
+    f0 = t.first("fid")
+    if f0:
         lines += [
             "## Realism (FID, lower is better)",
             "",
@@ -305,10 +323,9 @@ def _realism_section(t: _Tables) -> List[str]:
 
 def _attribution_section(t: _Tables) -> List[str]:
     """Per-step Shapley leakage, overall and per region."""
-    names, header, row, stage = t.names, t.header, t.row, t.stage
     lines: List[str] = []
-    if any(stage(n, "attribution").get("num_samples") for n in names):
-        a0 = next(stage(n, "attribution") for n in names if stage(n, "attribution").get("num_samples"))
+    a0 = t.first("attribution", "num_samples")
+    if a0:
         lines += [
             "## Disentanglement (exact Shapley leakage, lower is better)",
             "",
@@ -317,22 +334,17 @@ def _attribution_section(t: _Tables) -> List[str]:
             "output region k's |φ| that comes from other input regions. Curve over t: `figures/leakage_over_t.png`.",
             "",
         ]
-        lines += header(["metric"])
-        lines.append(row(["leakage (all regions)"], lambda n: stage(n, "attribution").get("leakage")))
-        for r in a0["region_names"]:
-            lines.append(
-                row([f"leakage into {r}"], lambda n: stage(n, "attribution").get("region_leakage", {}).get(r))
-            )
+        lines += t.leakage_rows("attribution", "leakage")
         lines.append("")
     return lines
 
 
 def _end_to_end_section(t: _Tables) -> List[str]:
     """End-to-end Shapley leakage (x_T regions -> final image regions)."""
-    names, header, row, stage = t.names, t.header, t.row, t.stage
+    row, stage = t.row, t.stage
     lines: List[str] = []
-    if any(stage(n, "end_to_end").get("num_samples") for n in names):
-        e0 = next(stage(n, "end_to_end") for n in names if stage(n, "end_to_end").get("num_samples"))
+    e0 = t.first("end_to_end", "num_samples")
+    if e0:
         lines += [
             "## End-to-end attribution (what the edits do; leakage, lower is better)",
             "",
@@ -342,14 +354,7 @@ def _end_to_end_section(t: _Tables) -> List[str]:
             "area-weighted |φ| matrix, as above. Figure: `figures/end_to_end_attribution.png`.",
             "",
         ]
-        lines += header(["metric"])
-        lines.append(row(["end-to-end leakage (all regions)"], lambda n: stage(n, "end_to_end").get("leakage")))
-        for r in e0["region_names"]:
-            lines.append(
-                row(
-                    [f"end-to-end leakage into {r}"], lambda n: stage(n, "end_to_end").get("region_leakage", {}).get(r)
-                )
-            )
+        lines += t.leakage_rows("end_to_end", "end-to-end leakage")
         lines.append(
             row(["seconds per image"], lambda n: {"mean": stage(n, "end_to_end").get("seconds_per_sample")}, digits=1)
         )
@@ -359,10 +364,10 @@ def _end_to_end_section(t: _Tables) -> List[str]:
 
 def _emergence_section(t: _Tables) -> List[str]:
     """When each concept is decided: the emergence step per mode and concept."""
-    names, header, row, stage = t.names, t.header, t.row, t.stage
+    header, row, stage = t.header, t.row, t.stage
     lines: List[str] = []
-    if any(stage(n, "emergence").get("timesteps") for n in names):
-        m0 = next(stage(n, "emergence") for n in names if stage(n, "emergence").get("timesteps"))
+    m0 = t.first("emergence", "timesteps")
+    if m0:
         lines += [
             "## When each part is decided (emergence)",
             "",
@@ -389,12 +394,40 @@ def _emergence_section(t: _Tables) -> List[str]:
     return lines
 
 
+# the per-concept columns of the strength sweep, in this order
+SWEEP_MEASURES = ("swap", "resample", "donor")
+
+
+def _strength_sweep_table(t: _Tables, sweep: List[dict]) -> List[str]:
+    """The real-photo edits over the inversion strength: one row per pipeline and strength, the concepts of `sweep`
+    (the first measured pipeline's) under each of `SWEEP_MEASURES`."""
+    concepts = list(sweep[0]["swap"])
+    lines = [
+        "",
+        f"Over the inversion strength ({_plural(sweep[0]['num_pairs'], 'pair')} per point; RGB, paper "
+        "normalisation; `figures/real_strength_sweep.png`):",
+        "",
+        "| pipeline | strength | PSNR (dB) | "
+        + " | ".join(" | ".join(f"{m} {c}" for c in concepts) for m in SWEEP_MEASURES)
+        + " |",
+        "|" + "---|" * (3 + len(SWEEP_MEASURES) * len(concepts)),
+    ]
+    for n in t.names:
+        for p in t.stage(n, "real").get("strength_sweep") or []:
+            lines.append(
+                f"| {n} | {p['strength']:g} | {p['reconstruction_psnr']:.2f} | "
+                + " | ".join(" | ".join(f"{p[m].get(c, float('nan')):.3f}" for c in concepts) for m in SWEEP_MEASURES)
+                + " |"
+            )
+    return lines
+
+
 def _real_photos_section(t: _Tables) -> List[str]:
     """Real photos: reconstruction PSNR, locality of their edits, donor ratio, strength sweep."""
     names, header, row, stage = t.names, t.header, t.row, t.stage
     lines: List[str] = []
-    if any(stage(n, "real") for n in names):
-        r0 = next(stage(n, "real") for n in names if stage(n, "real"))
+    r0 = t.first("real")
+    if r0:
         lines += [
             "## Real photos (partial DDIM inversion, then an edit)",
             "",
@@ -452,34 +485,7 @@ def _real_photos_section(t: _Tables) -> List[str]:
             lines.append(f"\nWarning for `{n}`: {w}")
         sweep = r0.get("strength_sweep") or []
         if sweep:
-            lines += [
-                "",
-                f"Over the inversion strength ({_plural(sweep[0]['num_pairs'], 'pair')} per point; RGB, paper "
-                "normalisation; `figures/real_strength_sweep.png`):",
-                "",
-            ]
-            concepts = list(sweep[0]["swap"])
-            lines += [
-                "| pipeline | strength | PSNR (dB) | "
-                + " | ".join(f"swap {c}" for c in concepts)
-                + " | "
-                + " | ".join(f"resample {c}" for c in concepts)
-                + " | "
-                + " | ".join(f"donor {c}" for c in concepts)
-                + " |",
-                "|" + "---|" * (3 + 3 * len(concepts)),
-            ]
-            for n in names:
-                for p in stage(n, "real").get("strength_sweep") or []:
-                    lines.append(
-                        f"| {n} | {p['strength']:g} | {p['reconstruction_psnr']:.2f} | "
-                        + " | ".join(f"{p['swap'].get(c, float('nan')):.3f}" for c in concepts)
-                        + " | "
-                        + " | ".join(f"{p['resample'].get(c, float('nan')):.3f}" for c in concepts)
-                        + " | "
-                        + " | ".join(f"{p['donor'].get(c, float('nan')):.3f}" for c in concepts)
-                        + " |"
-                    )
+            lines += _strength_sweep_table(t, sweep)
         lines.append("")
     return lines
 

@@ -4,8 +4,9 @@ off-colour), per-step and end-to-end Shapley attribution, emergence of the conce
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -129,6 +130,60 @@ def attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise=Non
     return latents, base, regions, keep.nonzero()[:, 0].tolist()
 
 
+@dataclasses.dataclass
+class _PlayedGames:
+    """The Shapley games of the attributed samples, concatenated over the batches along the sample dimension (None
+    when every sample was skipped): leakage, region leakage and |phi| as float64 arrays."""
+
+    leakage: Optional[np.ndarray]
+    region_leakage: Optional[np.ndarray]
+    abs_phi: Optional[np.ndarray]
+    sample_ids: List[int]
+    num_skipped: int
+    seconds: float
+
+    def attribution_share(self) -> np.ndarray:
+        """|phi| normalised per row: row k says where output region k's attribution comes from."""
+        return self.abs_phi / np.clip(self.abs_phi.sum(-1, keepdims=True), 1e-20, None)
+
+
+def _play_games(
+    pipe,
+    num_samples: int,
+    samples_per_call: int,
+    seed: int,
+    num_inference_steps: int,
+    harmonize_noise,
+    play: Callable,
+    sample_dim: int,
+    desc: str,
+    unit: str,
+) -> _PlayedGames:
+    """Plays `play(latents, regions, baseline)` (an attribution method of the pipeline) on the seeded attribution
+    samples (`attribution_inputs`), `samples_per_call` at a time; samples with an empty region are skipped and
+    counted. `sample_dim`: the dimension of the samples in `play`'s outputs."""
+    leak, region_leak, abs_phi, sample_ids = [], [], [], []
+    skipped = 0
+    start_time = time.perf_counter()
+    for start in tqdm(range(0, num_samples, samples_per_call), desc=desc, unit=unit):
+        idx = list(range(start, min(num_samples, start + samples_per_call)))
+        latents, base, regions, k = attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise)
+        skipped += len(idx) - len(k)
+        if not k:
+            continue
+        out = play(latents[k], regions[k], base[k])
+        leak.append(out.leakage)
+        region_leak.append(out.region_leakage)
+        abs_phi.append(out.abs_phi)
+        sample_ids.extend(idx[j] for j in k)
+    seconds = time.perf_counter() - start_time
+
+    def cat(parts):
+        return torch.cat(parts, sample_dim).double().numpy() if parts else None
+
+    return _PlayedGames(cat(leak), cat(region_leak), cat(abs_phi), sample_ids, skipped, seconds)
+
+
 def evaluate_attribution(
     pipe,
     num_samples,
@@ -150,38 +205,29 @@ def evaluate_attribution(
         per-region leakage curve, the mean row-normalised |phi| matrices per t and the region names.
     """
     timesteps = attribution_timesteps(pipe, num_inference_steps, attribution_steps)
-    leak, region_leak, abs_phi, sample_ids = [], [], [], []
-    skipped = 0
-    start_time = time.perf_counter()
-    for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
-        idx = list(range(start, min(num_samples, start + batch_size)))
-        latents, base, regions, k = attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise)
-        skipped += len(idx) - len(k)
-        if not k:
-            continue
-        out = pipe.attribute(
-            latents[k],
-            masks=regions[k],
-            timesteps=timesteps,
-            num_inference_steps=num_inference_steps,
-            baseline=base[k],
+
+    def play(latents, regions, base):
+        return pipe.attribute(
+            latents, masks=regions, timesteps=timesteps, num_inference_steps=num_inference_steps, baseline=base
         )
-        leak.append(out.leakage)  # (T, b)
-        sample_ids.extend(idx[j] for j in k)
-        region_leak.append(out.region_leakage)  # (T, b, K)
-        abs_phi.append(out.abs_phi)  # (T, b, K, K)
-    seconds = time.perf_counter() - start_time
-    names = pipe.region_names
-    if not leak:
-        return {"num_samples": 0, "num_skipped_empty_region": skipped, "timesteps": timesteps, "region_names": names}
-    leak = torch.cat(leak, 1).double().numpy()
-    region_leak = torch.cat(region_leak, 1).double().numpy()
-    abs_phi = torch.cat(abs_phi, 1).double().numpy()
-    share = abs_phi / np.clip(abs_phi.sum(-1, keepdims=True), 1e-20, None)  # row k: where output k's mass comes from
+
+    # outputs (T, b, ...): the samples along dimension 1
+    games = _play_games(
+        pipe, num_samples, batch_size, seed, num_inference_steps, harmonize_noise, play, 1, desc, unit="batch"
+    )
+    names, ids = pipe.region_names, games.sample_ids
+    if games.leakage is None:
+        return {
+            "num_samples": 0,
+            "num_skipped_empty_region": games.num_skipped,
+            "timesteps": timesteps,
+            "region_names": names,
+        }
+    leak, region_leak, share = games.leakage, games.region_leakage, games.attribution_share()
     return {
-        "leakage": mean_ci(leak.mean(0), seed, sample_ids),
-        "leakage_curve": [dict(t=int(t), **mean_ci(leak[i], seed, sample_ids)) for i, t in enumerate(timesteps)],
-        "region_leakage": {n: mean_ci(region_leak[:, :, j].mean(0), seed, sample_ids) for j, n in enumerate(names)},
+        "leakage": mean_ci(leak.mean(0), seed, ids),
+        "leakage_curve": [dict(t=int(t), **mean_ci(leak[i], seed, ids)) for i, t in enumerate(timesteps)],
+        "region_leakage": {n: mean_ci(region_leak[:, :, j].mean(0), seed, ids) for j, n in enumerate(names)},
         "region_leakage_curve": {
             n: [float(region_leak[i, :, j].mean()) for i in range(len(timesteps))] for j, n in enumerate(names)
         },
@@ -189,10 +235,10 @@ def evaluate_attribution(
         "timesteps": [int(t) for t in timesteps],
         "region_names": names,
         "num_samples": int(leak.shape[1]),
-        "num_skipped_empty_region": skipped,
+        "num_skipped_empty_region": games.num_skipped,
         "baseline": "same-t x_t of another seeded x_T (other_sample)",
-        "seconds": seconds,
-        "seconds_per_sample": seconds / max(num_samples, 1),
+        "seconds": games.seconds,
+        "seconds_per_sample": games.seconds / max(num_samples, 1),
     }
 
 
@@ -206,46 +252,33 @@ def evaluate_end_to_end(
         mean leakage with CI (per-sample values kept for the paired ratio to a baseline), per-region leakage, the mean
         row-normalised |phi| matrix, seconds per image.
     """
-    leak, region_leak, abs_phi, sample_ids = [], [], [], []
-    skipped = 0
+    # `batch_size` counts full DDIM runs; one sample's game is 16 of them with the default four regions (2^K)
     per_call = max(1, batch_size // 16) if batch_size >= 16 else 1
-    start_time = time.perf_counter()
-    for start in tqdm(range(0, num_samples, per_call), desc=desc, unit="sample"):
-        idx = list(range(start, min(num_samples, start + per_call)))
-        latents, base, regions, k = attribution_inputs(pipe, seed, idx, num_inference_steps, harmonize_noise)
-        skipped += len(idx) - len(k)
-        if not k:
-            continue
-        out = pipe.attribute_end_to_end(
-            latents[k],
-            masks=regions[k],
-            num_inference_steps=num_inference_steps,
-            baseline=base[k],
-            max_batch_size=batch_size,
+
+    def play(latents, regions, base):
+        return pipe.attribute_end_to_end(
+            latents, masks=regions, num_inference_steps=num_inference_steps, baseline=base, max_batch_size=batch_size
         )
-        leak.append(out.leakage)
-        region_leak.append(out.region_leakage)
-        abs_phi.append(out.abs_phi)
-        sample_ids.extend(idx[j] for j in k)
-    seconds = time.perf_counter() - start_time
-    names = pipe.region_names
-    if not leak:
-        return {"num_samples": 0, "num_skipped_empty_region": skipped, "region_names": names}
-    leak = torch.cat(leak).double().numpy()
-    region_leak = torch.cat(region_leak).double().numpy()
-    abs_phi = torch.cat(abs_phi).double().numpy()
-    share = abs_phi / np.clip(abs_phi.sum(-1, keepdims=True), 1e-20, None)
+
+    # outputs (b, ...): the samples along dimension 0
+    games = _play_games(
+        pipe, num_samples, per_call, seed, num_inference_steps, harmonize_noise, play, 0, desc, unit="sample"
+    )
+    names, ids = pipe.region_names, games.sample_ids
+    if games.leakage is None:
+        return {"num_samples": 0, "num_skipped_empty_region": games.num_skipped, "region_names": names}
+    leak, region_leak, share = games.leakage, games.region_leakage, games.attribution_share()
     return {
-        "leakage": mean_ci(leak, seed, sample_ids),
-        "region_leakage": {n: mean_ci(region_leak[:, j], seed, sample_ids) for j, n in enumerate(names)},
+        "leakage": mean_ci(leak, seed, ids),
+        "region_leakage": {n: mean_ci(region_leak[:, j], seed, ids) for j, n in enumerate(names)},
         "attribution_share": share.mean(0).tolist(),
         "region_names": names,
         "num_samples": int(leak.shape[0]),
-        "num_skipped_empty_region": skipped,
+        "num_skipped_empty_region": games.num_skipped,
         "num_full_ddim_runs_per_sample": 2 ** len(names),
         "baseline": "another seeded x_T (other_sample), the same as the per-step attribution's",
-        "seconds": seconds,
-        "seconds_per_sample": seconds / max(num_samples, 1),
+        "seconds": games.seconds,
+        "seconds_per_sample": games.seconds / max(num_samples, 1),
     }
 
 
