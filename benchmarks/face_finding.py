@@ -10,8 +10,20 @@ square is `--min_fraction`-`--max_fraction` (10-50 %) of the shorter side of a 8
 scikit-image's brick / grass / gravel / coffee / chelsea photos). Measured, against the goals of issue 33:
 
 - found: `align_faces` returns a face whose aligned centre maps near the true one (goal >= 95 %);
-- part centroids: the face parser's eye, nose and mouth centroids on the aligned crop against those on the
-  original 64x64 face (goal: within 2 px);
+- alignment error (`alignment_error_px`): the face parser's eye, nose and mouth centroids on the aligned crop
+  against where a perfect alignment puts them: the parser's centroids on the original 64x64 face moved by the
+  *reference transform*, the similarity that `align_faces` is meant to find (the test face's own eye and mouth
+  centroids, from its label map, i.e. FaceMesh on the 200x200 UTKFace chip, onto `PART_TEMPLATE`; goal: every
+  part of every face within 2 px). Its floor (`floor`): the same measure on the original warped by the reference
+  transform itself, no detection at all (the parser's own jitter and the resampling);
+- transform error (`transform_error_px`): the same without the parser: how far the photo's alignment (composed
+  with the known placement of the face in the photo) puts the original's part centroids from where the reference
+  transform puts them;
+- part centroids against the original face (`centroid_distance_px`, the measure issue 33 first set the 2 px goal
+  on): the parser's centroids on the aligned crop against those on the original 64x64 face. The utkface64 faces are UTKFace's own crops, not aligned to the
+  template (their parts lie 1.3 px from it on average, up to 6 px), and `align_faces` moves each face onto the
+  template, so this measures the face's own offset from the template as much as the alignment: `perfect_alignment`
+  gives it for the original warped by the reference transform, the best any template alignment can score;
 - paste-back: `paste_back` of the unedited crop leaves every pixel further than 10 % of the face size from the face
   (the FaceMesh face oval) bit-identical (goal: all photos);
 - seconds per photo of `align_faces` (this process, `--num_threads`).
@@ -97,6 +109,35 @@ def paste_back_is_clean(face, margin_fraction: float = 0.1) -> bool:
     return bool((pasted[far] == photo[far]).all())
 
 
+def distance_summary(distance: np.ndarray, worst: int = 0, ids=None) -> dict:
+    """Statistics of part distances `(N, 4)` in pixels; `worst` adds the faces with the largest part distance, as
+    `[face index (ids), distance]`."""
+    per_face = np.nanmax(distance, 1)
+    out = {
+        "mean": float(np.nanmean(distance)),
+        "p95": float(np.nanpercentile(distance, 95)),
+        "max": float(np.nanmax(distance)),
+        "share_of_faces_all_parts_within_2px": float(np.mean(per_face <= 2.0)),
+    }
+    if worst:
+        order = np.argsort(-per_face)[:worst]
+        ids = np.arange(len(distance)) if ids is None else np.asarray(ids)
+        out["worst_faces"] = [[int(ids[i]), round(float(per_face[i]), 2)] for i in order]
+    return out
+
+
+def reference_transforms(labels: np.ndarray) -> np.ndarray:
+    """`(N, 2, 3)` similarity transforms taking each face's eye and mouth centroids in its label map (FaceMesh hulls,
+    as `PART_TEMPLATE` was measured) onto the template: the alignment `align_faces` should find for that face."""
+    centroids = part_centroids(labels)[:, [p - 4 for p in prepare_data.ALIGN_PARTS]]
+    dst = prepare_data.template_points(64)
+    return np.stack([prepare_data.fit_similarity(c, dst) for c in centroids])
+
+
+def move(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.stack([prepare_data.apply_affine(m, p) for m, p in zip(matrices, points)])
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=default_data_dir())
@@ -117,19 +158,20 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.num_threads)
     faces = load_faces(args.data_dir, "test", limit=4 * args.num_faces)
     originals = faces.images[faces.has_mask][: args.num_faces]
+    labels = faces.labels[faces.has_mask][: args.num_faces]
     rng = np.random.default_rng(args.seed)
-    found, crops, kept, clean, seconds, fractions = [], [], [], [], [], []
+    found, crops, kept, clean, seconds, fractions, placements, matrices = [], [], [], [], [], [], [], {}
     prepare_data.align_faces(Image.new("RGB", (64, 64)))  # load the detector before timing
     for i, face in enumerate(originals):
         photo, m, kind = make_photo(
             face, rng, fractions=(args.min_fraction, args.max_fraction), max_degrees=args.max_degrees
         )
         start = time.perf_counter()
-        result = prepare_data.align_faces(photo)
+        aligned = prepare_data.align_faces(photo)
         seconds.append(time.perf_counter() - start)
         true_centre = (m @ np.array([32.0, 32.0, 1.0]))[:2]
         hit = None
-        for f in result:
+        for f in aligned:
             centre = np.linalg.inv(np.vstack([f.matrix, [0, 0, 1]]))[:2] @ np.array([32.0, 32.0, 1.0])
             if np.linalg.norm(centre - true_centre) < 0.25 * np.hypot(*m[:2, 0]) * 64:  # a quarter of the face
                 hit = f
@@ -139,44 +181,79 @@ def main(args: argparse.Namespace) -> dict:
             os.makedirs(args.save_examples, exist_ok=True)
             photo.save(os.path.join(args.save_examples, f"missed_{i}_{kind}.jpg"), quality=90)
         fractions.append(float(np.hypot(*m[:2, 0]) * 64 / 600))
+        placements.append(m)
         if hit is not None:
             crops.append(np.asarray(hit.image))
+            matrices[i] = hit.matrix
             kept.append(i)
             clean.append(paste_back_is_clean(hit))
             if args.save_examples and len(kept) <= 8:
                 os.makedirs(args.save_examples, exist_ok=True)
                 photo.save(os.path.join(args.save_examples, f"photo_{i}_{kind}.jpg"), quality=90)
                 hit.image.resize((256, 256), Image.NEAREST).save(os.path.join(args.save_examples, f"aligned_{i}.png"))
-    parser = prepare_data.FaceParser()
-    before = part_centroids(parser(originals[kept]))
-    after = part_centroids(parser(np.stack(crops))) if crops else before[:0]
-    distance = np.linalg.norm(after - before, axis=-1)  # (N, 4)
-    worst = np.nanmax(distance, 1)
-    # for scale: how far the original faces' own parts lie from the template that every aligned crop is fitted to
-    template = np.array([prepare_data.PART_TEMPLATE[p] for p in (4, 5, 6, 7)])
-    own = np.linalg.norm(before - template[None], axis=-1)
     result = {
         "num_faces": int(len(originals)),
         "found": float(np.mean(found)),
         "missed_face_fractions": [round(f, 3) for f, ok in zip(fractions, found) if not ok],
-        "centroid_distance_px": {
-            "mean": float(np.nanmean(distance)),
-            "p95": float(np.nanpercentile(distance, 95)),
-            "max": float(np.nanmax(distance)),
-            "share_of_faces_all_parts_within_2px": float(np.mean(worst <= 2.0)),
-            "per_part_mean": {
-                n: float(np.nanmean(distance[:, j])) for j, n in enumerate(("left eye", "right eye", "nose", "mouth"))
-            },
-        },
-        "original_faces_to_template_px": {"mean": float(np.nanmean(own)), "p95": float(np.nanpercentile(own, 95))},
-        "paste_back_clean": float(np.mean(clean)) if clean else None,
-        "seconds_per_photo": {"median": float(np.median(seconds)), "max": float(np.max(seconds))},
     }
+    if crops:
+        result.update(
+            centroid_measures(
+                originals[kept],
+                labels[kept],
+                np.stack(crops),
+                [placements[i] for i in kept],
+                [matrices[i] for i in kept],
+                kept,
+            )
+        )
+    result["paste_back_clean"] = float(np.mean(clean)) if clean else None
+    result["seconds_per_photo"] = {"median": float(np.median(seconds)), "max": float(np.max(seconds))}
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def centroid_measures(own, labels, crops, placements, matrices, ids) -> dict:
+    """The part-centroid measures (see the module docstring) of the found faces: their original 64x64 faces `own`
+    and label maps, their aligned crops, the placements of the faces in the photos (3x3, face -> photo) and the
+    alignments found there (2x3, photo -> aligned face); `ids` names the faces in `worst_faces`."""
+    parser = prepare_data.FaceParser()
+    before = part_centroids(parser(own))
+    after = part_centroids(parser(crops))
+    reference = reference_transforms(labels)  # original 64x64 face -> where align_faces should put it
+    ideal_parts = part_centroids(parser(np.stack([prepare_data.warp_face(o, r, 64) for o, r in zip(own, reference)])))
+    target = move(reference, before)
+    # the alignment found in the photo as a map from the original 64x64 face: the placement, then the alignment
+    composed = np.stack([(np.vstack([a, [0, 0, 1]]) @ m)[:2] for a, m in zip(matrices, placements)])
+    label_parts = part_centroids(labels)
+    names = ("left eye", "right eye", "nose", "mouth")
+    alignment = np.linalg.norm(after - target, axis=-1)  # (N, 4)
+    distance = np.linalg.norm(after - before, axis=-1)
+    # for scale: how far the original faces' own parts lie from the template that every aligned crop is fitted to
+    template = np.array([prepare_data.PART_TEMPLATE[p] for p in (4, 5, 6, 7)])
+    own_offset = np.linalg.norm(before - template[None], axis=-1)
+    return {
+        "alignment_error_px": {
+            **distance_summary(alignment, worst=5, ids=ids),
+            "per_part_mean": {n: float(np.nanmean(alignment[:, j])) for j, n in enumerate(names)},
+            "floor": distance_summary(np.linalg.norm(ideal_parts - target, axis=-1)),
+        },
+        "transform_error_px": distance_summary(
+            np.linalg.norm(move(composed, label_parts) - move(reference, label_parts), axis=-1), worst=5, ids=ids
+        ),
+        "centroid_distance_px": {
+            **distance_summary(distance, worst=5, ids=ids),
+            "per_part_mean": {n: float(np.nanmean(distance[:, j])) for j, n in enumerate(names)},
+            "perfect_alignment": distance_summary(np.linalg.norm(ideal_parts - before, axis=-1), worst=5, ids=ids),
+        },
+        "original_faces_to_template_px": {
+            "mean": float(np.nanmean(own_offset)),
+            "p95": float(np.nanpercentile(own_offset, 95)),
+        },
+    }
 
 
 if __name__ == "__main__":
