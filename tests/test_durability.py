@@ -371,17 +371,23 @@ def resumable(stopped_run, tiny_faces, tmp_path):
     return run
 
 
-@pytest.mark.slow  # forked training runs
-def test_latest_skips_a_truncated_checkpoint_with_one_warning(resumable, tiny_faces):
-    weights = os.path.join(resumable, "checkpoint-6", "unet", "diffusion_pytorch_model.safetensors")
-    with open(weights, "r+b") as f:
-        f.truncate(1000)
+def resume_latest_to_step_6(resumable: str, tiny_faces: str) -> str:
+    """Resumes the run with `--resume_from_checkpoint latest` up to step 6; returns its log after a clean exit."""
     log = resumable + ".resume.log"
     argv = run_args(tiny_faces, resumable, "--resume_from_checkpoint", "latest")
     argv[argv.index("--max_train_steps") + 1] = "6"
     code = wait_exit(fork_training(argv, log))
     text = open(log).read()
     assert code == 0, text[-3000:]
+    return text
+
+
+@pytest.mark.slow  # forked training runs
+def test_latest_skips_a_truncated_checkpoint_with_one_warning(resumable, tiny_faces):
+    weights = os.path.join(resumable, "checkpoint-6", "unet", "diffusion_pytorch_model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    text = resume_latest_to_step_6(resumable, tiny_faces)
     assert f"warning: skipping {os.path.join(resumable, 'checkpoint-6')}: it is incomplete or damaged" in text
     assert "unet/diffusion_pytorch_model.safetensors has 1000 bytes" in text
     assert f"Resuming from {os.path.join(resumable, 'checkpoint-4')}" in text and "Traceback" not in text
@@ -397,12 +403,7 @@ def test_latest_falls_back_when_a_checkpoint_cannot_be_read(resumable, tiny_face
     size = os.path.getsize(optimizer)
     with open(optimizer, "wb") as f:
         f.write(b"\0" * size)
-    log = resumable + ".resume.log"
-    argv = run_args(tiny_faces, resumable, "--resume_from_checkpoint", "latest")
-    argv[argv.index("--max_train_steps") + 1] = "6"
-    code = wait_exit(fork_training(argv, log))
-    text = open(log).read()
-    assert code == 0, text[-3000:]
+    text = resume_latest_to_step_6(resumable, tiny_faces)
     assert f"warning: {os.path.join(resumable, 'checkpoint-6')} cannot be read (" in text
     assert f"falling back to {os.path.join(resumable, 'checkpoint-4')}" in text
     assert "Traceback" not in text
