@@ -338,7 +338,7 @@ RESUME_MISMATCHES = {  # extra flags: what the message must name
     "beta schedule": (["--beta_schedule", "squaredcos_cap_v2"], "--beta_schedule: 'linear' in the checkpoint"),
     "concepts": (["--concepts", "eyes=4,5 mouth=7"], "--concepts: 'eyes=4,5 nose=6 mouth=7' in the checkpoint"),
     "value": (["--value", "mean"], "--value: 'pixel' in the checkpoint, 'mean' now"),
-    "snr gamma": (["--snr_gamma", "0"], "--snr_gamma: 5.0 in the checkpoint, 0.0 now"),
+    "snr gamma": (["--snr_gamma", "5"], "--snr_gamma: 0.0 in the checkpoint, 5.0 now"),
     "snr floor": (["--snr_floor", "0.2"], "--snr_floor: 0.0 in the checkpoint, 0.2 now"),
     "ie weighting": (["--ie_timestep_weighting", "ddpm"], "--ie_timestep_weighting: 'none' in the checkpoint"),
     "no ema": (["--no-use_ema"], "--use_ema: True in the checkpoint, False now"),
