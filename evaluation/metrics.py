@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 import pipeline_interpretable_ddpm as pid
 from evaluation.c2st import wilson_interval
 from evaluation.pipelines import to_uint8
-from evaluation.stats import mean_ci
 from face_data import load_faces
 
 DEFAULT_FID_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "interpretable-ddpm", "fid_stats")
@@ -216,13 +215,28 @@ def off_colour_thresholds(real_distances: np.ndarray, concepts: Sequence[str]) -
     return {c: float(np.nanpercentile(real_distances[:, j], OFF_COLOUR_PERCENTILE)) for j, c in enumerate(concepts)}
 
 
+def proportion_ci(flags: np.ndarray) -> Dict[str, object]:
+    """Share of true `flags` with its 95% Wilson interval, in `mean_ci`'s form. A proportion near 0 or 1 needs a
+    binomial interval: a bootstrap of 0/1 values collapses to a point, or (bootstrap-t) leaves [0, 1]."""
+    flags = np.asarray(flags, dtype=bool).reshape(-1)
+    n, k = int(flags.size), int(flags.sum())
+    return {
+        "mean": k / n if n else None,
+        "ci95": wilson_interval(k, n),
+        "std": float(flags.std(ddof=1)) if n > 1 else None,
+        "n": n,
+        "interval": "Wilson",
+    }
+
+
 def off_colour_rate(distances: np.ndarray, thresholds: Dict[str, float], seed: int = 0) -> Dict[str, object]:
-    """Share of images with any part beyond its threshold (parts that were not parsed do not count), with the
-    per-part shares and the share of images in which some part could not be measured."""
+    """Share of images with any part beyond its threshold (parts that were not parsed do not count), with its Wilson
+    interval, the per-part shares and the share of images in which some part could not be measured. (`seed` is
+    kept for callers; the interval is analytic.)"""
     limits = np.array(list(thresholds.values()))
     beyond = np.nan_to_num(distances, nan=-np.inf) > limits[None, :]
     return {
-        "rate": mean_ci(beyond.any(1).astype(np.float64), seed),
+        "rate": proportion_ci(beyond.any(1)),
         "per_part": {c: float(beyond[:, j].mean()) for j, c in enumerate(thresholds)},
         "unmeasured": float(np.isnan(distances).any(1).mean()),
         "thresholds": dict(thresholds),

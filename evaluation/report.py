@@ -313,7 +313,7 @@ def _realism_section(t: _Tables) -> List[str]:
                 f"KID: unbiased MMD^2 of the Inception features (cubic kernel), {f0.get('num_subsets')} subsets of "
                 f"{f0.get('subset_size')}. Off-colour rate: share of samples in which the CIELAB distance between some "
                 "part's mean colour and the skin's exceeds the 99th percentile of that distance on the real faces "
-                "(parts found by the face parser, on samples and real faces alike; thresholds "
+                "(parts found by the face parser, on samples and real faces alike; 95% Wilson interval; thresholds "
                 + ", ".join(f"{c} {v:.1f}" for c, v in oc["thresholds"].items())
                 + f"). Real faces: {oc['rate']['mean']:.3f} (by construction at most ~3%).",
                 "",

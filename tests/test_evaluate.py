@@ -387,6 +387,10 @@ def test_off_colour_rate_flags_a_part_far_from_the_skin_colour():
     rate = evaluate.off_colour_rate(d, thresholds)
     assert rate["rate"]["mean"] == pytest.approx(0.25) and rate["per_part"]["nose"] == pytest.approx(0.25)
     assert rate["unmeasured"] == pytest.approx(0.25)
+    lo, hi = rate["rate"]["ci95"]
+    assert 0.0 < lo < 0.25 < hi < 1.0  # Wilson: not the point a bootstrap of 0/1 values collapses to
+    none_beyond = evaluate.off_colour_rate(np.zeros((1000, 3)), thresholds)["rate"]
+    assert none_beyond["mean"] == 0 and none_beyond["ci95"][0] == pytest.approx(0, abs=1e-12) and 0.002 < none_beyond["ci95"][1] < 0.005
     assert evaluate.off_colour_thresholds(d, list(concepts))["nose"] == pytest.approx(np.nanpercentile(d[:, 1], 99))
 
 
