@@ -6,7 +6,7 @@ Shapley leakage and real-image edits. The command line of the `evaluation` packa
     python evaluate.py models/interpretable-ddpm-faces64 --baseline models/ddpm-faces64-baseline \
         --num_pairs 20 --num_fid_samples 200 --num_inference_steps 50 --output_dir outputs/eval-quick
 
-The package's public names are re-exported here, so `import evaluate` keeps working for scripts and tests.
+The package's public names are re-exported here (private helpers are imported from their modules), so `import evaluate` keeps working for scripts and tests.
 """
 
 import sys
@@ -14,7 +14,6 @@ import sys
 from evaluation.c2st import C2ST_METHOD, classifier_two_sample_test  # noqa: F401
 from evaluation.cli import (  # noqa: F401
     STAGES,
-    _unique_names,
     display_path,
     main,
     parse_args,
@@ -22,10 +21,6 @@ from evaluation.cli import (  # noqa: F401
     run,
 )
 from evaluation.figures import (  # noqa: F401
-    _delta_e,
-    _heat,
-    _plt,
-    _show,
     plot_attribution_matrices,
     plot_edit_grid,
     plot_emergence_curves,
@@ -42,7 +37,6 @@ from evaluation.locality import (  # noqa: F401
     EDITS,
     NORMALIZATIONS,
     SEAM_WIDTH,
-    _score_edit,
     border_band,
     donor_distance_ratio,
     evaluate_locality,
@@ -79,24 +73,12 @@ from evaluation.pipelines import (  # noqa: F401
     to_uint8,
 )
 from evaluation.real_photos import (  # noqa: F401
-    _inside_mse,
-    _inversion_rows,
-    _real_edits,
-    _real_pairs,
-    _resample_noise,
     default_inversion_strength,
     evaluate_real,
 )
 from evaluation.report import (  # noqa: F401
     PAPER_FID,
     PAPER_TABLE1,
-    _difference,
-    _fmt,
-    _plural,
-    _ratio,
-    _realism_notes,
-    _realism_rows,
-    _strip_for_json,
     markdown_report,
 )
 from evaluation.stages import (  # noqa: F401
@@ -115,7 +97,6 @@ from evaluation.stats import (  # noqa: F401
     CI_MIN_SAMPLES,
     SEED_STREAMS,
     ZERO_MEAN_FLOOR,
-    _bootstrap_t,
     attach_ratios,
     derived_seed,
     mean_ci,

@@ -5,7 +5,7 @@
     python -m benchmarks.photo_swap_colour --num_pairs 5 --models models/interpretable-ddpm-faces64
 
 The pairs are evaluate.py's real-photo pairs (held-out test faces 2i and 2i+1 of `utkface64` with a part map,
-`evaluate._real_pairs`), inverted at `--strength` with `--steps` DDIM steps; each concept is swapped with the union of
+`evaluation.real_photos._real_pairs`), inverted at `--strength` with `--steps` DDIM steps; each concept is swapped with the union of
 both faces' own part maps, once plain (`swap_regions(inv_a, inv_b, mask)`) and once harmonised
 (`harmonize_photo=True`, or a share of its shift, `--amounts`). Both results of every swap (A with B's part, B with A's) are scored:
 
@@ -13,7 +13,7 @@ both faces' own part maps, once plain (`swap_regions(inv_a, inv_b, mask)`) and o
   99 % of the real test faces (`evaluate.part_colour_distances` / `off_colour_thresholds` / `off_colour_rate`, the
   evaluation's measure; parts and skin found by the pipeline's parser on each edited photo);
 - MSE_ref (`evaluate.donor_distance_ratio`): inside the region, MSE(edited, donor photo) / MSE(original, donor);
-- locality (RGB, paper normalisation, `evaluate._score_edit`) against the unedited reconstruction.
+- locality (RGB, paper normalisation, `evaluation.locality._score_edit`) against the unedited reconstruction.
 
 Prints one table per model and the ratios harmonised / plain; `--json PATH` writes the numbers.
 """
@@ -30,6 +30,8 @@ import torch
 
 import evaluate as ev
 import pipeline_interpretable_ddpm as pid
+from evaluation.locality import _score_edit
+from evaluation.real_photos import _inversion_rows, _real_pairs
 from face_data import default_data_dir, load_faces
 from model_files import ROOT, load_pipeline
 
@@ -42,7 +44,7 @@ DEFAULT_MODELS = [
 def measure(
     pipe, faces, num_pairs: int, strength: float, steps: int, batch_size: int, amounts=(1.0,), thresholds=None
 ) -> dict:
-    inputs, labels, num_pairs = ev._real_pairs(pipe, faces, num_pairs)
+    inputs, labels, num_pairs = _real_pairs(pipe, faces, num_pairs)
     concepts = {c: list(ids) for c, ids in pipe.concepts.items()}
     if thresholds is None:
         thresholds = ev.real_colour_reference(pipe, faces, concepts)["thresholds"]
@@ -59,7 +61,7 @@ def measure(
         dists["reconstruction"].append(
             ev.part_colour_distances(ev.to_uint8(recon), pipe.parse(recon * 2 - 1), concepts)
         )
-        inv_a, inv_b = ev._inversion_rows(inv, list(range(b))), ev._inversion_rows(inv, list(range(b, 2 * b)))
+        inv_a, inv_b = _inversion_rows(inv, list(range(b))), _inversion_rows(inv, list(range(b, 2 * b)))
         for concept, ids in concepts.items():
             masks = pid.to_mask_tensor(
                 torch.isin(labels[rows], torch.tensor(ids)).float()[:, None], 2 * b, pipe.resolution
@@ -75,7 +77,7 @@ def measure(
                 dists[variant].append(
                     ev.part_colour_distances(ev.to_uint8(edited), pipe.parse(edited * 2 - 1), concepts)
                 )
-                loc = ev._score_edit(recon, edited, m)["rgb/paper"]
+                loc = _score_edit(recon, edited, m)["rgb/paper"]
                 scores[variant][concept]["locality"].extend(loc.tolist())
                 scores[variant][concept]["mse_ref"].extend(ev.donor_distance_ratio(x, edited, donors, m).tolist())
     result = {"num_pairs": num_pairs, "strength": strength, "steps": steps, "thresholds": thresholds}

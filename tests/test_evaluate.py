@@ -16,6 +16,7 @@ import model_files
 import pipeline_interpretable_ddpm as pid
 from conftest import ROOT, tiny_pipeline
 from denoisers import PerPixelDenoiser
+from evaluation.report import _ratio
 from face_data import load_faces
 
 EVALUATE = os.path.join(ROOT, "evaluate.py")
@@ -318,12 +319,12 @@ def test_no_ratio_to_a_baseline_that_is_zero_up_to_float_error():
     ratio = evaluate.ratio_ci(tiny_a, tiny_b)
     assert ratio["n"] == 12 and ratio["ratio"] is None and ratio["ci95"] is None
     tiny_a["ratio_to_baseline"] = ratio
-    assert evaluate._ratio(tiny_a, tiny_b) == "—"
+    assert _ratio(tiny_a, tiny_b) == "—"
     real_a = evaluate.mean_ci(np.linspace(0.2, 0.4, 12), ids=ids)
     real_b = evaluate.mean_ci(np.linspace(0.8, 1.2, 12), ids=ids)
     real_a["ratio_to_baseline"] = evaluate.ratio_ci(real_a, real_b)
     assert real_a["ratio_to_baseline"]["ratio"] == pytest.approx(0.3)
-    assert evaluate._ratio(real_a, real_b).startswith("0.300 [")
+    assert _ratio(real_a, real_b).startswith("0.300 [")
 
 
 def test_load_checkpoint_or_pipeline_puts_checkpoint_ema_weights_into_the_shell(tmp_path):
@@ -390,7 +391,11 @@ def test_off_colour_rate_flags_a_part_far_from_the_skin_colour():
     lo, hi = rate["rate"]["ci95"]
     assert 0.0 < lo < 0.25 < hi < 1.0  # Wilson: not the point a bootstrap of 0/1 values collapses to
     none_beyond = evaluate.off_colour_rate(np.zeros((1000, 3)), thresholds)["rate"]
-    assert none_beyond["mean"] == 0 and none_beyond["ci95"][0] == pytest.approx(0, abs=1e-12) and 0.002 < none_beyond["ci95"][1] < 0.005
+    assert (
+        none_beyond["mean"] == 0
+        and none_beyond["ci95"][0] == pytest.approx(0, abs=1e-12)
+        and 0.002 < none_beyond["ci95"][1] < 0.005
+    )
     assert evaluate.off_colour_thresholds(d, list(concepts))["nose"] == pytest.approx(np.nanpercentile(d[:, 1], 99))
 
 
