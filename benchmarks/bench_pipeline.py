@@ -8,6 +8,8 @@
 
 Measured (random shipped-size UNet, 20 steps, batch 2, `--threads 1 --clock cpu`, 2-core shared CPU box):
 __call__ 1.01x DDIMPipeline, swap_regions 0.98x generating both images, attribute 0.97x per timestep of 16 calls.
+On the shipped model (`--model models/interpretable-ddpm-faces64 --steps 20 --batch-size 2 --threads 1 --clock cpu
+--repeats 5`, 2026-12-03): __call__ 1.009x, swap_regions 0.969x, attribute 0.748x.
 
 Prints three ratios (each the best of `--repeats` interleaved runs, to resist a busy machine):
 
