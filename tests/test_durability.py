@@ -315,16 +315,6 @@ def stopped_run(tiny_faces, tmp_path_factory):
     return out
 
 
-def tree_state(folder):
-    state = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                state[os.path.relpath(path, folder)] = f.read()
-    return state
-
-
 RESUME_MISMATCHES = {  # extra flags: what the message must name
     "prediction type": (["--prediction_type", "v_prediction"], "--prediction_type: 'epsilon' in the checkpoint"),
     "channels": (["--block_out_channels", "8,32"], "--block_out_channels: [8, 16] in the checkpoint, [8, 32] now"),
@@ -351,7 +341,7 @@ def test_a_resume_that_changes_the_model_or_objective_is_refused_before_any_writ
 ):
     run = str(tmp_path / "run")
     shutil.copytree(stopped_run, run)
-    before = tree_state(run)
+    before = test_train.tree(run)
     for name, (extra, message) in RESUME_MISMATCHES.items():
         argv = run_args(tiny_faces, run, "--resume_from_checkpoint", "latest", *extra)
         try:
@@ -361,7 +351,7 @@ def test_a_resume_that_changes_the_model_or_objective_is_refused_before_any_writ
         err = capsys.readouterr().err
         assert code == 2 and message in err and "nothing was written" in err, (name, err[-2000:])
         assert "Traceback" not in err
-        assert tree_state(run) == before, name  # training_config.json, run_record.json, logs: untouched
+        assert test_train.tree(run) == before, name  # training_config.json, run_record.json, logs: untouched
 
 
 @pytest.fixture
