@@ -156,11 +156,23 @@ def test_a_fractional_seed_is_refused_with_a_message_and_the_app_keeps_serving(p
     sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 2")
 
 
-def test_photo_strength_slider_warning_and_locality_on_the_real_face_tab(page, tmp_path):
+def generate_face_b(page):
+    """Generates a face on the first tab (seed 0), so that the Real face tab has a face B to swap with."""
     page.get_by_role("tab", name="Generate & edit").click()
     page.locator("#seed-a input").fill("0")
     page.locator("#generate").click()  # face B, for the swap
     sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 0")
+
+
+def clear_upload(page):
+    """Empties the Real face tab's upload box if it holds a photo from an earlier test."""
+    clear = page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I))
+    if clear.count():
+        clear.first.click()
+
+
+def test_photo_strength_slider_warning_and_locality_on_the_real_face_tab(page, tmp_path):
+    generate_face_b(page)
     page.get_by_role("tab", name="Real face").click()
     slider = page.locator("#strength")
     sync_api.expect(slider).to_contain_text("more faithful")
@@ -168,9 +180,7 @@ def test_photo_strength_slider_warning_and_locality_on_the_real_face_tab(page, t
     assert float(number.input_value()) == 0.5  # the pipeline's default
     number.fill("1")
     number.blur()
-    clear = page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I))
-    if clear.count():
-        clear.first.click()
+    clear_upload(page)
     good = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good)
     page.locator("#upload input[type=file]").set_input_files(str(good))
@@ -200,17 +210,12 @@ def test_a_real_portrait_is_found_edited_and_pasted_back_into_the_whole_photo(pa
     """A portrait as a person has it (scikit-image's astronaut, 512x512, the face off-centre): the face is found and
     shown, inverted, swapped, and the whole photo comes back with the edit, at 512x512, downloadable."""
     skimage_data = pytest.importorskip("skimage.data")
-    page.get_by_role("tab", name="Generate & edit").click()
-    page.locator("#seed-a input").fill("0")
-    page.locator("#generate").click()  # face B, for the swap
-    sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 0")
+    generate_face_b(page)
     page.get_by_role("tab", name="Real face").click()
     number = page.locator("#strength input[type=number]")
     number.fill("0.5")
     number.blur()
-    clear = page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I))
-    if clear.count():
-        clear.first.click()
+    clear_upload(page)
     # a transparent PNG: refused with its reason, and the app keeps serving
     transparent = tmp_path / "transparent.png"
     Image.new("RGBA", (120, 120), (250, 0, 0, 0)).save(transparent)
