@@ -8,6 +8,11 @@ step counts, of generated faces and of an uploaded photo (inverted at the defaul
 
 Prints seconds (wall and this process's CPU seconds) and the ratio to the goal (<= 3 s per edit at the app's
 default steps on 2 CPU cores). Each edit is the app's whole handler: mask, pipeline edit, locality, heatmaps.
+
+Measured on the shipped model (`--steps 25 --num-threads 2 --skip-page`, 2-core box, 2026-12-03): swap of
+generated faces 1.38 s, of an uploaded 64x64 photo 0.72 s, of a 1024x1024 portrait 0.71 s including finding and
+aligning its face and pasting the edit back (0.24 of the goal); the portrait's upload itself (finding, aligning and
+inverting the face, and inverting face B) took 1.84 s.
 """
 
 from __future__ import annotations
