@@ -150,8 +150,25 @@ def _is_inversion(obj) -> bool:
     return isinstance(obj, InversionOutput) or (type(obj).__name__ == "InversionOutput" and hasattr(obj, "timestep"))
 
 
+class _LeakageProperties:
+    """`mean_leakage` and `region_leakage` of an output with `leakage` and `abs_phi` (`(..., K, K)`)."""
+
+    @property
+    def mean_leakage(self) -> float:
+        return float(self.leakage.mean())
+
+    @property
+    def region_leakage(self) -> torch.Tensor:
+        """Off-diagonal share of each output region's row of `abs_phi`, `abs_phi.shape[:-1]` (`(T, B, K)` per step,
+        `(B, K)` end to end) in [0, 1]: how much of output region k's attribution comes from other input regions
+        (0 = region k is caused only by itself)."""
+        own = torch.diagonal(self.abs_phi, dim1=-2, dim2=-1)
+        total = self.abs_phi.sum(-1)
+        return (total - own) / total.clamp_min(1e-20)
+
+
 @dataclass
-class AttributionOutput(BaseOutput):
+class AttributionOutput(_LeakageProperties, BaseOutput):
     """Output of [`InterpretableDDPMPipeline.attribute`].
 
     Args:
@@ -175,21 +192,9 @@ class AttributionOutput(BaseOutput):
     region_names: List[str]
     quantity: str = "noise"
 
-    @property
-    def mean_leakage(self) -> float:
-        return float(self.leakage.mean())
-
-    @property
-    def region_leakage(self) -> torch.Tensor:
-        """Off-diagonal share of each output region's row of `abs_phi`, `(T, B, K)` in [0, 1]: how much of output
-        region k's attribution comes from other input regions (0 = region k is caused only by itself)."""
-        own = torch.diagonal(self.abs_phi, dim1=-2, dim2=-1)
-        total = self.abs_phi.sum(-1)
-        return (total - own) / total.clamp_min(1e-20)
-
 
 @dataclass
-class EndToEndAttributionOutput(BaseOutput):
+class EndToEndAttributionOutput(_LeakageProperties, BaseOutput):
     """Output of [`InterpretableDDPMPipeline.attribute_end_to_end`].
 
     Args:
@@ -210,17 +215,6 @@ class EndToEndAttributionOutput(BaseOutput):
     region_names: List[str]
     images: torch.Tensor
     baseline_images: torch.Tensor
-
-    @property
-    def mean_leakage(self) -> float:
-        return float(self.leakage.mean())
-
-    @property
-    def region_leakage(self) -> torch.Tensor:
-        """Off-diagonal share of each output region's row of `abs_phi`, `(B, K)` in [0, 1]."""
-        own = torch.diagonal(self.abs_phi, dim1=-2, dim2=-1)
-        total = self.abs_phi.sum(-1)
-        return (total - own) / total.clamp_min(1e-20)
 
 
 @dataclass
