@@ -229,10 +229,9 @@ def proportion_ci(flags: np.ndarray) -> Dict[str, object]:
     }
 
 
-def off_colour_rate(distances: np.ndarray, thresholds: Dict[str, float], seed: int = 0) -> Dict[str, object]:
+def off_colour_rate(distances: np.ndarray, thresholds: Dict[str, float]) -> Dict[str, object]:
     """Share of images with any part beyond its threshold (parts that were not parsed do not count), with its Wilson
-    interval, the per-part shares and the share of images in which some part could not be measured. (`seed` is
-    kept for callers; the interval is analytic.)"""
+    interval, the per-part shares and the share of images in which some part could not be measured."""
     limits = np.array(list(thresholds.values()))
     beyond = np.nan_to_num(distances, nan=-np.inf) > limits[None, :]
     return {

@@ -78,7 +78,7 @@ def evaluate_fid(
     feats = np.concatenate(feats)
     fid = fid_from_features(feats, reference)
     kid = kid_from_features(feats, reference, seed=seed)
-    off_colour = off_colour_rate(np.concatenate(colour), colour_reference["thresholds"], seed) if parse else None
+    off_colour = off_colour_rate(np.concatenate(colour), colour_reference["thresholds"]) if parse else None
     pr = precision_recall(reference, feats, seed=seed) if min(len(feats), len(reference)) > PR_NEIGHBOURS else None
     frechet_seconds = time.perf_counter() - t0
     c2st = None
