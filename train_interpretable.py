@@ -87,6 +87,8 @@ RECIPE = {
     "estimator": "pair",
     "baseline": "other_image",
     "value": "pixel",
+    # the players' regions: each face's own part map
+    "ie_regions": "own",
     # the one-way game: every concept may depend on the rest region (context), not on the other concepts; output
     # pixels within 1 px of another region are left out; L_IE only on x_t with t >= 100
     "ie_context": ["rest"],
@@ -282,6 +284,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--value", choices=["pixel", "mean"], default=RECIPE["value"])
     g.add_argument("--baseline", choices=["other_image", "noise", "zero"], default=RECIPE["baseline"])
     g.add_argument(
+        "--ie_regions",
+        choices=["own", "pair_union", "template"],
+        default=RECIPE["ie_regions"],
+        help="The players' regions: own (each face's part map), pair_union (each concept is the union of the face's "
+        "and its baseline face's parts, so a coalition input never shows the baseline face's part beside the face's "
+        "own; needs --baseline other_image) or template (the concept templates, the same regions for every face, "
+        "as a swap of generated faces uses them).",
+    )
+    g.add_argument(
         "--ie_batch_size",
         type=int,
         default=RECIPE["ie_batch_size"],
@@ -441,6 +452,11 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.train_batch_size < 2 and args.baseline == "other_image":
         raise ValueError(
             "--baseline other_image needs --train_batch_size >= 2 (the baseline is another image of the batch)."
+        )
+    if args.ie_regions == "pair_union" and args.baseline != "other_image":
+        raise ValueError(
+            f"--ie_regions pair_union needs --baseline other_image (it joins each face's parts with its baseline "
+            f"face's), got --baseline {args.baseline}."
         )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id.")
@@ -738,8 +754,8 @@ def training_losses(
     inputs, t_all = noisy, timesteps
     if ie_needed:
         nb = min(args.ie_batch_size or b, b)
-        regions = pid.region_partition(labels[:nb], concepts, args.mask_dilation)
         game = game or game_settings(args, concepts)
+        regions = game_regions(labels, nb, concepts, args, game)
         ie_noisy, ie_t = noisy, timesteps
         if args.ie_min_timestep > 0:
             # The eps-space L_IE is dominated by small t (fine-detail denoising, ~100x its value near t = T); drawing
@@ -804,11 +820,49 @@ class GameSettings:
 
     context_ids: List[int]  # regions that only ever act as context (--ie_context)
     presence: Optional[List[float]]  # each region's probability of being in a drawn coalition (--ie_presence)
+    template_regions: Optional[torch.Tensor] = None  # (1, K, H, W) partition of --ie_regions template
 
 
-def game_settings(args, concepts) -> GameSettings:
+def game_settings(args, concepts, template_labels: Optional[torch.Tensor] = None) -> GameSettings:
+    """`template_labels` (`(N, H, W)`, the label maps of the faces with a part map) make the template regions of
+    `--ie_regions template`; they are needed then and ignored otherwise."""
     names = pid.region_names_of(concepts)
-    return GameSettings([names.index(r) for r in args.ie_context], presence_by_region(args.ie_presence, concepts))
+    template_regions = None
+    if getattr(args, "ie_regions", "own") == "template":
+        if template_labels is None or not len(template_labels):
+            raise ValueError("--ie_regions template needs training faces with part maps to make the templates from.")
+        templates = pid.compute_concept_templates(template_labels.long(), concepts)
+        masks = torch.stack([torch.from_numpy(pid.decode_binary_mask(templates[c])) for c in concepts])[None]
+        template_regions = pid.exclusive_partition(pid.dilate_masks(masks.bool(), args.mask_dilation))
+    return GameSettings(
+        [names.index(r) for r in args.ie_context], presence_by_region(args.ie_presence, concepts), template_regions
+    )
+
+
+def game_regions(labels: torch.Tensor, nb: int, concepts, args, game: GameSettings) -> torch.Tensor:
+    """The players' regions of the first `nb` faces of the batch, `(nb, K, H, W)` (see `--ie_regions`).
+
+    With `pair_union` a concept's region is the union of the face's part and its baseline face's part (the baseline
+    is the batch rolled by one, `make_baseline`): with each face's own regions, a coalition input puts one face's
+    eyes into another face whose eyes sit a few pixels away, and the game then asks the model to draw both pairs."""
+    mode = getattr(args, "ie_regions", "own")
+    if mode == "template":
+        if game.template_regions is None:
+            raise ValueError("--ie_regions template: the game settings hold no template regions.")
+        return game.template_regions.to(labels.device).expand(nb, -1, -1, -1)
+    own = labels[:nb]
+    if mode == "own":
+        return pid.region_partition(own, concepts, args.mask_dilation)
+    partner = labels.roll(1, 0)[:nb]
+    masks = torch.stack(
+        [
+            torch.isin(own, torch.tensor(ids, device=own.device))
+            | torch.isin(partner, torch.tensor(ids, device=own.device))
+            for ids in concepts.values()
+        ],
+        1,
+    )
+    return pid.exclusive_partition(pid.dilate_masks(masks, args.mask_dilation))
 
 
 def presence_by_region(spec: Sequence[str], concepts) -> Optional[List[float]]:
@@ -920,6 +974,7 @@ OBJECTIVE_FLAGS = (
     "snr_floor",
     "ddpm_target",
     "ie_timestep_weighting",
+    "ie_regions",
     "harmonize_noise",
     "use_ema",
 )
@@ -928,6 +983,7 @@ OBJECTIVE_FLAG_BEFORE = {
     "snr_floor": 0.0,
     "ddpm_target": "data",
     "ie_timestep_weighting": "none",
+    "ie_regions": "own",
     "harmonize_noise": False,
 }
 
@@ -1131,6 +1187,7 @@ def model_card_text(args, output_dir: str, metrics: dict) -> str:
         "estimator",
         "value",
         "baseline",
+        "ie_regions",
     ):
         lines.append(f"| {key} | `{getattr(args, key)}` |")
     for key, val in metrics.items():
@@ -1350,7 +1407,7 @@ def main(args: argparse.Namespace) -> str:
     generator = torch.Generator(device=device)
     micro_step = global_step * args.gradient_accumulation_steps
     flip_perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=device)
-    game = game_settings(args, concepts)
+    game = game_settings(args, concepts, torch.from_numpy(faces.labels[faces.has_mask]))
     progress = tqdm(
         range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train"
     )

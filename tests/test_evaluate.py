@@ -82,21 +82,20 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         "2",
         "--emergence_points",
         "2",
+        # one variant per pipeline: every edited image goes through Inception (edit realism), and the variants of
+        # --harmonize_noise both are checked in process below
+        "--harmonize_noise",
+        "off",
     ]
     proc = subprocess.run([sys.executable, EVALUATE, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
-    # every pipeline with and without harmonised noise (the default --harmonize_noise both)
-    variants = {f"{n}_{v}" for n in ("interp", "baseline") for v in ("harmonized", "plain")}
+    variants = {"interp", "baseline"}
     assert set(results["pipelines"]) == variants
-    assert results["config"]["baseline_of"] == {
-        "interp_harmonized": "baseline_harmonized",
-        "interp_plain": "baseline_plain",
-    }
+    assert results["config"]["baseline_of"] == {"interp": "baseline"}
     for name, res in results["pipelines"].items():
-        assert res["harmonize_noise"] == name.endswith("harmonized")
-        assert res["fid"]["harmonize_noise"] == res["harmonize_noise"]
+        assert res["harmonize_noise"] is False and res["fid"]["harmonize_noise"] is False
         for concept in ("eyes", "nose", "mouth"):
             for edit in ("swap", "resample"):
                 for key in ("rgb/paper", "rgb/area", "lab/paper", "lab/area"):
@@ -140,30 +139,23 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
         assert res["attribution"]["num_samples"] == 2 and 0 < res["attribution"]["leakage"]["mean"] < 1
         assert res["attribution"]["leakage"]["ci95"] is None  # no interval from 2 samples
         assert len(res["attribution"]["leakage_curve"]) == 2
-        if name.endswith("plain"):  # real photos are measured once per pipeline, never harmonised
-            assert res["real"]["num_pairs"] == 1 and np.isfinite(res["real"]["reconstruction_psnr"]["mean"])
-        else:
-            assert "real" not in res
-    # the harmonised variant's seeded x_T differ, so do its samples
-    assert (
-        results["pipelines"]["interp_harmonized"]["fid"]["fid"] != results["pipelines"]["interp_plain"]["fid"]["fid"]
-    )
+        assert res["real"]["num_pairs"] == 1 and np.isfinite(res["real"]["reconstruction_psnr"]["mean"])
     assert "299x299" in results["methods"]["fid_resize"]
-    assert "borrowed" in results["pipelines"]["baseline_plain"]["mask_source"]
+    assert "borrowed" in results["pipelines"]["baseline"]["mask_source"]
 
     md = (out / "results.md").read_text()
-    assert "| swap | eyes | rgb | paper |" in md and "interp_plain / baseline_plain" in md and "0.0295" in md
+    assert "| swap | eyes | rgb | paper |" in md and "interp / baseline" in md and "0.0295" in md
     assert "| KID x 1000 |" in md and "| swap | eyes | MSE_ref |" in md
     assert "(n = 2, too few for a CI)" in md and "1 pair of test faces" in md and "10 seeded pairs" in md
     assert "1 pairs" not in md and "bootstrap-t" in md
     figures = sorted(os.listdir(out / "figures"))
     for name in variants:
         kinds = ("swap_grid", "resample_grid", "samples", "attribution_matrices")
-        for kind in kinds + (("real_swap_grid",) if name.endswith("plain") else ()):
+        for kind in kinds + ("real_swap_grid",):
             assert f"{name}_{kind}.png" in figures
     assert "leakage_over_t.png" in figures
     assert "end_to_end_attribution.png" in figures and "emergence_curves.png" in figures
-    assert "interp_plain_swap_blend_grid.png" in figures
+    assert "interp_swap_blend_grid.png" in figures
     assert "| swap_blend | eyes | rgb | paper |" in md and "| swap_blend | eyes | MSE_ref |" in md
     assert "| swap_blend | eyes | seam |" in md and "| resample_blend | KID x 1000 |" in md
     assert "| end-to-end leakage (all regions) |" in md and "| noise | eyes | emergence step |" in md
@@ -179,6 +171,35 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     missing = [str(tmp_path / "nope"), "--output_dir", str(tmp_path / "eval2")]
     assert evaluate.main(evaluate.parse_args(missing)) == 2
     assert not (tmp_path / "eval2").exists()
+
+
+@pytest.mark.slow  # Inception features of samples and reference faces
+def test_harmonize_both_evaluates_each_pipeline_twice_against_the_baselines_same_variant(
+    tmp_path, tiny_faces, templates
+):
+    main_dir, base_dir, out = tmp_path / "interp", tmp_path / "baseline", tmp_path / "eval"
+    tiny_pipeline(concept_templates=templates).save_pretrained(str(main_dir))
+    tiny_pipeline(seed=1).save_pretrained(str(base_dir))
+    args = [str(main_dir), "--baseline", str(base_dir), "--output_dir", str(out), "--data_dir", tiny_faces]
+    args += ["--fid_cache_dir", str(tmp_path / "fid_cache"), "--num_fid_samples", "3", "--num_inference_steps", "2"]
+    args += ["--num_real_pairs", "1", "--batch_size", "4", "--device", "cpu", "--harmonize_noise", "both"]
+    args += ["--skip", "locality", "attribution", "end_to_end", "emergence"]
+    assert evaluate.main(evaluate.parse_args(args)) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["pipelines"]) == {f"{n}_{v}" for n in ("interp", "baseline") for v in ("harmonized", "plain")}
+    assert results["config"]["baseline_of"] == {
+        "interp_harmonized": "baseline_harmonized",
+        "interp_plain": "baseline_plain",
+    }
+    for name, res in results["pipelines"].items():
+        assert res["harmonize_noise"] == name.endswith("harmonized") == res["fid"]["harmonize_noise"]
+        # real photos are measured once per pipeline, never harmonised
+        assert ("real" in res) == name.endswith("plain")
+    # the harmonised variant's seeded x_T differ, so do its samples
+    pipes = results["pipelines"]
+    assert pipes["interp_harmonized"]["fid"]["fid"] != pipes["interp_plain"]["fid"]["fid"]
+    assert "interp_plain / baseline_plain" in (out / "results.md").read_text()
 
 
 def test_missing_pipeline_path_error_message(tmp_path, capsys):

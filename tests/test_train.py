@@ -451,6 +451,40 @@ def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
         assert same_as_ddpm_input > 0.5 if min_t == 0 else same_as_ddpm_input == 0, (min_t, same_as_ddpm_input)
 
 
+def test_ie_regions_own_pair_union_and_template_partition_the_image():
+    """own: each face's parts; pair_union: the face's parts joined with its baseline face's (the batch rolled by one,
+    as make_baseline pairs them); template: the same concept templates for every face. Always a partition."""
+    import types
+
+    import train_interpretable as ti
+
+    concepts = ti.pid.parse_concepts("eyes=4,5 nose=6 mouth=7")
+    labels = torch.zeros(4, 16, 16, dtype=torch.long)
+    labels[:, 4:6, 3:6], labels[:, 4:6, 10:13], labels[:, 8:10, 7:9], labels[:, 12:14, 6:10] = 4, 5, 6, 7
+    labels[1] = labels[1].roll(2, 1)  # face 1's parts sit 2 px to the right
+    labels[3] = 0  # a face without a part map
+    for mode in ("own", "pair_union", "template"):
+        args = types.SimpleNamespace(ie_regions=mode, mask_dilation=0, ie_context=["rest"], ie_presence=[])
+        game = ti.game_settings(args, concepts, labels[:3])
+        regions = ti.game_regions(labels, 3, concepts, args, game)
+        assert regions.shape == (3, 4, 16, 16) and torch.equal(regions.sum(1), torch.ones(3, 16, 16))
+        eyes = regions[:, 0].bool()
+        own_eyes = torch.isin(labels[:3], torch.tensor([4, 5]))
+        if mode == "own":
+            assert torch.equal(eyes, own_eyes)
+        elif mode == "pair_union":
+            partner_eyes = torch.isin(labels.roll(1, 0)[:3], torch.tensor([4, 5]))
+            assert torch.equal(eyes, own_eyes | partner_eyes)
+            assert torch.equal(eyes[0], own_eyes[0])  # its baseline face (face 3) has no part map
+            assert eyes[1].sum() > own_eyes[1].sum() and eyes[2].sum() > own_eyes[2].sum()
+        else:  # the parts where at least half of the faces with a map have them (faces 0 and 2: face 1's own)
+            assert (
+                torch.equal(eyes[0], eyes[1]) and torch.equal(eyes[1], eyes[2]) and torch.equal(eyes[0], own_eyes[0])
+            )
+    with pytest.raises(ValueError, match="needs training faces with part maps"):
+        ti.game_settings(types.SimpleNamespace(ie_regions="template", ie_context=[], ie_presence=[]), concepts, None)
+
+
 def test_ie_presence_draws_the_named_player_into_the_coalitions_that_often():
     """--ie_presence eyes=0.95 puts the eyes' own noisy pixels (not the baseline's) into ~95% of the drawn coalitions
     S; without it, ~half."""
@@ -559,6 +593,11 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
         "presence with exact": (
             ["--train_data_dir", tiny_faces, "--ie_presence", "eyes=0.9", "--estimator", "exact"],
             "--ie_presence needs --estimator pair or sampled",
+            False,
+        ),
+        "pair union without another image": (
+            ["--train_data_dir", tiny_faces, "--ie_regions", "pair_union", "--baseline", "noise"],
+            "--ie_regions pair_union needs --baseline other_image",
             False,
         ),
         "min timestep past T": (
