@@ -843,8 +843,9 @@ def game_regions(labels: torch.Tensor, nb: int, concepts, args, game: GameSettin
     """The players' regions of the first `nb` faces of the batch, `(nb, K, H, W)` (see `--ie_regions`).
 
     With `pair_union` a concept's region is the union of the face's part and its baseline face's part (the baseline
-    is the batch rolled by one, `make_baseline`): with each face's own regions, a coalition input puts one face's
-    eyes into another face whose eyes sit a few pixels away, and the game then asks the model to draw both pairs."""
+    is the batch rolled by one, `make_baseline`), so that a coalition input never puts one face's eyes into another
+    face whose own eyes sit a few pixels away. In the recipe study the three choices gave the same faces and the same
+    locality (docs/recipe.md, "Where the ghosting comes from")."""
     mode = getattr(args, "ie_regions", "own")
     if mode == "template":
         if game.template_regions is None:
