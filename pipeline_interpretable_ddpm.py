@@ -345,10 +345,14 @@ def region_partition(
     """
     if label_maps.ndim != 3:
         raise ValueError(f"label_maps must have shape (B, H, W), got {tuple(label_maps.shape)}.")
-    masks = torch.stack(
+    return exclusive_partition(dilate_masks(concept_masks(label_maps, concepts), dilation))
+
+
+def concept_masks(label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """`(B, H, W)` part label ids -> `(B, len(concepts), H, W)` bool: where each concept's labels are."""
+    return torch.stack(
         [torch.isin(label_maps, torch.tensor(ids, device=label_maps.device)) for ids in concepts.values()], 1
     )
-    return exclusive_partition(dilate_masks(masks, dilation))
 
 
 # Harmonised noise. On a model trained with the one-way game, a part's colour follows the mean of its own x_T patch
@@ -2204,9 +2208,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if is_latents:
                 x = self.denoise(latents, num_inference_steps, show_progress=False, clip_sample=clip_sample)
             labels = self._parse_model_space(x)
-            masks = torch.stack(
-                [torch.isin(labels, torch.tensor(self.concepts[c], device=labels.device)) for c in concepts], 1
-            ).float()
+            masks = concept_masks(labels, {c: self.concepts[c] for c in concepts}).float()
         masks = dilate_masks(masks, dilation)
         return masks.to(self._execution_device)
 

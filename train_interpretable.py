@@ -854,15 +854,7 @@ def game_regions(labels: torch.Tensor, nb: int, concepts, args, game: GameSettin
     own = labels[:nb]
     if mode == "own":
         return pid.region_partition(own, concepts, args.mask_dilation)
-    partner = labels.roll(1, 0)[:nb]
-    masks = torch.stack(
-        [
-            torch.isin(own, torch.tensor(ids, device=own.device))
-            | torch.isin(partner, torch.tensor(ids, device=own.device))
-            for ids in concepts.values()
-        ],
-        1,
-    )
+    masks = pid.concept_masks(own, concepts) | pid.concept_masks(labels.roll(1, 0)[:nb], concepts)
     return pid.exclusive_partition(pid.dilate_masks(masks, args.mask_dilation))
 
 
