@@ -1400,7 +1400,9 @@ def main(args: argparse.Namespace) -> str:
     generator = torch.Generator(device=device)
     micro_step = global_step * args.gradient_accumulation_steps
     flip_perm = torch.tensor(pid.FLIP_LABEL_PERMUTATION, device=device)
-    game = game_settings(args, concepts, torch.from_numpy(faces.labels[faces.has_mask]))
+    # the label maps of the faces with a part map (a copy of most of the data) only where templates are made of them
+    template_labels = torch.from_numpy(faces.labels[faces.has_mask]) if args.ie_regions == "template" else None
+    game = game_settings(args, concepts, template_labels)
     progress = tqdm(
         range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="train"
     )
