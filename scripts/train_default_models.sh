@@ -10,8 +10,10 @@
 # which the step count is derived with the measured pretrain speed so that the lambda decay fits the budget.
 #   CPU:  PRETRAIN_MIN=600 FINETUNE_MIN=240 PRECISION=bf16 BATCH=16 bash scripts/train_default_models.sh
 #   GPU:  PRETRAIN_MIN=3.5 FINETUNE_MIN=2.2 PRECISION=bf16 BATCH=128 bash scripts/train_default_models.sh
-# The shipped models: the plain model continued with the new schedule, then the recipe's branches
+# The shipped models: the plain model continued with the new schedule,
 #   PRETRAIN_FROM=<plain pipeline folder> PRETRAIN_STEPS=2520 LR_PRETRAIN=2e-4 PRECISION=bf16 bash scripts/train_default_models.sh
+# then 300 more plain steps (`train_interpretable.py --lambda_start 0 --max_train_steps 300` from $RUNS/pretrain); with
+# that model as $RUNS/pretrain, a second run of this script trains the recipe's two 2300-step branches from it.
 # BRANCH_FLAGS go to the interpretable branch only (e.g. "--lambda_start 1e3 --lambda_end 1 --ie_context" for the
 # paper's schedule and symmetric game), EXTRA to every phase.
 # The faces are read from $INTERPRETABLE_DDPM_DATA (default ../shared/data/utkface64 beside the repository).
