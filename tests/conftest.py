@@ -3,8 +3,18 @@ from the machine (the face data, a browser, the data environment): skipped where
 
 import os
 
-import pytest
-import torch
+# No background threads in the test process: tests/test_durability.py forks training children from it, and a child
+# inherits every lock another thread holds at that moment (a fork during a telemetry request or a tqdm monitor pass can
+# leave the child blocked for good). Hub and Gradio telemetry are off (they are network calls anyway), the tqdm
+# monitor is never started; set before the libraries read them at import.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import tqdm  # noqa: E402
+
+tqdm.tqdm.monitor_interval = 0
 
 # Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP's spin-waiting makes a
 # 2-thread forward of the tiny UNet up to 50x slower than a 1-thread one. TEST_TORCH_THREADS overrides.

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -50,7 +51,10 @@ def run_args(data, out, *extra):
 
 
 def fork_training(argv, log_path):
-    """A training process (`train_interpretable.cli(argv)`) forked from this one; its output goes to `log_path`."""
+    """A training process (`train_interpretable.cli(argv)`) forked from this one; its output goes to `log_path`.
+    Refused while other threads run here: the child would inherit the locks they hold (conftest keeps them away)."""
+    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    assert not others, f"forking a training child with other threads running: {others}"
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 3
