@@ -51,10 +51,10 @@ PAINTED = "painted"
 MAX_FACES = 8  # faces offered per photo, largest first
 MIN_EYE_DISTANCE = 12.0  # px between the eyes in a photo, at 64x64 (prepare_data.py's --min_eye_distance)
 # The harmonised photo swap (`swap_regions(..., harmonize_photo=...)`), on by default for photos, with 3/4 of the
-# shift: on 25 held-out real pairs (strength 0.5, 25 steps, the shipped interpretable model) it took the off-colour
-# rate of swapped photos from 15.3 % to 3.3 %, with MSE_ref 0.41 / 0.47 / 0.49 (eyes / nose / mouth) and locality
-# 1.20 / 1.14 / 1.17 x the plain swap's; the whole shift gave the same 3.3 % with MSE_ref up to 0.66 and locality up
-# to 1.26 x (benchmarks/photo_swap_colour.py, docs/real_photos.md).
+# shift: on 25 held-out real pairs (strength 0.5, 25 steps, the shipped interpretable model) it takes the off-colour
+# rate of swapped photos from 10.7 % to 4.0 %, with MSE_ref 0.41 / 0.57 / 0.59 (eyes / nose / mouth) and locality
+# 1.13 / 1.13 / 1.19 x the plain swap's; the whole shift gives the same 4.0 % with MSE_ref up to 0.74 and locality up
+# to 1.23 x (benchmarks/photo_swap_colour.py, docs/real_photos.md).
 PHOTO_SWAP_HARMONIZE = 0.75
 
 
