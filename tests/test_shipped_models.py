@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import pipeline_interpretable_ddpm as pid
 import train_interpretable
-from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins, tiny_pipeline
+from conftest import PIPELINE_FILE, ROOT, assert_lambda_zero_twins, is_game_setting, tiny_pipeline
 from scripts.push_models import MODEL_CARDS
 from test_train import HubStandIn, child_env, tree
 
@@ -153,7 +153,7 @@ def test_the_training_script_defaults_are_the_shipped_recipe():
         config = shipped_json(name, "training", "training_config.json")
         expected = {**defaults, "lambda_start": lambda_start}
         if lambda_start == 0:  # no game: the decay's end point and the game's settings are never used
-            expected.update({k: config[k] for k in config if k == "lambda_end" or k.startswith("ie_")})
+            expected.update({k: config[k] for k in config if is_game_setting(k) and k != "lambda_start"})
         differing = {k for k in config if config[k] != expected[k]}
         assert differing <= RUN_SETTINGS, {k: (config[k], expected[k]) for k in differing - RUN_SETTINGS}
         assert config["lambda_decay_steps"] in (None, config["max_train_steps"])
