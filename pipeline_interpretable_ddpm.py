@@ -1887,9 +1887,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         `pipe(latents=inv)`; they continue the trajectory from its timestep, unclipped, with masks from the photo.
         `strength` is the user's knob: lower keeps more of the photo (the edit changes less, and only fine detail at
         very low strength), higher lets the edited part change more. The dummy-player loss trains the shipped models on
-        x_t at every t >= 300, so a region exchanged at t0 is local by the same argument as one exchanged at x_T; an inverted
-        x_t0 is much better behaved than an inverted x_T. On the shipped faces models edits stay local up to about
-        `LOCAL_EDIT_MAX_STRENGTH`; above it (x_T at 1.0 in particular) an edit changes the whole face, and the
+        x_t at every t >= 300, so a region exchanged at t0 is local by the same argument as one exchanged at x_T; an
+        inverted x_t0 is much better behaved than an inverted x_T. On the shipped faces models edits stay local up to
+        about `LOCAL_EDIT_MAX_STRENGTH`; above it (x_T at 1.0 in particular) an edit changes the whole face, and the
         output's `warning` says so (docs/real_photos.md has the measurements).
 
         An explicit loop that runs each DDIM step of `__call__` backwards. The plain inversion evaluates the noise at
