@@ -747,11 +747,15 @@ class CoalitionPlan:
         coalitions (`torch.Tensor` of shape `(B, M, K)`, bool): the M coalitions to feed the model per example.
         estimator (`str`): `"exact"`, `"sampled"` or `"pair"`.
         out_k (`torch.Tensor` of shape `(B,)`, *optional*): the output region of each example (`"pair"` only).
+        num_outputs (`torch.Tensor` of shape `(B,)`, *optional*): how many output regions each example's `out_k` was
+            drawn from (`"pair"` with `open_outputs` only; K otherwise), the factor that makes the pair an estimate of
+            the sum over those regions.
     """
 
     coalitions: torch.Tensor
     estimator: str
     out_k: Optional[torch.Tensor] = None
+    num_outputs: Optional[torch.Tensor] = None
 
 
 def plan_coalitions(
@@ -761,6 +765,7 @@ def plan_coalitions(
     generator: Optional[torch.Generator] = None,
     context: Optional[Sequence[int]] = None,
     presence: Optional[Sequence[float]] = None,
+    open_outputs: Optional[torch.Tensor] = None,
 ) -> CoalitionPlan:
     """Draws the coalitions of one estimator of L_IE (see `interpretability_loss`) for a batch of partitions
     `regions` `(B, K, H, W)`. Random draws happen on `generator`'s device (the CPU without one) and are then moved to
@@ -775,7 +780,12 @@ def plan_coalitions(
     `presence` (`(K,)` probabilities in (0, 1), `"pair"` and `"sampled"` only; default 1/2 each) is the chance that
     each player is in a drawn coalition S. Every coalition keeps a positive probability, so the loss is still zero
     exactly when the dummy-player conditions hold; a player drawn more often is simply asked more often to leave the
-    other regions alone (e.g. the eyes, whose small region makes their leakage a small share of the plain loss)."""
+    other regions alone (e.g. the eyes, whose small region makes their leakage a small share of the plain loss).
+
+    `open_outputs` (`(B, K)` bool, `"pair"` only) leaves output regions out of the game per example: such a region
+    may depend on every player, and the example's output region is drawn among the others. With the context regions
+    open at low timesteps, the rest may reconcile the skin around a part with the part that is there (a part's
+    surroundings drawn without it ghost it), while the parts still never read each other."""
     b, k = regions.shape[:2]
     device = regions.device
     draw_device = generator.device if generator is not None else "cpu"
@@ -784,6 +794,16 @@ def plan_coalitions(
         raise ValueError(f"context players must be in [0, {k}), got {context}.")
     if context and estimator != "pair":
         raise ValueError(f"context players need estimator='pair', got '{estimator}'.")
+    if open_outputs is not None:
+        if estimator != "pair":
+            raise ValueError(f"open_outputs needs estimator='pair', got '{estimator}'.")
+        if open_outputs.shape != (b, k) or open_outputs.dtype != torch.bool:
+            raise ValueError(
+                f"open_outputs must be a bool tensor of shape {(b, k)}, got {tuple(open_outputs.shape)} "
+                f"{open_outputs.dtype}."
+            )
+        if open_outputs.all(1).any():
+            raise ValueError("open_outputs leaves every output region of an example out of the game; keep one closed.")
     if presence is None:
         presence_probs = torch.full((k,), 0.5)
     else:
@@ -797,7 +817,17 @@ def plan_coalitions(
     presence_probs = presence_probs.to(draw_device)
     if estimator == "pair":
         coalition = torch.rand(b, k, generator=generator, device=draw_device).lt(presence_probs).to(device)
-        out_k = torch.randint(0, k, (b,), generator=generator, device=draw_device).to(device)
+        num_outputs = None
+        if open_outputs is None:
+            out_k = torch.randint(0, k, (b,), generator=generator, device=draw_device).to(device)
+        else:
+            closed = ~open_outputs.to(device=draw_device, dtype=torch.bool)
+            num_outputs = closed.sum(1)
+            # one uniform draw per example, mapped onto its closed regions (the k-th closed one for u in [k/n, (k+1)/n))
+            u = torch.rand(b, generator=generator, device=draw_device)
+            rank = (u * num_outputs).floor().long().clamp_max(num_outputs - 1)
+            out_k = (closed.long().cumsum(1) <= rank[:, None]).sum(1)
+            out_k, num_outputs = out_k.to(device), num_outputs.to(device)
         rows = torch.arange(b, device=device)
         always = torch.zeros_like(coalition)
         if context:
@@ -806,7 +836,7 @@ def plan_coalitions(
         coalition = coalition | always
         reference = always.clone()
         reference[rows, out_k] = coalition[rows, out_k]  # {k} if k is in S, else the empty coalition (plus context)
-        return CoalitionPlan(torch.stack([coalition, reference], 1), estimator, out_k)
+        return CoalitionPlan(torch.stack([coalition, reference], 1), estimator, out_k, num_outputs)
     if estimator == "exact":
         # all 2^K coalitions; the empty one (row 0) and the singletons (rows 2^j) are among them
         return CoalitionPlan(all_coalitions(k, device)[None].expand(b, -1, -1), estimator)
@@ -850,7 +880,8 @@ def loss_from_coalition_outputs(
         rows = torch.arange(b, device=regions.device)
         region_k = regions[rows, plan.out_k][:, None, None]  # (B, 1, 1, H, W)
         vals = region_values(eps, region_k, value)[:, :, 0]  # (B, 2, ...)
-        per_example = k * _squared_region_distance(vals[:, 0], vals[:, 1], value)
+        scale = k if plan.num_outputs is None else plan.num_outputs.to(vals.dtype)
+        per_example = scale * _squared_region_distance(vals[:, 0], vals[:, 1], value)
     elif plan.estimator == "exact":
         singles = 2 ** torch.arange(k, device=regions.device)
         empty_vals = region_values(eps[:, 0], regions, value)
@@ -884,6 +915,7 @@ def interpretability_loss(
     border: int = 0,
     context: Optional[Sequence[int]] = None,
     presence: Optional[Sequence[float]] = None,
+    open_outputs: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The dummy-player loss L_IE = E_S sum_k [terms of Theorem 1], for one batch.
 
@@ -907,11 +939,12 @@ def interpretability_loss(
         border (`int`): leave output pixels within `border` of another region out (see `loss_from_coalition_outputs`).
         context (player indices, optional): players every region may depend on (one-way game, see `plan_coalitions`).
         presence (`(K,)`, optional): each player's probability of being in a drawn coalition (see `plan_coalitions`).
+        open_outputs (`(B, K)` bool, optional): output regions left out of the game per example (`plan_coalitions`).
 
     Returns:
         scalar loss (mean over the batch).
     """
-    plan = plan_coalitions(regions, estimator, num_coalitions, generator, context, presence)
+    plan = plan_coalitions(regions, estimator, num_coalitions, generator, context, presence, open_outputs)
     inputs = coalition_inputs(x_t, baseline, regions, plan.coalitions)  # (B, M, C, H, W)
     m = inputs.shape[1]
     eps = model_fn(inputs.flatten(0, 1), timesteps.repeat_interleave(m)).reshape(inputs.shape)

@@ -95,6 +95,7 @@ RECIPE = {
     "ie_context": ["rest"],
     "ie_border": 1,
     "ie_min_timestep": 300,
+    "ie_context_open_below": 0,
     "ie_timestep_weighting": "none",
     # the dummy-player loss's weight, decaying exponentially over the whole fine-tune, on 16 examples per batch
     "lambda_start": 20.0,
@@ -263,6 +264,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=RECIPE["ie_min_timestep"],
         help="L_IE examples draw their timestep from [this, num_train_timesteps) on their own noisy inputs "
         "(the DDPM loss keeps all timesteps). 0: L_IE on the DDPM examples' timesteps.",
+    )
+    g.add_argument(
+        "--ie_context_open_below",
+        type=int,
+        default=RECIPE["ie_context_open_below"],
+        help="Below this timestep the --ie_context regions may depend on every region (their outputs leave the "
+        "game; the other regions still may not read each other). 0: the one-way game at every timestep.",
     )
     g.add_argument(
         "--ie_timestep_weighting",
@@ -483,6 +491,13 @@ def validate_args(args: argparse.Namespace) -> None:
             "--rescale_betas_zero_snr needs --prediction_type v_prediction or sample: at zero terminal SNR the noise "
             "equals x_T, so epsilon prediction has nothing to learn at t = T - 1."
         )
+    if not 0 <= args.ie_context_open_below <= args.num_train_timesteps:
+        raise ValueError(
+            f"--ie_context_open_below must be in [0, {args.num_train_timesteps}] (--num_train_timesteps), got "
+            f"{args.ie_context_open_below}."
+        )
+    if args.ie_context_open_below > 0 and not args.ie_context:
+        raise ValueError("--ie_context_open_below needs --ie_context regions to open (e.g. --ie_context rest).")
     if not 0 <= args.ie_min_timestep < args.num_train_timesteps:
         raise ValueError(
             f"--ie_min_timestep must be in [0, {args.num_train_timesteps}) (--num_train_timesteps), got {args.ie_min_timestep}."
@@ -772,8 +787,13 @@ def training_losses(
             ).to(device)
             ie_noisy = noise_scheduler.add_noise(x0, noise, ie_t)
         baseline = make_baseline(args.baseline, x0, ie_noisy, ie_t, noise_scheduler, generator)[:nb]
+        open_outputs = None
+        if getattr(args, "ie_context_open_below", 0) > 0:
+            # below the threshold the context regions may read the parts (the skin around a part follows the part)
+            open_outputs = torch.zeros(regions.shape[:2], dtype=torch.bool, device=regions.device)
+            open_outputs[:, game.context_ids] = (ie_t[:nb] < args.ie_context_open_below)[:, None]
         plan = pid.plan_coalitions(
-            regions, args.estimator, args.coalition_samples, generator, game.context_ids, game.presence
+            regions, args.estimator, args.coalition_samples, generator, game.context_ids, game.presence, open_outputs
         )
         coal = pid.coalition_inputs(ie_noisy[:nb], baseline, regions, plan.coalitions)  # (nb, M, C, H, W)
         m = coal.shape[1]

@@ -331,3 +331,59 @@ def test_presence_probabilities_draw_a_player_more_often_and_keep_the_zero_set()
             pid.plan_coalitions(regions, "pair", presence=bad)
     with pytest.raises(ValueError, match="presence probabilities need estimator='pair' or 'sampled'"):
         pid.plan_coalitions(regions, "exact", presence=[0.9, 0.5, 0.5])
+
+
+def test_open_outputs_free_the_context_region_but_never_the_parts():
+    """`open_outputs` takes a region's outputs out of the game per example: with the rest open, a model whose rest
+    follows a part has no loss (the plain one-way game penalises it), a model whose part follows another part still
+    has; the output region is drawn uniformly among the closed ones and the pair is scaled by their number."""
+    x_t, baseline, timesteps, regions = setup_game(batch=8, k=3, seed=7)
+    rest = 2
+
+    def follows(target, source):  # region `target`'s outputs = its own input + the mean of region `source`
+        def model_fn(x, t):
+            r = regions.repeat_interleave(x.shape[0] // regions.shape[0], 0)
+            mean = (x * r[:, source : source + 1]).sum((-2, -1), keepdim=True) / r[:, source : source + 1].sum(
+                (-2, -1), keepdim=True
+            )
+            return x + r[:, target : target + 1] * mean
+
+        return model_fn
+
+    open_rest = torch.zeros(8, 3, dtype=torch.bool)
+    open_rest[:, rest] = True
+
+    def loss(model_fn, open_outputs):
+        return pid.interpretability_loss(
+            model_fn,
+            x_t,
+            timesteps,
+            regions,
+            baseline,
+            generator=torch.Generator().manual_seed(0),
+            context=[rest],
+            open_outputs=open_outputs,
+        ).item()
+
+    assert loss(follows(rest, 0), open_rest) < 1e-12 and loss(follows(rest, 0), None) > 1e-3
+    assert loss(follows(0, 1), open_rest) > 1e-3
+
+    many = torch.zeros(6000, 3, dtype=torch.bool)
+    many[::2, rest] = True
+    plan = pid.plan_coalitions(
+        regions.repeat(750, 1, 1, 1), "pair", generator=torch.Generator().manual_seed(2), open_outputs=many
+    )
+    assert not (plan.out_k[::2] == rest).any()
+    assert torch.equal(plan.num_outputs, 3 - many.sum(1))
+    assert torch.allclose(
+        torch.bincount(plan.out_k[::2], minlength=3).float() / 3000, torch.tensor([0.5, 0.5, 0]), atol=0.03
+    )
+    assert torch.allclose(
+        torch.bincount(plan.out_k[1::2], minlength=3).float() / 3000, torch.full((3,), 1 / 3), atol=0.03
+    )
+    with pytest.raises(ValueError, match="open_outputs needs estimator='pair'"):
+        pid.plan_coalitions(regions, "exact", open_outputs=open_rest)
+    with pytest.raises(ValueError, match=r"open_outputs must be a bool tensor of shape \(8, 3\)"):
+        pid.plan_coalitions(regions, "pair", open_outputs=open_rest[:4])
+    with pytest.raises(ValueError, match="leaves every output region of an example out of the game"):
+        pid.plan_coalitions(regions, "pair", open_outputs=torch.ones(8, 3, dtype=torch.bool))

@@ -451,6 +451,64 @@ def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
         assert same_as_ddpm_input > 0.5 if min_t == 0 else same_as_ddpm_input == 0, (min_t, same_as_ddpm_input)
 
 
+def test_ie_context_open_below_frees_the_rest_at_low_timesteps_only(monkeypatch):
+    """--ie_context_open_below T takes the context region's outputs out of the game for the L_IE examples with t < T
+    (the parts stay in it at every t); without the flag every region is in the game."""
+    from diffusers import DDPMScheduler
+
+    import pipeline_interpretable_ddpm as pid
+    import train_interpretable as ti
+
+    plans = []
+    plan_coalitions = pid.plan_coalitions
+
+    def recording_plan(regions, *args, **kwargs):
+        plan = plan_coalitions(regions, *args, **kwargs)
+        plans.append((args[-1] if len(args) == 6 else kwargs.get("open_outputs"), plan))
+        return plan
+
+    monkeypatch.setattr(pid, "plan_coalitions", recording_plan)
+    calls = []
+
+    class RecordingUNet(torch.nn.Module):
+        def forward(self, x, t):
+            calls.append(t.detach().clone())
+            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
+
+    b = nb = 64
+    labels = torch.zeros(b, 16, 16, dtype=torch.long)
+    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
+    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
+    for open_below in (0, 500):
+        plans.clear(), calls.clear()
+        args = ti.parse_args(
+            ["--train_data_dir", ROOT, "--output_dir", "unused", "--ie_min_timestep", "100"]
+            + ["--ie_context_open_below", str(open_below), "--ie_batch_size", str(nb), "--ie_context", "rest"]
+            + ["--concepts", "eyes=4,5 mouth=7", "--no-random_flip"]
+        )
+        ti.training_losses(
+            RecordingUNet(),
+            images,
+            labels,
+            torch.ones(b, dtype=torch.bool),
+            noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
+            concepts={"eyes": [4, 5], "mouth": [7]},
+            args=args,
+            lam=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        ((open_outputs, plan),) = plans
+        coal_t = calls[0][b:].reshape(nb, 2)[:, 0]
+        if open_below == 0:
+            assert open_outputs is None and plan.num_outputs is None
+            continue
+        low = coal_t < open_below
+        assert 0 < low.sum() < nb  # t in [100, 1000): both sides of 500 drawn
+        assert torch.equal(open_outputs[:, 2], low) and not open_outputs[:, :2].any()  # rest only, below 500 only
+        assert not (plan.out_k[low] == 2).any() and (plan.out_k[~low] == 2).any()
+        assert torch.equal(plan.num_outputs, 3 - low.long())
+
+
 def test_ie_regions_own_pair_union_and_template_partition_the_image():
     """own: each face's parts; pair_union: the face's parts joined with its baseline face's (the batch rolled by one,
     as make_baseline pairs them); template: the same concept templates for every face. Always a partition."""
@@ -598,6 +656,16 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(tiny_faces, tmp
         "pair union without another image": (
             ["--train_data_dir", tiny_faces, "--ie_regions", "pair_union", "--baseline", "noise"],
             "--ie_regions pair_union needs --baseline other_image",
+            False,
+        ),
+        "context open past T": (
+            ["--train_data_dir", tiny_faces, "--ie_context_open_below", "1001"],
+            "--ie_context_open_below must be in [0, 1000]",
+            False,
+        ),
+        "context open without context": (
+            ["--train_data_dir", tiny_faces, "--ie_context_open_below", "500", "--ie_context"],
+            "--ie_context_open_below needs --ie_context regions",
             False,
         ),
         "min timestep past T": (
