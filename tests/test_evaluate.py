@@ -505,3 +505,31 @@ def test_emergence_of_a_per_pixel_model(templates):
         assert p["mean"] == pytest.approx(1.0, abs=1e-5)
     assert em["trajectory"]["mouth"]["emergence_step"]["mean"] == 4
     assert em["noise"]["mouth"]["curve"][0]["mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_denoising_trajectory_rows_end_in_the_pipelines_own_images_and_refuse_to_overwrite(tmp_path, capsys):
+    """scripts.denoising_trajectory: one row per (pipeline, sample), a column per kept step and the final image, which
+    is what the pipeline itself draws from the same x_T; an existing --out is refused before any work."""
+    from scripts import denoising_trajectory as dt
+
+    folders = []
+    for seed in (0, 1):
+        folders.append(str(tmp_path / f"pipe{seed}"))
+        tiny_pipeline(seed=seed).save_pretrained(folders[-1])
+    out = tmp_path / "trajectory.png"
+    args = dt.parse_args(
+        [*folders, "--indices", "3", "5", "--num_inference_steps", "6", "--every", "2", "--out", str(out)]
+    )
+    dt.main(args)
+    grid = np.asarray(PIL.Image.open(out))
+    assert grid.shape == (2 * 2 * 16 * 2, 4 * 16 * 2, 3)  # 2 pipelines x 2 samples; steps 0, 2, 4 + the image; zoom 2
+    assert "t = " in capsys.readouterr().out
+    for row, seed in ((0, 0), (2, 1)):
+        pipe = model_files.load_pipeline(folders[seed])
+        latents = evaluate.seeded_latents(pipe.latent_shape, 0, "fid", [3])
+        image = pipe(latents=latents, num_inference_steps=6, output_type="np").images[0]
+        drawn = grid[row * 32 : row * 32 + 32 : 2, 3 * 32 :: 2].astype(int)
+        assert np.abs(drawn - np.round(image * 255)).max() <= 1
+    with pytest.raises(SystemExit):
+        dt.parse_args([*folders, "--out", str(out)])
+    assert "exists; choose another file" in capsys.readouterr().err
