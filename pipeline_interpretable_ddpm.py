@@ -784,8 +784,8 @@ def plan_coalitions(
 
     `open_outputs` (`(B, K)` bool, `"pair"` only) leaves output regions out of the game per example: such a region
     may depend on every player, and the example's output region is drawn among the others. With the context regions
-    open at low timesteps, the rest may reconcile the skin around a part with the part that is there (a part's
-    surroundings drawn without it ghost it), while the parts still never read each other."""
+    open at low timesteps the rest may draw the skin around a part from the part that is there, while the parts still
+    never read each other (tried against the ghosted parts: it loosened locality and left them; docs/recipe.md)."""
     b, k = regions.shape[:2]
     device = regions.device
     draw_device = generator.device if generator is not None else "cpu"

@@ -95,6 +95,7 @@ RECIPE = {
     "ie_context": ["rest"],
     "ie_border": 1,
     "ie_min_timestep": 300,
+    # the rest region never reads the parts: letting it below t = 500 or 700 loosened locality, left the ghosts
     "ie_context_open_below": 0,
     "ie_timestep_weighting": "none",
     # the dummy-player loss's weight, decaying exponentially over the whole fine-tune, on 16 examples per batch
