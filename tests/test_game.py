@@ -263,30 +263,44 @@ def test_border_leaves_out_exactly_the_band_a_local_mixer_reaches(estimator):
         pid.interpretability_loss(blur, x_t, timesteps, regions, baseline, border=-1)
 
 
+def follows_region_mean(regions, source, target=None):
+    """A model whose outputs in region `target` (every pixel when None) are their own input plus the mean of region
+    `source` (per example and channel): it makes `source` a player of those regions' games and of no other."""
+
+    def model_fn(x, t):
+        r = regions.repeat_interleave(x.shape[0] // regions.shape[0], 0)
+        source_mask = r[:, source : source + 1]
+        mean = (x * source_mask).sum((-2, -1), keepdim=True) / source_mask.sum((-2, -1), keepdim=True)
+        return x + (mean if target is None else r[:, target : target + 1] * mean)
+
+    return model_fn
+
+
+def pair_loss(model_fn, x_t, baseline, timesteps, regions, **kwargs) -> float:
+    """The pair estimator of L_IE on `setup_game`'s tensors with a fixed draw (generator seed 0)."""
+    return pid.interpretability_loss(
+        model_fn,
+        x_t,
+        timesteps,
+        regions,
+        baseline,
+        estimator="pair",
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    ).item()
+
+
 def test_context_players_may_influence_every_region_but_nothing_else_may():
     """With the rest region as context (`context=[rest]`), a model whose outputs follow the rest region's mean has no
     loss, while one whose rest output follows another region still has; the plain game penalises both."""
-    x_t, baseline, timesteps, regions = setup_game(batch=8, k=3, seed=7)
-    rest = 2
-
-    def follows(source):  # every output pixel = its own input + the mean of region `source` (per example/channel)
-        def model_fn(x, t):
-            region = regions.repeat_interleave(x.shape[0] // regions.shape[0], 0)[:, source : source + 1]
-            return x + (x * region).sum((-2, -1), keepdim=True) / region.sum((-2, -1), keepdim=True)
-
-        return model_fn
+    game = setup_game(batch=8, k=3, seed=7)  # x_t, baseline, timesteps, regions
+    regions, rest = game[3], 2
 
     def loss(model_fn, context):
-        return pid.interpretability_loss(
-            model_fn,
-            x_t,
-            timesteps,
-            regions,
-            baseline,
-            estimator="pair",
-            generator=torch.Generator().manual_seed(0),
-            context=context,
-        ).item()
+        return pair_loss(model_fn, *game, context=context)
+
+    def follows(source):  # every output pixel = its own input + the mean of region `source`
+        return follows_region_mean(regions, source)
 
     assert loss(follows(rest), [rest]) < 1e-12 and loss(follows(rest), None) > 1e-3
     assert loss(follows(0), [rest]) > 1e-3
@@ -337,33 +351,16 @@ def test_open_outputs_free_the_context_region_but_never_the_parts():
     """`open_outputs` takes a region's outputs out of the game per example: with the rest open, a model whose rest
     follows a part has no loss (the plain one-way game penalises it), a model whose part follows another part still
     has; the output region is drawn uniformly among the closed ones and the pair is scaled by their number."""
-    x_t, baseline, timesteps, regions = setup_game(batch=8, k=3, seed=7)
-    rest = 2
-
-    def follows(target, source):  # region `target`'s outputs = its own input + the mean of region `source`
-        def model_fn(x, t):
-            r = regions.repeat_interleave(x.shape[0] // regions.shape[0], 0)
-            mean = (x * r[:, source : source + 1]).sum((-2, -1), keepdim=True) / r[:, source : source + 1].sum(
-                (-2, -1), keepdim=True
-            )
-            return x + r[:, target : target + 1] * mean
-
-        return model_fn
-
+    game = setup_game(batch=8, k=3, seed=7)  # x_t, baseline, timesteps, regions
+    regions, rest = game[3], 2
     open_rest = torch.zeros(8, 3, dtype=torch.bool)
     open_rest[:, rest] = True
 
     def loss(model_fn, open_outputs):
-        return pid.interpretability_loss(
-            model_fn,
-            x_t,
-            timesteps,
-            regions,
-            baseline,
-            generator=torch.Generator().manual_seed(0),
-            context=[rest],
-            open_outputs=open_outputs,
-        ).item()
+        return pair_loss(model_fn, *game, context=[rest], open_outputs=open_outputs)
+
+    def follows(target, source):  # region `target`'s outputs = its own input + the mean of region `source`
+        return follows_region_mean(regions, source, target)
 
     assert loss(follows(rest, 0), open_rest) < 1e-12 and loss(follows(rest, 0), None) > 1e-3
     assert loss(follows(0, 1), open_rest) > 1e-3

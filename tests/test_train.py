@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -389,57 +390,69 @@ def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_pat
     assert last[100] < 0.2 * last[0], (ie[0], ie[100])
 
 
-def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
-    """The coalition forwards run at t >= --ie_min_timestep on inputs noised to that t; the DDPM examples keep
-    uniform timesteps; without the flag the coalitions share the DDPM examples' timesteps."""
+class RecordingUNet(torch.nn.Module):
+    """A stand-in UNet for `training_losses`: records each forward's inputs `(x, t)` in `calls`, predicts zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t):
+        self.calls.append((x.detach().clone(), t.detach().clone()))
+        return types.SimpleNamespace(sample=torch.zeros_like(x, requires_grad=True))
+
+
+def toy_part_faces(b: int, background: int = 0):
+    """`b` random 16x16 faces, every one with the same part map (eyes 4 and 5, mouth 7 on `background`)."""
+    labels = torch.full((b, 16, 16), background, dtype=torch.long)
+    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
+    return torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8), labels
+
+
+def toy_training_step(unet, images, labels, argv, lam=1.0, noise_scheduler=None):
+    """One `training_losses` call on the toy faces (concepts eyes and mouth, no flips) with the flags `argv`;
+    returns the parsed args."""
     from diffusers import DDPMScheduler
 
     import train_interpretable as ti
 
-    calls = []
+    args = ti.parse_args(
+        [
+            "--train_data_dir",
+            ROOT,
+            "--output_dir",
+            "unused",
+            "--concepts",
+            "eyes=4,5 mouth=7",
+            "--no-random_flip",
+            *argv,
+        ]
+    )
+    ti.training_losses(
+        unet,
+        images,
+        labels,
+        torch.ones(len(images), dtype=torch.bool),
+        noise_scheduler=noise_scheduler or DDPMScheduler(num_train_timesteps=1000),
+        concepts={"eyes": [4, 5], "mouth": [7]},
+        args=args,
+        lam=lam,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return args
 
-    class RecordingUNet(torch.nn.Module):
-        def forward(self, x, t):
-            calls.append((x.detach().clone(), t.detach().clone()))
-            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
 
+def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
+    """The coalition forwards run at t >= --ie_min_timestep on inputs noised to that t; the DDPM examples keep
+    uniform timesteps; without the flag the coalitions share the DDPM examples' timesteps."""
     b, nb = 32, 8
-    labels = torch.zeros(b, 16, 16, dtype=torch.long)
-    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
-    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    concepts = {"eyes": [4, 5], "mouth": [7]}
+    images, labels = toy_part_faces(b)
     for min_t in (0, 700):
-        calls.clear()
-        args = ti.parse_args(
-            [
-                "--train_data_dir",
-                ROOT,
-                "--output_dir",
-                "unused",
-                "--ie_min_timestep",
-                str(min_t),
-                "--ie_batch_size",
-                str(nb),
-                "--ie_context",
-                "rest",
-                "--concepts",
-                "eyes=4,5 mouth=7",
-                "--no-random_flip",
-            ]
+        unet = RecordingUNet()
+        toy_training_step(
+            unet, images, labels, ["--ie_min_timestep", str(min_t), "--ie_batch_size", str(nb), "--ie_context", "rest"]
         )
-        ti.training_losses(
-            RecordingUNet(),
-            images,
-            labels,
-            torch.ones(b, dtype=torch.bool),
-            noise_scheduler=scheduler,
-            concepts=concepts,
-            args=args,
-            lam=1.0,
-            generator=torch.Generator().manual_seed(0),
-        )
-        ((x, t),) = calls  # one forward: the DDPM batch, then nb x 2 coalition inputs
+        ((x, t),) = unet.calls  # one forward: the DDPM batch, then nb x 2 coalition inputs
         ddpm_t, coal_t = t[:b], t[b:].reshape(nb, 2)
         assert (coal_t[:, 0] == coal_t[:, 1]).all()
         if min_t == 0:
@@ -454,10 +467,7 @@ def test_ie_min_timestep_moves_only_the_dummy_player_inputs_to_late_timesteps():
 def test_ie_context_open_below_frees_the_rest_at_low_timesteps_only(monkeypatch):
     """--ie_context_open_below T takes the context region's outputs out of the game for the L_IE examples with t < T
     (the parts stay in it at every t); without the flag every region is in the game."""
-    from diffusers import DDPMScheduler
-
     import pipeline_interpretable_ddpm as pid
-    import train_interpretable as ti
 
     plans = []
     plan_coalitions = pid.plan_coalitions
@@ -468,37 +478,20 @@ def test_ie_context_open_below_frees_the_rest_at_low_timesteps_only(monkeypatch)
         return plan
 
     monkeypatch.setattr(pid, "plan_coalitions", recording_plan)
-    calls = []
-
-    class RecordingUNet(torch.nn.Module):
-        def forward(self, x, t):
-            calls.append(t.detach().clone())
-            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
-
     b = nb = 64
-    labels = torch.zeros(b, 16, 16, dtype=torch.long)
-    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
-    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
+    images, labels = toy_part_faces(b)
     for open_below in (0, 500):
-        plans.clear(), calls.clear()
-        args = ti.parse_args(
-            ["--train_data_dir", ROOT, "--output_dir", "unused", "--ie_min_timestep", "100"]
-            + ["--ie_context_open_below", str(open_below), "--ie_batch_size", str(nb), "--ie_context", "rest"]
-            + ["--concepts", "eyes=4,5 mouth=7", "--no-random_flip"]
-        )
-        ti.training_losses(
-            RecordingUNet(),
+        plans.clear()
+        unet = RecordingUNet()
+        toy_training_step(
+            unet,
             images,
             labels,
-            torch.ones(b, dtype=torch.bool),
-            noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
-            concepts={"eyes": [4, 5], "mouth": [7]},
-            args=args,
-            lam=1.0,
-            generator=torch.Generator().manual_seed(0),
+            ["--ie_min_timestep", "100", "--ie_context_open_below", str(open_below), "--ie_batch_size", str(nb)]
+            + ["--ie_context", "rest"],
         )
         ((open_outputs, plan),) = plans
-        coal_t = calls[0][b:].reshape(nb, 2)[:, 0]
+        coal_t = unet.calls[0][1][b:].reshape(nb, 2)[:, 0]
         if open_below == 0:
             assert open_outputs is None and plan.num_outputs is None
             continue
@@ -546,54 +539,26 @@ def test_ie_regions_own_pair_union_and_template_partition_the_image():
 def test_ie_presence_draws_the_named_player_into_the_coalitions_that_often():
     """--ie_presence eyes=0.95 puts the eyes' own noisy pixels (not the baseline's) into ~95% of the drawn coalitions
     S; without it, ~half."""
-    from diffusers import DDPMScheduler
-
-    import train_interpretable as ti
-
-    calls = []
-
-    class RecordingUNet(torch.nn.Module):
-        def forward(self, x, t):
-            calls.append(x.detach().clone())
-            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
-
     b = 64
-    labels = torch.zeros(b, 16, 16, dtype=torch.long)
-    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
-    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
+    images, labels = toy_part_faces(b)
     eyes_present = {}
     for presence in ([], ["eyes=0.95"]):
-        calls.clear()
-        args = ti.parse_args(
+        unet = RecordingUNet()
+        toy_training_step(
+            unet,
+            images,
+            labels,
             [
-                "--train_data_dir",
-                ROOT,
-                "--output_dir",
-                "unused",
                 "--ie_batch_size",
                 str(b),
-                "--concepts",
-                "eyes=4,5 mouth=7",
-                "--no-random_flip",
                 "--ie_min_timestep",  # the coalitions on the DDPM examples' own x_t, compared below
                 "0",
                 "--ie_context",  # the symmetric game: every player drawn with its presence
                 "--ie_presence",
                 *presence,
-            ]
+            ],
         )
-        ti.training_losses(
-            RecordingUNet(),
-            images,
-            labels,
-            torch.ones(b, dtype=torch.bool),
-            noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
-            concepts={"eyes": [4, 5], "mouth": [7]},
-            args=args,
-            lam=1.0,
-            generator=torch.Generator().manual_seed(0),
-        )
-        (x,) = calls
+        ((x, _),) = unet.calls
         in_s = x[b:].reshape(b, 2, 3, 16, 16)[:, 0]  # the drawn coalition S of each example
         eyes_present[len(presence)] = (in_s[:, :, 5, 4] == x[:b, :, 5, 4]).all(1).float().mean().item()
     assert eyes_present[1] > 0.85 and 0.3 < eyes_present[0] < 0.7, eyes_present
@@ -852,44 +817,14 @@ def test_harmonize_noise_trains_on_noise_whose_part_means_follow_the_band_around
         ti, "regression_target", lambda sched, x0, noise, t: targets.append(noise) or original(sched, x0, noise, t)
     )
 
-    class RecordingUNet(torch.nn.Module):
-        def forward(self, x, t):
-            return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
-
     b = 4
-    labels = torch.ones(b, 16, 16, dtype=torch.long)
-    labels[:, 4:7, 3:6], labels[:, 4:7, 10:13], labels[:, 11:14, 6:10] = 4, 5, 7
+    images, labels = toy_part_faces(b, background=1)
     labels[1] = 0  # a face without a part map: its noise stays as drawn
-    images = torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="epsilon")
     concepts = {"eyes": [4, 5], "mouth": [7]}
     for flag in ("--no-harmonize_noise", "--harmonize_noise"):
-        args = ti.parse_args(
-            [
-                "--train_data_dir",
-                ROOT,
-                "--output_dir",
-                "unused",
-                "--concepts",
-                "eyes=4,5 mouth=7",
-                "--no-random_flip",
-                "--lambda_start",
-                "0",
-                "--snr_gamma",
-                "0",
-                flag,
-            ]
-        )
-        ti.training_losses(
-            RecordingUNet(),
-            images,
-            labels,
-            torch.ones(b, dtype=torch.bool),
-            noise_scheduler=scheduler,
-            concepts=concepts,
-            args=args,
-            lam=0.0,
-            generator=torch.Generator().manual_seed(0),
+        args = toy_training_step(
+            RecordingUNet(), images, labels, ["--lambda_start", "0", "--snr_gamma", "0", flag], 0.0, scheduler
         )
     drawn, harmonized = targets
     regions = pid.region_partition(labels, concepts, args.mask_dilation)[:, :-1]
