@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluate import seeded_latents
+from evaluate import seeded_latents, to_uint8
 from model_files import load_pipeline
 
 
@@ -54,7 +54,7 @@ def predicted_x0_rows(pipe, latents: torch.Tensor, num_inference_steps: int, eve
             kept.append(int(t))
         x = step.prev_sample
     frames.append(x)
-    images = torch.stack(frames, 1).float().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    images = to_uint8(torch.stack(frames, 1) / 2 + 0.5)  # (B, columns, 3, H, W), as a saved PNG quantises it
     return images.permute(0, 1, 3, 4, 2).numpy(), kept
 
 
