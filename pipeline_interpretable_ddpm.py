@@ -355,6 +355,40 @@ def concept_masks(label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]
     )
 
 
+# Layout conditioning. Under the game a part's region may not read the rest's noise, nor the rest a part's, so neither
+# can learn from the noise where this face's parts lie: the parts are drawn at their average places over the face the
+# rest draws (the ghosted faces of docs/recipe.md). A layout-conditioned UNet takes each concept's part mask as an
+# extra input channel, the same for every coalition of the game: a condition that every region reads, not a player.
+def layout_from_labels(label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """Part label maps `(B, H, W)` -> the layout input `(B, len(concepts), H, W)`, float 0/1: each concept's mask."""
+    if label_maps.ndim != 3:
+        raise ValueError(f"label_maps must have shape (B, H, W), got {tuple(label_maps.shape)}.")
+    return concept_masks(label_maps.long(), concepts).float()
+
+
+def add_layout_channels(unet: UNet2DModel, num_channels: int) -> UNet2DModel:
+    """A copy of `unet` that also takes `num_channels` layout channels after its image channels. Their input weights
+    start at zero, so the copy computes what `unet` computes, whatever the layout, until it is trained."""
+    num_channels = check_int(num_channels, "num_channels", minimum=1)
+    config = dict(unet.config)
+    config["in_channels"] = unet.config.in_channels + num_channels
+    conditioned = UNet2DModel.from_config(config)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat(
+        [weight, weight.new_zeros(weight.shape[0], num_channels, *weight.shape[2:])], 1
+    )
+    conditioned.load_state_dict(state)
+    return conditioned.to(device=unet.device, dtype=unet.dtype)
+
+
+def with_layout(x: torch.Tensor, layout: Optional[torch.Tensor]) -> torch.Tensor:
+    """The UNet input: x `(B, C, H, W)` followed by the layout channels `(B or 1, K, H, W)` (none when `None`)."""
+    if layout is None:
+        return x
+    return torch.cat([x, layout.to(x.device, x.dtype).expand(x.shape[0], -1, -1, -1)], 1)
+
+
 # Harmonised noise. On a model trained with the one-way game, a part's colour follows the mean of its own x_T patch
 # (a ~100-pixel patch mean has std ~0.1, enough for a blue or orange nose), because the part may not read the other
 # parts' noise and has not learnt to read the rest's. Tying each part's patch mean to the mean of the surrounding rest
@@ -1142,8 +1176,19 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return (size, size) if isinstance(size, int) else tuple(size)
 
     @property
+    def image_channels(self) -> int:
+        """Channels of the images and of x_T: the UNet's output channels (its input adds the layout channels)."""
+        config = self.unet.config
+        return getattr(config, "out_channels", config.in_channels)
+
+    @property
     def latent_shape(self) -> Tuple[int, int, int]:
-        return (self.unet.config.in_channels, *self.resolution)
+        return (self.image_channels, *self.resolution)
+
+    @property
+    def num_layout_channels(self) -> int:
+        """Layout channels the UNet takes after the image (one per concept), 0 for a plain model."""
+        return self.unet.config.in_channels - self.image_channels
 
     # -- saving ---------------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -1407,9 +1452,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"Unsupported image type {type(image).__name__}.")
         if image.ndim == 3:
             image = image[None]
-        if image.ndim != 4 or image.shape[1] != self.unet.config.in_channels:
+        if image.ndim != 4 or image.shape[1] != self.image_channels:
             raise ValueError(
-                f"image tensor must have shape (B, {self.unet.config.in_channels}, H, W), got {tuple(image.shape)}."
+                f"image tensor must have shape (B, {self.image_channels}, H, W), got {tuple(image.shape)}."
             )
         check_tensor_values(image, "image", floating=False)
         image = image.float()
@@ -1492,9 +1537,58 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             result = (x - a.sqrt() * out) / (1 - a).sqrt() if quantity == "noise" else out
         return result.to(model_output.dtype)
 
+    def layout_input(self, layout=None, batch_size: int = 1) -> Optional[torch.Tensor]:
+        """The layout channels of a layout-conditioned model (`None` for a plain model, which takes no layout).
+
+        Args:
+            layout (*optional*): part label maps `(B, H, W)` (integer, e.g. from `parse`), or the concepts' masks
+                `(B, K, H, W)` with values in [0, 1], K = len(self.concepts); `None` for the concept templates (the
+                average layout of the training faces).
+            batch_size (`int`): the batch the layout is for; a layout of batch 1 is shared by all.
+
+        Returns:
+            `torch.Tensor` of shape `(B or 1, K, H, W)` on the execution device, or `None`.
+        """
+        if not self.num_layout_channels:
+            if layout is not None:
+                raise ValueError("layout: this model is not layout-conditioned (its UNet takes the image alone).")
+            return None
+        if self.num_layout_channels != len(self.concepts):
+            raise ValueError(
+                f"The UNet takes {self.num_layout_channels} layout channels but the pipeline has "
+                f"{len(self.concepts)} concepts ({', '.join(self.concepts)}); they must match."
+            )
+        if layout is None:
+            layout = torch.stack([self.template_mask(c) for c in self.concepts])[None].float()
+        if not isinstance(layout, torch.Tensor):
+            raise ValueError(
+                f"layout must be a torch.Tensor (label maps or concept masks), got {type(layout).__name__}."
+            )
+        if layout.ndim == 3 and not layout.is_floating_point():
+            layout = layout_from_labels(layout, self.concepts)
+        if layout.ndim != 4 or layout.shape[1] != len(self.concepts) or tuple(layout.shape[-2:]) != self.resolution:
+            raise ValueError(
+                f"layout must be label maps (B, {', '.join(map(str, self.resolution))}) or concept masks "
+                f"(B, {len(self.concepts)}, {', '.join(map(str, self.resolution))}); got {tuple(layout.shape)}."
+            )
+        if layout.shape[0] not in (1, batch_size):
+            raise ValueError(f"layout holds {layout.shape[0]} layouts for a batch of {batch_size}.")
+        check_mask_values(layout, "layout")
+        return layout.to(self._execution_device, self.unet.dtype)
+
+    def _unet(self, x: torch.Tensor, t, layout: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The UNet's output for x_t, with the layout channels of a layout-conditioned model."""
+        if self.num_layout_channels and layout is None:
+            caller = inspect.stack()[1].function
+            raise ValueError(
+                f"This model is layout-conditioned; `{caller}` does not pass a layout yet (generation does: "
+                "pipe(..., layout=...))."
+            )
+        return self.unet(with_layout(x, layout), t).sample
+
     def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Predicted noise of the UNet (epsilon, or converted from v / sample prediction)."""
-        return self.predicted(self.unet(x, t).sample, x, t, "noise")
+        return self.predicted(self._unet(x, t), x, t, "noise")
 
     def denoise(
         self,
@@ -1504,6 +1598,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         show_progress: bool = True,
         clip_sample: Optional[bool] = None,
         start_timestep: Optional[int] = None,
+        layout: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Runs the DDIM (eta = 0) loop from x_T (or x_t) to x_0, in model space.
 
@@ -1516,12 +1611,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 (`None` keeps it); x_T from `invert` is regenerated with `False`, the setting the inversion is exact for.
             start_timestep (`int`, *optional*): a timestep of the schedule: `latents` are x_t there, and only the
                 steps from it on run.
+            layout (`torch.Tensor`, *optional*): the layout of a layout-conditioned model (see `layout_input`);
+                the concept templates when `None`.
 
         Returns:
             `torch.Tensor` of shape `(B, C, H, W)`: x_0 in [-1, 1] (model space; see `postprocess`).
         """
         num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
         latents = self._check_latents(latents)
+        layout = self.layout_input(layout, latents.shape[0])
         scheduler = self.scheduler
         if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
             scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
@@ -1531,7 +1629,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if start_timestep is not None:
             timesteps = timesteps[timesteps <= int(start_timestep)]
         for t in self.progress_bar(timesteps) if show_progress else timesteps:
-            model_output = self.unet(image, t).sample
+            model_output = self._unet(image, t, layout)
             image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
         return image
 
@@ -1592,7 +1690,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         x = torch.cat([m * edited + (1 - m) * original, original])
         chunk = x.shape[0] if max_batch_size is None else check_int(max_batch_size, "max_batch_size", minimum=1)
         for t in timesteps:
-            model_output = torch.cat([self.unet(part, t).sample for part in x.split(chunk)])
+            model_output = torch.cat([self._unet(part, t) for part in x.split(chunk)])
             x = scheduler.step(model_output, t, x, eta=0.0).prev_sample
             x = torch.cat([m * x[:b] + (1 - m) * x[b:], x[b:]])
         return x[:b]
@@ -1609,6 +1707,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
+        layout: Optional[torch.Tensor] = None,
     ) -> Union[InterpretableDDPMPipelineOutput, Tuple]:
         r"""Generates images with DDIM, eta = 0 (deterministic given x_T).
 
@@ -1627,6 +1726,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             harmonize_noise (`bool`, *optional*): harmonise the x_T this call draws (see `harmonize`; default: the
                 pipeline's `harmonize_noise` setting). Given `latents` are used as they are unless this is `True`,
                 so that `pipe(latents=out.latents)` and inverted latents regenerate exactly.
+            layout (`torch.Tensor`, *optional*): where a layout-conditioned model draws each concept: part label maps
+                `(B, H, W)` (e.g. `pipe.parse(photo)`) or concept masks `(B, K, H, W)`; the concept templates when
+                `None`. Plain models take none.
 
         Returns:
             [`InterpretableDDPMPipelineOutput`] with `images` and the `latents` (x_T) that made them, or the tuple
@@ -1664,7 +1766,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             # given x_T are used as they are unless asked; an inverted photo's never (it carries the photo's colours)
             if self._harmonizes(harmonize_noise) and harmonize_noise is not None and not inverted:
                 latents = self.harmonize(latents)
-        x0 = self.denoise(latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0)
+        x0 = self.denoise(
+            latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0, layout=layout
+        )
         images = self.postprocess(x0, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -1997,11 +2101,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 # Zero terminal SNR: x_t is pure noise, eps_pred(x_t) = x_t for every x_t, and the noise form below
                 # collapses to x_t = x_prev. Solved with the x_0 prediction instead, the step is exact:
                 # x_T = (x_prev - sqrt(a_prev) x0_pred(x_T)) / sqrt(1 - a_prev), a contraction as a_prev is ~0.
-                x0_pred = self.predicted(self.unet(x, t).sample, x, t, "x0")
+                x0_pred = self.predicted(self._unet(x, t), x, t, "x0")
                 for i in range(fixed_point_iterations + 1):
                     x_t = (x - math.sqrt(a_prev) * x0_pred) / math.sqrt(1 - a_prev)
                     if i < fixed_point_iterations:
-                        x0_pred = self.predicted(self.unet(x_t, t).sample, x_t, t, "x0")
+                        x0_pred = self.predicted(self._unet(x_t, t), x_t, t, "x0")
                 x = x_t
                 continue
             eps = self._eps(x, t)
@@ -2391,12 +2495,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         for t in self.progress_bar(schedule):
             if t0 is not None and t > t0:  # an inversion's trajectory starts at t0; bring the baseline there first
                 if xb is not None:
-                    xb = scheduler.step(self.unet(xb, t).sample, t, xb, eta=0.0).prev_sample
+                    xb = scheduler.step(self._unet(xb, t), t, xb, eta=0.0).prev_sample
                 continue
             if t in wanted:
                 baseline_t = torch.zeros_like(x) if xb is None else xb
                 inputs = coalition_inputs(x, baseline_t, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
-                raw = torch.cat([self.unet(chunk, t).sample for chunk in inputs.split(max_batch_size)])
+                raw = torch.cat([self._unet(chunk, t) for chunk in inputs.split(max_batch_size)])
                 # The full coalition's input is x_t and the empty one's the baseline x_t (bit-exact: one-hot regions),
                 # so their outputs also step both trajectories: no extra UNet call at an attributed timestep.
                 raw_per_image = raw.reshape(b, 2**k, *raw.shape[1:])
@@ -2422,7 +2526,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if t in wanted:
                 model_out = reused_out
             else:
-                model_out = self.unet(torch.cat([x, xb]) if xb is not None else x, t).sample
+                model_out = self._unet(torch.cat([x, xb]) if xb is not None else x, t)
             stepped = scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
             x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
         phi = torch.stack(phis)
@@ -2641,7 +2745,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         x = torch.cat([latents_a, latents_b])
         starts = []
         for i, t in enumerate(timesteps):
-            eps = self.unet(x, t).sample
+            eps = self._unet(x, t)
             if i in step_indices:
                 xa, xb = x[:n], x[n:]
                 if mode == "trajectory" or i == 0:

@@ -110,6 +110,8 @@ RECIPE = {
     "learning_rate": 2e-4,
     "lr_warmup_steps": 0,
     "train_batch_size": 32,
+    # the UNet sees only the noisy image, no layout
+    "layout_condition": False,
     # 2300 steps (73,600 faces, ~3.3 epochs): longer branches keep the locality and draw better faces than 300
     "max_train_steps": 2300,
 }
@@ -148,6 +150,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers_per_block", type=int, default=2)
     g.add_argument(
         "--attention_levels", default=DEFAULT_ATTENTION, help="1 where a level has self-attention, e.g. 0,0,1,0."
+    )
+    g.add_argument(
+        "--layout_condition",
+        action=argparse.BooleanOptionalAction,
+        default=RECIPE["layout_condition"],
+        help="Give the UNet each concept's part mask as an extra input channel (the face's layout, read by every "
+        "region; not a player of the game). A plain pretrained model gets the channels with zero input weights.",
     )
     g.add_argument("--num_train_timesteps", type=int, default=1000)
     g.add_argument("--beta_schedule", default="linear", help="New model only; a pretrained model keeps its schedule.")
@@ -523,9 +532,10 @@ def build_unet(args, resolution: int):
     attention = _int_list(args.attention_levels, "attention_levels")
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    num_layout = len(pid.parse_concepts(args.concepts)) if args.layout_condition else 0
     return UNet2DModel(
         sample_size=resolution,
-        in_channels=3,
+        in_channels=3 + num_layout,
         out_channels=3,
         layers_per_block=args.layers_per_block,
         block_out_channels=tuple(blocks),
@@ -534,6 +544,26 @@ def build_unet(args, resolution: int):
         norm_num_groups=min(32, min(blocks)),
         attention_head_dim=min(32, min(blocks)),
     )
+
+
+def layout_conditioned(unet, args):
+    """The pretrained UNet with the layout channels --layout_condition asks for (added with zero weights to a plain
+    model); a layout-conditioned model cannot be trained without its layout."""
+    num_layout = unet.config.in_channels - unet.config.out_channels
+    num_concepts = len(pid.parse_concepts(args.concepts))
+    if num_layout and not args.layout_condition:
+        raise ValueError(
+            f"'{args.pretrained_model_name_or_path}' is layout-conditioned ({num_layout} layout channels); pass "
+            "--layout_condition."
+        )
+    if args.layout_condition and num_layout == 0:
+        return pid.add_layout_channels(unet, num_concepts)
+    if args.layout_condition and num_layout != num_concepts:
+        raise ValueError(
+            f"'{args.pretrained_model_name_or_path}' takes {num_layout} layout channels, but --concepts names "
+            f"{num_concepts} concepts."
+        )
+    return unet
 
 
 def load_pretrained(args):
@@ -770,6 +800,9 @@ def training_losses(
     noisy = noise_scheduler.add_noise(x0, noise, timesteps)
     ie_needed = lam > 0 or probe_ie
     inputs, t_all = noisy, timesteps
+    # the face's layout, the same for the denoising input and every coalition input of the game (a condition)
+    layout = pid.layout_from_labels(labels, concepts) if getattr(args, "layout_condition", False) else None
+    layout_all = layout
     if ie_needed:
         nb = min(args.ie_batch_size or b, b)
         game = game or game_settings(args, concepts)
@@ -801,12 +834,14 @@ def training_losses(
         if lam > 0:
             inputs = torch.cat([noisy, coal.flatten(0, 1)])
             t_all = torch.cat([timesteps, ie_t[:nb].repeat_interleave(m)])
-    eps_all = unet(inputs, t_all).sample
+            if layout is not None:
+                layout_all = torch.cat([layout, layout[:nb].repeat_interleave(m, 0)])
+    eps_all = unet(pid.with_layout(inputs, layout_all), t_all).sample
     if getattr(args, "ddpm_target", "data") == "teacher":
         if teacher is None:
             raise ValueError("--ddpm_target teacher needs the frozen start UNet (teacher=...).")
         with torch.no_grad():
-            target = teacher(noisy, timesteps).sample
+            target = teacher(pid.with_layout(noisy, layout), timesteps).sample
     else:
         target = regression_target(noise_scheduler, x0, noise, timesteps)
     mse = F.mse_loss(eps_all[:b].float(), target.float(), reduction="none").mean((1, 2, 3))
@@ -820,7 +855,10 @@ def training_losses(
             coal_eps = eps_all[b:].reshape(coal.shape)
         else:  # logging only: L_IE of the plain model, no gradient
             with torch.no_grad():
-                coal_eps = unet(coal.flatten(0, 1), ie_t[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
+                coal_in = pid.with_layout(
+                    coal.flatten(0, 1), None if layout is None else layout[:nb].repeat_interleave(m, 0)
+                )
+                coal_eps = unet(coal_in, ie_t[:nb].repeat_interleave(m)).sample.reshape(coal.shape)
         example_w = has_mask[:nb].float()
         ie_w = None
         if getattr(args, "ie_timestep_weighting", "none") == "ddpm":
@@ -1229,6 +1267,7 @@ def setup_model_and_data(args):
                     f"--resolution {args.resolution} does not match the pretrained model's resolution {resolution} "
                     f"('{args.pretrained_model_name_or_path}')."
                 )
+            unet = layout_conditioned(unet, args)
         else:
             resolution = args.resolution or 64
             unet = build_unet(args, resolution)

@@ -36,7 +36,7 @@ RUN_SETTINGS = {
     "lambda_decay_steps",  # None: all steps (checked below)
 }
 # flags newer than the shipped runs: their defaults must be the behaviour the runs had without them
-NEWER_FLAGS: dict = {"ie_context_open_below": 0}
+NEWER_FLAGS: dict = {"ie_context_open_below": 0, "layout_condition": False}
 
 
 def shipped_json(name: str, *path: str) -> dict:

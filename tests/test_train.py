@@ -391,7 +391,8 @@ def test_dummy_player_loss_falls_with_lambda_and_not_without(tiny_faces, tmp_pat
 
 
 class RecordingUNet(torch.nn.Module):
-    """A stand-in UNet for `training_losses`: records each forward's inputs `(x, t)` in `calls`, predicts zeros."""
+    """A stand-in UNet for `training_losses`: records each forward's inputs `(x, t)` (image and any layout channels)
+    in `calls`, predicts zeros."""
 
     def __init__(self):
         super().__init__()
@@ -399,7 +400,7 @@ class RecordingUNet(torch.nn.Module):
 
     def forward(self, x, t):
         self.calls.append((x.detach().clone(), t.detach().clone()))
-        return types.SimpleNamespace(sample=torch.zeros_like(x, requires_grad=True))
+        return types.SimpleNamespace(sample=torch.zeros_like(x[:, :3], requires_grad=True))  # image channels only
 
 
 def toy_part_faces(b: int, background: int = 0):

@@ -1,0 +1,126 @@
+"""Layout conditioning: each concept's part mask as extra UNet input channels, a condition every region reads (not a
+player of the game), in the pipeline (generation), in training (the denoising and every coalition input) and when
+a plain pretrained model is extended."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_pipeline, tiny_unet
+from diffusers import DDIMScheduler
+from test_train import RecordingUNet, toy_part_faces, toy_training_step
+
+import pipeline_interpretable_ddpm as pid
+
+CONCEPTS = {"eyes": [4, 5], "mouth": [7]}
+
+
+def part_labels(b: int = 2, size: int = 16, shift: int = 0) -> torch.Tensor:
+    """Label maps with eyes (4, 5) and a mouth (7), moved down by `shift` pixels."""
+    labels = torch.ones(b, size, size, dtype=torch.long)
+    labels[:, 4 + shift : 6 + shift, 3:6], labels[:, 4 + shift : 6 + shift, 10:13] = 4, 5
+    labels[:, 11 + shift : 13 + shift, 6:10] = 7
+    return labels
+
+
+def layout_pipeline(seed: int = 0) -> pid.InterpretableDDPMPipeline:
+    """A tiny pipeline whose UNet takes the two concepts' layout channels, their input weights trained-looking
+    (random) rather than zero, so that the layout changes the output."""
+    unet = pid.add_layout_channels(tiny_unet(seed=seed), len(CONCEPTS))
+    with torch.no_grad():
+        unet.conv_in.weight[:, 3:] = torch.randn_like(unet.conv_in.weight[:, 3:])
+    templates = {
+        name: pid.encode_binary_mask(pid.concept_masks(part_labels(1), CONCEPTS)[0, i].numpy())
+        for i, name in enumerate(CONCEPTS)
+    }
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=unet,
+        scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+        concepts=CONCEPTS,
+        concept_templates=templates,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_added_layout_channels_start_at_zero_so_the_extended_unet_computes_the_plain_one():
+    plain = tiny_unet()
+    extended = pid.add_layout_channels(plain, 3)
+    assert extended.config.in_channels == 6 and extended.config.out_channels == 3
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        expected = plain(x, t).sample
+        for layout in (torch.zeros(2, 3, 16, 16), torch.rand(2, 3, 16, 16)):
+            assert torch.allclose(extended(pid.with_layout(x, layout), t).sample, expected, atol=1e-6)
+    assert torch.equal(extended.conv_in.weight[:, :3], plain.conv_in.weight)
+
+
+def test_layout_from_labels_is_each_concepts_mask():
+    labels = part_labels(2)
+    layout = pid.layout_from_labels(labels, CONCEPTS)
+    assert layout.shape == (2, 2, 16, 16) and layout.dtype == torch.float32
+    assert torch.equal(layout[:, 0].bool(), (labels == 4) | (labels == 5))
+    assert torch.equal(layout[:, 1].bool(), labels == 7)
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        pid.layout_from_labels(labels[0], CONCEPTS)
+
+
+def test_generation_follows_the_layout_it_is_given_and_defaults_to_the_templates():
+    pipe = layout_pipeline()
+    assert pipe.num_layout_channels == 2 and pipe.latent_shape == (3, 16, 16)
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def draw(**kw):
+        return pipe(latents=x_t, num_inference_steps=3, output_type="pt", **kw).images
+
+    template_faces = draw()
+    labels = part_labels(2)
+    # the templates are these label maps' masks: the same layout given three ways draws the same faces
+    assert torch.allclose(draw(layout=labels), template_faces, atol=1e-6)
+    assert torch.allclose(draw(layout=pid.layout_from_labels(labels, CONCEPTS)), template_faces, atol=1e-6)
+    assert torch.allclose(draw(layout=labels[:1]), template_faces, atol=1e-6)  # one layout shared by the batch
+    moved = draw(layout=part_labels(2, shift=2))
+    assert (moved - template_faces).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "layout, match",
+    [
+        (torch.zeros(2, 3, 16, 16), r"concept masks \(B, 2, 16, 16\)"),
+        (torch.zeros(2, 2, 8, 8), r"label maps \(B, 16, 16\)"),
+        (torch.full((2, 2, 16, 16), 2.0), "layout"),
+        (torch.full((2, 2, 16, 16), float("nan")), "layout"),
+        (part_labels(3), "3 layouts for a batch of 2"),
+        (np.zeros((2, 16, 16), np.int64), "torch.Tensor"),
+    ],
+)
+def test_a_bad_layout_is_refused_by_name(layout, match):
+    pipe = layout_pipeline()
+    with pytest.raises(ValueError, match=match):
+        pipe(batch_size=2, num_inference_steps=2, layout=layout, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_plain_model_refuses_a_layout_and_a_layout_model_refuses_what_cannot_take_one_yet():
+    with pytest.raises(ValueError, match="not layout-conditioned"):
+        tiny_pipeline()(batch_size=1, num_inference_steps=2, layout=part_labels(1))
+    pipe = layout_pipeline()
+    x_t = torch.randn(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="layout-conditioned"):
+        pipe.attribute(x_t, num_inference_steps=2)
+
+
+def test_training_gives_the_faces_layout_to_the_denoising_and_every_coalition_input():
+    b, nb = 8, 4
+    images, labels = toy_part_faces(b)
+    labels[1::2] = labels[1::2].roll(2, 1)  # two layouts in the batch
+    unet = RecordingUNet()
+    toy_training_step(unet, images, labels, ["--layout_condition", "--ie_batch_size", str(nb)])
+    ((x, _),) = unet.calls
+    layout = pid.layout_from_labels(labels, CONCEPTS)
+    m = (x.shape[0] - b) // nb
+    assert x.shape[1] == 5 and m >= 2
+    assert torch.equal(x[:b, 3:], layout)
+    assert torch.equal(x[b:, 3:], layout[:nb].repeat_interleave(m, 0))
+    # without the flag the UNet sees the image alone
+    plain = RecordingUNet()
+    toy_training_step(plain, images, labels, ["--ie_batch_size", str(nb)])
+    assert plain.calls[0][0].shape[1] == 3
