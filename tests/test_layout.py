@@ -5,11 +5,11 @@ a plain pretrained model is extended."""
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_pipeline, tiny_unet
 from diffusers import DDIMScheduler
-from test_train import RecordingUNet, toy_part_faces, toy_training_step
 
 import pipeline_interpretable_ddpm as pid
+from conftest import tiny_pipeline, tiny_unet
+from test_train import RecordingUNet, toy_part_faces, toy_training_step
 
 CONCEPTS = {"eyes": [4, 5], "mouth": [7]}
 
