@@ -71,10 +71,13 @@ class InterpretableDDPMPipelineOutput(BaseOutput):
         images (`List[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`): the generated images.
         latents (`torch.Tensor` of shape `(B, C, H, W)`): the x_T that generated each image (DDIM, eta = 0), so any
             image can be edited later with `resample_region` / `swap_regions`.
+        layout (`torch.Tensor` of shape `(B, K, H, W)`, *optional*): the layout a layout-conditioned model drew
+            each image with (pass it to the edits of these images); `None` for a plain model.
     """
 
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     latents: torch.Tensor
+    layout: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -1302,14 +1305,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             t0 = None if int(t0) == schedule[0] else int(t0)
         return x, t0, images, latents.warning
 
-    def _mask_source(self, latents, images, t0, num_inference_steps: int):
+    def _mask_source(self, latents, images, t0, num_inference_steps: int, layout=None):
         """What a mask by concept name is found on: the inverted photos themselves, else the image the latents make
         (from x_T as before, or from x_t at `t0`). Returns `(tensor, concept_mask kwargs)`."""
         if images is None and t0 is not None:
             images = self.denoise(
-                latents, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0
+                latents, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0, layout=layout
             )
-        return (latents, {}) if images is None else (images, {"is_latents": False})
+        return (latents, {"layout": layout}) if images is None else (images, {"is_latents": False})
 
     def prepare_mask(
         self, mask: MaskInput, latents: torch.Tensor, allow_empty_mask: bool = False, **concept_kwargs
@@ -1576,19 +1579,22 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         check_mask_values(layout, "layout")
         return layout.to(self._execution_device, self.unet.dtype)
 
+    def _refuse_layout_model(self, method: str) -> None:
+        if self.num_layout_channels:
+            raise ValueError(
+                f"`{method}` does not take a layout yet, and this model is layout-conditioned: generation, "
+                "`resample_region` and `swap_regions` do (their `layout` arguments)."
+            )
+
     def _unet(self, x: torch.Tensor, t, layout: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The UNet's output for x_t, with the layout channels of a layout-conditioned model."""
         if self.num_layout_channels and layout is None:
-            caller = inspect.stack()[1].function
-            raise ValueError(
-                f"This model is layout-conditioned; `{caller}` does not pass a layout yet (generation does: "
-                "pipe(..., layout=...))."
-            )
+            raise ValueError("This model is layout-conditioned: its UNet needs a layout (see `layout_input`).")
         return self.unet(with_layout(x, layout), t).sample
 
-    def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def _eps(self, x: torch.Tensor, t: int, layout: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predicted noise of the UNet (epsilon, or converted from v / sample prediction)."""
-        return self.predicted(self._unet(x, t), x, t, "noise")
+        return self.predicted(self._unet(x, t, layout), x, t, "noise")
 
     def denoise(
         self,
@@ -1642,6 +1648,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clip_sample: Optional[bool] = None,
         start_timestep: Optional[int] = None,
         max_batch_size: Optional[int] = None,
+        layout: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         r"""Blended DDIM (eta = 0), the masking of RePaint / blended diffusion / DiffEdit, for any model.
 
@@ -1660,6 +1667,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             mask (`torch.Tensor` of shape `(B, 1, H, W)`): 0/1 region of the edit (fractional values blend linearly).
             start_timestep (`int`, *optional*): as in `denoise`: the inputs are x_t there.
             max_batch_size (`int`, *optional*): images per UNet call (default: all 2B at once).
+            layout (`torch.Tensor`, *optional*): the images' layout, for a layout-conditioned model (see
+                `layout_input`; the templates when `None`); both trajectories of an image share it.
 
         Returns:
             `torch.Tensor` of shape `(B, C, H, W)`: the blended x_0 in model space.
@@ -1687,10 +1696,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if start_timestep is not None:
             timesteps = timesteps[timesteps <= int(start_timestep)]
         b = edited.shape[0]
+        layout = self.layout_input(layout, b)
+        if layout is not None:
+            layout = layout.expand(b, -1, -1, -1).repeat(2, 1, 1, 1)
         x = torch.cat([m * edited + (1 - m) * original, original])
         chunk = x.shape[0] if max_batch_size is None else check_int(max_batch_size, "max_batch_size", minimum=1)
+        layout_chunks = [None] * len(x.split(chunk)) if layout is None else layout.split(chunk)
         for t in timesteps:
-            model_output = torch.cat([self._unet(part, t) for part in x.split(chunk)])
+            model_output = torch.cat([self._unet(part, t, lay) for part, lay in zip(x.split(chunk), layout_chunks)])
             x = scheduler.step(model_output, t, x, eta=0.0).prev_sample
             x = torch.cat([m * x[:b] + (1 - m) * x[b:], x[b:]])
         return x[:b]
@@ -1731,8 +1744,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 `None`. Plain models take none.
 
         Returns:
-            [`InterpretableDDPMPipelineOutput`] with `images` and the `latents` (x_T) that made them, or the tuple
-            `(images, latents)`.
+            [`InterpretableDDPMPipelineOutput`] with `images`, the `latents` (x_T) that made them and, for a
+            layout-conditioned model, their `layout`; or the tuple `(images, latents)`.
 
         Examples:
         ```py
@@ -1766,6 +1779,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             # given x_T are used as they are unless asked; an inverted photo's never (it carries the photo's colours)
             if self._harmonizes(harmonize_noise) and harmonize_noise is not None and not inverted:
                 latents = self.harmonize(latents)
+        layout = self.layout_input(layout, latents.shape[0])
+        if layout is not None:
+            layout = layout.expand(latents.shape[0], -1, -1, -1)
         x0 = self.denoise(
             latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0, layout=layout
         )
@@ -1773,7 +1789,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, latents
-        return InterpretableDDPMPipelineOutput(images=images, latents=latents)
+        return InterpretableDDPMPipelineOutput(images=images, latents=latents, layout=layout)
 
     # -- region edits ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -1790,6 +1806,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clip_sample: Optional[bool] = None,
         harmonize_noise: Optional[bool] = None,
         blend: bool = False,
+        layout: Optional[torch.Tensor] = None,
     ) -> Union[RegionResampleOutput, Tuple]:
         r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
 
@@ -1818,6 +1835,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 `denoise_blended`): the unedited and the edited trajectories run in one batch and after every DDIM
                 step the edited x_t takes the unedited one outside the mask. Outside the mask the result is then
                 exactly the unedited image; `False` (default) lets the model alone keep the edit local.
+            layout (`torch.Tensor`, *optional*): for a layout-conditioned model, the layout the images were drawn
+                with (the generation output's `layout`; the concept templates when `None`); kept by the edit.
 
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents` `(B, C, H, W)`, `mask` `(B, 1, H, W)`, `warning`) or the
@@ -1839,10 +1858,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         inverted = _is_inversion(latents)
         clip_sample = False if inverted and clip_sample is None else clip_sample
         latents, t0, sources, warning = self._trajectory_start(latents, num_inference_steps)
+        layout = self.layout_input(layout, latents.shape[0])
         # a concept's mask comes from the image the edit starts from: the inverted photo itself, else the image these
         # latents make with this call's settings (clip_sample included)
         ref, kw = (
-            self._mask_source(latents, sources, t0, num_inference_steps) if isinstance(mask, str) else (latents, {})
+            self._mask_source(latents, sources, t0, num_inference_steps, layout)
+            if isinstance(mask, str)
+            else (latents, {})
         )
         m = self.prepare_mask(
             mask, ref, allow_empty_mask, num_inference_steps=num_inference_steps, clip_sample=clip_sample, **kw
@@ -1856,7 +1878,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 raise ValueError(f"new_latents has shape {tuple(new_latents.shape)}, latents {tuple(latents.shape)}.")
         if t0 is not None:  # x_t0 inside the mask: the predicted x_0 forward-noised to t0 with the new noise
             a = float(self.scheduler.alphas_cumprod[t0])
-            x0_pred = ((latents - math.sqrt(1 - a) * self._eps(latents, t0)) / math.sqrt(a)).clamp(-1, 1)
+            x0_pred = ((latents - math.sqrt(1 - a) * self._eps(latents, t0, layout)) / math.sqrt(a)).clamp(-1, 1)
             new_latents = math.sqrt(a) * x0_pred + math.sqrt(1 - a) * new_latents
         edited = m * new_latents + (1 - m) * latents
         if self._harmonizes(harmonize_noise) and not inverted:  # an inverted photo's noise is never harmonised
@@ -1865,10 +1887,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         if blend:
             x0 = self.denoise_blended(
-                edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0
+                edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout
             )
         else:
-            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
+            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout)
         images = self.postprocess(x0, output_type)
         if not return_dict:
             return images, edited, m
@@ -1889,6 +1911,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         harmonize_noise: Optional[bool] = None,
         blend: bool = False,
         harmonize_photo: Union[bool, float] = False,
+        layout_a: Optional[torch.Tensor] = None,
+        layout_b: Optional[torch.Tensor] = None,
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
@@ -1918,6 +1942,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 keeps its shape and its colour relative to the skin, but not the donor's colour cast (a pale donor's
                 nose on a darker face). Changes x_t0 inside the mask only. A number in [0, 1] applies that share of
                 the shift (`True` = 1). Ignored for x_T (generated faces). Default `False`.
+            layout_a, layout_b (`torch.Tensor`, *optional*): for a layout-conditioned model, the layouts images A
+                and B were drawn with (the concept templates when `None`); each result keeps its own image's layout,
+                so the moved part is drawn where the receiving face has it.
 
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b` `(B, C, H, W)`, `mask`
@@ -1957,11 +1984,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(
                 f"latents_a {tuple(latents_a.shape)} and latents_b {tuple(latents_b.shape)} must have the same shape."
             )
+        n = latents_a.shape[0]
+        layout_a, layout_b = self.layout_input(layout_a, n), self.layout_input(layout_b, n)
         kw = dict(num_inference_steps=num_inference_steps, clip_sample=clip_sample)
         ref_a, kw_a, ref_b, kw_b = latents_a, kw, latents_b, kw
         if isinstance(mask, str):
-            ref_a, extra_a = self._mask_source(latents_a, sources_a, t0, num_inference_steps)
-            ref_b, extra_b = self._mask_source(latents_b, sources_b, t0, num_inference_steps)
+            ref_a, extra_a = self._mask_source(latents_a, sources_a, t0, num_inference_steps, layout_a)
+            ref_b, extra_b = self._mask_source(latents_b, sources_b, t0, num_inference_steps, layout_b)
             kw_a, kw_b = {**kw, **extra_a}, {**kw, **extra_b}
         if isinstance(mask, str) and mask_from in ("b", "union"):
             mb = self.prepare_mask(mask, ref_b, True, **kw_b)
@@ -1985,6 +2014,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if not isinstance(blend, (bool, np.bool_)):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         edited = torch.cat([new_a, new_b])
+        layout = (
+            None if layout_a is None else torch.cat([layout_a.expand(n, -1, -1, -1), layout_b.expand(n, -1, -1, -1)])
+        )
         if blend:
             x0 = self.denoise_blended(
                 edited,
@@ -1993,10 +2025,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 num_inference_steps,
                 clip_sample=clip_sample,
                 start_timestep=t0,
+                layout=layout,
             )
         else:
-            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0)
-        n = latents_a.shape[0]
+            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout)
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
         if not return_dict:
             return images_a, images_b, new_a, new_b, m
@@ -2070,6 +2102,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         >>> edit = pipe.resample_region(inv, "nose", generator=torch.Generator().manual_seed(2), num_inference_steps=25)
         ```
         """
+        self._refuse_layout_model("invert")
         num_inference_steps = self.check_inputs(num_inference_steps)
         fixed_point_iterations = check_int(fixed_point_iterations, "fixed_point_iterations", minimum=0)
         if (
@@ -2272,6 +2305,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         is_latents: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
+        layout: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Mask of a concept for each image, `(B, 1, H, W)` float 0/1 at model resolution.
 
@@ -2287,6 +2321,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 beyond +-1.5 (Gaussian noise always has some; images never) is taken as latents.
             clip_sample (`bool`, *optional*): the x_0 clipping of the regeneration of latents (`None`: the
                 scheduler's); an edit passes its own, so its mask comes from the image it starts from.
+            layout (`torch.Tensor`, *optional*): the layout latents are regenerated with, for a layout-conditioned
+                model (see `layout_input`).
 
         Returns:
             `torch.Tensor` of shape `(B, 1, H, W)`: 1 inside the concept, 0 elsewhere.
@@ -2302,7 +2338,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         torch.Size([2, 1, 64, 64])
         ```
         """
-        return self._concept_masks(image_or_latents, [concept], dilation, num_inference_steps, is_latents, clip_sample)
+        return self._concept_masks(
+            image_or_latents, [concept], dilation, num_inference_steps, is_latents, clip_sample, layout
+        )
 
     @torch.no_grad()
     def _concept_masks(
@@ -2313,6 +2351,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         is_latents: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
+        layout: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
         denoised and the images parsed once for all of them."""
@@ -2343,7 +2382,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             masks = masks.expand(b, -1, -1, -1).clone()
         else:
             if is_latents:
-                x = self.denoise(latents, num_inference_steps, show_progress=False, clip_sample=clip_sample)
+                x = self.denoise(
+                    latents, num_inference_steps, show_progress=False, clip_sample=clip_sample, layout=layout
+                )
             labels = self._parse_model_space(x)
             masks = concept_masks(labels, {c: self.concepts[c] for c in concepts}).float()
         masks = dilate_masks(masks, dilation)
@@ -2427,6 +2468,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         >>> attr.leakage  # off-diagonal share at each timestep, in [0, 1]
         ```
         """
+        self._refuse_layout_model("attribute")
         if quantity not in ("noise", "x0"):
             raise ValueError(f"quantity must be 'noise' or 'x0', got {quantity!r}.")
         num_inference_steps = self.check_inputs(num_inference_steps)
@@ -2604,6 +2646,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         (['eyes', 'nose', 'mouth', 'rest'], torch.Size([1, 4, 4]))
         ```
         """
+        self._refuse_layout_model("attribute_end_to_end")
         if _is_inversion(latents):
             raise ValueError(
                 "attribute_end_to_end plays the game on x_T; pass x_T (a tensor), not an InversionOutput."
@@ -2707,6 +2750,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         >>> curve.emergence_step  # the first step at which less than half of the swap still happens
         ```
         """
+        self._refuse_layout_model("emergence_curve")
         if _is_inversion(latents_a) or _is_inversion(latents_b):
             raise ValueError("emergence_curve follows trajectories from x_T; pass x_T tensors, not InversionOutputs.")
         if mode not in ("trajectory", "noise"):

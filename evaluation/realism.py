@@ -50,8 +50,24 @@ def c2st_or_reason(real_uint8: torch.Tensor, fake_uint8: torch.Tensor, seed: int
     return classifier_two_sample_test(real_uint8, fake_uint8, seed=seed)
 
 
-def generate_samples(pipe, num_samples: int, seed: int, num_inference_steps: int, batch_size: int, harmonize_noise):
-    """`num_samples` uint8 samples `(N, 3, H, W)` from the seeded x_T of stream "fid" (as `evaluate.py`'s FID)."""
+def training_layouts(data_dir: str, num: int, seed: int) -> torch.Tensor:
+    """The part label maps `(num, H, W)` of `num` training faces of `data_dir`, drawn by a permutation seeded by `seed`
+    among the faces with a part map: the layouts a layout-conditioned model draws its samples with."""
+    from face_data import load_faces
+
+    faces = load_faces(data_dir, "train")
+    labels = torch.from_numpy(faces.labels[faces.has_mask].astype(np.int64))
+    if not len(labels):
+        raise ValueError(f"No training face in '{data_dir}' has a part map to draw layouts from.")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    return labels[order[torch.arange(num) % len(labels)]]
+
+
+def generate_samples(
+    pipe, num_samples: int, seed: int, num_inference_steps: int, batch_size: int, harmonize_noise, layouts=None
+):
+    """`num_samples` uint8 samples `(N, 3, H, W)` from the seeded x_T of stream "fid" (as `evaluate.py`'s FID); a
+    layout-conditioned pipeline draws sample i with `layouts[i]` (label maps), or with its templates when `None`."""
     from evaluation.pipelines import to_uint8
     from evaluation.stats import seeded_latents
 
@@ -59,8 +75,13 @@ def generate_samples(pipe, num_samples: int, seed: int, num_inference_steps: int
     for start in range(0, num_samples, batch_size):
         idx = list(range(start, min(num_samples, start + batch_size)))
         latents = seeded_latents(pipe.latent_shape, seed, "fid", idx).to(pipe._execution_device, pipe.unet.dtype)
+        layout = layouts[idx] if layouts is not None and pipe.num_layout_channels else None
         images = pipe(
-            latents=latents, num_inference_steps=num_inference_steps, output_type="pt", harmonize_noise=harmonize_noise
+            latents=latents,
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+            harmonize_noise=harmonize_noise,
+            layout=layout,
         ).images
         out.append(to_uint8(images))
         print(f"  {min(num_samples, start + batch_size)}/{num_samples} samples", file=sys.stderr, flush=True)
@@ -96,6 +117,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--data_dir", default=default_data_dir(), help="face data whose --split holds the real faces")
     p.add_argument("--split", default="test", help="split of --data_dir with the held-out real faces")
+    p.add_argument(
+        "--layouts_from",
+        default=None,
+        help="face data whose training part maps give layout-conditioned pipelines their layouts (one seeded draw per "
+        "sample); without it they draw every sample with the concept templates. Plain pipelines take none.",
+    )
     p.add_argument("--no_inception", action="store_true", help="C2ST only: skip KID, FID and precision/recall")
     p.add_argument("--fid_cache_dir", default=None, help="cache of the real faces' Inception features ('' disables)")
     p.add_argument("--save_samples", default=None, help="folder for each model's samples (.npy) and grids (.png)")
@@ -172,6 +199,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         cache = DEFAULT_FID_CACHE if args.fid_cache_dir is None else (args.fid_cache_dir or None)
         reference, _ = reference_features(args.data_dir, args.split, None, inception, 64, cache)
     real = None
+    layouts = training_layouts(args.layouts_from, args.num_samples, args.seed) if args.layouts_from else None
     results: Dict[str, object] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m evaluation.realism"] + sys.argv[1:]),
@@ -187,7 +215,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             print(f"{name}: generating {args.num_samples} samples", file=sys.stderr, flush=True)
             pipe = load_pipeline(path, args.device)
             fake = generate_samples(
-                pipe, args.num_samples, args.seed, args.num_inference_steps, args.batch_size, harmonize
+                pipe, args.num_samples, args.seed, args.num_inference_steps, args.batch_size, harmonize, layouts
             )
         res: Dict[str, object] = {"path": path, "num_samples": int(len(fake)), "seconds_generation": 0.0}
         res["seconds_generation"] = time.perf_counter() - t0

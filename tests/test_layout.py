@@ -104,8 +104,10 @@ def test_a_plain_model_refuses_a_layout_and_a_layout_model_refuses_what_cannot_t
         tiny_pipeline()(batch_size=1, num_inference_steps=2, layout=part_labels(1))
     pipe = layout_pipeline()
     x_t = torch.randn(1, 3, 16, 16)
-    with pytest.raises(ValueError, match="layout-conditioned"):
+    with pytest.raises(ValueError, match="`attribute` does not take a layout yet"):
         pipe.attribute(x_t, num_inference_steps=2)
+    with pytest.raises(ValueError, match="`invert` does not take a layout yet"):
+        pipe.invert(torch.rand(1, 3, 16, 16), num_inference_steps=2)
 
 
 def test_training_gives_the_faces_layout_to_the_denoising_and_every_coalition_input():
@@ -124,3 +126,65 @@ def test_training_gives_the_faces_layout_to_the_denoising_and_every_coalition_in
     plain = RecordingUNet()
     toy_training_step(plain, images, labels, ["--ie_batch_size", str(nb)])
     assert plain.calls[0][0].shape[1] == 3
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_edits_keep_each_images_layout(blend):
+    """An edit redraws the face with the layout it was drawn with: an empty-mask edit is the face itself, and each
+    side of a swap is the receiving face's layout applied to its swapped noise."""
+    pipe = layout_pipeline()
+    gen = torch.Generator().manual_seed(0)
+    layout_a, layout_b = part_labels(2), part_labels(2, shift=2)
+    face_a = pipe(batch_size=2, generator=gen, num_inference_steps=3, output_type="pt", layout=layout_a)
+    face_b = pipe(batch_size=2, generator=gen, num_inference_steps=3, output_type="pt", layout=layout_b)
+    assert torch.equal(face_a.layout, pid.layout_from_labels(layout_a, CONCEPTS))
+    empty = torch.zeros(16, 16)
+    same = pipe.resample_region(
+        face_a.latents,
+        empty,
+        generator=gen,
+        num_inference_steps=3,
+        output_type="pt",
+        allow_empty_mask=True,
+        layout=face_a.layout,
+        blend=blend,
+    )
+    assert torch.allclose(same.images, face_a.images, atol=1e-5)
+    mask = torch.zeros(16, 16)
+    mask[3:8, 2:14] = 1
+    swap = pipe.swap_regions(
+        face_a.latents,
+        face_b.latents,
+        mask,
+        num_inference_steps=3,
+        output_type="pt",
+        layout_a=face_a.layout,
+        layout_b=face_b.layout,
+        blend=blend,
+    )
+    if not blend:
+        for images, latents, layout in (
+            (swap.images_a, swap.latents_a, layout_a),
+            (swap.images_b, swap.latents_b, layout_b),
+        ):
+            again = pipe(latents=latents, num_inference_steps=3, output_type="pt", layout=layout).images
+            assert torch.allclose(images, again, atol=1e-5)
+    # the other face's layout draws another face from the same swapped noise
+    other = pipe(latents=swap.latents_a, num_inference_steps=3, output_type="pt", layout=layout_b).images
+    assert (other - swap.images_a).abs().amax() > 1e-3
+
+
+def test_realism_samples_of_a_layout_model_take_seeded_training_layouts(tiny_faces):
+    from evaluation.realism import generate_samples, training_layouts
+    from evaluation.stats import seeded_latents
+
+    layouts = training_layouts(tiny_faces, 5, seed=3)
+    assert layouts.shape == (5, 16, 16) and torch.equal(layouts, training_layouts(tiny_faces, 5, seed=3))
+    assert not torch.equal(layouts, training_layouts(tiny_faces, 5, seed=4))
+    assert all(torch.isin(torch.tensor([4, 5, 7]), lab).all() for lab in layouts)  # every face has its parts
+    pipe = layout_pipeline()
+    samples = generate_samples(pipe, 5, 0, 2, 2, None, layouts)
+    latents = seeded_latents(pipe.latent_shape, 0, "fid", list(range(5)))
+    expected = pipe(latents=latents, num_inference_steps=2, output_type="pt", layout=layouts).images
+    assert torch.equal(samples, (expected * 255).round().clamp(0, 255).to(torch.uint8))
+    assert not torch.equal(samples, generate_samples(pipe, 5, 0, 2, 2, None))  # the templates draw other faces
