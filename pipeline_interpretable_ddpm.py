@@ -1596,6 +1596,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """Predicted noise of the UNet (epsilon, or converted from v / sample prediction)."""
         return self.predicted(self._unet(x, t, layout), x, t, "noise")
 
+    @torch.no_grad()  # a DDIM loop kept for backward would hold every step's activations
     def denoise(
         self,
         latents: torch.Tensor,
@@ -1639,6 +1640,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
         return image
 
+    @torch.no_grad()  # a DDIM loop kept for backward would hold every step's activations
     def denoise_blended(
         self,
         edited: torch.Tensor,

@@ -720,3 +720,12 @@ def test_bad_generation_arguments_are_refused(pipe):
         pipe(num_inference_steps=2, output_type="latent")
     with pytest.raises(ValueError, match=r"Image tensors must be in \[0, 1\]"):
         pipe.invert(torch.full((1, 3, SIZE, SIZE), 2.0), num_inference_steps=2)
+
+
+def test_the_ddim_loops_keep_no_autograd_graph(pipe):
+    """`denoise` and `denoise_blended` are public: called outside `torch.no_grad()` they must not keep every step's
+    activations for a backward pass (25 faces x 25 steps filled 23 GB that way)."""
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert any(p.requires_grad for p in pipe.unet.parameters())
+    assert not pipe.denoise(x_t, 2, show_progress=False).requires_grad
+    assert not pipe.denoise_blended(x_t, x_t.flip(0), torch.ones(2, 1, 16, 16), 2).requires_grad
