@@ -358,10 +358,11 @@ def concept_masks(label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]
     )
 
 
-# Layout conditioning. Under the game a part's region may not read the rest's noise, nor the rest a part's, so neither
-# can learn from the noise where this face's parts lie: the parts are drawn at their average places over the face the
-# rest draws (the ghosted faces of docs/recipe.md). A layout-conditioned UNet takes each concept's part mask as an
-# extra input channel, the same for every coalition of the game: a condition that every region reads, not a player.
+# Layout conditioning. A layout-conditioned UNet takes each concept's part mask as an extra input channel, the same
+# for every coalition of the game: a condition that every region reads, not a player, so that every region knows
+# where this face's parts lie at every timestep. It was tried against the ghosted faces (parts drawn at their average
+# places over the face the rest draws): the parts then sit where the layout puts them, but the ghosts stay
+# (docs/recipe.md, "The part layout as an input"). The shipped models are plain (no layout channels).
 def layout_from_labels(label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]]) -> torch.Tensor:
     """Part label maps `(B, H, W)` -> the layout input `(B, len(concepts), H, W)`, float 0/1: each concept's mask."""
     if label_maps.ndim != 3:

@@ -110,7 +110,7 @@ RECIPE = {
     "learning_rate": 2e-4,
     "lr_warmup_steps": 0,
     "train_batch_size": 32,
-    # the UNet sees only the noisy image, no layout
+    # the UNet sees the noisy image alone: each face's part layout as input channels left the ghosts as they were
     "layout_condition": False,
     # 2300 steps (73,600 faces, ~3.3 epochs): longer branches keep the locality and draw better faces than 300
     "max_train_steps": 2300,

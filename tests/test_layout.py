@@ -188,3 +188,24 @@ def test_realism_samples_of_a_layout_model_take_seeded_training_layouts(tiny_fac
     expected = pipe(latents=latents, num_inference_steps=2, output_type="pt", layout=layouts).images
     assert torch.equal(samples, (expected * 255).round().clamp(0, 255).to(torch.uint8))
     assert not torch.equal(samples, generate_samples(pipe, 5, 0, 2, 2, None))  # the templates draw other faces
+
+
+def test_a_pretrained_model_gets_layout_channels_only_when_asked_and_only_as_many_as_concepts():
+    import argparse
+
+    import train_interpretable as ti
+
+    def settings(layout_condition, concepts="eyes=4,5 mouth=7"):
+        return argparse.Namespace(
+            layout_condition=layout_condition, concepts=concepts, pretrained_model_name_or_path="start"
+        )
+
+    plain = tiny_unet()
+    assert ti.layout_conditioned(plain, settings(False)) is plain
+    extended = ti.layout_conditioned(plain, settings(True))
+    assert extended.config.in_channels == 5 and torch.equal(extended.conv_in.weight[:, 3:], torch.zeros(8, 2, 3, 3))
+    assert ti.layout_conditioned(extended, settings(True)) is extended  # resumed or continued: kept as it is
+    with pytest.raises(ValueError, match="'start' is layout-conditioned .*pass --layout_condition"):
+        ti.layout_conditioned(extended, settings(False))
+    with pytest.raises(ValueError, match="takes 2 layout channels, but --concepts names 3"):
+        ti.layout_conditioned(extended, settings(True, "eyes=4,5 nose=6 mouth=7"))
