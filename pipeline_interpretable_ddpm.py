@@ -358,6 +358,58 @@ def concept_masks(label_maps: torch.Tensor, concepts: Mapping[str, Sequence[int]
     )
 
 
+# Stochastic sampling (eta > 0) keeps an image a function of x_T alone: the noise DDIM adds at each step is drawn from
+# x_T pixel by pixel, a hash of the pixel's own x_T values, its position and the step. A region's step noise then moves
+# with its x_T in a swap and is redrawn with it in a resample, and nothing else changes, so the game's locality holds
+# for stochastic sampling as for eta = 0. The 32-bit hash works in int64 on 16-bit halves, so it never overflows.
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+    """(a * c) mod 2^32 for int64 `a` in [0, 2^32) and a 32-bit constant, without int64 overflow."""
+    return ((a & 0xFFFF) * c + ((((a >> 16) * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser (an avalanche mix) on int64 values in [0, 2^32)."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def step_noise(x_T: torch.Tensor, step: int) -> torch.Tensor:
+    """The standard Gaussian noise that sampling with eta > 0 adds at step `step`, drawn from x_T pixel by pixel.
+
+    Each pixel's noise is a hash of its own x_T values (their float32 bits), its position and the step, turned into
+    Gaussians (Box-Muller): independent across pixels, channels and steps for any practical purpose, and a function
+    of that pixel of x_T alone.
+
+    Args:
+        x_T (`torch.Tensor` of shape `(B, C, H, W)`): the latents the trajectory starts from.
+        step (`int`): the index of the sampling step (0 = the first).
+
+    Returns:
+        `torch.Tensor` of shape `(B, C, H, W)`, in x_T's dtype and on its device.
+    """
+    b, c, h, w = x_T.shape
+    bits = x_T.detach().float().contiguous().view(torch.int32).to(torch.int64) & _MASK32
+    key = _fmix32(
+        torch.full((b, h, w), (int(step) * 0x9E3779B9 + 0x7F4A7C15) & _MASK32, dtype=torch.int64, device=x_T.device)
+    )
+    for ch in range(c):
+        key = _fmix32(key ^ _fmix32((bits[:, ch] + ch * 0x632BE5AB) & _MASK32))
+    position = torch.arange(h * w, dtype=torch.int64, device=x_T.device).view(1, h, w)
+    key = _fmix32(key ^ _fmix32((position * 0x27D4EB2F + 0x165667B1) & _MASK32))
+    out = []
+    for ch in range(c):
+        u1 = (_fmix32(key ^ (2 * ch + 1)).double() + 0.5) / 2**32
+        u2 = (_fmix32(key ^ ((2 * ch + 2) * 0x85EBCA77 & _MASK32)).double() + 0.5) / 2**32
+        out.append(torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2))
+    return torch.stack(out, 1).to(x_T.dtype)
+
+
 # Layout conditioning. A layout-conditioned UNet takes each concept's part mask as an extra input channel, the same
 # for every coalition of the game: a condition that every region reads, not a player, so that every region knows
 # where this face's parts lie at every timestep. It was tried against the ghosted faces (parts drawn at their average
@@ -1105,6 +1157,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             mean of each part's region to the surrounding rest region's, so that parts take their colour from the
             face (see [`~InterpretableDDPMPipeline.harmonize`]). Off in the shipped models (trained on plain
             Gaussian noise), and so by default.
+        eta (`float`, defaults to 0): the default of every call's `eta`: 0 is deterministic DDIM; 1 adds at every
+            step the noise of DDPM's ancestral sampler, drawn from x_T pixel by pixel (`step_noise`), so an image
+            stays a function of x_T and region edits stay local.
     """
 
     _optional_components = ["parser"]
@@ -1121,6 +1176,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         parser_normalization: str = "minus_one_one",
         parser_resolution: Optional[int] = None,
         harmonize_noise: bool = False,
+        eta: float = 0.0,
     ):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
@@ -1161,6 +1217,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             parser_normalization=parser_normalization,
             parser_resolution=parser_resolution,
             harmonize_noise=bool(harmonize_noise),
+            eta=self._valid_eta(eta),
         )
 
     # -- basic properties -------------------------------------------------------------------------------------------
@@ -1231,7 +1288,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         num_inference_steps,
         output_type: Optional[str] = None,
         clip_sample: Optional[bool] = None,
-        eta: float = 0.0,
+        eta: Optional[float] = None,
     ) -> int:
         """Checks the arguments the public methods share (as diffusers pipelines' `check_inputs`); raises a
         `ValueError` naming the bad argument. Returns `num_inference_steps` as a Python int."""
@@ -1241,11 +1298,18 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         check_optional_bool(clip_sample, "clip_sample", " (the scheduler's setting)")
         return num_inference_steps
 
-    def _check_sampling_args(self, eta: float, num_inference_steps: int) -> int:
-        if eta != 0:
-            raise ValueError(
-                f"eta must be 0: region edits need deterministic DDIM sampling (x_0 a function of x_T); got {eta}."
-            )
+    @staticmethod
+    def _valid_eta(eta) -> float:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= float(eta) <= 1:
+            raise ValueError(f"eta must be a number in [0, 1] (0: DDIM, 1: DDPM-like sampling), got {eta!r}.")
+        return float(eta)
+
+    def _eta(self, eta: Optional[float]) -> float:
+        """A call's eta: its own, or the pipeline's setting when `None`."""
+        return self._valid_eta(getattr(self.config, "eta", 0.0) if eta is None else eta)
+
+    def _check_sampling_args(self, eta: Optional[float], num_inference_steps: int) -> int:
+        self._eta(eta)
         num_inference_steps = check_int(num_inference_steps, "num_inference_steps", minimum=1)
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
             raise ValueError(
@@ -1306,14 +1370,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             t0 = None if int(t0) == schedule[0] else int(t0)
         return x, t0, images, latents.warning
 
-    def _mask_source(self, latents, images, t0, num_inference_steps: int, layout=None):
+    def _mask_source(self, latents, images, t0, num_inference_steps: int, layout=None, eta=None):
         """What a mask by concept name is found on: the inverted photos themselves, else the image the latents make
         (from x_T as before, or from x_t at `t0`). Returns `(tensor, concept_mask kwargs)`."""
         if images is None and t0 is not None:
             images = self.denoise(
                 latents, num_inference_steps, show_progress=False, clip_sample=False, start_timestep=t0, layout=layout
             )
-        return (latents, {"layout": layout}) if images is None else (images, {"is_latents": False})
+        return (latents, {"layout": layout, "eta": eta}) if images is None else (images, {"is_latents": False})
 
     def prepare_mask(
         self, mask: MaskInput, latents: torch.Tensor, allow_empty_mask: bool = False, **concept_kwargs
@@ -1607,13 +1671,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clip_sample: Optional[bool] = None,
         start_timestep: Optional[int] = None,
         layout: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
     ) -> torch.Tensor:
-        """Runs the DDIM (eta = 0) loop from x_T (or x_t) to x_0, in model space.
+        """Runs the DDIM loop from x_T (or x_t) to x_0, in model space.
 
         Args:
             latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T, or x_t at `start_timestep`.
             num_inference_steps (`int`): DDIM steps of the whole schedule.
-            generator (`torch.Generator`, *optional*): passed to the scheduler's step (unused at eta = 0).
+            generator (`torch.Generator`, *optional*): unused (eta = 0 draws no noise, eta > 0 draws it from x_T); kept
+                so that callers may pass theirs.
             show_progress (`bool`): show the progress bar.
             clip_sample (`bool`, *optional*): overrides the scheduler's clipping of the predicted x_0 for this call
                 (`None` keeps it); x_T from `invert` is regenerated with `False`, the setting the inversion is exact for.
@@ -1621,11 +1687,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 steps from it on run.
             layout (`torch.Tensor`, *optional*): the layout of a layout-conditioned model (see `layout_input`);
                 the concept templates when `None`.
+            eta (`float`, *optional*): 0 (DDIM) to 1 (DDPM-like), the noise added at each step drawn from x_T
+                (`step_noise`); the pipeline's `eta` when `None`. A trajectory continued from x_t at `start_timestep`
+                (an inverted photo) always runs with eta = 0, the sampler its inversion is exact for.
 
         Returns:
             `torch.Tensor` of shape `(B, C, H, W)`: x_0 in [-1, 1] (model space; see `postprocess`).
         """
-        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample, eta=eta)
+        eta = 0.0 if start_timestep is not None else self._eta(eta)
         latents = self._check_latents(latents)
         layout = self.layout_input(layout, latents.shape[0])
         scheduler = self.scheduler
@@ -1636,9 +1706,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         timesteps = scheduler.timesteps
         if start_timestep is not None:
             timesteps = timesteps[timesteps <= int(start_timestep)]
-        for t in self.progress_bar(timesteps) if show_progress else timesteps:
+        for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
             model_output = self._unet(image, t, layout)
-            image = scheduler.step(model_output, t, image, eta=0.0, generator=generator).prev_sample
+            # the step noise comes from x_T, never from the generator (used at eta = 0 by none)
+            noise = step_noise(latents, i) if eta > 0 else None
+            image = scheduler.step(model_output, t, image, eta=eta, variance_noise=noise).prev_sample
         return image
 
     @torch.no_grad()  # a DDIM loop kept for backward would hold every step's activations
@@ -1652,8 +1724,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         start_timestep: Optional[int] = None,
         max_batch_size: Optional[int] = None,
         layout: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
     ) -> torch.Tensor:
-        r"""Blended DDIM (eta = 0), the masking of RePaint / blended diffusion / DiffEdit, for any model.
+        r"""Blended DDIM, the masking of RePaint / blended diffusion / DiffEdit, for any model.
 
         Runs the unedited trajectory from `original` and the edited one from `edited` in one batch; after every DDIM
         step t -> t_prev the edited trajectory is reset outside the mask to the unedited one:
@@ -1672,11 +1745,13 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             max_batch_size (`int`, *optional*): images per UNet call (default: all 2B at once).
             layout (`torch.Tensor`, *optional*): the images' layout, for a layout-conditioned model (see
                 `layout_input`; the templates when `None`); both trajectories of an image share it.
+            eta (`float`, *optional*): as in `denoise`; each trajectory's step noise comes from its own x_T.
 
         Returns:
             `torch.Tensor` of shape `(B, C, H, W)`: the blended x_0 in model space.
         """
-        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample, eta=eta)
+        eta = 0.0 if start_timestep is not None else self._eta(eta)
         edited = self._check_latents(edited, "edited")
         original = self._check_latents(original, "original")
         if edited.shape != original.shape:
@@ -1705,9 +1780,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         x = torch.cat([m * edited + (1 - m) * original, original])
         chunk = x.shape[0] if max_batch_size is None else check_int(max_batch_size, "max_batch_size", minimum=1)
         layout_chunks = [None] * len(x.split(chunk)) if layout is None else layout.split(chunk)
-        for t in timesteps:
+        x_start = x
+        for i, t in enumerate(timesteps):
             model_output = torch.cat([self._unet(part, t, lay) for part, lay in zip(x.split(chunk), layout_chunks)])
-            x = scheduler.step(model_output, t, x, eta=0.0).prev_sample
+            noise = step_noise(x_start, i) if eta > 0 else None
+            x = scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample
             x = torch.cat([m * x[:b] + (1 - m) * x[b:], x[b:]])
         return x[:b]
 
@@ -1718,7 +1795,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         num_inference_steps: int = 50,
-        eta: float = 0.0,
+        eta: Optional[float] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         clip_sample: Optional[bool] = None,
@@ -1734,7 +1811,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 or the output of `invert`, whose DDIM trajectory is continued from its timestep (unclipped unless
                 `clip_sample=True`).
             num_inference_steps (`int`, defaults to 50): DDIM steps.
-            eta (`float`): must be 0; present so that a non-zero value fails loudly instead of being ignored.
+            eta (`float`, *optional*): 0 for DDIM, up to 1 for DDPM-like sampling whose step noise is drawn from x_T
+                (`step_noise`), so the image is still a function of x_T; the pipeline's `eta` when `None`. Edit the
+                images with the same `eta`.
             output_type (`str`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`): return an [`InterpretableDDPMPipelineOutput`] rather than a tuple.
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping for this call; pass `False` to
@@ -1786,7 +1865,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if layout is not None:
             layout = layout.expand(latents.shape[0], -1, -1, -1)
         x0 = self.denoise(
-            latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0, layout=layout
+            latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0, layout=layout, eta=eta
         )
         images = self.postprocess(x0, output_type)
         self.maybe_free_model_hooks()
@@ -1810,6 +1889,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         harmonize_noise: Optional[bool] = None,
         blend: bool = False,
         layout: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
     ) -> Union[RegionResampleOutput, Tuple]:
         r"""Redraws x_T inside the mask (new noise), keeps it outside, and regenerates.
 
@@ -1840,6 +1920,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 exactly the unedited image; `False` (default) lets the model alone keep the edit local.
             layout (`torch.Tensor`, *optional*): for a layout-conditioned model, the layout the images were drawn
                 with (the generation output's `layout`; the concept templates when `None`); kept by the edit.
+            eta (`float`, *optional*): the sampler the images were drawn with (see `__call__`); the pipeline's when
+                `None`. With eta > 0 the step noise inside the mask is redrawn with x_T (it is drawn from x_T).
 
         Returns:
             [`RegionResampleOutput`] (`images`, new `latents` `(B, C, H, W)`, `mask` `(B, 1, H, W)`, `warning`) or the
@@ -1857,7 +1939,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         >>> edit.images[0]  # the same face with another mouth
         ```
         """
-        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
+        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample, eta)
         inverted = _is_inversion(latents)
         clip_sample = False if inverted and clip_sample is None else clip_sample
         latents, t0, sources, warning = self._trajectory_start(latents, num_inference_steps)
@@ -1865,7 +1947,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         # a concept's mask comes from the image the edit starts from: the inverted photo itself, else the image these
         # latents make with this call's settings (clip_sample included)
         ref, kw = (
-            self._mask_source(latents, sources, t0, num_inference_steps, layout)
+            self._mask_source(latents, sources, t0, num_inference_steps, layout, eta)
             if isinstance(mask, str)
             else (latents, {})
         )
@@ -1890,10 +1972,19 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         if blend:
             x0 = self.denoise_blended(
-                edited, latents, m, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout
+                edited,
+                latents,
+                m,
+                num_inference_steps,
+                clip_sample=clip_sample,
+                start_timestep=t0,
+                layout=layout,
+                eta=eta,
             )
         else:
-            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout)
+            x0 = self.denoise(
+                edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout, eta=eta
+            )
         images = self.postprocess(x0, output_type)
         if not return_dict:
             return images, edited, m
@@ -1916,6 +2007,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         harmonize_photo: Union[bool, float] = False,
         layout_a: Optional[torch.Tensor] = None,
         layout_b: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
     ) -> Union[RegionSwapOutput, Tuple]:
         r"""Exchanges x_T inside the mask between images A and B and regenerates both (one batched DDIM loop).
 
@@ -1948,6 +2040,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             layout_a, layout_b (`torch.Tensor`, *optional*): for a layout-conditioned model, the layouts images A
                 and B were drawn with (the concept templates when `None`); each result keeps its own image's layout,
                 so the moved part is drawn where the receiving face has it.
+            eta (`float`, *optional*): the sampler the images were drawn with (see `__call__`); the pipeline's when
+                `None`. With eta > 0 the step noise moves with x_T (it is drawn from x_T).
 
         Returns:
             [`RegionSwapOutput`] (`images_a`, `images_b`, `latents_a`, `latents_b` `(B, C, H, W)`, `mask`
@@ -1966,7 +2060,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         ... )
         ```
         """
-        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample)
+        num_inference_steps = self.check_inputs(num_inference_steps, output_type, clip_sample, eta)
         inverted = _is_inversion(latents_a) or _is_inversion(latents_b)
         steps_a, steps_b = (getattr(x, "num_inference_steps", None) for x in (latents_a, latents_b))
         if _is_inversion(latents_a) and _is_inversion(latents_b) and steps_a != steps_b:
@@ -1992,8 +2086,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         kw = dict(num_inference_steps=num_inference_steps, clip_sample=clip_sample)
         ref_a, kw_a, ref_b, kw_b = latents_a, kw, latents_b, kw
         if isinstance(mask, str):
-            ref_a, extra_a = self._mask_source(latents_a, sources_a, t0, num_inference_steps, layout_a)
-            ref_b, extra_b = self._mask_source(latents_b, sources_b, t0, num_inference_steps, layout_b)
+            ref_a, extra_a = self._mask_source(latents_a, sources_a, t0, num_inference_steps, layout_a, eta)
+            ref_b, extra_b = self._mask_source(latents_b, sources_b, t0, num_inference_steps, layout_b, eta)
             kw_a, kw_b = {**kw, **extra_a}, {**kw, **extra_b}
         if isinstance(mask, str) and mask_from in ("b", "union"):
             mb = self.prepare_mask(mask, ref_b, True, **kw_b)
@@ -2029,9 +2123,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 clip_sample=clip_sample,
                 start_timestep=t0,
                 layout=layout,
+                eta=eta,
             )
         else:
-            x0 = self.denoise(edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout)
+            x0 = self.denoise(
+                edited, num_inference_steps, clip_sample=clip_sample, start_timestep=t0, layout=layout, eta=eta
+            )
         images_a, images_b = self.postprocess(x0[:n], output_type), self.postprocess(x0[n:], output_type)
         if not return_dict:
             return images_a, images_b, new_a, new_b, m
@@ -2309,6 +2406,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         is_latents: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
         layout: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
     ) -> torch.Tensor:
         """Mask of a concept for each image, `(B, 1, H, W)` float 0/1 at model resolution.
 
@@ -2326,6 +2424,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 scheduler's); an edit passes its own, so its mask comes from the image it starts from.
             layout (`torch.Tensor`, *optional*): the layout latents are regenerated with, for a layout-conditioned
                 model (see `layout_input`).
+            eta (`float`, *optional*): the sampler latents are regenerated with (see `denoise`).
 
         Returns:
             `torch.Tensor` of shape `(B, 1, H, W)`: 1 inside the concept, 0 elsewhere.
@@ -2342,7 +2441,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         ```
         """
         return self._concept_masks(
-            image_or_latents, [concept], dilation, num_inference_steps, is_latents, clip_sample, layout
+            image_or_latents, [concept], dilation, num_inference_steps, is_latents, clip_sample, layout, eta
         )
 
     @torch.no_grad()
@@ -2355,6 +2454,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         is_latents: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
         layout: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
     ) -> torch.Tensor:
         """`(B, N, H, W)` float masks of N concepts (each dilated on its own, so they may overlap); the latents are
         denoised and the images parsed once for all of them."""
@@ -2386,7 +2486,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         else:
             if is_latents:
                 x = self.denoise(
-                    latents, num_inference_steps, show_progress=False, clip_sample=clip_sample, layout=layout
+                    latents, num_inference_steps, show_progress=False, clip_sample=clip_sample, layout=layout, eta=eta
                 )
             labels = self._parse_model_space(x)
             masks = concept_masks(labels, {c: self.concepts[c] for c in concepts}).float()

@@ -215,7 +215,7 @@ OTHER_CASES = {
         lambda p: p.resample_region(noise(), "eyes", num_inference_steps=STEPS, clip_sample=0),
         "clip_sample must be",
     ),
-    "eta": (lambda p: p(num_inference_steps=STEPS, eta=float("nan")), "eta must be 0"),
+    "eta": (lambda p: p(num_inference_steps=STEPS, eta=float("nan")), r"eta must be a number in \[0, 1\]"),
     "mask_from": (
         lambda p: p.swap_regions(noise(), noise(1, 1), "eyes", num_inference_steps=STEPS, mask_from="c"),
         "mask_from must be",

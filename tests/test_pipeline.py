@@ -605,9 +605,56 @@ def test_non_ddim_scheduler_is_refused():
         pid.InterpretableDDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler())
 
 
-def test_nonzero_eta_is_refused(pipe):
-    with pytest.raises(ValueError, match="eta must be 0.*got 0.5"):
-        pipe(batch_size=1, eta=0.5, num_inference_steps=2)
+@pytest.mark.parametrize("eta", [1.5, -0.1, True, "1"])
+def test_eta_outside_zero_one_is_refused(pipe, eta):
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
+        pipe(batch_size=1, eta=eta, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
+        pid.InterpretableDDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler, eta=eta)
+
+
+def test_step_noise_is_standard_gaussian_fresh_per_step_and_drawn_from_each_pixels_own_x_t():
+    x_t = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    noise = torch.stack([pid.step_noise(x_t, s) for s in range(20)])  # (S, B, C, H, W)
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01
+    flat = noise.flatten(1)
+    assert torch.corrcoef(flat).fill_diagonal_(0).abs().max() < 0.02  # steps uncorrelated
+    assert abs(torch.corrcoef(torch.stack([flat[0], x_t.flatten()]))[0, 1]) < 0.02  # and uncorrelated with x_T
+    assert torch.equal(pid.step_noise(x_t.clone(), 3), pid.step_noise(x_t, 3))  # a function of x_T
+    changed = x_t.clone()
+    changed[:, :, :10, :12] = torch.randn(8, 3, 10, 12, generator=torch.Generator().manual_seed(1))
+    differs = (pid.step_noise(changed, 3) != pid.step_noise(x_t, 3)).any(1)
+    assert differs[:, :10, :12].all() and not differs[:, 10:].any() and not differs[:, :, 12:].any()
+
+
+def test_stochastic_sampling_is_a_function_of_x_t_and_keeps_edits_where_the_noise_moved():
+    """eta = 1 with a per-pixel model: the same x_T draws the same image, and a swap or a resample changes exactly
+    the masked pixels (the step noise moves and is redrawn with x_T)."""
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=PerPixelDenoiser(), scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False), eta=1.0
+    )
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(0)
+    faces = pipe(batch_size=2, generator=gen, num_inference_steps=4, output_type="pt")
+    again = pipe(latents=faces.latents, num_inference_steps=4, output_type="pt").images
+    assert torch.equal(again, faces.images)
+    ddim = pipe(latents=faces.latents, num_inference_steps=4, output_type="pt", eta=0.0).images
+    assert (ddim - faces.images).abs().amax() > 1e-2
+    mask = torch.zeros(16, 16)
+    mask[4:9, 3:12] = 1
+    inside = mask.bool().expand(3, -1, -1)
+    swap = pipe.swap_regions(faces.latents[:1], faces.latents[1:], mask, num_inference_steps=4, output_type="pt")
+    for edited, original, donor in (
+        (swap.images_a, faces.images[:1], faces.images[1:]),
+        (swap.images_b, faces.images[1:], faces.images[:1]),
+    ):
+        assert torch.allclose(edited[0][~inside], original[0][~inside], atol=1e-6)
+        assert torch.allclose(
+            edited[0][inside], donor[0][inside], atol=1e-6
+        )  # the donor's pixels, step noise included
+    redrawn = pipe.resample_region(faces.latents, mask, generator=gen, num_inference_steps=4, output_type="pt")
+    assert torch.allclose(redrawn.images[:, ~inside], faces.images[:, ~inside], atol=1e-6)
+    assert (redrawn.images[:, inside] - faces.images[:, inside]).abs().amax() > 1e-2
 
 
 @pytest.mark.parametrize(
