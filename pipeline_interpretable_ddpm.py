@@ -11,7 +11,7 @@ the K regions of x_t (concepts such as eyes, nose, mouth plus one "rest" region)
 x_t on its regions and puts a baseline elsewhere; the value of output region k is the predicted noise restricted to
 region k. Training adds a loss that makes every input region j != k a *dummy player* for output region k. With DDIM
 (eta = 0) an image is a deterministic function of x_T, so redrawing or swapping x_T inside a region edits that
-region of the image only.
+region of the image only; with eta > 0 the step noise is drawn from x_T pixel by pixel, and the same holds.
 
 Shapes used throughout: images / latents ``(B, C, H, W)``; region partitions ``(B, K, H, W)`` (one-hot over K,
 the last region is "rest"); coalitions ``(M, K)`` bool, or ``(B, M, K)`` per example.
@@ -69,8 +69,8 @@ class InterpretableDDPMPipelineOutput(BaseOutput):
 
     Args:
         images (`List[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`): the generated images.
-        latents (`torch.Tensor` of shape `(B, C, H, W)`): the x_T that generated each image (DDIM, eta = 0), so any
-            image can be edited later with `resample_region` / `swap_regions`.
+        latents (`torch.Tensor` of shape `(B, C, H, W)`): the x_T that generated each image (with any eta: the step
+            noise is drawn from x_T), so any image can be edited later with `resample_region` / `swap_regions`.
         layout (`torch.Tensor` of shape `(B, K, H, W)`, *optional*): the layout a layout-conditioned model drew
             each image with (pass it to the edits of these images); `None` for a plain model.
     """
@@ -1134,7 +1134,10 @@ def edit_locality(
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------------------
 class InterpretableDDPMPipeline(DiffusionPipeline):
-    r"""DDIM (eta = 0) generation with region edits, DDIM inversion and exact Shapley region attribution.
+    r"""DDIM generation with region edits, DDIM inversion and exact Shapley region attribution.
+
+    Sampling is deterministic DDIM (eta = 0) unless `eta` is set: with eta > 0 the noise each step adds is drawn from
+    x_T (`step_noise`), so an image is a function of x_T either way and the region edits stay local.
 
     This model inherits from [`DiffusionPipeline`]; see the superclass for the generic loading/saving methods.
 
