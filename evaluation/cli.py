@@ -130,7 +130,14 @@ def _add_count_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_edit_and_data_arguments(p: argparse.ArgumentParser) -> None:
     """How the edits are made and scored, and where the real faces come from."""
-    p.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps (eta = 0)")
+    p.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps")
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="the sampler of the generated faces, 0 (DDIM) to 1 (DDPM-like, step noise drawn from x_T); default: each "
+        "pipeline's own setting. Inverted photos and the per-step attribution run DDIM whatever it is.",
+    )
     p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
     p.add_argument(
         "--swap_mask_from",
@@ -228,6 +235,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name} must be >= 1.")
     if args.num_fid_samples == 1:
         p.error("--num_fid_samples must be 0 (skip) or >= 2.")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        p.error(f"--eta must be in [0, 1] (0: DDIM, 1: DDPM-like), got {args.eta}.")
     if args.num_examples < 0:
         p.error("--num_examples must be >= 0.")
     if args.seed < 0:
@@ -316,6 +325,9 @@ def load_variants(args: argparse.Namespace) -> Variants:
     paths = list(args.pipelines) + ([args.baseline] if args.baseline else [])
     names = _unique_names(paths)
     loaded = {name: load_pipeline(path, args.device) for name, path in zip(names, paths)}
+    if getattr(args, "eta", None) is not None:
+        for pipe in loaded.values():
+            pipe.register_to_config(eta=pipe._valid_eta(args.eta))
     borrowed = lend_concept_masks(loaded)
     modes = {f"{n}{suffix}": (n, mode) for n in names for suffix, mode in HARMONIZE_VARIANTS[args.harmonize_noise]}
     base_of = {}

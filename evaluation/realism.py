@@ -104,7 +104,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("models", nargs="+", help="pipeline folders (save_pretrained), or .npy files of uint8 samples")
     p.add_argument("--num_samples", type=int, default=200, help="samples generated per pipeline")
-    p.add_argument("--num_inference_steps", type=int, default=25, help="DDIM steps (eta = 0)")
+    p.add_argument("--num_inference_steps", type=int, default=25, help="DDIM steps")
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="the sampler, 0 (DDIM) to 1 (DDPM-like, step noise drawn from x_T); default: each pipeline's own setting",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the x_T (same for every pipeline) and the C2ST")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
@@ -131,6 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_samples < 2 or args.num_inference_steps < 1 or args.batch_size < 1 or args.seed < 0:
         p.error("--num_samples must be >= 2, --num_inference_steps and --batch_size >= 1, --seed >= 0.")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        p.error(f"--eta must be in [0, 1] (0: DDIM, 1: DDPM-like), got {args.eta}.")
     if args.num_threads is not None and args.num_threads < 1:
         p.error(f"--num_threads must be >= 1, got {args.num_threads}.")
     if args.out and os.path.exists(args.out) and not args.overwrite:
@@ -214,6 +222,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         else:
             print(f"{name}: generating {args.num_samples} samples", file=sys.stderr, flush=True)
             pipe = load_pipeline(path, args.device)
+            if args.eta is not None:
+                pipe.register_to_config(eta=pipe._valid_eta(args.eta))
             fake = generate_samples(
                 pipe, args.num_samples, args.seed, args.num_inference_steps, args.batch_size, harmonize, layouts
             )

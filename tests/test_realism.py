@@ -160,6 +160,14 @@ def test_realism_command_end_to_end(tmp_path):
     # an existing results file is never overwritten
     refused = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert refused.returncode == 2 and "exists" in refused.stderr
+    # --eta sets the sampler: stochastic samples of the same x_T differ from the DDIM ones; outside [0, 1] refused
+    eta_cmd = [*cmd[:4], *cmd[5:], "--eta", "1"]
+    eta_cmd[eta_cmd.index("--save_samples") + 1] = str(tmp_path / "eta1")
+    stochastic = subprocess.run(eta_cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert stochastic.returncode == 0, stochastic.stderr[-3000:]
+    assert not np.array_equal(np.load(tmp_path / "eta1" / "a_samples.npy"), saved)
+    bad = subprocess.run([*eta_cmd[:-1], "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert bad.returncode == 2 and "--eta must be in [0, 1]" in bad.stderr
 
 
 @pytest.mark.slow  # an evaluate.py subprocess
