@@ -164,18 +164,24 @@ def test_per_pixel_model_has_zero_loss_and_mixing_model_does_not(estimator, valu
     assert mixing.item() > 1e-6
 
 
-def test_loss_is_differentiable_and_weighted():
-    unet = tiny_unet()
-    x_t, baseline, timesteps, regions = setup_game(batch=2, k=2, seed=4)
-    loss = pid.interpretability_loss(
-        model_fn_of(unet),
+def pair_loss(model_fn, x_t, baseline, timesteps, regions, **kwargs) -> torch.Tensor:
+    """The pair estimator of L_IE on `setup_game`'s tensors with a fixed draw (generator seed 0)."""
+    return pid.interpretability_loss(
+        model_fn,
         x_t,
         timesteps,
         regions,
         baseline,
         estimator="pair",
         generator=torch.Generator().manual_seed(0),
+        **kwargs,
     )
+
+
+def test_loss_is_differentiable_and_weighted():
+    unet = tiny_unet()
+    x_t, baseline, timesteps, regions = setup_game(batch=2, k=2, seed=4)
+    loss = pair_loss(model_fn_of(unet), x_t, baseline, timesteps, regions)
     loss.backward()
     assert unet.conv_in.weight.grad is not None and unet.conv_in.weight.grad.abs().sum() > 0
     with torch.no_grad():
@@ -276,20 +282,6 @@ def follows_region_mean(regions, source, target=None):
     return model_fn
 
 
-def pair_loss(model_fn, x_t, baseline, timesteps, regions, **kwargs) -> float:
-    """The pair estimator of L_IE on `setup_game`'s tensors with a fixed draw (generator seed 0)."""
-    return pid.interpretability_loss(
-        model_fn,
-        x_t,
-        timesteps,
-        regions,
-        baseline,
-        estimator="pair",
-        generator=torch.Generator().manual_seed(0),
-        **kwargs,
-    ).item()
-
-
 def test_context_players_may_influence_every_region_but_nothing_else_may():
     """With the rest region as context (`context=[rest]`), a model whose outputs follow the rest region's mean has no
     loss, while one whose rest output follows another region still has; the plain game penalises both."""
@@ -297,7 +289,7 @@ def test_context_players_may_influence_every_region_but_nothing_else_may():
     regions, rest = game[3], 2
 
     def loss(model_fn, context):
-        return pair_loss(model_fn, *game, context=context)
+        return pair_loss(model_fn, *game, context=context).item()
 
     def follows(source):  # every output pixel = its own input + the mean of region `source`
         return follows_region_mean(regions, source)
@@ -357,7 +349,7 @@ def test_open_outputs_free_the_context_region_but_never_the_parts():
     open_rest[:, rest] = True
 
     def loss(model_fn, open_outputs):
-        return pair_loss(model_fn, *game, context=[rest], open_outputs=open_outputs)
+        return pair_loss(model_fn, *game, context=[rest], open_outputs=open_outputs).item()
 
     def follows(target, source):  # region `target`'s outputs = its own input + the mean of region `source`
         return follows_region_mean(regions, source, target)
