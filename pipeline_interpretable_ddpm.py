@@ -1618,7 +1618,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             batch_size (`int`): the batch the layout is for; a layout of batch 1 is shared by all.
 
         Returns:
-            `torch.Tensor` of shape `(B or 1, K, H, W)` on the execution device, or `None`.
+            `torch.Tensor` of shape `(batch_size, K, H, W)` on the execution device, or `None`.
         """
         if not self.num_layout_channels:
             if layout is not None:
@@ -1645,7 +1645,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if layout.shape[0] not in (1, batch_size):
             raise ValueError(f"layout holds {layout.shape[0]} layouts for a batch of {batch_size}.")
         check_mask_values(layout, "layout")
-        return layout.to(self._execution_device, self.unet.dtype)
+        return layout.to(self._execution_device, self.unet.dtype).expand(batch_size, -1, -1, -1)
 
     def _refuse_layout_model(self, method: str) -> None:
         if self.num_layout_channels:
@@ -1778,8 +1778,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             timesteps = timesteps[timesteps <= int(start_timestep)]
         b = edited.shape[0]
         layout = self.layout_input(layout, b)
-        if layout is not None:
-            layout = layout.expand(b, -1, -1, -1).repeat(2, 1, 1, 1)
+        if layout is not None:  # both trajectories of an image share its layout
+            layout = layout.repeat(2, 1, 1, 1)
         x = torch.cat([m * edited + (1 - m) * original, original])
         chunk = x.shape[0] if max_batch_size is None else check_int(max_batch_size, "max_batch_size", minimum=1)
         layout_chunks = [None] * len(x.split(chunk)) if layout is None else layout.split(chunk)
@@ -1865,8 +1865,6 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             if self._harmonizes(harmonize_noise) and harmonize_noise is not None and not inverted:
                 latents = self.harmonize(latents)
         layout = self.layout_input(layout, latents.shape[0])
-        if layout is not None:
-            layout = layout.expand(latents.shape[0], -1, -1, -1)
         x0 = self.denoise(
             latents, num_inference_steps, generator, clip_sample=clip_sample, start_timestep=t0, layout=layout, eta=eta
         )
@@ -2114,9 +2112,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if not isinstance(blend, (bool, np.bool_)):
             raise ValueError(f"blend must be True or False, got {blend!r}.")
         edited = torch.cat([new_a, new_b])
-        layout = (
-            None if layout_a is None else torch.cat([layout_a.expand(n, -1, -1, -1), layout_b.expand(n, -1, -1, -1)])
-        )
+        layout = None if layout_a is None else torch.cat([layout_a, layout_b])
         if blend:
             x0 = self.denoise_blended(
                 edited,
