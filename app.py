@@ -44,7 +44,6 @@ from app_handlers import (
     BASELINE_ENV,
     DEFAULT_BASELINE,
     DEFAULT_MODEL,
-    DEFAULT_STEPS,
     MAX_ATTRIBUTION_TIMESTEPS,
     MAX_DILATION,
     MAX_FILE_SIZE,
@@ -101,7 +100,9 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
             + f". Concept masks come from {masks_from}."
         )
         with gr.Row():
-            steps = gr.Slider(1, MAX_STEPS, value=models.default_steps, step=1, label="DDIM steps (fewer = faster)")
+            steps = gr.Slider(
+                1, MAX_STEPS, value=models.default_steps, step=1, label="Sampling steps (fewer = faster)"
+            )
             compare = gr.Checkbox(  # off at start: with it an edit runs both models (twice the time)
                 value=False,
                 visible=has_baseline,
@@ -374,7 +375,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help=f"Baseline pipeline (env {BASELINE_ENV}; default {DEFAULT_BASELINE} if present; '' for none).",
     )
-    arg_parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Default DDIM steps in the UI.")
+    arg_parser.add_argument(
+        "--steps", type=int, default=None, help="Default sampling steps in the UI (default: the model folder's)."
+    )
     arg_parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     arg_parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     arg_parser.add_argument("--concurrency", type=int, default=1, help="Model calls running at once (2 CPU cores: 1).")
@@ -383,7 +386,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     arg_parser.add_argument("--share", action="store_true")
     args = arg_parser.parse_args(argv)
-    if not 1 <= args.steps <= MAX_STEPS:
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
         arg_parser.error(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}.")
     return args
 

@@ -36,7 +36,6 @@ DEFAULT_BASELINE = "models/ddpm-faces64-baseline"
 MODEL_ENV = "INTERPRETABLE_DDPM_MODEL"
 BASELINE_ENV = "INTERPRETABLE_DDPM_BASELINE"
 
-DEFAULT_STEPS = 25
 MAX_STEPS = 200
 MAX_ATTRIBUTION_TIMESTEPS = 25
 MAX_FILE_SIZE = "10mb"  # uploads over this are refused by the server before they reach a handler
@@ -69,12 +68,16 @@ class SpaceModels:
     baseline: Any = None
     main_name: str = "interpretable"
     baseline_name: str = "baseline"
-    default_steps: int = DEFAULT_STEPS
+    default_steps: Optional[int] = None  # None: the model folder's own (its `num_inference_steps`)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
         # The locality metric and colour difference come from the loaded pipeline's own module.
         self.lib = inspect.getmodule(type(self.main))
+        if self.default_steps is None:
+            self.default_steps = min(MAX_STEPS, int(getattr(self.main.config, "num_inference_steps", 50)))
+        if self.baseline is not None:  # faces are compared under one sampler: the model's
+            self.baseline.register_to_config(eta=self.eta)
         if self.baseline is not None and self.baseline.resolution != self.main.resolution:
             raise ValueError(
                 f"The baseline's resolution {self.baseline.resolution} differs from the model's {self.main.resolution}."
@@ -93,6 +96,17 @@ class SpaceModels:
     @property
     def resolution(self) -> Tuple[int, int]:
         return tuple(self.main.resolution)
+
+    @property
+    def eta(self) -> float:
+        """The sampler's eta (the model folder's): 0 is DDIM, above 0 adds step noise drawn from x_T."""
+        return float(getattr(self.main.config, "eta", 0.0))
+
+    @property
+    def sampler_text(self) -> str:
+        if self.eta == 0:
+            return "DDIM (eta = 0)"
+        return f"eta = {self.eta:g}, step noise drawn from x_T"
 
     def label(self, key: str) -> str:
         return self.main_name if key == "main" else self.baseline_name
@@ -113,7 +127,7 @@ def find_default_model() -> Optional[str]:
     return None
 
 
-def load_models(model: Optional[str], baseline: Optional[str], default_steps: int = DEFAULT_STEPS) -> SpaceModels:
+def load_models(model: Optional[str], baseline: Optional[str], default_steps: Optional[int] = None) -> SpaceModels:
     """Loads the model (argument, env var, default folder, or any interpretable pipeline in models/) and baseline,
     once, in float32 on the CPU."""
     model = model or os.environ.get(MODEL_ENV) or find_default_model()
@@ -529,7 +543,7 @@ class SpaceApp:
     def generate(
         self, seed_a: float, seed_b: float, steps: float, compare: bool, harmonize: bool = True, progress=gr.Progress()
     ) -> Tuple[np.ndarray, np.ndarray, dict, Session, str]:
-        """Faces A and B from two seeds (one DDIM batch per model, the same x_T for both models); `harmonize` ties
+        """Faces A and B from two seeds (one batch per model, the same x_T for both models); `harmonize` ties
         each part's noise mean to the face's (`pipe.harmonize`). Returns images, the editor, the state, info."""
         harmonize = harmonize_setting(harmonize)
         seed_a, seed_b, steps = check_seed(seed_a, "seed A"), check_seed(seed_b, "seed B"), check_steps(steps)
@@ -558,7 +572,8 @@ class SpaceApp:
                     session.faces[name].images[f"baseline@{steps}"] = _hwc(out_b.images[i : i + 1])
         img_a, img_b = (session.faces[f].images[f"main@{steps}"] for f in "AB")
         info = (
-            f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} DDIM steps (eta = 0, reproducible), "
+            f"Face A: seed **{seed_a}**, face B: seed **{seed_b}**, {steps} steps ({self.models.sampler_text}; "
+            "the same seeds draw the same faces), "
             + ("harmonised noise." if harmonize else "plain noise (Gaussian x_T, as in the paper).")
         )
         return to_display(img_a), to_display(img_b), editor_value(img_a), session, info
@@ -1052,7 +1067,7 @@ class SpaceApp:
         progress=gr.Progress(),
     ) -> Tuple[np.ndarray, Optional[np.ndarray], str, dict]:
         """Exact K x K Shapley attribution from the regions of x_T to the regions of the final image
-        (`pipe.attribute_end_to_end`: 2^K full DDIM runs per model), for a generated face."""
+        (`pipe.attribute_end_to_end`: 2^K full sampling runs per model), for a generated face."""
         session, steps = self._require_faces(session), check_steps(steps)
         seed = check_seed(seed, "attribution seed")
         face = self._attribution_face(session, face_name)
@@ -1092,7 +1107,7 @@ class SpaceApp:
                 output_label="output region k of the final image",
             )
         md = (
-            f"End to end, face {face_name}, {steps} DDIM steps, 2^K full runs per model: "
+            f"End to end, face {face_name}, {steps} steps, 2^K full runs per model: "
             + ", ".join(f"{m['label']}: leakage {m['leakage']:.3f}" for m in models.values())
             + ". Columns: regions of x_T (the players); rows: regions of the final image."
         )

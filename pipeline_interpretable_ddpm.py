@@ -1163,6 +1163,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         eta (`float`, defaults to 0): the default of every call's `eta`: 0 is deterministic DDIM; 1 adds at every
             step the noise of DDPM's ancestral sampler, drawn from x_T pixel by pixel (`step_noise`), so an image
             stays a function of x_T and region edits stay local.
+        num_inference_steps (`int`, defaults to 50): the default of every call's `num_inference_steps`. Stochastic
+            sampling needs more steps than DDIM (the shipped models: eta = 1, 100 steps); the sampler is part of the
+            model folder, so that `pipe()` draws the faces its card describes.
     """
 
     _optional_components = ["parser"]
@@ -1180,6 +1183,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         parser_resolution: Optional[int] = None,
         harmonize_noise: bool = False,
         eta: float = 0.0,
+        num_inference_steps: int = 50,
     ):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
@@ -1221,6 +1225,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             parser_resolution=parser_resolution,
             harmonize_noise=bool(harmonize_noise),
             eta=self._valid_eta(eta),
+            num_inference_steps=self._valid_steps(num_inference_steps, scheduler),
         )
 
     # -- basic properties -------------------------------------------------------------------------------------------
@@ -1311,15 +1316,22 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         """A call's eta: its own, or the pipeline's setting when `None`."""
         return self._valid_eta(getattr(self.config, "eta", 0.0) if eta is None else eta)
 
-    def _check_sampling_args(self, eta: Optional[float], num_inference_steps: int) -> int:
-        self._eta(eta)
+    @staticmethod
+    def _valid_steps(num_inference_steps, scheduler) -> int:
         num_inference_steps = check_int(num_inference_steps, "num_inference_steps", minimum=1)
-        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+        if num_inference_steps > scheduler.config.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps ({num_inference_steps}) exceeds the scheduler's "
-                f"{self.scheduler.config.num_train_timesteps} training timesteps."
+                f"{scheduler.config.num_train_timesteps} training timesteps."
             )
         return num_inference_steps
+
+    def _check_sampling_args(self, eta: Optional[float], num_inference_steps: Optional[int]) -> int:
+        """Checks a call's sampler; `None` takes the pipeline's setting. Returns the steps as a Python int."""
+        self._eta(eta)
+        if num_inference_steps is None:
+            num_inference_steps = getattr(self.config, "num_inference_steps", 50)
+        return self._valid_steps(num_inference_steps, self.scheduler)
 
     def _check_latents(self, latents, name: str = "latents") -> torch.Tensor:
         if isinstance(latents, InversionOutput):
@@ -1668,7 +1680,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     def denoise(
         self,
         latents: torch.Tensor,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         generator=None,
         show_progress: bool = True,
         clip_sample: Optional[bool] = None,
@@ -1680,7 +1692,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
 
         Args:
             latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T, or x_t at `start_timestep`.
-            num_inference_steps (`int`): DDIM steps of the whole schedule.
+            num_inference_steps (`int`, *optional*): steps of the whole schedule; the pipeline's setting when `None`.
             generator (`torch.Generator`, *optional*): unused (eta = 0 draws no noise, eta > 0 draws it from x_T); kept
                 so that callers may pass theirs.
             show_progress (`bool`): show the progress bar.
@@ -1722,7 +1734,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         edited: torch.Tensor,
         original: torch.Tensor,
         mask: torch.Tensor,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         clip_sample: Optional[bool] = None,
         start_timestep: Optional[int] = None,
         max_batch_size: Optional[int] = None,
@@ -1797,7 +1809,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         batch_size: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         eta: Optional[float] = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -1805,7 +1817,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         harmonize_noise: Optional[bool] = None,
         layout: Optional[torch.Tensor] = None,
     ) -> Union[InterpretableDDPMPipelineOutput, Tuple]:
-        r"""Generates images with DDIM, eta = 0 (deterministic given x_T).
+        r"""Generates images with the pipeline's sampler (DDIM, or stochastic with `eta` > 0); a function of x_T either way.
 
         Args:
             batch_size (`int`): number of images when `latents` is not given.
@@ -1813,7 +1825,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             latents (`torch.Tensor` of shape `(B, C, H, W)` or [`InversionOutput`], *optional*): x_T to start from,
                 or the output of `invert`, whose DDIM trajectory is continued from its timestep (unclipped unless
                 `clip_sample=True`).
-            num_inference_steps (`int`, defaults to 50): DDIM steps.
+            num_inference_steps (`int`, *optional*): sampling steps; the pipeline's `num_inference_steps` when `None`.
             eta (`float`, *optional*): 0 for DDIM, up to 1 for DDPM-like sampling whose step noise is drawn from x_T
                 (`step_noise`), so the image is still a function of x_T; the pipeline's `eta` when `None`. Edit the
                 images with the same `eta`.
@@ -1882,7 +1894,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         mask: MaskInput,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         new_latents: Optional[torch.Tensor] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         output_type: str = "pil",
         allow_empty_mask: bool = False,
         return_dict: bool = True,
@@ -1997,7 +2009,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         latents_a: torch.Tensor,
         latents_b: torch.Tensor,
         mask: MaskInput,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         output_type: str = "pil",
         mask_from: str = "a",
         allow_empty_mask: bool = False,
@@ -2140,7 +2152,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
     def invert(
         self,
         image: ImageInput,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         fixed_point_iterations: int = 3,
         resize: bool = False,
         check_reconstruction: bool = False,
@@ -2401,7 +2413,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         image_or_latents: Union[ImageInput, torch.Tensor],
         concept: str,
         dilation: int = 0,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         is_latents: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
         layout: Optional[torch.Tensor] = None,
@@ -2449,7 +2461,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         image_or_latents,
         concepts: Sequence[str],
         dilation: int = 0,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         is_latents: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
         layout: Optional[torch.Tensor] = None,
@@ -2513,7 +2525,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         latents: torch.Tensor,
         masks: Optional[Union[torch.Tensor, Sequence[str]]] = None,
         timesteps: Optional[Sequence[int]] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         baseline: Union[str, torch.Tensor] = "other_sample",
         generator: Optional[torch.Generator] = None,
         max_batch_size: Optional[int] = None,
@@ -2705,7 +2717,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         self,
         latents: torch.Tensor,
         masks: Optional[Union[torch.Tensor, Sequence[str]]] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         baseline: Union[str, torch.Tensor] = "other_sample",
         generator: Optional[torch.Generator] = None,
         max_batch_size: Optional[int] = None,
@@ -2808,7 +2820,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         latents_a: torch.Tensor,
         latents_b: torch.Tensor,
         mask: MaskInput,
-        num_inference_steps: int = 50,
+        num_inference_steps: Optional[int] = None,
         step_indices: Optional[Sequence[int]] = None,
         mode: str = "trajectory",
         clip_sample: Optional[bool] = None,

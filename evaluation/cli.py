@@ -130,13 +130,18 @@ def _add_count_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_edit_and_data_arguments(p: argparse.ArgumentParser) -> None:
     """How the edits are made and scored, and where the real faces come from."""
-    p.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps")
+    p.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="sampling steps (of generation, edits, inversion and attribution); default: the pipelines' own setting",
+    )
     p.add_argument(
         "--eta",
         type=float,
         default=None,
-        help="the sampler of the generated faces, 0 (DDIM) to 1 (DDPM-like, step noise drawn from x_T); default: each "
-        "pipeline's own setting. Inverted photos and the per-step attribution run DDIM whatever it is.",
+        help="the sampler of the generated faces, 0 (DDIM) to 1 (DDPM-like, step noise drawn from x_T); default: the "
+        "pipelines' own setting. Inverted photos and the per-step attribution run DDIM whatever it is.",
     )
     p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
     p.add_argument(
@@ -231,7 +236,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0.")
     for name in ("attribution_steps", "num_inference_steps", "batch_size", "emergence_points"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1.")
     if args.num_fid_samples == 1:
         p.error("--num_fid_samples must be 0 (skip) or >= 2.")
@@ -320,14 +325,29 @@ HARMONIZE_VARIANTS = {
 }
 
 
+def resolve_sampler(args: argparse.Namespace, pipes: Dict[str, object]) -> None:
+    """Sets `args.eta` and `args.num_inference_steps` left at `None` to the pipelines' own sampler, and gives every
+    pipeline the run's eta: compared pipelines sample alike, or the run stops and asks for the flag."""
+    for flag, key, default in (("eta", "eta", 0.0), ("num_inference_steps", "num_inference_steps", 50)):
+        if getattr(args, flag, None) is None:
+            own = {name: getattr(pipe.config, key, default) for name, pipe in pipes.items()}
+            if len(set(own.values())) > 1:
+                raise ValueError(
+                    f"the pipelines sample with different {key} ("
+                    + ", ".join(f"{name}: {value}" for name, value in own.items())
+                    + f"); pass --{flag} to compare them under one sampler."
+                )
+            setattr(args, flag, next(iter(own.values())))
+    for pipe in pipes.values():
+        pipe.register_to_config(eta=pipe._valid_eta(args.eta))
+
+
 def load_variants(args: argparse.Namespace) -> Variants:
     """Loads the pipelines (and the baseline, last), lends concept masks, and names the evaluated variants."""
     paths = list(args.pipelines) + ([args.baseline] if args.baseline else [])
     names = _unique_names(paths)
     loaded = {name: load_pipeline(path, args.device) for name, path in zip(names, paths)}
-    if getattr(args, "eta", None) is not None:
-        for pipe in loaded.values():
-            pipe.register_to_config(eta=pipe._valid_eta(args.eta))
+    resolve_sampler(args, loaded)
     borrowed = lend_concept_masks(loaded)
     modes = {f"{n}{suffix}": (n, mode) for n in names for suffix, mode in HARMONIZE_VARIANTS[args.harmonize_noise]}
     base_of = {}

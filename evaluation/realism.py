@@ -104,7 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("models", nargs="+", help="pipeline folders (save_pretrained), or .npy files of uint8 samples")
     p.add_argument("--num_samples", type=int, default=200, help="samples generated per pipeline")
-    p.add_argument("--num_inference_steps", type=int, default=25, help="DDIM steps")
+    p.add_argument(
+        "--num_inference_steps", type=int, default=None, help="sampling steps; default: each pipeline's own setting"
+    )
     p.add_argument(
         "--eta",
         type=float,
@@ -135,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON file for the results (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
-    if args.num_samples < 2 or args.num_inference_steps < 1 or args.batch_size < 1 or args.seed < 0:
+    steps_ok = args.num_inference_steps is None or args.num_inference_steps >= 1
+    if args.num_samples < 2 or not steps_ok or args.batch_size < 1 or args.seed < 0:
         p.error("--num_samples must be >= 2, --num_inference_steps and --batch_size >= 1, --seed >= 0.")
     if args.eta is not None and not 0 <= args.eta <= 1:
         p.error(f"--eta must be in [0, 1] (0: DDIM, 1: DDPM-like), got {args.eta}.")
@@ -224,10 +227,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             pipe = load_pipeline(path, args.device)
             if args.eta is not None:
                 pipe.register_to_config(eta=pipe._valid_eta(args.eta))
-            fake = generate_samples(
-                pipe, args.num_samples, args.seed, args.num_inference_steps, args.batch_size, harmonize, layouts
-            )
+            steps = pipe.check_inputs(args.num_inference_steps)  # None: the pipeline's own
+            sampler = {"eta": pipe._eta(None), "num_inference_steps": steps}
+            fake = generate_samples(pipe, args.num_samples, args.seed, steps, args.batch_size, harmonize, layouts)
         res: Dict[str, object] = {"path": path, "num_samples": int(len(fake)), "seconds_generation": 0.0}
+        if not path.endswith(".npy"):
+            res["sampler"] = sampler
         res["seconds_generation"] = time.perf_counter() - t0
         if real is None or tuple(real.shape[-2:]) != tuple(fake.shape[-2:]):
             real = real_faces_uint8(args.data_dir, args.split, tuple(fake.shape[-2:]))

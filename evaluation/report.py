@@ -532,9 +532,9 @@ SECTIONS = (
 
 def _sampler_text(eta) -> str:
     """The sampler of a run's generated faces, as the report states it (`--eta`; None: each pipeline's own)."""
-    if eta is None:
+    if eta is None:  # reports of runs before the sampler was resolved at load time
         return "each pipeline's own eta, 0 unless its config sets one"
-    return "eta = 0" if float(eta) == 0 else f"eta = {float(eta):g}, step noise drawn from x_T"
+    return "DDIM, eta = 0" if float(eta) == 0 else f"eta = {float(eta):g}, step noise drawn from x_T"
 
 
 def markdown_report(results: dict) -> str:
@@ -549,7 +549,7 @@ def markdown_report(results: dict) -> str:
         "Pipelines: "
         + ", ".join(f"`{n}` ({results['pipelines'][n]['path']})" for n in names)
         + (f"; baseline `{base}`." if base else "."),
-        f"Device {cfg['device']}, {cfg['num_inference_steps']} DDIM steps ({_sampler_text(cfg.get('eta'))}), seed "
+        f"Device {cfg['device']}, {cfg['num_inference_steps']} steps ({_sampler_text(cfg.get('eta'))}), seed "
         f"{cfg['seed']}; x_0 clipping "
         "(clip_sample) of generation: "
         + ", ".join(f"`{n}` {results['pipelines'][n].get('clip_sample')}" for n in names)

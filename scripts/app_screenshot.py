@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> None:
     out_path = os.path.abspath(args.out_path)
     photo = os.path.abspath(args.photo) if args.photo else None
     os.chdir(ROOT)  # the default model folders are relative to the repository
-    models = app.load_models(app.DEFAULT_MODEL, app.DEFAULT_BASELINE, default_steps=app.DEFAULT_STEPS)
+    models = app.load_models(app.DEFAULT_MODEL, app.DEFAULT_BASELINE)
     demo = app.build_demo(models)
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, css=app.CSS, **app.LAUNCH_KWARGS)
     try:

@@ -4,6 +4,7 @@ Each check compares what the API returns with what the pipeline computes directl
 the wrong thing (wrong seed, wrong mask, wrong locality) fails here.
 """
 
+import json
 import math
 import os
 import socket
@@ -622,6 +623,28 @@ def test_model_resolution_from_arguments_env_and_defaults(tmp_path, monkeypatch,
     models = app.load_models(None, "")
     assert models.main_name == "other-interpretable" and models.baseline is None
     assert next(models.main.unet.parameters()).dtype == torch.float32
+
+
+def test_the_space_samples_as_the_model_folder_says_and_the_baseline_alike(tmp_path, tiny_faces):
+    """Default steps and eta come from the model's folder (`--steps` overrides the steps); the baseline is sampled
+    with the model's eta whatever its own folder says, and the faces say which sampler drew them."""
+    faces = load_faces(tiny_faces, "train")
+    main = save_tiny_pipeline(tmp_path / "stochastic", faces, seed=0)
+    baseline = save_tiny_pipeline(tmp_path / "ddim", faces, seed=1)  # eta 0, 50 steps
+    index_path = os.path.join(main, "model_index.json")
+    index = json.load(open(index_path))
+    json.dump({**index, "eta": 1.0, "num_inference_steps": 3}, open(index_path, "w"))
+    models = app.load_models(main, baseline)
+    assert models.default_steps == 3 and models.eta == 1.0 and models.baseline.config.eta == 1.0
+    assert app.load_models(main, baseline, default_steps=2).default_steps == 2
+    assert app.parse_args([]).steps is None
+    a, b, _, _, info = app.SpaceApp(models).generate(3, 7, 2, True, False)
+    assert "2 steps (eta = 1, step noise drawn from x_T" in info
+    x_t = torch.stack([torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (3, 7)])
+    expected = models.main(latents=x_t, num_inference_steps=2, eta=1.0, output_type="pt").images
+    assert np.array_equal(a, pipe_image_display(expected, 0)) and np.array_equal(b, pipe_image_display(expected, 1))
+    ddim = models.main(latents=x_t, num_inference_steps=2, eta=0.0, output_type="pt").images
+    assert not np.array_equal(a, pipe_image_display(ddim, 0))
 
 
 @pytest.mark.slow  # a python app.py subprocess serving HTTP

@@ -212,6 +212,38 @@ def test_missing_pipeline_path_error_message(tmp_path, capsys):
     assert "model_index.json" in capsys.readouterr().err
 
 
+def test_the_run_takes_the_pipelines_own_sampler_and_refuses_to_compare_two_samplers(tmp_path, capsys):
+    """Without --eta / --num_inference_steps a run samples as the pipelines' folders say; pipelines that sample
+    differently are compared only under a sampler the command names."""
+    from evaluation.cli import resolve_sampler
+
+    stochastic = tiny_pipeline(seed=1)
+    stochastic.register_to_config(eta=1.0, num_inference_steps=7)
+    args = evaluate.parse_args(["x", "--output_dir", "o"])
+    assert (args.eta, args.num_inference_steps) == (None, None)
+    resolve_sampler(args, {"a": stochastic})
+    assert (args.eta, args.num_inference_steps) == (1.0, 7)
+    ddim = tiny_pipeline()
+    with pytest.raises(ValueError, match=r"different eta \(a: 1.0, b: 0.0\); pass --eta"):
+        resolve_sampler(evaluate.parse_args(["x", "--output_dir", "o"]), {"a": stochastic, "b": ddim})
+    args = evaluate.parse_args(["x", "--output_dir", "o", "--eta", "0"])
+    with pytest.raises(ValueError, match=r"different num_inference_steps \(a: 7, b: 50\)"):
+        resolve_sampler(args, {"a": stochastic, "b": ddim})
+    args = evaluate.parse_args(["x", "--output_dir", "o", "--eta", "0.5", "--num_inference_steps", "3"])
+    resolve_sampler(args, {"a": stochastic, "b": ddim})
+    assert stochastic.config.eta == ddim.config.eta == 0.5 and args.num_inference_steps == 3
+    # through the command: a one-line error, no results
+    stochastic.register_to_config(eta=1.0)
+    ddim.register_to_config(eta=0.0)
+    for name, pipe in (("a", stochastic), ("b", ddim)):
+        pipe.save_pretrained(str(tmp_path / name))
+    out = tmp_path / "eval"
+    argv = [str(tmp_path / "a"), "--baseline", str(tmp_path / "b"), "--output_dir", str(out), "--num_pairs", "1"]
+    assert evaluate.main(evaluate.parse_args(argv + ["--num_fid_samples", "0", "--skip", "real"])) == 2
+    assert "different eta (a: 1.0, b: 0.0); pass --eta to compare them under one sampler" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+
+
 def test_per_pixel_model_is_exactly_local_and_a_mixing_unet_is_not(templates):
     concepts = ["eyes", "nose", "mouth"]
     local = evaluate.evaluate_locality(

@@ -613,6 +613,38 @@ def test_eta_outside_zero_one_is_refused(pipe, eta):
         pid.InterpretableDDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler, eta=eta)
 
 
+@pytest.mark.parametrize("steps", [0, 2.5, True, "100", 1001])
+def test_a_bad_default_step_count_is_refused_when_the_pipeline_is_built(pipe, steps):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pid.InterpretableDDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler, num_inference_steps=steps)
+
+
+def test_the_folder_sets_the_sampler_every_call_uses_unless_the_call_says_otherwise(tmp_path):
+    """The pipeline's `eta` and `num_inference_steps` are saved with it and are what a call without them runs: the
+    same images as passing them, other images than the constructor's defaults (DDIM, 50 steps)."""
+    plain = make_pipe(tiny_unet())
+    assert (plain.config.eta, plain.config.num_inference_steps) == (0.0, 50)
+    plain.register_to_config(eta=1.0, num_inference_steps=7)
+    plain.save_pretrained(str(tmp_path / "p"))
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert (index["eta"], index["num_inference_steps"]) == (1.0, 7)
+    pipe = pid.InterpretableDDPMPipeline(
+        unet=PerPixelDenoiser(), scheduler=DDIMScheduler(clip_sample=False), eta=1.0, num_inference_steps=7
+    )
+    pipe.set_progress_bar_config(disable=True)
+    x_t = noise(2, 3)
+    default = pipe(latents=x_t, output_type="pt").images
+    assert torch.equal(default, pipe(latents=x_t, num_inference_steps=7, eta=1.0, output_type="pt").images)
+    for other in ({"num_inference_steps": 50}, {"eta": 0.0}):
+        assert (pipe(latents=x_t, output_type="pt", **other).images - default).abs().amax() > 1e-3, other
+    mask = torch.zeros(16, 16)
+    mask[4:9, 3:12] = 1
+    swap = pipe.swap_regions(x_t[:1], x_t[1:], mask, output_type="pt")
+    assert torch.equal(swap.images_a, pipe.swap_regions(x_t[:1], x_t[1:], mask, 7, output_type="pt", eta=1).images_a)
+    inverted = pipe.invert(default)
+    assert inverted.num_inference_steps == 7
+
+
 def test_step_noise_is_standard_gaussian_fresh_per_step_and_drawn_from_each_pixels_own_x_t():
     x_t = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     noise = torch.stack([pid.step_noise(x_t, s) for s in range(20)])  # (S, B, C, H, W)

@@ -37,6 +37,8 @@ RUN_SETTINGS = {
 }
 # flags newer than the shipped runs: their defaults must be the behaviour the runs had without them
 NEWER_FLAGS: dict = {"ie_context_open_below": 0, "layout_condition": False}
+# the sampler the training script writes into a saved pipeline: newer than the shipped runs, set in their folders
+SAMPLER_FLAGS = {"sampler_eta": "eta", "sampler_steps": "num_inference_steps"}
 
 
 def shipped_json(name: str, *path: str) -> dict:
@@ -157,7 +159,10 @@ def test_the_training_script_defaults_are_the_shipped_recipe():
         differing = {k for k in config if config[k] != expected[k]}
         assert differing <= RUN_SETTINGS, {k: (config[k], expected[k]) for k in differing - RUN_SETTINGS}
         assert config["lambda_decay_steps"] in (None, config["max_train_steps"])
-        assert {k: defaults[k] for k in defaults.keys() - config.keys()} == NEWER_FLAGS
+        assert {k: defaults[k] for k in defaults.keys() - config.keys() - SAMPLER_FLAGS.keys()} == NEWER_FLAGS
+        index = shipped_json(name, "model_index.json")
+        sampler = {key: defaults[flag] for flag, key in SAMPLER_FLAGS.items()}
+        assert {key: index.get(key) for key in sampler} == sampler, name
 
 
 def test_pipeline_defaults_are_the_shipped_settings():

@@ -207,6 +207,8 @@ def two_process_run(tiny_faces, tmp_path_factory):
         "10",
         "--lambda_end",
         "1",
+        "--sampler_steps",
+        "5",
         "--push_to_hub",
         "--hub_model_id",
         HUB_REPO,
@@ -250,6 +252,8 @@ def test_saved_output_is_safetensors_with_config_and_model_card(two_process_run)
     assert not [p for p in files if p.endswith((".bin", ".pt", ".pth", ".ckpt"))]
     index = json.load(open(os.path.join(out, "model_index.json")))
     assert index["_class_name"] == ["pipeline_interpretable_ddpm", "InterpretableDDPMPipeline"]
+    # the saved pipeline samples with the recipe's eta and the run's steps unless a call says otherwise
+    assert (index["eta"], index["num_inference_steps"]) == (train_interpretable.RECIPE["sampler_eta"], 5)
     with open(os.path.join(out, "pipeline_interpretable_ddpm.py")) as f, open(PIPELINE_FILE) as g:
         assert f.read() == g.read()
     config = json.load(open(os.path.join(out, "training_config.json")))
