@@ -106,7 +106,8 @@ def time_edits(model_path: str, step_counts, repeats: int, baseline: str = "", c
     64x64 face photo (face A inverted at the default strength, swapped with generated face B, whose inversion at the
     same strength is made when the photo is inverted) and of a whole portrait (1024x1024: its face found and aligned
     by `find_faces`, and every edit pasted back into the photo; the swap column adds the detection and alignment of
-    one `find_faces` call to the swap). Every call is the app's whole handler."""
+    one `find_faces` call to the swap). Every call is the app's whole handler. Returns the app's default steps for
+    this model (the folder's) and the rows."""
     models = app.load_models(model_path, baseline=baseline)
     handlers = app.SpaceApp(models)
     rows = []
@@ -139,7 +140,7 @@ def time_edits(model_path: str, step_counts, repeats: int, baseline: str = "", c
                         *(statistics.median(timings[k]) for k in ("swap", "resample", "swap_cpu", "resample_cpu")),
                     )
                 )
-    return rows
+    return models.default_steps, rows
 
 
 def time_to_first_page(model_path: str, num_threads=None, timeout: float = 300.0) -> float:
@@ -176,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--random-weights", action="store_true", help="Benchmark a random-weight shipped-size pipeline."
     )
-    parser.add_argument("--steps", default="10,25,50", help="Comma-separated step counts.")
+    parser.add_argument("--steps", default="25,50,100", help="Comma-separated step counts.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--baseline", default="", help="Baseline pipeline folder for --compare (default: none).")
@@ -215,10 +216,11 @@ def main(args: argparse.Namespace) -> None:
             f"{'steps':>5} | {'faces':>9} | {'swap wall':>9} | {'swap cpu':>8} | {'resample wall':>13} | {'resample cpu':>12} | "
             "swap / goal | resample / goal (wall)"
         )
-        for steps, kind, swap_s, resample_s, swap_c, resample_c in time_edits(
+        default_steps, rows = time_edits(
             model, [int(s) for s in args.steps.split(",")], args.repeats, args.baseline, args.compare
-        ):
-            default = "  <- app default" if steps == app.DEFAULT_STEPS else ""
+        )
+        for steps, kind, swap_s, resample_s, swap_c, resample_c in rows:
+            default = "  <- app default" if steps == default_steps else ""
             print(
                 f"{steps:>5} | {kind:>9} | {swap_s:9.2f} | {swap_c:8.2f} | {resample_s:13.2f} | {resample_c:12.2f} | "
                 f"{swap_s / GOAL_SECONDS:11.2f} | {resample_s / GOAL_SECONDS:15.2f}{default}"
