@@ -93,9 +93,10 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
         found = gr.State(None)  # an app_handlers.FoundFaces: the uploaded photo and its aligned faces
         gr.Markdown(
             "# Interpretable DDPM: edit one face part without touching the rest\n"
-            f"A DDIM model of {h}x{w} faces trained with a Shapley dummy-player loss (Liu et al. 2025) so that the "
-            "starting noise x_T inside a face part (eyes, nose, mouth) causes only that part of the image. Redrawing "
-            f"or swapping x_T inside a part therefore edits that part only. Model: `{models.main_name}`"
+            f"A diffusion model of {h}x{w} faces trained with a Shapley dummy-player loss (Liu et al. 2025) so that "
+            "the starting noise x_T inside a face part (eyes, nose, mouth) causes only that part of the image. "
+            f"Redrawing or swapping x_T inside a part therefore edits that part only. Sampler: {models.sampler_text} "
+            f"(a face is a function of its x_T). Model: `{models.main_name}`"
             + (f"; baseline (plain DDPM): `{models.baseline_name}`" if has_baseline else "; no baseline loaded")
             + f". Concept masks come from {masks_from}."
         )
@@ -245,8 +246,8 @@ def build_demo(models: SpaceModels, concurrency_limit: int = 1, max_queue_size: 
                     "Exact Shapley values of the K x K game: how much input region j of x_t moves the predicted noise "
                     "of output region k, at each timestep t. An interpretable model has a diagonal matrix; leakage "
                     "is the off-diagonal share. Each analysed timestep costs 2^K UNet calls. *End to end* plays the game "
-                    "the edits play: regions of x_T against regions of the final image (2^K full DDIM runs, about "
-                    "16 s per model on 2 CPU cores at 25 steps)."
+                    "the edits play: regions of x_T against regions of the final image (2^K full runs, about a minute "
+                    "per model on 2 CPU cores at the shipped model's 100 steps, 16 s at 25)."
                 )
                 with gr.Row():
                     attr_face = gr.Radio(["A", "B"], value="A", label="Face")
