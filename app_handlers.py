@@ -75,7 +75,7 @@ class SpaceModels:
         # The locality metric and colour difference come from the loaded pipeline's own module.
         self.lib = inspect.getmodule(type(self.main))
         if self.default_steps is None:
-            self.default_steps = min(MAX_STEPS, int(getattr(self.main.config, "num_inference_steps", 50)))
+            self.default_steps = min(MAX_STEPS, self.main.sampler["num_inference_steps"])
         if self.baseline is not None:  # faces are compared under one sampler: the model's
             self.baseline.register_to_config(eta=self.eta)
         if self.baseline is not None and self.baseline.resolution != self.main.resolution:
@@ -100,7 +100,7 @@ class SpaceModels:
     @property
     def eta(self) -> float:
         """The sampler's eta (the model folder's): 0 is DDIM, above 0 adds step noise drawn from x_T."""
-        return float(getattr(self.main.config, "eta", 0.0))
+        return self.main.sampler["eta"]
 
     @property
     def sampler_text(self) -> str:

@@ -1306,6 +1306,11 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         check_optional_bool(clip_sample, "clip_sample", " (the scheduler's setting)")
         return num_inference_steps
 
+    @property
+    def sampler(self) -> Dict[str, Union[float, int]]:
+        """`{"eta": ..., "num_inference_steps": ...}`: the sampler of every call that does not pass its own."""
+        return {"eta": self._eta(None), "num_inference_steps": self._check_sampling_args(None, None)}
+
     @staticmethod
     def _valid_eta(eta) -> float:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= float(eta) <= 1:

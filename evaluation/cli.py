@@ -328,16 +328,16 @@ HARMONIZE_VARIANTS = {
 def resolve_sampler(args: argparse.Namespace, pipes: Dict[str, object]) -> None:
     """Sets `args.eta` and `args.num_inference_steps` left at `None` to the pipelines' own sampler, and gives every
     pipeline the run's eta: compared pipelines sample alike, or the run stops and asks for the flag."""
-    for flag, key, default in (("eta", "eta", 0.0), ("num_inference_steps", "num_inference_steps", 50)):
-        if getattr(args, flag, None) is None:
-            own = {name: getattr(pipe.config, key, default) for name, pipe in pipes.items()}
+    for key in ("eta", "num_inference_steps"):  # the flags are named as the pipeline's settings
+        if getattr(args, key, None) is None:
+            own = {name: pipe.sampler[key] for name, pipe in pipes.items()}
             if len(set(own.values())) > 1:
                 raise ValueError(
                     f"the pipelines sample with different {key} ("
                     + ", ".join(f"{name}: {value}" for name, value in own.items())
-                    + f"); pass --{flag} to compare them under one sampler."
+                    + f"); pass --{key} to compare them under one sampler."
                 )
-            setattr(args, flag, next(iter(own.values())))
+            setattr(args, key, next(iter(own.values())))
     for pipe in pipes.values():
         pipe.register_to_config(eta=pipe._valid_eta(args.eta))
 

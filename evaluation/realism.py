@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             if args.eta is not None:
                 pipe.register_to_config(eta=pipe._valid_eta(args.eta))
             steps = pipe.check_inputs(args.num_inference_steps)  # None: the pipeline's own
-            sampler = {"eta": pipe._eta(None), "num_inference_steps": steps}
+            sampler = {"eta": pipe.sampler["eta"], "num_inference_steps": steps}
             fake = generate_samples(pipe, args.num_samples, args.seed, steps, args.batch_size, harmonize, layouts)
         res: Dict[str, object] = {"path": path, "num_samples": int(len(fake)), "seconds_generation": 0.0}
         if not path.endswith(".npy"):

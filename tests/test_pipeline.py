@@ -632,6 +632,7 @@ def test_the_folder_sets_the_sampler_every_call_uses_unless_the_call_says_otherw
         unet=PerPixelDenoiser(), scheduler=DDIMScheduler(clip_sample=False), eta=1.0, num_inference_steps=7
     )
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.sampler == {"eta": 1.0, "num_inference_steps": 7} and plain.sampler == pipe.sampler
     x_t = noise(2, 3)
     default = pipe(latents=x_t, output_type="pt").images
     assert torch.equal(default, pipe(latents=x_t, num_inference_steps=7, eta=1.0, output_type="pt").images)
