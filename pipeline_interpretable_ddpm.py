@@ -1722,16 +1722,30 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         if clip_sample is not None and bool(clip_sample) != bool(scheduler.config.clip_sample):
             scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=clip_sample)
         scheduler.set_timesteps(num_inference_steps)
-        image = latents
         timesteps = scheduler.timesteps
         if start_timestep is not None:
             timesteps = timesteps[timesteps <= int(start_timestep)]
-        for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
-            model_output = self._unet(image, t, layout)
-            # the step noise comes from x_T, never from the generator (used at eta = 0 by none)
-            noise = step_noise(latents, i) if eta > 0 else None
-            image = scheduler.step(model_output, t, image, eta=eta, variance_noise=noise).prev_sample
-        return image
+        return self._run_steps(latents, timesteps, scheduler, eta, latents, layout=layout, show_progress=show_progress)
+
+    def _run_steps(
+        self,
+        x: torch.Tensor,
+        timesteps,
+        scheduler,
+        eta: float,
+        noise_source: Optional[torch.Tensor],
+        first_step: int = 0,
+        layout: Optional[torch.Tensor] = None,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """The sampling loop: steps `x` through `timesteps`, the first of which is step `first_step` of the schedule.
+        With eta > 0 step i adds `step_noise(noise_source, i)`: the noise of the x_T the trajectory belongs to."""
+        for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps, start=first_step):
+            model_output = self._unet(x, t, layout)
+            # the step noise comes from x_T, never from a generator
+            noise = step_noise(noise_source, i) if eta > 0 else None
+            x = scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample
+        return x
 
     @torch.no_grad()  # a DDIM loop kept for backward would hold every step's activations
     def denoise_blended(
@@ -2538,11 +2552,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         harmonize_noise: Optional[bool] = None,
         max_coalitions: int = DEFAULT_MAX_COALITIONS,
         quantity: str = "noise",
+        eta: Optional[float] = None,
     ) -> Union[AttributionOutput, Tuple]:
         r"""Exact Shapley attribution of input regions of x_t to output regions of the predicted noise (or the
         predicted x_0), per timestep.
 
-        Follows the DDIM trajectory from `latents`; at each requested timestep it plays the game of the method with
+        Follows the sampling trajectory from `latents`; at each requested timestep it plays the game of the method with
         all 2^K coalitions (batched UNet calls of at most `max_batch_size`) and returns the K x K matrices. The value
         of output region k is a named quantity computed from the UNet's output (see
         [`~InterpretableDDPMPipeline.predicted`]), not the raw output, so an epsilon and a v-prediction model of the
@@ -2570,6 +2585,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             quantity (`str`, defaults to `"noise"`): what output region k's value is made of: `"noise"`, the
                 predicted noise eps (the paper's v_k(S) = eps_theta(x_t^S, t) on region k), or `"x0"`, the
                 predicted clean image x_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t).
+            eta (`float`, *optional*): the sampler of the trajectories (see `__call__`; the pipeline's when `None`):
+                with eta > 0 the sample's and the baseline's x_t are those of their own stochastic trajectories, each
+                step's noise drawn from their own x_T. An inverted photo's trajectory is followed with eta = 0.
 
         Returns:
             [`AttributionOutput`] (`phi`, `abs_phi`, `leakage`, `timesteps`, `region_names`, `quantity`) or that
@@ -2590,9 +2608,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         self._refuse_layout_model("attribute")
         if quantity not in ("noise", "x0"):
             raise ValueError(f"quantity must be 'noise' or 'x0', got {quantity!r}.")
-        num_inference_steps = self.check_inputs(num_inference_steps)
+        num_inference_steps = self.check_inputs(num_inference_steps, eta=eta)
         max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
         inverted = _is_inversion(latents)
+        eta = 0.0 if inverted else self._eta(eta)
         scheduler = self.scheduler
         if inverted and scheduler.config.clip_sample:
             scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
@@ -2653,7 +2672,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         area = regions.sum((-2, -1))  # (B, K)
         phis, abs_phis, out_t = [], [], []
         x, xb = latents, base
-        for t in self.progress_bar(schedule):
+        both = (
+            torch.cat([latents, base]) if base is not None else latents
+        )  # the x_T whose step noise each trajectory adds
+        for i, t in enumerate(self.progress_bar(schedule)):
             if t0 is not None and t > t0:  # an inversion's trajectory starts at t0; bring the baseline there first
                 if xb is not None:
                     xb = scheduler.step(self._unet(xb, t), t, xb, eta=0.0).prev_sample
@@ -2688,7 +2710,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 model_out = reused_out
             else:
                 model_out = self._unet(torch.cat([x, xb]) if xb is not None else x, t)
-            stepped = scheduler.step(model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=0.0).prev_sample
+            noise = step_noise(both, i) if eta > 0 else None
+            stepped = scheduler.step(
+                model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=eta, variance_noise=noise
+            ).prev_sample
             x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
         phi = torch.stack(phis)
         abs_phi = torch.stack(abs_phis)
@@ -2730,14 +2755,16 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         harmonize_noise: Optional[bool] = None,
         clip_sample: Optional[bool] = None,
         max_coalitions: int = DEFAULT_MAX_COALITIONS,
+        eta: Optional[float] = None,
     ) -> Union[EndToEndAttributionOutput, Tuple]:
         r"""Exact Shapley attribution of the regions of x_T to the regions of the *final* image (what the edits do).
 
-        Players: the K regions of x_T. A coalition S generates, with the full DDIM loop (eta = 0), the image of
-        `x_T^S` = x_T on the regions of S and the baseline x_T on the others (a swap of the regions outside S). The
+        Players: the K regions of x_T. A coalition S generates, with the pipeline's full sampling loop, the image of
+        `x_T^S` = x_T on the regions of S and the baseline x_T on the others (a swap of the regions outside S; with
+        eta > 0 each region's step noise comes with its x_T, as in `swap_regions`). The
         value of output region k is that image restricted to region k (in [0, 1]); the K x K Shapley matrix, its
         absolute per-element version and the leakage (off-diagonal share, area weighted) follow the conventions of
-        `attribute`. Cost: 2^K full DDIM runs per image (K = 4: 16 runs), batched.
+        `attribute`. Cost: 2^K full sampling runs per image (K = 4: 16 runs), batched.
 
         Args:
             latents (`torch.Tensor` of shape `(B, C, H, W)`): x_T of the images to explain (an `InversionOutput` is
@@ -2746,9 +2773,10 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 pipeline's concepts (found on the images the latents generate); uncovered pixels become "rest".
             baseline: `"other_sample"` (another random x_T, harmonised as `__call__` draws it unless
                 `harmonize_noise=False`) or a tensor of baseline x_T `(B, C, H, W)`.
-            max_batch_size (`int`, *optional*): images per DDIM loop; 64 on an accelerator, 16 on CPU by default.
+            max_batch_size (`int`, *optional*): images per sampling loop; 64 on an accelerator, 16 on CPU by default.
             clip_sample (`bool`, *optional*): override the scheduler's x_0 clipping.
             max_coalitions (`int`): cost guard, as in `attribute`.
+            eta (`float`, *optional*): the sampler (see `__call__`); the pipeline's when `None`.
 
         Returns:
             [`EndToEndAttributionOutput`] (`phi` and `abs_phi` `(B, K, K)`, `leakage` `(B,)`, `region_names`,
@@ -2761,7 +2789,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         >>> pipe = DiffusionPipeline.from_pretrained("models/interpretable-ddpm-faces64", trust_remote_code=True)
         >>> x_T = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         >>> attr = pipe.attribute_end_to_end(x_T, num_inference_steps=10, generator=torch.Generator().manual_seed(1))
-        >>> attr.region_names, attr.phi.shape  # 2^4 = 16 full DDIM runs
+        >>> attr.region_names, attr.phi.shape  # 2^4 = 16 full sampling runs
         (['eyes', 'nose', 'mouth', 'rest'], torch.Size([1, 4, 4]))
         ```
         """
@@ -2770,7 +2798,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(
                 "attribute_end_to_end plays the game on x_T; pass x_T (a tensor), not an InversionOutput."
             )
-        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample, eta=eta)
         max_coalitions = check_int(max_coalitions, "max_coalitions", minimum=1)
         latents = self._check_latents(latents)
         if max_batch_size is None:
@@ -2781,12 +2809,12 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         k = regions.shape[1]
         if k > 10:
             raise ValueError(
-                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full DDIM runs per "
+                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full sampling runs per "
                 "image; at most 10 regions (2^10 runs) are allowed whatever max_coalitions is. Use fewer regions."
             )
         if 2**k > max_coalitions:
             raise ValueError(
-                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full DDIM runs per "
+                f"{k} regions ({', '.join(names)}) make 2^{k} = {2**k} coalitions, i.e. {2**k} full sampling runs per "
                 f"image, more than max_coalitions={max_coalitions} allows (at most 2^10). Pass max_coalitions={2**k} "
                 "to run it anyway, or use fewer regions."
             )
@@ -2795,7 +2823,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         inputs = coalition_inputs(latents, base, regions, coalitions).flatten(0, 1)  # (B*2^K, C, H, W)
         x0 = torch.cat(
             [
-                self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample)
+                self.denoise(chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample, eta=eta)
                 for chunk in self.progress_bar(list(inputs.split(max_batch_size)))
             ]
         )
@@ -2831,12 +2859,14 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         clip_sample: Optional[bool] = None,
         max_batch_size: Optional[int] = None,
         return_dict: bool = True,
+        eta: Optional[float] = None,
     ) -> Union[EmergenceOutput, Tuple]:
         r"""When a part is decided: the swap of a region moved from x_T to step s of the trajectory.
 
         Image A receives B's region (the mask; a concept name is found on A's image). Both unedited trajectories
-        x_t^A, x_t^B are run; for each step index s (0 = x_T, s = the x_t entering the s-th DDIM step) region M of
-        x_t^A is replaced, and DDIM continues from there to x_0:
+        x_t^A, x_t^B are run; for each step index s (0 = x_T, s = the x_t entering the s-th sampling step) region M of
+        x_t^A is replaced, and sampling continues from there to x_0 (with eta > 0 the later steps' noise inside M is
+        B's, drawn from B's x_T, so that s = 0 is exactly `swap_regions`):
 
         - `mode="trajectory"`: M gets x_t^B (B's own trajectory at that step; s = 0 is `swap_regions`);
         - `mode="noise"`: M gets sqrt(a_t) x0_A + sqrt(1 - a_t) eps_B, A's predicted clean image with B's predicted
@@ -2853,6 +2883,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             step_indices (`Sequence[int]`, *optional*): the step indices s to swap at (default all; 0 is always
                 computed as the reference).
             mode (`str`): `"trajectory"` or `"noise"`, see above.
+            eta (`float`, *optional*): the sampler (see `__call__`); the pipeline's when `None`.
 
         Returns:
             [`EmergenceOutput`] (`fraction` `(S, B)`, `step_indices` and `timesteps` `(S,)`, `emergence_step` `(B,)`,
@@ -2874,7 +2905,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError("emergence_curve follows trajectories from x_T; pass x_T tensors, not InversionOutputs.")
         if mode not in ("trajectory", "noise"):
             raise ValueError(f"mode must be 'trajectory' or 'noise', got {mode!r}.")
-        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample)
+        num_inference_steps = self.check_inputs(num_inference_steps, clip_sample=clip_sample, eta=eta)
+        eta = self._eta(eta)
         latents_a = self._check_latents(latents_a, "latents_a")
         latents_b = self._check_latents(latents_b, "latents_b")
         if latents_a.shape != latents_b.shape:
@@ -2892,7 +2924,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
             raise ValueError(
                 f"step_indices must be below num_inference_steps={num_inference_steps}, got {step_indices[-1]}."
             )
-        m = self.prepare_mask(mask, latents_a, True, num_inference_steps=num_inference_steps, clip_sample=clip_sample)
+        m = self.prepare_mask(
+            mask, latents_a, True, num_inference_steps=num_inference_steps, clip_sample=clip_sample, eta=eta
+        )
         empty = (m.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
         if empty:
             raise ValueError(
@@ -2905,7 +2939,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps)
         timesteps = scheduler.timesteps.tolist()
         # the unedited trajectories, and each swapped x_t
-        x = torch.cat([latents_a, latents_b])
+        x = x_T = torch.cat([latents_a, latents_b])
         starts = []
         for i, t in enumerate(timesteps):
             eps = self._unet(x, t)
@@ -2919,15 +2953,15 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                     x0_a = (xa - math.sqrt(1 - a) * eps_pred[:n]) / math.sqrt(a)
                     inside = math.sqrt(a) * x0_a + math.sqrt(1 - a) * eps_pred[n:]
                 starts.append((i, t, m * inside + (1 - m) * xa))
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+            noise = step_noise(x_T, i) if eta > 0 else None
+            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
         image_a = self.postprocess(x[:n], "pt").double()
+        swapped_x_T = m * latents_b + (1 - m) * latents_a  # the step noise source after the swap
         results = []
-        for _i, t, start in starts:
+        for i, _t, start in starts:
             outs = [
-                self.denoise(
-                    chunk, num_inference_steps, show_progress=False, clip_sample=clip_sample, start_timestep=t
-                )
-                for chunk in start.split(max_batch_size)
+                self._run_steps(chunk, timesteps[i:], scheduler, eta, source, first_step=i)
+                for chunk, source in zip(start.split(max_batch_size), swapped_x_T.split(max_batch_size))
             ]
             results.append(self.postprocess(torch.cat(outs), "pt").double() - image_a)
         d0 = results[0]

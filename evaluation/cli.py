@@ -109,7 +109,7 @@ def _add_count_arguments(p: argparse.ArgumentParser) -> None:
         "--attribution_steps",
         type=int,
         default=10,
-        help="timesteps of the DDIM schedule (evenly spread) at which to play the full game",
+        help="timesteps of the sampling schedule (evenly spread) at which to play the full game",
     )
     p.add_argument("--num_real_pairs", type=int, default=25, help="pairs of test faces to invert and edit")
     p.add_argument(
@@ -141,7 +141,7 @@ def _add_edit_and_data_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="the sampler of the generated faces, 0 (DDIM) to 1 (DDPM-like, step noise drawn from x_T); default: the "
-        "pipelines' own setting. Inverted photos and the per-step attribution run DDIM whatever it is.",
+        "pipelines' own setting; attribution and emergence follow it too. Inverted photos run DDIM whatever it is.",
     )
     p.add_argument("--concepts", nargs="*", default=None, help="concepts to edit; default: all of the pipeline's")
     p.add_argument(
@@ -203,7 +203,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--num_end_to_end_samples",
         type=int,
         default=16,
-        help="samples for the end-to-end attribution (2^K full DDIM runs each; 0 skips it)",
+        help="samples for the end-to-end attribution (2^K full sampling runs each; 0 skips it)",
     )
     p.add_argument(
         "--num_emergence_pairs", type=int, default=8, help="seeded pairs per concept for the emergence curves"
@@ -212,7 +212,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--emergence_points",
         type=int,
         default=6,
-        help="DDIM steps (spread evenly, x_T included) at which the emergence swap is made",
+        help="sampling steps (spread evenly, x_T included) at which the emergence swap is made",
     )
 
 

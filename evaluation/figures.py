@@ -264,7 +264,7 @@ def plot_emergence_curves(emergences: Dict[str, Dict[str, object]], path: str) -
                     label=f"{name}: {concept}",
                 )
         ax.axhline(0.5, color="k", linestyle=":", lw=0.8)
-        ax.set_xlabel(f"DDIM step s at which the region is swapped (0 = x_T, of {em['num_inference_steps']})")
+        ax.set_xlabel(f"sampling step s at which the region is swapped (0 = x_T, of {em['num_inference_steps']})")
         ax.set_ylabel("share of the full swap's change")
         ax.set_title(f"mode = {mode}", fontsize=9)
         ax.grid(alpha=0.3)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from evaluation.c2st import C2ST_METHOD
 from evaluation.locality import ALL_EDITS, BLEND_SUFFIX, COLOR_SPACES, NORMALIZATIONS, SEAM_WIDTH
@@ -349,8 +349,8 @@ def _end_to_end_section(t: _Tables) -> List[str]:
             "## End-to-end attribution (what the edits do; leakage, lower is better)",
             "",
             f"Players: the K = {len(e0['region_names'])} regions of x_T (absent = that region of another seeded x_T); "
-            f"values: the regions of the final image; exact Shapley values from all {e0['num_full_ddim_runs_per_sample']} "
-            f"full DDIM runs per sample, {_plural(e0['num_samples'], 'sample')}. Leakage = off-diagonal share of the "
+            f"values: the regions of the final image; exact Shapley values from all {_full_runs(e0)} full sampling runs "
+            f"per sample (the run's sampler), {_plural(e0['num_samples'], 'sample')}. Leakage = off-diagonal share of the "
             "area-weighted |φ| matrix, as above. Figure: `figures/end_to_end_attribution.png`.",
             "",
         ]
@@ -371,8 +371,9 @@ def _emergence_section(t: _Tables) -> List[str]:
         lines += [
             "## When each part is decided (emergence)",
             "",
-            f"{_plural(m0['num_pairs'], 'seeded pair')} per concept; A receives B's region (A's concept mask) at DDIM "
-            f"step s (of {m0['num_inference_steps']}; s in {m0['step_indices']}) instead of at x_T. Fraction = "
+            f"{_plural(m0['num_pairs'], 'seeded pair')} per concept; A receives B's region (A's concept mask) at "
+            f"sampling step s (of {m0['num_inference_steps']}; s in {m0['step_indices']}) instead of at x_T (with "
+            "eta > 0, with B's later step noise there). Fraction = "
             "projection of the change it makes inside the region on the full swap's change (1 at s = 0). Mode "
             "`trajectory`: the region gets B's x_t at that step; `noise`: A's predicted x_0 with B's predicted noise "
             "at that step (only what the noise still carries moves). Emergence step: the first computed s at which "
@@ -528,6 +529,11 @@ SECTIONS = (
     _real_photos_section,
     _cost_section,
 )
+
+
+def _full_runs(end_to_end: Dict[str, object]) -> object:
+    """Full sampling runs per end-to-end sample (reports before the key was renamed say `num_full_ddim_runs_...`)."""
+    return end_to_end.get("num_full_runs_per_sample", end_to_end.get("num_full_ddim_runs_per_sample"))
 
 
 def _sampler_text(eta) -> str:

@@ -1,6 +1,6 @@
 # Copyright 2026 The interpretable-ddpm authors. Apache-2.0.
 """The evaluation stages on generated faces besides locality: realism (FID, KID, precision/recall, C2ST,
-off-colour), per-step and end-to-end Shapley attribution, emergence of the concepts over the DDIM steps."""
+off-colour), per-step and end-to-end Shapley attribution, emergence of the concepts over the sampling steps."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def evaluate_fid(
 
 
 def attribution_timesteps(pipe, num_inference_steps: int, attribution_steps: int) -> List[int]:
-    """`attribution_steps` timesteps spread evenly over the DDIM schedule, first (noisiest) and last included."""
+    """`attribution_steps` timesteps spread evenly over the sampling schedule, first (noisiest) and last included."""
     pipe.scheduler.set_timesteps(num_inference_steps)
     schedule = pipe.scheduler.timesteps.tolist()
     n = max(1, min(attribution_steps, len(schedule)))
@@ -246,13 +246,13 @@ def evaluate_end_to_end(
     pipe, num_samples, seed, num_inference_steps=50, batch_size=16, desc="end-to-end attribution", harmonize_noise=None
 ) -> Dict[str, object]:
     """Exact end-to-end Shapley attribution (`pipe.attribute_end_to_end`: players the regions of x_T, values the regions
-    of the final image, all 2^K full DDIM runs) of the same seeded samples and baselines as `evaluate_attribution`.
+    of the final image, all 2^K full sampling runs) of the same seeded samples and baselines as `evaluate_attribution`.
 
     Returns:
         mean leakage with CI (per-sample values kept for the paired ratio to a baseline), per-region leakage, the mean
         row-normalised |phi| matrix, seconds per image.
     """
-    # `batch_size` counts full DDIM runs; one sample's game is 16 of them with the default four regions (2^K)
+    # `batch_size` counts full sampling runs; one sample's game is 16 of them with the default four regions (2^K)
     per_call = max(1, batch_size // 16) if batch_size >= 16 else 1
 
     def play(latents, regions, base):
@@ -275,7 +275,7 @@ def evaluate_end_to_end(
         "region_names": names,
         "num_samples": int(leak.shape[0]),
         "num_skipped_empty_region": games.num_skipped,
-        "num_full_ddim_runs_per_sample": 2 ** len(names),
+        "num_full_runs_per_sample": 2 ** len(names),
         "baseline": "another seeded x_T (other_sample), the same as the per-step attribution's",
         "seconds": games.seconds,
         "seconds_per_sample": games.seconds / max(num_samples, 1),
@@ -283,7 +283,7 @@ def evaluate_end_to_end(
 
 
 def emergence_step_indices(num_inference_steps: int, num_points: int) -> List[int]:
-    """`num_points` DDIM step indices spread evenly over [0, num_inference_steps - 1], 0 included."""
+    """`num_points` sampling step indices spread evenly over [0, num_inference_steps - 1], 0 included."""
     n = max(1, min(num_points, num_inference_steps))
     return sorted(set(np.linspace(0, num_inference_steps - 1, n).round().astype(int).tolist()))
 

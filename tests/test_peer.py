@@ -150,12 +150,15 @@ def test_bad_blend_is_refused():
 # ----------------------------------------------------------------------------------------------------------------------
 # End-to-end attribution
 # ----------------------------------------------------------------------------------------------------------------------
-def final_image(unet, x, steps):
+def final_image(unet, x, steps, eta=0.0):
+    """The image sampled from x_T = `x` (with eta > 0 each step's noise is the pipeline's `step_noise` of x_T)."""
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(steps)
+    x_T = x
     with torch.no_grad():
-        for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+        for i, t in enumerate(scheduler.timesteps):
+            noise = pid.step_noise(x_T, i) if eta > 0 else None
+            x = scheduler.step(unet(x, t).sample, t, x, eta=eta, variance_noise=noise).prev_sample
     return (x / 2 + 0.5).clamp(0, 1)
 
 
@@ -167,17 +170,20 @@ def three_regions(batch: int) -> torch.Tensor:
     return r
 
 
-def test_end_to_end_attribution_equals_brute_force_shapley():
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_end_to_end_attribution_equals_brute_force_shapley(eta):
     pipe = tiny_pipeline()
     x, base = noise(2, 10), noise(2, 11)
     regions = three_regions(2)
-    out = pipe.attribute_end_to_end(x, masks=regions, baseline=base, num_inference_steps=STEPS, max_batch_size=5)
+    out = pipe.attribute_end_to_end(
+        x, masks=regions, baseline=base, num_inference_steps=STEPS, max_batch_size=5, eta=eta
+    )
     k = 3
     # v_k(S): region-mean of output region k of the image from x on S, base elsewhere
     value = {}
     for s in itertools.product([0, 1], repeat=k):
         keep = sum(s[j] * regions[:, j] for j in range(k))[:, None]
-        img = final_image(pipe.unet, keep * x + (1 - keep) * base, STEPS).double()
+        img = final_image(pipe.unet, keep * x + (1 - keep) * base, STEPS, eta).double()
         value[s] = torch.stack(
             [(img * regions[:, j, None]).sum((1, 2, 3)) / (3 * regions[:, j].sum((1, 2))) for j in range(k)], 1
         )
@@ -193,7 +199,10 @@ def test_end_to_end_attribution_equals_brute_force_shapley():
     torch.testing.assert_close(out.phi.double(), phi, atol=1e-5, rtol=0)
     # efficiency: each row sums to v(N) - v(empty)
     torch.testing.assert_close(out.phi.sum(-1).double(), value[(1, 1, 1)] - value[(0, 0, 0)], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.images.double(), final_image(pipe.unet, x, STEPS).double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.images.double(), final_image(pipe.unet, x, STEPS, eta).double(), atol=1e-5, rtol=0)
+    # the full coalition is the image the pipeline draws from x_T with that sampler
+    drawn = pipe(latents=x, num_inference_steps=STEPS, eta=eta, output_type="pt").images
+    torch.testing.assert_close(out.images, drawn, atol=1e-5, rtol=0)
     assert out.leakage.shape == (2,) and (out.leakage > 0).all() and (out.leakage < 1).all()
     assert out.region_names == ["region_0", "region_1", "region_2"]
 
@@ -240,28 +249,37 @@ def test_end_to_end_attribution_refuses_an_inversion_and_too_many_coalitions():
 # ----------------------------------------------------------------------------------------------------------------------
 # Emergence curve
 # ----------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["trajectory", "noise"])
-def test_emergence_curve_equals_brute_force(mode):
+@pytest.mark.parametrize("mode,eta", [("trajectory", 0.0), ("noise", 0.0), ("trajectory", 1.0), ("noise", 1.0)])
+def test_emergence_curve_equals_brute_force(mode, eta):
     pipe = make_pipe()
     a, b = noise(2, 15), noise(2, 16)
     m = box(3, 2, 6, 8)
-    out = pipe.emergence_curve(a, b, m, num_inference_steps=STEPS, step_indices=[2, 4], mode=mode, max_batch_size=1)
+    out = pipe.emergence_curve(
+        a, b, m, num_inference_steps=STEPS, step_indices=[2, 4], mode=mode, max_batch_size=1, eta=eta
+    )
     assert out.step_indices.tolist() == [0, 2, 4]
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(STEPS)
     ts = scheduler.timesteps.tolist()
+    # with eta > 0 a trajectory's step noise comes from its x_T; after the swap, M's from B's
+    swapped = m * b + (1 - m) * a
+
+    def step(out, t, x, i, x_T):
+        noise = pid.step_noise(x_T, i) if eta > 0 else None
+        return scheduler.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+
     xa, xb, traj = a, b, []
     with torch.no_grad():
-        for t in ts:
+        for i, t in enumerate(ts):
             traj.append((xa, xb, pipe.unet(xa, t).sample, pipe.unet(xb, t).sample))
-            xa = scheduler.step(traj[-1][2], t, xa, eta=0.0).prev_sample
-            xb = scheduler.step(traj[-1][3], t, xb, eta=0.0).prev_sample
+            xa = step(traj[-1][2], t, xa, i, a)
+            xb = step(traj[-1][3], t, xb, i, b)
     image_a = (xa / 2 + 0.5).clamp(0, 1).double()
 
     def continue_from(x, i):
         with torch.no_grad():
-            for t in ts[i:]:
-                x = scheduler.step(pipe.unet(x, t).sample, t, x, eta=0.0).prev_sample
+            for j, t in enumerate(ts[i:], start=i):
+                x = step(pipe.unet(x, t).sample, t, x, j, swapped)
         return (x / 2 + 0.5).clamp(0, 1).double()
 
     d = []
@@ -273,7 +291,9 @@ def test_emergence_curve_equals_brute_force(mode):
         else:
             inside = yb
         d.append(continue_from(m * inside + (1 - m) * ya, i) - image_a)
-    full = pipe.swap_regions(a, b, m, num_inference_steps=STEPS, output_type="pt", harmonize_noise=False).images_a
+    full = pipe.swap_regions(
+        a, b, m, num_inference_steps=STEPS, output_type="pt", harmonize_noise=False, eta=eta
+    ).images_a
     torch.testing.assert_close(d[0] + image_a, full.double(), atol=1e-5, rtol=0)
     expected = torch.stack([(di * d[0] * m).sum((1, 2, 3)) / (d[0] * d[0] * m).sum((1, 2, 3)) for di in d])
     torch.testing.assert_close(out.fraction.double(), expected, atol=1e-4, rtol=0)

@@ -331,22 +331,28 @@ def test_invert_at_strength_one_is_exact_under_zero_terminal_snr():
 # ----------------------------------------------------------------------------------------------------------------------
 # Attribution against an independent brute force
 # ----------------------------------------------------------------------------------------------------------------------
-def brute_force_attribution(unet, latents, baseline_latents, regions, timestep, steps):
-    """Exact Shapley values by the textbook formula, one UNet call per coalition, no code shared with the pipeline.
+def brute_force_attribution(unet, latents, baseline_latents, regions, timestep, steps, eta=0.0):
+    """Exact Shapley values by the textbook formula, one UNet call per coalition, no code shared with the pipeline
+    but the definition of the step noise (`step_noise`, used when eta > 0).
 
-    Returns (phi (B, K, K), abs_phi (B, K, K), v_full (B, K), v_empty (B, K)) at `timestep` of the DDIM trajectories
-    started at `latents` (players) and `baseline_latents` (absent players; None = zeros).
+    Returns (phi (B, K, K), abs_phi (B, K, K), v_full (B, K), v_empty (B, K)) at `timestep` of the trajectories
+    started at `latents` (players) and `baseline_latents` (absent players; None = zeros), sampled with `eta`.
     """
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(steps)
     x, base = latents.clone(), None if baseline_latents is None else baseline_latents.clone()
+
+    def step(out, t, x, i, x_T):
+        noise = pid.step_noise(x_T, i) if eta > 0 else None
+        return scheduler.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+
     with torch.no_grad():
-        for t in scheduler.timesteps:
+        for i, t in enumerate(scheduler.timesteps):
             if int(t) == timestep:
                 break
-            x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+            x = step(unet(x, t).sample, t, x, i, latents)
             if base is not None:
-                base = scheduler.step(unet(base, t).sample, t, base, eta=0.0).prev_sample
+                base = step(unet(base, t).sample, t, base, i, baseline_latents)
         else:
             raise AssertionError("timestep not in schedule")
         if base is None:
@@ -389,8 +395,8 @@ def random_partition(batch: int, k: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).float()
 
 
-@pytest.mark.parametrize("baseline", ["tensor", "zero"])
-def test_attribute_equals_brute_force_shapley_and_is_efficient(baseline):
+@pytest.mark.parametrize("baseline,eta", [("tensor", 0.0), ("zero", 0.0), ("tensor", 1.0)])
+def test_attribute_equals_brute_force_shapley_and_is_efficient(baseline, eta):
     pipe = tiny_pipeline()
     steps, k = 5, 3
     latents, other = noise(2, 0), noise(2, 1)
@@ -405,12 +411,13 @@ def test_attribute_equals_brute_force_shapley_and_is_efficient(baseline):
         timesteps=timesteps,
         num_inference_steps=steps,
         baseline=other if baseline == "tensor" else "zero",
+        eta=eta,
     )
     assert out.phi.shape == (2, 2, k, k) and out.abs_phi.shape == (2, 2, k, k) and out.leakage.shape == (2, 2)
     assert out.timesteps.tolist() == timesteps and out.region_names == ["region_0", "region_1", "region_2"]
     for ti, t in enumerate(timesteps):
         phi, abs_phi, v_full, v_empty = brute_force_attribution(
-            pipe.unet, latents, other if baseline == "tensor" else None, regions, t, steps
+            pipe.unet, latents, other if baseline == "tensor" else None, regions, t, steps, eta
         )
         torch.testing.assert_close(out.phi[ti].double(), phi, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(out.abs_phi[ti].double(), abs_phi, atol=2e-5, rtol=1e-4)
