@@ -2672,9 +2672,8 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         area = regions.sum((-2, -1))  # (B, K)
         phis, abs_phis, out_t = [], [], []
         x, xb = latents, base
-        both = (
-            torch.cat([latents, base]) if base is not None else latents
-        )  # the x_T whose step noise each trajectory adds
+        # the x_T whose step noise each trajectory adds (with eta > 0)
+        noise_source = torch.cat([latents, base]) if base is not None else latents
         for i, t in enumerate(self.progress_bar(schedule)):
             if t0 is not None and t > t0:  # an inversion's trajectory starts at t0; bring the baseline there first
                 if xb is not None:
@@ -2710,7 +2709,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 model_out = reused_out
             else:
                 model_out = self._unet(torch.cat([x, xb]) if xb is not None else x, t)
-            noise = step_noise(both, i) if eta > 0 else None
+            noise = step_noise(noise_source, i) if eta > 0 else None
             stepped = scheduler.step(
                 model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=eta, variance_noise=noise
             ).prev_sample
