@@ -116,7 +116,7 @@ def draw_leakage_curves(
     marker_t: Optional[int] = None,
     fontsize: int = 8,
 ) -> None:
-    """Leakage over the DDIM timesteps on a matplotlib axis, one line per label (generation runs left to right, t
+    """Leakage over the sampling timesteps on a matplotlib axis, one line per label (generation runs left to right, t
     from T down to 0), optionally with a shaded band per label (e.g. a 95% interval) and a dashed line at `marker_t`;
     the Space's and the evaluation's leakage figures."""
     for label, (ts, leak) in curves.items():
@@ -155,7 +155,7 @@ def attribution_figure(
 
 
 def leakage_figure(curves: Dict[str, Tuple[List[int], List[float]]], marker_t: Optional[int]) -> np.ndarray:
-    """Leakage over the DDIM timesteps (generation runs left to right, t from T down to 0)."""
+    """Leakage over the sampling timesteps (generation runs left to right, t from T down to 0)."""
     fig = Figure(figsize=(5.2, 3.0), dpi=100)
     draw_leakage_curves(fig.add_subplot(111), curves, marker_t=marker_t)
     fig.tight_layout()
