@@ -16,7 +16,7 @@ import model_files
 import pipeline_interpretable_ddpm as pid
 from conftest import ROOT, tiny_pipeline
 from denoisers import PerPixelDenoiser
-from evaluation.report import _ratio
+from evaluation.report import _full_runs, _ratio
 from face_data import load_faces
 
 EVALUATE = os.path.join(ROOT, "evaluate.py")
@@ -157,6 +157,7 @@ def test_end_to_end_subprocess_writes_results_and_refuses_to_overwrite(tmp_path,
     assert "| swap_blend | eyes | rgb | paper |" in md and "| swap_blend | eyes | MSE_ref |" in md
     assert "| swap_blend | eyes | seam |" in md and "| resample_blend | KID x 1000 |" in md
     assert "| end-to-end leakage (all regions) |" in md and "| noise | eyes | emergence step |" in md
+    assert "all 16 full sampling runs per sample" in md
     for f in figures:
         with PIL.Image.open(out / "figures" / f) as im:
             assert min(im.size) >= 16
@@ -523,6 +524,12 @@ def test_end_to_end_leakage_of_a_per_pixel_model_is_zero_and_of_a_mixing_unet_is
     assert mixing["leakage"]["mean"] > 1e-3
     share = np.asarray(local["attribution_share"])
     np.testing.assert_allclose(share, np.eye(len(local["region_names"])), atol=1e-6)
+
+
+def test_reports_count_the_full_runs_of_new_and_older_results():
+    # results.json written before the key was renamed still renders
+    assert _full_runs({"num_full_runs_per_sample": 16}) == 16
+    assert _full_runs({"num_full_ddim_runs_per_sample": 8}) == 8
 
 
 def test_emergence_of_a_per_pixel_model(templates):
