@@ -410,6 +410,13 @@ def step_noise(x_T: torch.Tensor, step: int) -> torch.Tensor:
     return torch.stack(out, 1).to(x_T.dtype)
 
 
+def sampling_step(scheduler, model_output, t, x, eta: float, noise_source: torch.Tensor, step: int) -> torch.Tensor:
+    """One step t -> t_prev of the sampler: DDIM at eta = 0; with eta > 0 it adds `step_noise(noise_source, step)`,
+    the noise of the x_T each trajectory of `x` belongs to."""
+    noise = step_noise(noise_source, step) if eta > 0 else None
+    return scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample
+
+
 # Layout conditioning. A layout-conditioned UNet takes each concept's part mask as an extra input channel, the same
 # for every coalition of the game: a condition that every region reads, not a player, so that every region knows
 # where this face's parts lie at every timestep. It was tried against the ghosted faces (parts drawn at their average
@@ -1743,8 +1750,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps, start=first_step):
             model_output = self._unet(x, t, layout)
             # the step noise comes from x_T, never from a generator
-            noise = step_noise(noise_source, i) if eta > 0 else None
-            x = scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample
+            x = sampling_step(scheduler, model_output, t, x, eta, noise_source, i)
         return x
 
     @torch.no_grad()  # a DDIM loop kept for backward would hold every step's activations
@@ -1817,8 +1823,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
         x_start = x
         for i, t in enumerate(timesteps):
             model_output = torch.cat([self._unet(part, t, lay) for part, lay in zip(x.split(chunk), layout_chunks)])
-            noise = step_noise(x_start, i) if eta > 0 else None
-            x = scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample
+            x = sampling_step(scheduler, model_output, t, x, eta, x_start, i)
             x = torch.cat([m * x[:b] + (1 - m) * x[b:], x[b:]])
         return x[:b]
 
@@ -2709,10 +2714,9 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                 model_out = reused_out
             else:
                 model_out = self._unet(torch.cat([x, xb]) if xb is not None else x, t)
-            noise = step_noise(noise_source, i) if eta > 0 else None
-            stepped = scheduler.step(
-                model_out, t, torch.cat([x, xb]) if xb is not None else x, eta=eta, variance_noise=noise
-            ).prev_sample
+            stepped = sampling_step(
+                scheduler, model_out, t, torch.cat([x, xb]) if xb is not None else x, eta, noise_source, i
+            )
             x, xb = (stepped[:b], stepped[b:]) if xb is not None else (stepped, None)
         phi = torch.stack(phis)
         abs_phi = torch.stack(abs_phis)
@@ -2952,8 +2956,7 @@ class InterpretableDDPMPipeline(DiffusionPipeline):
                     x0_a = (xa - math.sqrt(1 - a) * eps_pred[:n]) / math.sqrt(a)
                     inside = math.sqrt(a) * x0_a + math.sqrt(1 - a) * eps_pred[n:]
                 starts.append((i, t, m * inside + (1 - m) * xa))
-            noise = step_noise(x_T, i) if eta > 0 else None
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+            x = sampling_step(scheduler, eps, t, x, eta, x_T, i)
         image_a = self.postprocess(x[:n], "pt").double()
         swapped_x_T = m * latents_b + (1 - m) * latents_a  # the step noise source after the swap
         results = []
