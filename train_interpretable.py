@@ -1474,6 +1474,8 @@ def main(args: argparse.Namespace) -> str:
         break
     if accelerator.is_main_process:
         truncate_log(os.path.join(args.output_dir, "train_log.jsonl"), global_step)
+        if resume_paths:
+            prune_checkpoints(args.output_dir, args.checkpoints_total_limit, global_step)
     first_epoch = global_step // max(steps_per_epoch, 1)
 
     device = accelerator.device
@@ -1747,15 +1749,25 @@ def save_checkpoint(accelerator, args, global_step: int, settings: Optional[dict
             shutil.rmtree(partial, ignore_errors=True)
         raise save_failed(err, args.output_dir, name, exclude=[name]) from err
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        older = [c for c in list_checkpoints(args.output_dir) if c != name]
-        excess = len(older) + 1 - args.checkpoints_total_limit
-        for old in older[: max(excess, 0)]:
-            # renamed out of the checkpoints first: a kill during the deletion leaves no half checkpoint behind
-            doomed = os.path.join(args.output_dir, old + ".deleting")
-            os.rename(os.path.join(args.output_dir, old), doomed)
-            shutil.rmtree(doomed)
+    if accelerator.is_main_process:
+        prune_checkpoints(args.output_dir, args.checkpoints_total_limit, global_step)
     accelerator.wait_for_everyone()
+
+
+def prune_checkpoints(output_dir: str, total_limit: Optional[int], newest_step: int) -> None:
+    """Removes the oldest checkpoints older than checkpoint-`newest_step` until at most `total_limit` are left (that
+    one counted). Called after every save and after a resume: a run killed between a save and its pruning, resumed
+    from that save, may have no save left to do. Checkpoints newer than `newest_step` are never touched."""
+    if total_limit is None:
+        return
+    older = [c for c in list_checkpoints(output_dir) if checkpoint_step(c) < newest_step]
+    keep_newer = len([c for c in list_checkpoints(output_dir) if checkpoint_step(c) >= newest_step])
+    excess = len(older) + max(keep_newer, 1) - total_limit
+    for old in older[: max(excess, 0)]:
+        # renamed out of the checkpoints first: a kill during the deletion leaves no half checkpoint behind
+        doomed = os.path.join(output_dir, old + ".deleting")
+        os.rename(os.path.join(output_dir, old), doomed)
+        shutil.rmtree(doomed)
 
 
 def remove_leftovers(output_dir: str) -> None:

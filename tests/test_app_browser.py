@@ -120,7 +120,7 @@ def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
     page.get_by_role("tab", name="Real face").click()
     bad = tmp_path / "not_a_face.png"
     bad.write_text("plain text pretending to be a PNG")
-    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    upload_photo(page, bad)
     page.locator("#invert").click()
     # both the upload (face finding) and the click (inversion) answer with the same message
     sync_api.expect(page.get_by_text(re.compile("not an image")).first).to_be_visible()
@@ -129,7 +129,7 @@ def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
     page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
     good = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(good)
-    page.locator("#upload input[type=file]").set_input_files(str(good))
+    upload_photo(page, good)
     page.locator("#invert").click()
     sync_api.expect(page.locator("#upload-info")).to_contain_text("resized to the model's 16x16")
     page.screenshot(path=os.path.join(screenshot_dir(), "app_upload.png"), full_page=True)
@@ -139,7 +139,7 @@ def test_bad_upload_shows_the_error_and_the_app_keeps_serving(page, tmp_path):
     frames = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
     gif = tmp_path / "face.gif"
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    page.locator("#upload input[type=file]").set_input_files(str(gif))
+    upload_photo(page, gif)
     page.locator("#invert").click()
     sync_api.expect(page.locator("#upload-info")).to_contain_text("the first frame was used")
     page.get_by_role("tab", name="Generate & edit").click()
@@ -164,6 +164,15 @@ def generate_face_b(page):
     sync_api.expect(page.locator("#gen-info")).to_contain_text("Face A: seed 0")
 
 
+def upload_photo(page, path):
+    """Puts a photo into the Real face tab's upload box and waits until the box links to the server's copy: the file
+    has reached the server and the component's value is set, so a click on Invert that follows sends this photo (a
+    click before that sends no photo, and the upload's own message would then arrive last)."""
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    link = page.locator(f'#upload a[href*="/gradio_api/file="][href$="/{os.path.basename(str(path))}"]')
+    sync_api.expect(link).to_have_count(1)
+
+
 def clear_upload(page):
     """Empties the Real face tab's upload box if it holds a photo from an earlier test."""
     clear = page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I))
@@ -183,7 +192,7 @@ def test_photo_strength_slider_warning_and_locality_on_the_real_face_tab(page, t
     clear_upload(page)
     good = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good)
-    page.locator("#upload input[type=file]").set_input_files(str(good))
+    upload_photo(page, good)
     page.locator("#invert").click()
     sync_api.expect(page.locator("#upload-info")).to_contain_text("strength 1")
     sync_api.expect(page.locator("#upload-info")).to_contain_text("not local")
@@ -219,7 +228,7 @@ def test_a_real_portrait_is_found_edited_and_pasted_back_into_the_whole_photo(pa
     # a transparent PNG: refused with its reason, and the app keeps serving
     transparent = tmp_path / "transparent.png"
     Image.new("RGBA", (120, 120), (250, 0, 0, 0)).save(transparent)
-    page.locator("#upload input[type=file]").set_input_files(str(transparent))
+    upload_photo(page, transparent)
     sync_api.expect(page.get_by_text(re.compile("fully transparent")).first).to_be_visible()
     page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
     # a photo of the sky: no face found, said so; inverting it falls back to the centre crop with a notice
@@ -227,12 +236,12 @@ def test_a_real_portrait_is_found_edited_and_pasted_back_into_the_whole_photo(pa
     Image.fromarray(np.linspace([90, 140, 220], [200, 220, 250], 120)[:, None].repeat(160, 1).astype(np.uint8)).save(
         sky
     )
-    page.locator("#upload input[type=file]").set_input_files(str(sky))
+    upload_photo(page, sky)
     sync_api.expect(page.locator("#upload-info")).to_contain_text("No face found")
     page.locator("#upload").get_by_role("button", name=re.compile("clear", re.I)).first.click()
     portrait = tmp_path / "astronaut.jpg"
     Image.fromarray(skimage_data.astronaut()).save(portrait, quality=95)
-    page.locator("#upload input[type=file]").set_input_files(str(portrait))
+    upload_photo(page, portrait)
     sync_api.expect(page.locator("#upload-info")).to_contain_text("Found 1 face")
     image_src(page, "found-faces")
     page.locator("#invert").click()

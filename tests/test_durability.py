@@ -72,9 +72,12 @@ def fork_training(argv, log_path):
             sys.stderr = open(2, "w", buffering=1, closefd=False)
             code = ti.cli(argv)
         except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
+            try:
+                traceback.print_exc()
+            except BaseException:
+                pass
+        finally:  # whatever happened above, the child ends here (an int, else os._exit itself would raise)
+            os._exit(code if isinstance(code, int) else 3)
     return pid
 
 
@@ -407,6 +410,18 @@ def test_latest_falls_back_when_a_checkpoint_cannot_be_read(resumable, tiny_face
     assert f"warning: {os.path.join(resumable, 'checkpoint-6')} cannot be read (" in text
     assert f"falling back to {os.path.join(resumable, 'checkpoint-4')}" in text
     assert "Traceback" not in text
+
+
+@pytest.mark.slow  # forked training runs
+def test_a_resume_with_no_save_left_still_prunes_to_the_limit(resumable, tiny_faces):
+    """A run killed after its last save but before that save pruned the one before (here: checkpoints 4 and 6 with
+    --checkpoints_total_limit 1), resumed with nothing left to train: the resume prunes, leaving only checkpoint-6."""
+    assert model_files.list_checkpoints(resumable) == ["checkpoint-4", "checkpoint-6"]
+    text = resume_latest_to_step_6(resumable, tiny_faces)
+    assert f"Resuming from {os.path.join(resumable, 'checkpoint-6')}" in text
+    assert model_files.list_checkpoints(resumable) == ["checkpoint-6"]
+    assert os.path.exists(os.path.join(resumable, "model_index.json"))
+    assert not [n for n in os.listdir(resumable) if ".deleting" in n or ".partial" in n]
 
 
 @pytest.mark.slow  # forked training runs
