@@ -1760,10 +1760,9 @@ def prune_checkpoints(output_dir: str, total_limit: Optional[int], newest_step: 
     from that save, may have no save left to do. Checkpoints newer than `newest_step` are never touched."""
     if total_limit is None:
         return
-    older = [c for c in list_checkpoints(output_dir) if checkpoint_step(c) < newest_step]
-    keep_newer = len([c for c in list_checkpoints(output_dir) if checkpoint_step(c) >= newest_step])
-    excess = len(older) + max(keep_newer, 1) - total_limit
-    for old in older[: max(excess, 0)]:
+    checkpoints = list_checkpoints(output_dir)  # oldest first; checkpoint-`newest_step` is among them
+    older = [c for c in checkpoints if checkpoint_step(c) < newest_step]
+    for old in older[: max(len(checkpoints) - total_limit, 0)]:
         # renamed out of the checkpoints first: a kill during the deletion leaves no half checkpoint behind
         doomed = os.path.join(output_dir, old + ".deleting")
         os.rename(os.path.join(output_dir, old), doomed)
