@@ -1,8 +1,8 @@
 """Widen a pipeline's UNet by 2x without changing what it computes (a Net2WiderNet-style expansion).
 
 A capacity study needs a wider plain model that draws the faces the narrow one draws, so that a wider twin and a
-wider branch start where the narrow pair starts. Training one from scratch takes GPU-days; widening the trained
-model and fine-tuning from it does not.
+wider branch start where the narrow pair starts. Training one from scratch takes a GPU; widening the trained model
+and fine-tuning from it does not.
 
 Every channel of the UNet (`block_out_channels`, the time embedding) is doubled: new channel ``2c`` and ``2c + 1``
 are copies of old channel ``c``. A layer's weights for an output copy are the old weights; its weights for the two
@@ -78,7 +78,7 @@ def _timestep_features(weight: torch.Tensor, new_in: int) -> torch.Tensor:
     return wide
 
 
-def widen_state_dict(narrow: dict, wide_shapes: dict, head_dim: int, generator: torch.Generator) -> dict:
+def widen_state_dict(narrow: dict, wide_shapes: dict, generator: torch.Generator) -> dict:
     """The widened weights: every doubled dimension copied (outputs) or split (inputs), the rest unchanged."""
     if set(narrow) != set(wide_shapes):
         raise ValueError(f"the two UNets differ in their parameters: {sorted(set(narrow) ^ set(wide_shapes))[:5]}")
@@ -96,8 +96,8 @@ def widen_state_dict(narrow: dict, wide_shapes: dict, head_dim: int, generator: 
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name}: cannot widen {tuple(narrow[name].shape)} to {shape}")
         if name.endswith("to_q.weight") or name.endswith("to_q.bias"):
-            # Each new head holds an old head twice: q.k doubles and the 1/sqrt(head_dim) scale shrinks by sqrt(2).
-            tensor = tensor * (2 * head_dim) ** 0.5 / (2 * head_dim**0.5)
+            # Each new head holds an old head twice: q.k doubles while the 1/sqrt(head_dim) scale shrinks by sqrt(2).
+            tensor = tensor / 2**0.5
         wide[name] = tensor
     return wide
 
@@ -108,10 +108,9 @@ def widen_unet(unet: UNet2DModel, seed: int = 0) -> UNet2DModel:
     if not config.get("flip_sin_to_cos", True) or config.get("freq_shift", 0) != 0:
         raise ValueError("the widening maps the timestep features of flip_sin_to_cos=True, freq_shift=0 only")
     wide = UNet2DModel(**widened_config(config))
-    head_dim = config.get("attention_head_dim") or min(config["block_out_channels"])
     generator = torch.Generator().manual_seed(seed)
     shapes = {k: v.shape for k, v in wide.state_dict().items()}
-    wide.load_state_dict(widen_state_dict(unet.state_dict(), shapes, head_dim, generator))
+    wide.load_state_dict(widen_state_dict(unet.state_dict(), shapes, generator))
     return wide
 
 

@@ -22,11 +22,14 @@ def outputs_with_grad(unet):
     return unet(torch.randn(2, 3, 16, 16, generator=generator), torch.tensor([100, 800])).sample
 
 
-def test_the_wider_unet_computes_what_the_narrow_one_does():
-    narrow = tiny_unet()
+@pytest.mark.parametrize("head_dim", [8, None])  # 2 heads in the tiny UNet's attention; one head per block
+def test_the_wider_unet_computes_what_the_narrow_one_does(head_dim):
+    config = {k: v for k, v in tiny_unet().config.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    narrow = UNet2DModel(**{**config, "attention_head_dim": head_dim})
     wide = widen_unet.widen_unet(narrow, seed=0)
     assert list(wide.config.block_out_channels) == [16, 32]
-    assert wide.config.attention_head_dim == 16  # the tiny UNet's attention has 2 heads; so has the wide one
+    assert wide.config.attention_head_dim == (None if head_dim is None else 2 * head_dim)  # as many heads as before
     assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in narrow.parameters())
     a, b = outputs(narrow), outputs(wide)
     assert (a - b).abs().max() < 1e-5 * a.abs().max()
