@@ -22,6 +22,7 @@ output matches the original's on random inputs and stops with an error if it doe
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -29,25 +30,29 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from model_files import PIPELINE_FILE
 from scripts.assemble_default_models import ship_pipeline_file
 
-PIPELINE_NAME = "pipeline_interpretable_ddpm.py"  # a link to the repository's file in shipped folders: re-made
+PIPELINE_NAME = os.path.basename(PIPELINE_FILE)  # a link to the repository's file in shipped folders: re-made
 SPLIT_RANGE = (0.25, 0.75)  # the input-copy split a: far enough from 1/2 to break the symmetry in a few steps
 
 
 def widened_config(config) -> dict:
-    """The config of the 2x wider UNet (channels and attention head width doubled, everything else as it was)."""
+    """The config of the 2x wider UNet (channels and attention head width doubled, everything else as it was);
+    a ValueError names a setting the widening cannot keep the UNet's function under."""
     config = dict(config)
     if config.get("time_embedding_type", "positional") != "positional":
         raise ValueError(f"only positional time embeddings can be widened, got {config['time_embedding_type']!r}")
+    if not config.get("flip_sin_to_cos", True) or config.get("freq_shift", 0) != 0:
+        raise ValueError("the widening maps the timestep features of flip_sin_to_cos=True, freq_shift=0 only")
     for key in ("class_embed_type", "num_class_embeds", "time_embedding_dim"):
         if config.get(key) is not None:
             raise ValueError(f"UNet config {key}={config[key]!r} is not supported by the widening")
+    if config.get("attn_norm_num_groups") is not None:
+        raise ValueError("attn_norm_num_groups must be unset (the attention norm uses norm_num_groups)")
     config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
     head_dim = config.get("attention_head_dim")
     config["attention_head_dim"] = None if head_dim is None else 2 * head_dim
-    if config.get("attn_norm_num_groups") is not None:
-        raise ValueError("attn_norm_num_groups must be unset (the attention norm uses norm_num_groups)")
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
@@ -104,10 +109,7 @@ def widen_state_dict(narrow: dict, wide_shapes: dict, generator: torch.Generator
 
 def widen_unet(unet: UNet2DModel, seed: int = 0) -> UNet2DModel:
     """A 2x wider UNet2DModel that computes what `unet` computes (float32)."""
-    config = unet.config
-    if not config.get("flip_sin_to_cos", True) or config.get("freq_shift", 0) != 0:
-        raise ValueError("the widening maps the timestep features of flip_sin_to_cos=True, freq_shift=0 only")
-    wide = UNet2DModel(**widened_config(config))
+    wide = UNet2DModel(**widened_config(unet.config))
     generator = torch.Generator().manual_seed(seed)
     shapes = {k: v.shape for k, v in wide.state_dict().items()}
     wide.load_state_dict(widen_state_dict(unet.state_dict(), shapes, generator))

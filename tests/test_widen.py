@@ -9,17 +9,10 @@ from model_files import load_pipeline
 from scripts import widen_unet
 
 
-def outputs(unet, seed=0):
+def outputs(unet, timesteps, seed):
+    """The UNet's output on seeded random 16x16 inputs, one per timestep."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(3, 3, 16, 16, generator=generator)
-    t = torch.tensor([0, 517, 999])
-    with torch.no_grad():
-        return unet(x, t).sample
-
-
-def outputs_with_grad(unet):
-    generator = torch.Generator().manual_seed(1)
-    return unet(torch.randn(2, 3, 16, 16, generator=generator), torch.tensor([100, 800])).sample
+    return unet(torch.randn(len(timesteps), 3, 16, 16, generator=generator), torch.tensor(timesteps)).sample
 
 
 @pytest.mark.parametrize("head_dim", [8, None])  # 2 heads in the tiny UNet's attention; one head per block
@@ -31,7 +24,8 @@ def test_the_wider_unet_computes_what_the_narrow_one_does(head_dim):
     assert list(wide.config.block_out_channels) == [16, 32]
     assert wide.config.attention_head_dim == (None if head_dim is None else 2 * head_dim)  # as many heads as before
     assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in narrow.parameters())
-    a, b = outputs(narrow), outputs(wide)
+    with torch.no_grad():
+        a, b = outputs(narrow, [0, 517, 999], seed=0), outputs(wide, [0, 517, 999], seed=0)
     assert (a - b).abs().max() < 1e-5 * a.abs().max()
     assert widen_unet.max_output_difference(narrow, wide) < 1e-5
 
@@ -41,7 +35,7 @@ def test_the_copies_of_a_channel_train_apart():
     wide = widen_unet.widen_unet(tiny_unet(), seed=0)
     first = wide.conv_in.weight
     assert torch.equal(first[0], first[1])  # channel 0's two copies start equal
-    loss = outputs_with_grad(wide).pow(2).mean()
+    loss = outputs(wide, [100, 800], seed=1).pow(2).mean()
     loss.backward()
     assert not torch.allclose(first.grad[0], first.grad[1])
 
